@@ -1,0 +1,396 @@
+"""Configuration: frozen dataclasses, strict loading, dotted keys as the one vocabulary.
+
+A :class:`Config` is built from a size preset (``paper``, ``small``, ``tiny``), then an optional
+YAML overlay, then dotted overrides (``strategy.lambda_ins=0.2``). The same dotted keys are used
+by the CLI (``--set k=v``), search spaces, Ray Tune and MLflow params (:func:`flat`).
+
+Loading is strict: an unknown key or a value of the wrong type raises :class:`ConfigError` with
+the closest valid key, so a typo in a sweep fails before any trial starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = 11025  # Hz; the paper (Sound-of-Pixels protocol) resamples all audio to 11025
+    clip_samples: int = 65535  # samples per training/test crop (~6 s at 11025 Hz)
+    n_fft: int = 1022  # STFT size -> n_fft // 2 + 1 = 512 frequency bins
+    hop: int = 256  # STFT hop -> 1 + 65535 // 256 = 256 frames
+    warp_bins: int = 256  # log-frequency bins of the network grid (Sound-of-Pixels warp); 0 = no warp
+    mask_max: float = 5.0  # ratio-mask targets |X_n| / |X_mix| are clamped to [0, mask_max]
+    weight_min: float = 1e-3  # loss weight clamp(log1p(|X_mix|), weight_min, weight_max)
+    weight_max: float = 10.0  # upper clamp of the loss weight
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "iquery"  # separator: iquery (paper base) | coseparation
+    unet_channels: int = 64  # width of the first U-Net conv (ngf); doubles per level up to 8x
+    unet_depth: int = 7  # number of stride-2 down-convs; the grid must be divisible by 2**depth
+    mask_channels: int = 32  # channels of the U-Net mask features (and of the mask embedding)
+    d_model: int = 256  # transformer width (iquery) / fusion width (coseparation)
+    n_heads: int = 8  # attention heads
+    ffn_dim: int = 1024  # transformer feed-forward width
+    encoder_layers: int = 1  # self-attention layers over the audio latent tokens
+    decoder_layers: int = 4  # first attends to motion only; the rest do self + audio cross-attention
+    dropout: float = 0.1  # transformer dropout
+    object_dim: int = 512  # object (CLIP ViT-B/32 image) feature size
+    motion_tokens: int = 8  # temporal tokens of the motion (VideoMAE) feature
+    motion_dim: int = 768  # motion (VideoMAE base) feature size
+    feature_dim: int = 256  # size of the CrossSDC features (audio, object, motion)
+    weights: str = ""  # optional path/URI of pretrained separator weights ("" = random init)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iters_per_step: int = 8000  # optimizer steps per incremental step
+    batch_size: int = 8  # mixtures per optimizer step (global, split across DDP ranks)
+    lr_unet: float = 1e-4  # Adam learning rate of the U-Net
+    lr_transformer: float = 1e-4  # AdamW learning rate of the transformer / fusion part
+    weight_decay: float = 1e-4  # AdamW weight decay of the transformer part
+    lr_decay_every: int = 4000  # iterations between step decays of both learning rates
+    lr_decay_gamma: float = 0.1  # multiplicative step decay
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
+    select: str = "last"  # last | best_val (reference code; peeks at old-class val data: leaks)
+    val_every: int = 1000  # iterations between validations when select=best_val
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
+    num_workers: int = 0  # DataLoader worker processes for mixture building
+    seed: int = 0  # seed of model init, sampling and training
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "contavsep"  # finetune | lwf | ewc | plop | ewf | avcil | contavsep | joint
+    lambda_ins: float = 0.1  # CrossSDC instance-aware term weight (contavsep, avcil)
+    lambda_cls: float = 0.3  # CrossSDC class-aware term weight (contavsep, avcil)
+    lambda_dist: float = 0.3  # output-mask distillation weight (contavsep, avcil, lwf)
+    temperature: float = 0.05  # InfoNCE temperature tau (contavsep, avcil)
+    lambda_att: float = 1.0  # attention-map distillation weight (avcil)
+    lambda_ewc: float = 1000.0  # quadratic Fisher penalty weight (ewc)
+    ewc_decay: float = 1.0  # online EWC: F <- decay * F_old + F_new (1.0 = accumulate)
+    fisher_batches: int = 32  # batches used to estimate the diagonal Fisher (ewc)
+    lambda_pod: float = 0.01  # local POD distillation weight (plop)
+    pod_scales: int = 3  # number of scales of the local POD pyramid (plop)
+    ewf_alpha: float = 0.5  # weight fusion theta = alpha * theta_old + (1 - alpha) * theta_new (ewf)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    per_class: int = 1  # exemplar clips kept per old class; 0 = without memory
+    oversample: float = 20.0  # each memory clip is drawn this many times as often as a new clip
+    share: float = -1.0  # if in [0, 1]: fixed share of training draws from memory (overrides oversample)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    backend: str = "mir_eval"  # SDR/SIR/SAR backend: mir_eval (reference) | fast (fast_bss_eval)
+    pairs_per_clip: int = 1  # test mixtures per test clip (partner of a different class)
+    batch_size: int = 8  # mixtures per evaluation forward pass
+    seed: int = 1234  # seed of the fixed test-mixture list
+    examples: int = 2  # example separations to keep as artifacts
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    uri: str = ""  # dataset URI: file:///abs/path or s3://bucket/prefix
+    classes_per_step: int = 5  # new classes per incremental step (paper: 5)
+    num_steps: int = 4  # incremental steps T (paper: 4 x 5 = 20 classes)
+    shuffle_classes: bool = False  # shuffle the manifest's class order with `seed`
+    seed: int = 0  # seed of the class order shuffle
+    different_classes: bool = True  # training mixtures pair clips of different classes
+    cache_dir: str = ""  # node-local cache of the dataset ("" = ~/.cache/contavsep)
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "paper"  # size preset the config started from: paper | small | tiny
+    audio: AudioConfig = field(default_factory=AudioConfig)  # STFT front end and mask targets
+    model: ModelConfig = field(default_factory=ModelConfig)  # separator architecture
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation of each incremental step
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)  # continual-learning strategy and its weights
+    memory: MemoryConfig = field(default_factory=MemoryConfig)  # exemplar memory (rehearsal)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # test mixtures and metrics
+    data: DataConfig = field(default_factory=DataConfig)  # dataset and task split
+
+
+# Size presets: dotted overrides of the paper defaults. Only sizes change, never the method.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "small": {
+        "audio.clip_samples": 32767,
+        "audio.n_fft": 510,
+        "audio.hop": 256,
+        "audio.warp_bins": 128,
+        "model.unet_channels": 32,
+        "model.unet_depth": 6,
+        "model.d_model": 128,
+        "model.n_heads": 4,
+        "model.ffn_dim": 512,
+        "model.feature_dim": 128,
+        "train.iters_per_step": 300,
+        "train.lr_decay_every": 200,
+        "train.batch_size": 8,
+    },
+    "tiny": {
+        "audio.clip_samples": 16383,
+        "audio.n_fft": 510,
+        "audio.hop": 256,
+        "audio.warp_bins": 64,
+        "model.unet_channels": 8,
+        "model.unet_depth": 5,
+        "model.d_model": 32,
+        "model.n_heads": 4,
+        "model.ffn_dim": 64,
+        "model.decoder_layers": 2,
+        "model.feature_dim": 32,
+        "model.dropout": 0.0,
+        "train.iters_per_step": 60,
+        "train.lr_decay_every": 1000,
+        "train.batch_size": 8,
+        "train.lr_unet": 1e-3,
+        "train.lr_transformer": 1e-3,
+    },
+}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls: type = None) -> list[str]:
+    """All dotted keys of ``Config`` (or of a section class), in declaration order."""
+    cls = Config if cls is None else cls
+    keys: list[str] = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys.extend(f"{name}.{k}" for k in valid_keys(tp))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` to the field type ``tp``; strings (from the CLI) are parsed."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        raise ConfigError(f"{key}: union-typed fields are not supported")  # none exist
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - every field is bool/int/float/str
+        raise ConfigError(f"{key}: unsupported field type {tp!r}")
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _nest(items: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn a mapping with dotted and/or nested keys into one flat {dotted: value} dict."""
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r}")
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_nest(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``cfg`` with dotted ``updates`` applied (strict)."""
+    types_ = _field_types(type(cfg))
+    grouped: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if head not in types_:
+            options = [prefix + k for k in valid_keys(type(cfg))]
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'{_closest(prefix + key, options)}; "
+                f"see `contavsep config --keys` for all keys"
+            )
+        tp = types_[head]
+        if dataclasses.is_dataclass(tp):
+            if not rest:
+                raise ConfigError(f"'{prefix}{key}' is a section; set one of its keys, e.g. '{prefix}{key}.{valid_keys(tp)[0]}'")
+            grouped.setdefault(head, {})[rest] = value
+        else:
+            if rest:
+                raise ConfigError(f"'{prefix}{head}' is a value, not a section (got '{prefix}{key}')")
+            direct[head] = _coerce(prefix + head, value, tp)
+    for head, sub in grouped.items():
+        direct[head] = _apply(getattr(cfg, head), sub, f"{prefix}{head}.")
+    return dataclasses.replace(cfg, **direct)
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse CLI ``k=v`` strings into a dict (values stay strings; typed on apply)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}' must look like section.key=value, e.g. strategy.lambda_ins=0.2")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_yaml_overlay(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file of nested and/or dotted keys into a flat dotted dict."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
+    return _nest(data)
+
+
+def make_config(
+    preset: str = "paper",
+    overrides: Mapping[str, Any] | None = None,
+    yaml_path: str | Path | None = None,
+) -> Config:
+    """Build a validated config: preset, then YAML overlay, then dotted overrides.
+
+    A ``preset`` key among the overrides or in the YAML selects the preset as well.
+    """
+    layers: list[dict[str, Any]] = []
+    if yaml_path is not None:
+        layers.append(load_yaml_overlay(yaml_path))
+    if overrides:
+        layers.append(_nest(overrides))
+    for layer in layers:
+        if "preset" in layer:
+            preset = str(layer["preset"])
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'{_closest(preset, list(PRESETS))}; choose from {sorted(PRESETS)}")
+    cfg = _apply(Config(), {**PRESETS[preset], "preset": preset})
+    for layer in layers:
+        cfg = _apply(cfg, {k: v for k, v in layer.items() if k != "preset"})
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with dotted ``overrides`` applied and validated (``preset`` is not allowed)."""
+    flat_updates = _nest(overrides)
+    if "preset" in flat_updates:
+        raise ConfigError("'preset' can only be chosen when the config is created (make_config)")
+    out = _apply(cfg, flat_updates)
+    validate(out)
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Check cross-field constraints that types alone cannot express."""
+    a, m = cfg.audio, cfg.model
+    if a.hop > a.n_fft:
+        raise ConfigError(f"audio.hop ({a.hop}) must not exceed audio.n_fft ({a.n_fft})")
+    frames = 1 + a.clip_samples // a.hop
+    freq = a.warp_bins if a.warp_bins > 0 else a.n_fft // 2 + 1
+    step = 2**m.unet_depth
+    if frames % step or freq % step:
+        raise ConfigError(
+            f"the spectrogram grid {freq} x {frames} (audio.warp_bins x 1 + audio.clip_samples // audio.hop)"
+            f" must be divisible by 2**model.unet_depth = {step}"
+        )
+    if m.unet_depth < 4:
+        raise ConfigError("model.unet_depth must be >= 4 (the transformer reads the 1/8-resolution decoder feature)")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
+    if m.decoder_layers < 1:
+        raise ConfigError("model.decoder_layers must be >= 1")
+    from contavsep.registry import MODELS, STRATEGIES, RegistryError
+
+    for registry, key, name in ((MODELS, "model.name", m.name), (STRATEGIES, "strategy.name", cfg.strategy.name)):
+        try:
+            registry.check(name)
+        except RegistryError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if cfg.train.select not in ("last", "best_val"):
+        raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
+    if cfg.eval.backend not in ("mir_eval", "fast"):
+        raise ConfigError(f"eval.backend must be 'mir_eval' or 'fast', got '{cfg.eval.backend}'")
+    if cfg.memory.per_class < 0:
+        raise ConfigError("memory.per_class must be >= 0 (0 = without memory)")
+    if cfg.memory.share > 1:
+        raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")
+    if cfg.data.classes_per_step < 1 or cfg.data.num_steps < 1:
+        raise ConfigError("data.classes_per_step and data.num_steps must be >= 1")
+    if cfg.strategy.temperature <= 0:
+        raise ConfigError("strategy.temperature must be > 0")
+    if not 0.0 <= cfg.strategy.ewf_alpha <= 1.0:
+        raise ConfigError("strategy.ewf_alpha must be in [0, 1]")
+
+
+def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """The config as {dotted key: value}, the vocabulary of CLI, search spaces, Tune and MLflow."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def from_flat(items: Mapping[str, Any]) -> Config:
+    """Rebuild a config from :func:`flat` output (e.g. a checkpoint's resolved config)."""
+    return make_config(str(items.get("preset", "paper")), {k: v for k, v in items.items() if k != "preset"})
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as nested YAML (an MLflow / checkpoint artifact)."""
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Subcommands of the `contavsep` CLI, one module per command group."""
