@@ -74,12 +74,13 @@ def test_weighted_l1_equals_hand_formula():
     est = torch.rand(2, 3, 4, 5, generator=g)
     target = torch.rand(2, 3, 4, 5, generator=g) * 5
     weight = torch.rand(2, 1, 4, 5, generator=g) * 10
+    w, e, y = weight.tolist(), est.tolist(), target.tolist()
     expected = 0.0
     for b in range(2):
         for n in range(3):
             for f in range(4):
                 for t in range(5):
-                    expected += float(weight[b, 0, f, t]) * abs(float(est[b, n, f, t]) - float(target[b, n, f, t]))
+                    expected += w[b][0][f][t] * abs(e[b][n][f][t] - y[b][n][f][t])
     expected /= 2 * 3 * 4 * 5
     assert weighted_l1_mask_loss(est, target, weight).item() == pytest.approx(expected, rel=1e-5)
 
