@@ -1,0 +1,150 @@
+"""The spectrogram U-Net shared by both separators (Sound-of-Pixels "unet7" layout).
+
+Encoder: ``depth`` stride-2 4x4 convolutions, ``1 -> C -> 2C -> 4C -> 8C -> 8C ...`` channels
+(``C = channels``), LeakyReLU(0.2) before and BatchNorm after every one except the outermost
+(no activation, no norm) and the innermost (no norm). Decoder: per level ReLU, nearest 2x
+upsampling, 3x3 convolution, BatchNorm (not on the outermost), with the encoder map of the same
+level concatenated in front (skip connection). Convolutions have no bias, as in the iQuery /
+ContAV-Sep reference (BatchNorm follows them; the outermost conv feeds a mask product instead).
+
+At ``channels=64, depth=7, out_channels=32`` this has 30,274,178 parameters.
+
+Nearest upsampling (the reference's deterministic upsample) is used instead of the bilinear one
+of the original Sound-of-Pixels code: same parameters, deterministic backward on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def level_channels(channels: int, depth: int) -> list[int]:
+    """Output channels of each encoder level, outermost first: ``C * min(2**i, 8)``."""
+    return [channels * min(2**i, 8) for i in range(depth)]
+
+
+@dataclass(frozen=True)
+class UNetDecoding:
+    """What the decoder gives back.
+
+    Shape:
+        - mask_features: :math:`(B, C_m, F, T)`, the outermost decoder output.
+        - latent: :math:`(B, 4C, F/8, T/8)`, the decoder feature at 1/8 resolution.
+        - decoder_maps: every decoder output, innermost first (the last is ``mask_features``).
+    """
+
+    mask_features: Tensor
+    latent: Tensor
+    decoder_maps: tuple[Tensor, ...]
+
+
+class _Down(nn.Module):
+    """[LeakyReLU] -> 4x4 stride-2 conv -> [BatchNorm]: halves both grid sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: bool, norm: bool):
+        super().__init__()
+        self.activation = nn.LeakyReLU(0.2) if activation else nn.Identity()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(self.activation(x)))
+
+
+class _Up(nn.Module):
+    """ReLU -> nearest 2x upsampling -> 3x3 conv -> [BatchNorm]: doubles both grid sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(F.relu(x), scale_factor=2.0, mode="nearest")
+        return self.norm(self.conv(x))
+
+
+class UNet(nn.Module):
+    """Spectrogram U-Net with an optional conditioning input at the bottleneck.
+
+    Args:
+        channels: width of the first conv (``ngf``); deeper levels double it up to 8x.
+        depth: number of stride-2 levels (>= 4: the latent is read at 1/8 resolution).
+        out_channels: channels of the output mask features.
+        condition_channels: extra channels concatenated to the bottleneck before decoding
+            (Co-Separation fuses the tiled object feature there); 0 = unconditioned.
+
+    Shape:
+        - spec: :math:`(B, 1, F, T)` with ``F`` and ``T`` divisible by ``2**depth``.
+        - condition: :math:`(B', C_c, F / 2^{depth}, T / 2^{depth})`.
+    """
+
+    def __init__(self, channels: int = 64, depth: int = 7, out_channels: int = 32, condition_channels: int = 0):
+        super().__init__()
+        if depth < 4:
+            raise ValueError(f"U-Net depth must be >= 4 (the latent is the 1/8-resolution decoder map), got {depth}")
+        self.depth = depth
+        self.condition_channels = condition_channels
+        widths = level_channels(channels, depth)
+        self.input_norm = nn.BatchNorm2d(1)
+        ins = [1] + widths[:-1]
+        self.down = nn.ModuleList(
+            _Down(ins[i], widths[i], activation=i > 0, norm=0 < i < depth - 1) for i in range(depth)
+        )
+        # Innermost first: the innermost level reads the bottleneck (+ condition), every other
+        # level reads [encoder skip, decoder map] of equal width, so 2x its encoder width.
+        ups = [_Up(widths[-1] + condition_channels, widths[-2], norm=True)]
+        for i in range(depth - 2, 0, -1):
+            ups.append(_Up(2 * widths[i], widths[i - 1], norm=True))
+        ups.append(_Up(2 * widths[0], out_channels, norm=False))
+        self.up = nn.ModuleList(ups)
+        self._latent_index = depth - 4  # decoder output at encoder level 4, upsampled to 1/8
+
+    def encode(self, spec: Tensor) -> list[Tensor]:
+        """Encoder maps, outermost first; the last one is the bottleneck.
+
+        Shape:
+            - spec: :math:`(B, 1, F, T)`
+            - output[i]: :math:`(B, C_i, F / 2^{i+1}, T / 2^{i+1})`
+        """
+        step = 2**self.depth
+        if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] % step or spec.shape[3] % step:
+            raise ValueError(
+                f"U-Net input must be (B, 1, F, T) with F and T divisible by 2**depth = {step}, "
+                f"got {tuple(spec.shape)}"
+            )
+        maps: list[Tensor] = []
+        x = self.input_norm(spec)
+        for block in self.down:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+    def decode(self, skips: list[Tensor], condition: Tensor | None = None) -> UNetDecoding:
+        """Decode encoder maps (possibly repeated per source) with an optional bottleneck condition.
+
+        Shape:
+            - skips: as returned by :meth:`encode`, leading dimension :math:`B'`.
+            - condition: :math:`(B', C_c, h, w)` matching the bottleneck grid, iff
+              ``condition_channels > 0``.
+        """
+        if (condition is None) != (self.condition_channels == 0):
+            raise ValueError(
+                f"this U-Net expects {'no' if self.condition_channels == 0 else self.condition_channels} "
+                f"condition channels, got {'none' if condition is None else tuple(condition.shape)}"
+            )
+        x = skips[-1] if condition is None else torch.cat([skips[-1], condition], dim=1)
+        outputs: list[Tensor] = []
+        for k, block in enumerate(self.up):
+            if k > 0:
+                x = torch.cat([skips[self.depth - 1 - k], x], dim=1)
+            x = block(x)
+            outputs.append(x)
+        return UNetDecoding(mask_features=x, latent=outputs[self._latent_index], decoder_maps=tuple(outputs))
+
+    def forward(self, spec: Tensor, condition: Tensor | None = None) -> UNetDecoding:
+        return self.decode(self.encode(spec), condition)
