@@ -100,12 +100,13 @@ class CoSeparationSeparator(nn.Module):
         # The encoder is shared by a mixture's sources; the conditioned decoder runs per source.
         decoding = self.unet.decode([s.repeat_interleave(n, dim=0) for s in skips], condition)
         features = decoding.mask_features  # (BN, C_m, F, T)
-        masks = torch.sigmoid(self.mask_head(features))  # (BN, 1, F, T)
+        # Outputs are float32 even under bf16 autocast: losses and distillation targets need the precision.
+        masks = torch.sigmoid(self.mask_head(features).float())  # (BN, 1, F, T)
         pooled = (masks * features).sum(dim=(2, 3)) / masks.sum(dim=(2, 3)).clamp_min(1e-6)
         return SeparatorOutput(
             masks=masks.view(b, n, *masks.shape[-2:]),
-            audio_features=self.audio_head(pooled).view(b, n, -1),
-            object_features=self.object_head(objects).view(b, n, -1),
+            audio_features=self.audio_head(pooled).view(b, n, -1).float(),
+            object_features=self.object_head(objects).view(b, n, -1).float(),
             motion_features=None,
             attention=None,
             unet_features=tuple(skips) + decoding.decoder_maps if return_internals else None,

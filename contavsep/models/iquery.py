@@ -130,23 +130,25 @@ class IQuerySeparator(nn.Module):
 
         used = decoded[torch.arange(b * n, device=ids.device), ids]  # (BN, D)
         mask_weights = self.mask_embed(used).view(b, n, -1)  # (B, N, C_m)
-        masks = torch.sigmoid(torch.einsum("bnc,bcft->bnft", mask_weights, decoding.mask_features))
+        # Outputs are float32 even under bf16 autocast: losses and distillation targets need the precision.
+        masks = torch.sigmoid(torch.einsum("bnc,bcft->bnft", mask_weights, decoding.mask_features).float())
 
         attention = None
         unet_features = None
         if return_internals:
             assert weights is not None
             heads, length = weights.shape[1], weights.shape[-1]
+            # (B, H, N Q, L) -> (B, N, Q, H, L), then the row of each source's class.
             per_query = weights.view(b, heads, n, self.num_classes, length).permute(0, 2, 3, 1, 4)
-            attention = per_query.reshape(b * n, self.num_classes, heads, length)[
-                torch.arange(b * n, device=ids.device), ids
-            ].view(b, n, heads, length)
+            mixtures = torch.arange(b, device=ids.device)[:, None]
+            sources = torch.arange(n, device=ids.device)[None, :]
+            attention = per_query[mixtures, sources, class_ids].float()  # (B, N, H, L)
             unet_features = tuple(skips) + decoding.decoder_maps
         return SeparatorOutput(
             masks=masks,
-            audio_features=self.audio_head(used).view(b, n, -1),
-            object_features=self.object_head(objects).view(b, n, -1),
-            motion_features=self.motion_head(motion.mean(dim=1)).view(b, n, -1),
+            audio_features=self.audio_head(used).view(b, n, -1).float(),
+            object_features=self.object_head(objects).view(b, n, -1).float(),
+            motion_features=self.motion_head(motion.mean(dim=1)).view(b, n, -1).float(),
             attention=attention,
             unet_features=unet_features,
         )

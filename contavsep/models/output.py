@@ -26,7 +26,8 @@ class SeparatorOutput:
           and ``B' = B N`` (sources of a mixture adjacent) where it is conditioned on the source.
           Only with ``return_internals=True``, else ``None``.
 
-    ``D_f`` is ``ModelConfig.feature_dim``.
+    ``D_f`` is ``ModelConfig.feature_dim``. Masks, features and attention are float32, also
+    under bf16 autocast (U-Net maps keep the autocast dtype).
     """
 
     masks: Tensor

@@ -158,6 +158,19 @@ def test_every_parameter_gets_a_gradient(name):
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_outputs_stay_float32_under_bf16_autocast(name):
+    cfg, model = tiny_model(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*inputs(cfg, 2, [[0, 1], [2, 3]]), return_internals=True)
+    tensors = [out.masks, out.audio_features, out.object_features]
+    if name == "iquery":
+        tensors += [out.motion_features, out.attention]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors)
+    sum(t.mean() for t in tensors).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_expand_classes_keeps_old_queries():
     cfg, model = tiny_model("iquery", num_classes=5)
     old = model.class_queries.detach().clone()
