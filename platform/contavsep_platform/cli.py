@@ -14,9 +14,19 @@ import sys
 from contavsep.config import ConfigError
 from contavsep.registry import RegistryError
 
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or settings: one line on stderr, exit 2, no traceback."""
+    from contavsep.checkpoint import CheckpointError
+    from contavsep.data.manifest import DatasetError
+    from contavsep.storage import StorageError
+
+    return (UserError, ConfigError, RegistryError, FileNotFoundError, StorageError, DatasetError, CheckpointError)
+
 COMMAND_MODULES = [
     "contavsep_platform.commands.config",
     "contavsep_platform.commands.data",
+    "contavsep_platform.commands.run",
     "contavsep_platform.commands.demo",
 ]
 
@@ -46,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    user_errors = _user_errors()
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, RegistryError, FileNotFoundError) as exc:
+    except user_errors as exc:
         print(f"contavsep {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,108 @@
+"""Step checkpoints of an incremental task sequence: everything needed to resume exactly.
+
+A checkpoint is a local directory (the platform uploads it to S3 through Ray Train) holding
+``state.pt`` (model, last optimizers and schedulers, strategy state, memory, RNG states, results
+so far, step index) and ``config.yaml`` (the resolved config, for people). It is written to a
+temporary directory and renamed, so a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contavsep.config import Config, flat, from_flat, to_yaml
+
+STATE_FILE = "state.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, or belongs to another configuration."""
+
+
+@dataclass
+class TrainingState:
+    """What a trial carries from one incremental step to the next."""
+
+    step: int  # the last completed step
+    config: Config
+    model: dict[str, Any]
+    num_classes: int
+    optimizers: list[dict[str, Any]]
+    schedulers: list[dict[str, Any]]
+    strategy: dict[str, Any]
+    memory: dict[str, Any]
+    results: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
+    """Write ``state`` to ``directory`` atomically (temp dir + rename). Returns the directory."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "step": state.step,
+            "config": flat(state.config),
+            "model": state.model,
+            "num_classes": state.num_classes,
+            "optimizers": state.optimizers,
+            "schedulers": state.schedulers,
+            "strategy": state.strategy,
+            "memory": state.memory,
+            "results": state.results,
+            "rng": state.rng,
+        }
+        torch.save(payload, tmp / STATE_FILE)
+        (tmp / "config.yaml").write_text(to_yaml(state.config))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> TrainingState:
+    """Read a checkpoint written by :func:`save_checkpoint` (on CPU; the engine moves tensors)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a contavsep checkpoint (no {STATE_FILE}); pass a step checkpoint directory")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, this version reads {FORMAT_VERSION}")
+    return TrainingState(
+        step=int(payload["step"]),
+        config=from_flat(payload["config"]),
+        model=payload["model"],
+        num_classes=int(payload["num_classes"]),
+        optimizers=payload["optimizers"],
+        schedulers=payload["schedulers"],
+        strategy=payload["strategy"],
+        memory=payload["memory"],
+        results=payload["results"],
+        rng=payload["rng"],
+    )

@@ -1,0 +1,227 @@
+"""Mix-and-separate batches: training mixtures drawn on the fly, fixed seeded test mixtures.
+
+A training mixture pairs ``N`` clips (N = 2 in the paper) of different classes, each randomly
+cropped to ``clip_samples``; the engine scales each waveform by 1/N and sums them
+(:func:`contavsep.audio.mix_sources`). Sources come from the step's new classes and from the
+exemplar memory; how often memory clips are drawn is a config value (``memory.oversample``: the
+reference repeats each memory clip 20x in the training list; or a fixed ``memory.share``).
+
+Test mixtures are a fixed list per step: every test clip of a seen class is paired with
+``pairs_per_clip`` partners of *different* classes (never itself: self-pairs inflate SIR), with
+centre crops, drawn from a seeded generator so every trial of a sweep sees the same list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from contavsep.data.reader import ClipTable
+from contavsep.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class MixtureBatch:
+    """The clips of ``B`` mixtures of ``N`` sources each, before mixing.
+
+    Shape:
+        - source_wavs: :math:`(B, N, S)` float32 in [-1, 1], unscaled.
+        - labels: :math:`(B, N)` int64, class-query index (position in the scenario's order).
+        - class_ids: :math:`(B, N)` int64, dataset class id.
+        - tasks: :math:`(B, N)` int64, step that introduced the class.
+        - rows: :math:`(B, N)` int64, dataset row (the instance id for CrossSDC).
+        - is_memory: :math:`(B, N)` bool, the source is an exemplar from memory.
+        - object_features: :math:`(B, N, D_o)` float32 (one frame's CLIP feature).
+        - motion_features: :math:`(B, N, T_m, D_m)` float32.
+    """
+
+    source_wavs: torch.Tensor
+    labels: torch.Tensor
+    class_ids: torch.Tensor
+    tasks: torch.Tensor
+    rows: torch.Tensor
+    is_memory: torch.Tensor
+    object_features: torch.Tensor
+    motion_features: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "MixtureBatch":
+        return MixtureBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.source_wavs.shape[0]
+
+
+def crop(audio: np.ndarray, length: int, start: int | None) -> np.ndarray:
+    """``length`` samples of int16 ``audio`` from ``start`` (None = centre), zero-padded if short.
+
+    Shape: :math:`(S,)` int16 -> :math:`(length,)` float32 in [-1, 1].
+    """
+    out = np.zeros(length, dtype=np.float32)
+    if len(audio) <= length:
+        out[: len(audio)] = audio
+    else:
+        if start is None:
+            start = (len(audio) - length) // 2
+        out[:] = audio[start : start + length]
+    return out / 32768.0
+
+
+def _collate(
+    table: ClipTable,
+    scenario: Scenario,
+    rows: np.ndarray,
+    is_memory: np.ndarray,
+    starts: list[list[int | None]],
+    frames: list[list[int | None]],
+    length: int,
+) -> MixtureBatch:
+    B, N = rows.shape
+    wavs = np.empty((B, N, length), dtype=np.float32)
+    objects = []
+    motions = []
+    for b in range(B):
+        for n in range(N):
+            r = int(rows[b, n])
+            wavs[b, n] = crop(table.audio(r), length, starts[b][n])
+            per_frame = table.object_features(r)
+            f = frames[b][n]
+            objects.append(per_frame[len(per_frame) // 2 if f is None else f])
+            motions.append(table.motion_features(r))
+    class_ids = table.class_ids[rows]
+    labels = np.vectorize(scenario.label_of, otypes=[np.int64])(class_ids)
+    return MixtureBatch(
+        source_wavs=torch.from_numpy(wavs),
+        labels=torch.from_numpy(labels),
+        class_ids=torch.from_numpy(class_ids.astype(np.int64)),
+        tasks=torch.from_numpy(labels // scenario.classes_per_step),
+        rows=torch.from_numpy(rows.astype(np.int64)),
+        is_memory=torch.from_numpy(is_memory),
+        object_features=torch.from_numpy(np.stack(objects).reshape(B, N, -1).astype(np.float32, copy=False)),
+        motion_features=torch.from_numpy(np.stack(motions).reshape(B, N, *motions[0].shape).astype(np.float32, copy=False)),
+    )
+
+
+class TrainingSampler:
+    """Draws training mixtures for one incremental step.
+
+    The pool holds the training rows of ``class_ids`` (weight 1 each) and the ``memory_rows``
+    (weight ``oversample`` each, or together a fixed ``share`` of all draws when ``share`` is in
+    [0, 1]). With ``different_classes`` the N sources of a mixture have N distinct classes.
+    The generator state is part of a trial's resumable state (:meth:`state_dict`).
+    """
+
+    def __init__(
+        self,
+        table: ClipTable,
+        scenario: Scenario,
+        class_ids: Sequence[int],
+        memory_rows: Sequence[int],
+        *,
+        clip_samples: int,
+        num_sources: int = 2,
+        different_classes: bool = True,
+        oversample: float = 20.0,
+        share: float = -1.0,
+        seed: int = 0,
+    ):
+        by_class = table.rows_by_class("train")
+        new_rows = np.concatenate([by_class[c] for c in class_ids]) if len(class_ids) else np.zeros(0, np.int64)
+        memory = np.asarray(sorted(set(int(r) for r in memory_rows) - set(new_rows.tolist())), dtype=np.int64)
+        if len(new_rows) == 0:
+            raise ValueError(f"no training clips for classes {list(class_ids)}: check the dataset's train split")
+        self.table, self.scenario = table, scenario
+        self.rows = np.concatenate([new_rows, memory])
+        self.is_memory = np.concatenate([np.zeros(len(new_rows), bool), np.ones(len(memory), bool)])
+        self.row_classes = table.class_ids[self.rows]
+        if len(memory) and 0.0 <= share <= 1.0:
+            weights = np.where(self.is_memory, share / len(memory), (1.0 - share) / len(new_rows))
+        else:
+            weights = np.where(self.is_memory, float(oversample), 1.0)
+        self.weights = weights / weights.sum()
+        self.clip_samples, self.num_sources = clip_samples, num_sources
+        self.different_classes = different_classes
+        if different_classes and len(np.unique(self.row_classes[self.weights > 0])) < num_sources:
+            raise ValueError(
+                f"mixtures of {num_sources} different classes need at least {num_sources} classes in the pool, "
+                f"got {len(np.unique(self.row_classes))}: raise data.classes_per_step or set data.different_classes=false"
+            )
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def memory_share(self) -> float:
+        """Expected share of drawn sources that come from memory (before class constraints)."""
+        return float(self.weights[self.is_memory].sum())
+
+    def _draw_rows(self) -> np.ndarray:
+        picked = np.empty(self.num_sources, dtype=np.int64)
+        weights = self.weights.copy()
+        for n in range(self.num_sources):
+            i = self.rng.choice(len(self.rows), p=weights / weights.sum())
+            picked[n] = i
+            if self.different_classes:
+                weights[self.row_classes == self.row_classes[i]] = 0.0
+            else:
+                weights[i] = 0.0  # never the same clip twice in one mixture
+        return picked
+
+    def sample(self, batch_size: int) -> MixtureBatch:
+        idx = np.stack([self._draw_rows() for _ in range(batch_size)])
+        rows = self.rows[idx]
+        starts, frames = [], []
+        for b in range(batch_size):
+            s_row, f_row = [], []
+            for r in rows[b]:
+                n_samples = len(self.table.audio(int(r)))
+                s_row.append(int(self.rng.integers(0, max(1, n_samples - self.clip_samples + 1))))
+                f_row.append(int(self.rng.integers(0, len(self.table.object_features(int(r))))))
+            starts.append(s_row)
+            frames.append(f_row)
+        return _collate(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def evaluation_pairs(
+    table: ClipTable,
+    scenario: Scenario,
+    step: int,
+    *,
+    split: str = "test",
+    pairs_per_clip: int = 1,
+    seed: int = 1234,
+) -> np.ndarray:
+    """The fixed evaluation list of step ``step``: pairs of clips of different seen classes.
+
+    Every ``split`` clip of a seen class appears as the first source of ``pairs_per_clip`` pairs;
+    partners are drawn uniformly among clips of other seen classes (never itself), from a
+    generator seeded by (seed, step) so the list is identical across trials and reruns.
+
+    Shape: returns :math:`(P, 2)` int64 dataset rows.
+    """
+    by_class = table.rows_by_class(split)
+    seen = scenario.seen_class_ids(step)
+    rows = np.concatenate([by_class[c] for c in seen])
+    if len(rows) == 0 or len({c for c in seen if len(by_class[c])}) < 2:
+        raise ValueError(f"the {split} split needs clips of at least 2 seen classes to build test mixtures")
+    classes = table.class_ids[rows]
+    rng = np.random.default_rng([seed, step])
+    pairs = []
+    for i, r in enumerate(rows):
+        others = rows[classes != classes[i]]
+        for partner in rng.choice(others, size=pairs_per_clip, replace=len(others) < pairs_per_clip):
+            pairs.append((int(r), int(partner)))
+    return np.asarray(pairs, dtype=np.int64)
+
+
+def eval_batch(table: ClipTable, scenario: Scenario, pairs: np.ndarray, clip_samples: int) -> MixtureBatch:
+    """Centre crops and middle-frame object features of the evaluation ``pairs`` (P, 2)."""
+    P, N = pairs.shape
+    none = [[None] * N for _ in range(P)]
+    return _collate(table, scenario, pairs, np.zeros((P, N), bool), none, none, clip_samples)

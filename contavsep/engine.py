@@ -1,0 +1,401 @@
+"""The incremental loop: one whole class-incremental task sequence, top to bottom.
+
+    for step t in 0 .. T-1:
+        add class queries for the step's new classes (old rows kept)
+        fresh optimizers (U-Net: Adam; transformer/heads: AdamW), step-decay schedulers
+        strategy.before_task
+        train: sample mixtures (new classes + memory) -> STFT/warp on the device -> model
+               -> weighted L1 mask loss + the strategy's named terms -> backward -> step
+        strategy.after_task (Fisher, weight fusion, ...)
+        memory: keep `memory.per_class` random clips of each new class
+        evaluate on the fixed test mixtures of all seen classes -> R[t][*] for SDR/SIR/SAR
+        freeze a copy of the model as the next step's old model (eval mode, no grad)
+        reporter.report(step metrics, a function that writes the step checkpoint)
+
+The engine knows nothing of Ray or MLflow: the platform passes a reporter (which calls
+``ray.train.report`` and logs to MLflow) and, for DDP, a :class:`Distributed` that wraps the
+model and splits the batch across ranks. Resuming from the checkpoint of step k continues at
+step k+1 and, on CPU, reproduces an uninterrupted run exactly: every step reseeds its own
+generators from (train.seed, step, rank).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from contavsep.audio import SpectralFrontEnd, mix_sources
+from contavsep.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from contavsep.config import Config, ConfigError
+from contavsep.data.mixtures import MixtureBatch, TrainingSampler, eval_batch, evaluation_pairs
+from contavsep.data.reader import ClipTable
+from contavsep.losses import weighted_l1_mask_loss
+from contavsep.memory import ExemplarMemory
+from contavsep.metrics import ContinualResults, separation_scores
+from contavsep.models.build import build_model
+from contavsep.models.output import SeparatorOutput
+from contavsep.registry import STRATEGIES
+from contavsep.scenario import Scenario, make_scenario
+from contavsep.step_batch import StepBatch
+from contavsep.strategies.base import StepContext, Strategy
+
+log = logging.getLogger("contavsep.engine")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One separated test mixture, for artifacts (WAV + spectrogram)."""
+
+    mixture: np.ndarray  # (S,) float32
+    references: np.ndarray  # (N, S) float32, scaled sources
+    estimates: np.ndarray  # (N, S) float32
+    class_names: tuple[str, ...]
+    sdr: tuple[float, ...]
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the engine hands to the reporter after each incremental step."""
+
+    step: int
+    metrics: dict[str, float]  # flat, MLflow/Tune-ready: sdr, sdr_old, sdr_new, task_sdr/<j>, loss/<term>, ...
+    summary: dict[str, Any]  # ContinualResults.summary() as of this step (R matrices, forgetting, BWT, ...)
+    examples: list[Example] = field(default_factory=list)
+    is_last: bool = False
+
+
+class Reporter(Protocol):
+    def report(self, result: StepResult, save_checkpoint: Callable[[Path], Path]) -> None:
+        """Receive a step's results; call ``save_checkpoint(dir)`` to persist the step."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """DDP wiring given by the platform; the default is one process."""
+
+    rank: int = 0
+    world_size: int = 1
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m  # e.g. DistributedDataParallel
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available; use train.device=auto or cpu")
+    return device
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and platforms)."""
+    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def make_optimizers(model: nn.Module, cfg: Config) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; step decay."""
+    t = cfg.train
+    opts: list[torch.optim.Optimizer] = [
+        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet),
+        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay),
+    ]
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=t.lr_decay_every, gamma=t.lr_decay_gamma) for o in opts]
+    return opts, scheds
+
+
+class Engine:
+    """Runs one task sequence for a resolved :class:`Config` on an opened dataset."""
+
+    def __init__(self, cfg: Config, table: ClipTable, *, distributed: Distributed | None = None):
+        self.cfg = cfg
+        self.table = table
+        self.dist = distributed or Distributed()
+        self.device = resolve_device(cfg.train.device)
+        self.scenario: Scenario = make_scenario(table.classes, cfg.data)
+        self.frontend = SpectralFrontEnd(cfg.audio).to(self.device)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and cfg.train.amp else nullcontext()
+        )
+        if cfg.train.batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the {self.dist.world_size} DDP workers")
+        self.local_batch = cfg.train.batch_size // self.dist.world_size
+        self._check_dataset()
+
+        torch.manual_seed(_seed(cfg.train.seed, 0xC0FFEE))
+        self.model = build_model(cfg, self.scenario.classes_per_step).to(self.device)
+        self.old_model: nn.Module | None = None
+        self.strategy: Strategy = STRATEGIES.get(cfg.strategy.name).from_config(cfg.strategy)
+        self.memory = ExemplarMemory(cfg.memory.per_class)
+        self.results = ContinualResults(self.scenario.num_steps)
+        self.next_step = 0
+        self._last_optim: tuple[list, list] = ([], [])
+
+    # ------------------------------------------------------------------ setup
+    def _check_dataset(self) -> None:
+        sr = self.table.sample_rate
+        if sr != self.cfg.audio.sample_rate:
+            raise ConfigError(f"dataset {self.table.uri} has audio at {sr} Hz but audio.sample_rate={self.cfg.audio.sample_rate}")
+        for split in ("train", "test"):
+            counts = self.table.rows_by_class(split)
+            empty = [self.table.classes[c] for c in self.scenario.class_order if len(counts[c]) == 0]
+            if empty:
+                raise ConfigError(f"dataset {self.table.uri} has no {split} clips for classes {empty}")
+
+    def restore(self, state: TrainingState) -> None:
+        """Continue after the step a checkpoint completed (the model, memory and results of it)."""
+        if state.step + 1 >= self.scenario.num_steps:
+            log.info("checkpoint of step %d is the last step: nothing left to train", state.step)
+        self.model.expand_classes(state.num_classes)
+        self.model.load_state_dict(state.model)
+        self.strategy.load_state_dict(state.strategy)
+        self.memory.load_state_dict(state.memory)
+        self.results = ContinualResults.from_state_dict(state.results)
+        set_rng_state(state.rng)
+        self.old_model = self._frozen_copy(self.model)
+        self.next_step = state.step + 1
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _frozen_copy(model: nn.Module) -> nn.Module:
+        old = copy.deepcopy(model).eval()
+        for p in old.parameters():
+            p.requires_grad_(False)
+        return old
+
+    def _to_step_batch(self, clips: MixtureBatch) -> StepBatch:
+        clips = clips.to(self.device)
+        mix, scaled = mix_sources(clips.source_wavs)
+        return StepBatch(clips=clips, spectra=self.frontend.prepare(mix, scaled))
+
+    @staticmethod
+    def forward(model: nn.Module, batch: StepBatch, return_internals: bool = False) -> SeparatorOutput:
+        c = batch.clips
+        return model(batch.spectra.mix_input, c.labels, c.object_features, c.motion_features, return_internals=return_internals)
+
+    @staticmethod
+    def main_loss(out: SeparatorOutput, batch: StepBatch) -> torch.Tensor:
+        return weighted_l1_mask_loss(out.masks, batch.spectra.target_masks, batch.spectra.weight)
+
+    def _sampler(self, step: int) -> TrainingSampler:
+        c = self.cfg
+        memory_rows = self.memory.rows() if c.memory.per_class > 0 else []
+        return TrainingSampler(
+            self.table,
+            self.scenario,
+            self.strategy.train_class_ids(step, self.scenario),
+            memory_rows,
+            clip_samples=c.audio.clip_samples,
+            different_classes=c.data.different_classes,
+            oversample=c.memory.oversample,
+            share=c.memory.share,
+            seed=_seed(c.train.seed, step, self.dist.rank, 1),
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, reporter: Reporter | None = None) -> dict[str, Any]:
+        """Train and evaluate every remaining step; returns the final summary (rank 0)."""
+        for step in range(self.next_step, self.scenario.num_steps):
+            result = self.run_step(step)
+            self.next_step = step + 1
+            if reporter is not None:
+                reporter.report(result, lambda directory, s=step: self.save(directory, s))
+        return self.results.summary() if self.results.steps else {}
+
+    def run_step(self, step: int) -> StepResult:
+        cfg, t = self.cfg, self.cfg.train
+        torch.manual_seed(_seed(t.seed, step, self.dist.rank, 2))
+        self.model.expand_classes(self.scenario.num_seen(step))
+        train_model = self.dist.wrap(self.model)  # re-wrapped each step: expanding adds parameters
+        sampler = self._sampler(step)
+        batches_of_step: Callable[[int], Iterator[StepBatch]] = lambda n: (
+            self._to_step_batch(sampler.sample(self.local_batch)) for _ in range(n)
+        )
+        ctx = StepContext(
+            step=step,
+            scenario=self.scenario,
+            model=self.model,
+            old_model=self.old_model,
+            device=self.device,
+            sample_batches=batches_of_step,
+            forward=self.forward,
+            main_loss=self.main_loss,
+        )
+        optimizers, schedulers = make_optimizers(self.model, cfg)
+        self.strategy.before_task(ctx)
+        log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
+                 [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
+
+        best = (-math.inf, None)
+        sums: dict[str, float] = {}
+        self.model.train()
+        started = time.perf_counter()
+        for it in range(t.iters_per_step):
+            batch = self.strategy.transform_batch(self._to_step_batch(sampler.sample(self.local_batch)), ctx)
+            with self.autocast:
+                out = self.forward(train_model, batch, self.strategy.needs_internals)
+                main = self.main_loss(out, batch)
+                terms = self.strategy.loss_terms(batch, out, ctx)
+            loss = main + sum(terms.values()) if terms else main
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"step {step} iteration {it}: loss is {loss.item()} (main {main.item():.4g}, "
+                    + ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+                    + "); lower the learning rates or the strategy weights"
+                )
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            self.strategy.after_backward(ctx)
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            for o in optimizers:
+                o.step()
+            for s in schedulers:
+                s.step()
+            for name, value in (("main", main), *terms.items(), ("total", loss)):
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            if t.select == "best_val" and ((it + 1) % t.val_every == 0 or it + 1 == t.iters_per_step):
+                # The reference keeps the checkpoint with the best validation SDR over ALL seen
+                # classes, which peeks at old-class data a continual learner should not have.
+                val_sdr = self._validate(step)
+                if val_sdr > best[0]:
+                    best = (val_sdr, copy.deepcopy(self.model.state_dict()))
+                self.model.train()
+            if (it + 1) % max(1, t.iters_per_step // 5) == 0:
+                log.info("  iter %d/%d  loss %.4f", it + 1, t.iters_per_step, sums["total"] / (it + 1))
+        train_seconds = time.perf_counter() - started
+        if best[1] is not None:
+            self.model.load_state_dict(best[1])
+
+        self.strategy.after_task(ctx)
+        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step), random.Random(_seed(t.seed, step, 3)))
+        self._last_optim = (optimizers, schedulers)
+
+        started = time.perf_counter()
+        examples = self._evaluate(step) if self.dist.is_main else []
+        eval_seconds = time.perf_counter() - started
+        self.dist.barrier()
+        self.old_model = self._frozen_copy(self.model)
+
+        metrics: dict[str, float] = {}
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            row = self.results.step_summary(step)
+            metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
+            r = self.results.matrix("sdr")
+            for j in range(step + 1):
+                metrics[f"task_sdr/{j}"] = float(r[step, j])
+            summary = self.results.summary(step)
+        iters = max(1, t.iters_per_step)
+        metrics.update({f"loss/{k}": v / iters for k, v in sums.items()})
+        metrics.update(
+            {
+                "step": float(step),
+                "time/train_s": train_seconds,
+                "time/eval_s": eval_seconds,
+                "throughput/mixtures_per_s": t.iters_per_step * cfg.train.batch_size / max(train_seconds, 1e-9),
+                "memory/clips": float(len(self.memory)),
+            }
+        )
+        if self.dist.is_main:
+            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f  [train %.1fs, eval %.1fs]", step + 1,
+                     metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-", metrics.get("sdr_new", math.nan),
+                     metrics["sir"], metrics["sar"], train_seconds, eval_seconds)
+        return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _separate(self, pairs: np.ndarray) -> Iterator[tuple[MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (clips, mixture (B,S), scaled references (B,N,S), estimates (B,N,S)) per eval batch."""
+        self.model.eval()
+        size = self.cfg.eval.batch_size
+        for i in range(0, len(pairs), size):
+            clips = eval_batch(self.table, self.scenario, pairs[i : i + size], self.cfg.audio.clip_samples).to(self.device)
+            mix, scaled = mix_sources(clips.source_wavs)
+            mix_input, mix_spec = self.frontend.mixture_spectra(mix)
+            with self.autocast:
+                out = self.model(mix_input, clips.labels, clips.object_features, clips.motion_features)
+            estimates = self.frontend.reconstruct(out.masks.float(), mix_spec, mix.shape[-1])
+            yield clips, mix, scaled, estimates
+
+    def _evaluate(self, step: int) -> list[Example]:
+        e = self.cfg.eval
+        pairs = evaluation_pairs(self.table, self.scenario, step, pairs_per_clip=e.pairs_per_clip, seed=e.seed)
+        examples: list[Example] = []
+        for clips, mix, refs, ests in self._separate(pairs):
+            scores = separation_scores(refs, ests, e.backend, mixture=mix)
+            self.results.add_scores(step, scores, clips.tasks.cpu().numpy())
+            for b in range(min(len(clips), e.examples - len(examples))):
+                examples.append(
+                    Example(
+                        mixture=mix[b].float().cpu().numpy(),
+                        references=refs[b].float().cpu().numpy(),
+                        estimates=ests[b].float().cpu().numpy(),
+                        class_names=tuple(self.table.classes[int(c)] for c in clips.class_ids[b]),
+                        sdr=tuple(float(x) for x in scores.sdr[b]),
+                        sample_rate=self.cfg.audio.sample_rate,
+                    )
+                )
+        return examples
+
+    def _validate(self, step: int) -> float:
+        """Mean SDR on validation mixtures of all seen classes (fast backend), for train.select=best_val."""
+        pairs = evaluation_pairs(self.table, self.scenario, step, split="val", pairs_per_clip=1, seed=self.cfg.eval.seed + 1)
+        sdrs = []
+        for _, mix, refs, ests in self._separate(pairs):
+            sdrs.append(separation_scores(refs, ests, "fast", mixture=mix).sdr.ravel())
+        values = np.concatenate(sdrs)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else -math.inf
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: str | Path, step: int) -> Path:
+        optimizers, schedulers = self._last_optim
+        state = TrainingState(
+            step=step,
+            config=self.cfg,
+            model=self.model.state_dict(),
+            num_classes=self.model.num_classes,
+            optimizers=[o.state_dict() for o in optimizers],
+            schedulers=[s.state_dict() for s in schedulers],
+            strategy=self.strategy.state_dict(),
+            memory=self.memory.state_dict(),
+            results=self.results.state_dict(),
+            rng=rng_state(),
+        )
+        return save_checkpoint(state, directory)
+
+
+def run_sequence(
+    cfg: Config,
+    table: ClipTable,
+    *,
+    reporter: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    distributed: Distributed | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a whole task sequence; returns the final results summary."""
+    engine = Engine(cfg, table, distributed=distributed)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        if state.config != cfg:
+            raise ConfigError(f"checkpoint {resume_from} was written with another config; resume with the same settings")
+        engine.restore(state)
+    return engine.run(reporter)

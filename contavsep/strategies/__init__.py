@@ -1,0 +1,1 @@
+"""Continual-learning strategies, one per file, resolved by name through ``contavsep.registry.STRATEGIES``."""

@@ -1,0 +1,108 @@
+"""`contavsep run`: one whole task sequence in this process, without Ray (and `contavsep strategies`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from contavsep.config import PRESETS, flat, make_config, parse_overrides, to_yaml
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and evaluate one incremental task sequence locally (no Ray)")
+    p.add_argument("--data", required=True, help="dataset URI (file:///abs/path or s3://bucket/prefix)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="size preset (default: paper, or the --config file's)")
+    p.add_argument("--strategy", default=None, help="strategy name (see `contavsep strategies`)")
+    p.add_argument("--config", dest="yaml_path", default=None, help="YAML overlay of nested or dotted keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    p.add_argument("--out", default=None, help="output directory for results.json and step checkpoints (default: ./runs/<strategy>-<time>)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT_DIR", help="continue after the step of this checkpoint")
+    p.add_argument("--no-checkpoints", action="store_true", help="do not write step checkpoints")
+    p.add_argument("--quiet", action="store_true", help="only print the final table")
+    p.set_defaults(func=run)
+
+    s = sub.add_parser("strategies", help="list the continual-learning strategies and their hyperparameters")
+    s.set_defaults(func=list_strategies)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _fmt(x: object) -> str:
+    return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def step_table(summary: dict) -> str:
+    """Per-step table: SDR/SIR/SAR over all seen classes, old / new SDR, mixture SDR, skipped."""
+    rows = [["step", "SDR", "SIR", "SAR", "SDR old", "SDR new", "SDR mix", "sources", "skipped"]]
+    for s in summary["steps"]:
+        rows.append([str(s["step"] + 1)] + [_fmt(s.get(k)) for k in ("sdr", "sir", "sar", "sdr_old", "sdr_new", "sdr_mix", "sources", "skipped")])
+    return _table(rows)
+
+
+class _ConsoleReporter:
+    """Writes each step's checkpoint and results.json (atomically) as the run goes."""
+
+    def __init__(self, out: Path, cfg, checkpoints: bool):
+        self.out, self.cfg, self.checkpoints = out, cfg, checkpoints
+        self.steps: list[dict] = []
+
+    def report(self, result, save_checkpoint) -> None:
+        self.steps.append(result.metrics)
+        if self.checkpoints:
+            save_checkpoint(self.out / "checkpoints" / f"step={result.step}")
+        doc = {"config": flat(self.cfg), "steps": self.steps, "summary": result.summary, "complete": result.is_last}
+        tmp = self.out / "results.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(self.out / "results.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from contavsep.data.reader import open_dataset
+    from contavsep.engine import run_sequence
+
+    overrides = parse_overrides(args.overrides)
+    if args.strategy:
+        overrides["strategy.name"] = args.strategy
+    if args.preset:
+        overrides["preset"] = args.preset
+    overrides["data.uri"] = args.data
+    cfg = make_config("paper", overrides, args.yaml_path)
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
+    out = Path(args.out or f"runs/{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
+    started = time.perf_counter()
+    summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
+    wall = time.perf_counter() - started
+    print(step_table(summary))
+    f = summary["forgetting"]
+    print(
+        f"final SDR {_fmt(summary['final']['sdr'])}  SIR {_fmt(summary['final']['sir'])}  SAR {_fmt(summary['final']['sar'])}  "
+        f"forgetting {_fmt(f['sdr'])}  BWT {_fmt(summary['bwt']['sdr'])}  avg incremental SDR {_fmt(summary['average_incremental']['sdr'])}"
+        f"  wall {wall:.0f}s"
+    )
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def list_strategies(args: argparse.Namespace) -> int:
+    from contavsep.registry import STRATEGIES
+    from contavsep.strategies.base import params_table
+
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:10s} {doc}")
+        for key, default in params_table(cls):
+            print(f"{'':10s}   {key} = {default}")
+    return 0
