@@ -92,27 +92,34 @@ class ExtractorSpec:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when available, else CPU."""
+    """``auto`` -> the first CUDA device when available, else CPU; an unavailable device is an error."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ExtractorLoadError(f"'{device}' is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ExtractorLoadError(f"device '{device}' is not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu")
+    return dev
 
 
 # ------------------------------------------------------------------------------------------------
 # preprocessing (torch, batched, on the extractor's device)
 
 
-def _to_unit_chw(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
-    return frames.permute(0, 3, 1, 2).float().div_(255.0)
+def _to_chw_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W), still in [0, 255] (scaled once, in _normalise)."""
+    return frames.permute(0, 3, 1, 2).float()
 
 
 def _normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - m) / s
+    """(x / 255 - mean) / std as one multiply-subtract, on the already resized (small) images."""
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return images.mul(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
 
 
 def pad_square_resize(frames: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -121,7 +128,7 @@ def pad_square_resize(frames: torch.Tensor, size: int, mean: Sequence[float], st
     Shape:
         - frames: uint8 :math:`(B, H, W, 3)`; output: float :math:`(B, 3, size, size)`.
     """
-    images = _to_unit_chw(frames)
+    images = _to_chw_float(frames)
     height, width = images.shape[-2:]
     side = max(height, width)
     images = F.pad(images, (0, side - width, 0, side - height), value=0.0)
@@ -133,18 +140,18 @@ def centre_crop_resize(
     frames: torch.Tensor, shortest_edge: int, crop: int, mode: str, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """CLIP / VideoMAE input: the region that "resize shortest edge to ``shortest_edge``, centre
-    crop ``crop``" keeps, resized to ``crop`` x ``crop``, clamped to [0, 1], normalised.
+    crop ``crop``" keeps, resized to ``crop`` x ``crop``, clamped to the pixel range, normalised.
 
     Shape:
         - frames: uint8 :math:`(B, H, W, 3)` (one size for the batch); output: float :math:`(B, 3, crop, crop)`.
     """
-    images = _to_unit_chw(frames)
-    height, width = images.shape[-2:]
+    height, width = frames.shape[1:3]
     keep = max(1, min(height, width, round(min(height, width) * crop / shortest_edge)))
     top, left = (height - keep) // 2, (width - keep) // 2
-    images = images[:, :, top : top + keep, left : left + keep]
+    # Cut in uint8 first: only the kept square is converted to float.
+    images = _to_chw_float(frames[:, top : top + keep, left : left + keep])
     images = F.interpolate(images, size=(crop, crop), mode=mode, align_corners=False, antialias=True)
-    return _normalise(images.clamp_(0.0, 1.0), mean, std)
+    return _normalise(images.clamp_(0.0, 255.0), mean, std)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,8 +549,11 @@ def load_pretrained_extractors(
             tokenizer = None
             if role == "detector":
                 tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, local_files_only=offline, cache_dir=cache_dir)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:  # huggingface_hub's "not found locally / cannot connect" errors are OSErrors
             raise _missing_weights(role, model_id, offline, exc) from exc
+        except ValueError as exc:  # e.g. a folder or repo holding another model type
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExtractorLoadError(f"cannot load the {role} '{model_id}' as {cls.__name__}: {reason}") from exc
         local = os.path.isdir(model_id)
         spec = ExtractorSpec(role=role, name=model_id, revision=ids.revision or ("local folder" if local else "main"),
                              commit=commit, pretrained=True, model_class=cls.__name__,

@@ -367,7 +367,9 @@ def run_ingest(
     from contavsep.data.schema import ClipRecord
 
     stats = IngestStats(clips_total=len(items))
-    bar = tqdm(total=len(items), unit="clip", desc="ingest", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # disable=None: tqdm draws only on a terminal, so logs of batch jobs get no carriage-return noise.
+    bar = tqdm(total=len(items), unit="clip", desc="ingest", disable=None if progress else True, file=sys.stderr,
+               dynamic_ncols=True)
     say = echo if echo is not None else (lambda line: bar.write(line, file=sys.stderr))
     start = time.perf_counter()
 

@@ -16,6 +16,9 @@ import sys
 from contavsep_platform.cli import UserError
 
 
+_DEFAULT_IDS = ("google/owlv2-base-patch16-ensemble", "openai/clip-vit-base-patch32", "MCG-NJU/videomae-base")
+
+
 def _ratios(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -27,9 +30,7 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``ingest`` to the ``contavsep data`` subcommands."""
-    from contavsep.data.extractors import DEFAULT_DETECTOR, DEFAULT_IMAGE_ENCODER, DEFAULT_MOTION_ENCODER
-
+    """Add ``ingest`` to the ``contavsep data`` subcommands (imports nothing heavy: `--help` stays fast)."""
     p = sub.add_parser(
         "ingest",
         help="ingest <class>/<clip>.mp4 videos (MUSIC-21, AVE, VGGSound layout) into a dataset",
@@ -49,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the ratio split (default 0)")
     p.add_argument("--extractors", default="pretrained",
                    help="pretrained (published checkpoints) | random-tiny (tiny random models: tests, offline trials)")
-    p.add_argument("--detector-model", default=DEFAULT_DETECTOR, help=f"OWLv2 hub id or folder (default {DEFAULT_DETECTOR})")
-    p.add_argument("--image-model", default=DEFAULT_IMAGE_ENCODER, help=f"CLIP hub id or folder (default {DEFAULT_IMAGE_ENCODER})")
-    p.add_argument("--motion-model", default=DEFAULT_MOTION_ENCODER, help=f"VideoMAE hub id or folder (default {DEFAULT_MOTION_ENCODER})")
+    # Defaults live in contavsep.data.extractors (None here = theirs); the help repeats them so that
+    # `--help` needs no torch import, and a test checks the two agree.
+    p.add_argument("--detector-model", default=None, help=f"OWLv2 hub id or folder (default {_DEFAULT_IDS[0]})")
+    p.add_argument("--image-model", default=None, help=f"CLIP hub id or folder (default {_DEFAULT_IDS[1]})")
+    p.add_argument("--motion-model", default=None, help=f"VideoMAE hub id or folder (default {_DEFAULT_IDS[2]})")
     p.add_argument("--revision", default=None, help="hub revision of the three checkpoints (default: each repo's main)")
     p.add_argument("--offline", action="store_true", help="load weights from the local Hugging Face cache only (also: HF_HUB_OFFLINE=1)")
     p.add_argument("--seed", type=int, default=0, help="weight seed of --extractors random-tiny (default 0)")
@@ -121,17 +124,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         extractors = build_extractors(
             args.extractors,
-            ids=PretrainedModelIds(args.detector_model, args.image_model, args.motion_model, args.revision),
+            ids=PretrainedModelIds(
+                detector=args.detector_model or PretrainedModelIds.detector,
+                image=args.image_model or PretrainedModelIds.image,
+                motion=args.motion_model or PretrainedModelIds.motion,
+                revision=args.revision,
+            ),
             device=args.device,
             local_files_only=args.offline,
             seed=args.seed,
             batch_frames=args.batch_frames,
             batch_clips=args.group_clips,
         )
-    except ExtractorLoadError as exc:
+    except ExtractorLoadError as exc:  # missing weights, wrong model type, unavailable --device
         raise UserError(str(exc)) from None
-    except RuntimeError as exc:  # e.g. --device cuda on a machine without CUDA
-        raise UserError(f"cannot build the extractors on --device {args.device}: {str(exc).splitlines()[0]}") from None
     print(f"extractors: {args.extractors} on {extractors.device}")
 
     settings = IngestSettings(
