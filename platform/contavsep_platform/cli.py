@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "contavsep_platform.commands.data",
     "contavsep_platform.commands.run",
     "contavsep_platform.commands.demo",
+    "contavsep_platform.commands.services",
+    "contavsep_platform.commands.report",
 ]
 
 

@@ -1,0 +1,44 @@
+"""`contavsep report --sweep NAME`: markdown tables and PNG plots of a sweep, from MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables (best trial per strategy, Table 1 style, per-step SDR) and plots of a sweep, from MLflow",
+    )
+    p.add_argument("--sweep", required=True, help="sweep name (as given to `contavsep sweep --name`)")
+    p.add_argument("--out", default=None, help="output folder (default: ./reports/<sweep>)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (default: search all experiments)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the local services started by `contavsep services up`)")
+    p.add_argument("--metric", default="final/sdr", help="MLflow metric that selects the best trial (default: final/sdr)")
+    p.add_argument("--mode", default="max", choices=("max", "min"), help="whether the metric is maximised or minimised")
+    p.add_argument("--quiet", action="store_true", help="do not print the report, only where it was written")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from contavsep_platform.cli import UserError
+    from contavsep_platform.report import write_report
+
+    uri = args.tracking_uri
+    if uri is None:
+        from contavsep_platform.settings import resolve_endpoints
+
+        uri = resolve_endpoints().mlflow_tracking_uri
+    if not uri:
+        raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
+                        " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
+    out = Path(args.out or Path("reports") / args.sweep).resolve()
+    report = write_report(uri, args.sweep, out, experiment=args.experiment, metric=args.metric, mode=args.mode)
+    if not args.quiet:
+        print(report.markdown, end="")
+    print(f"report: {report.files[0]}")
+    for path in report.files[1:]:
+        print(f"plot:   {path}")
+    return 0

@@ -1,0 +1,688 @@
+"""MLflow tracking: one parent run per sweep, one nested child run per trial.
+
+What lands in MLflow (names are the report's and the UI's vocabulary):
+
+- parent run (:class:`SweepTracker`), named after the sweep: tags ``contavsep.sweep``,
+  ``contavsep.role=sweep`` and the caller's (data manifest hash, git commit, ...); artifacts
+  ``search_space.yaml`` and, at the end, ``best_trials.json`` / ``best_trials.md``.
+- child run per trial (:class:`TrialTracker`), named after the trial id, tags
+  ``mlflow.parentRunId``, ``contavsep.role=trial``, ``contavsep.trial``, ``contavsep.strategy``:
+  params = the flattened dotted config; metrics with ``step=k`` after every incremental step
+  (``sdr``, ``sdr_old``, ``sdr_new``, ``sir``, ``sar``, ``task_sdr/<j>``, ``loss/<term>``, ...,
+  plus ``forgetting/<m>`` and ``bwt/<m>`` as of that step); final metrics ``final/<name>``
+  (``final/sdr``, ``final/forgetting_sdr``, ``final/bwt_sdr``, ``final/avg_incremental_sdr``,
+  ...); artifacts ``config.yaml``, ``results/R.json``, ``results/summary.json``,
+  ``plots/R_matrices.png``, ``plots/step_curves.png`` and ``examples/<k>_<classes>/`` (WAVs and
+  a spectrogram PNG of a few test separations of the last step).
+
+Runs are found again by name: a restarted trial (same trial id) or a resumed sweep (same sweep
+name) continues its existing run instead of creating a second one.
+
+Only :class:`mlflow.MlflowClient` is used, never the fluent ``mlflow.start_run`` API, whose
+process-global "active run" would mix up several trials in one process.
+
+A tracking server outage never fails a trial: every call goes through an ordered outbox with
+short HTTP timeouts; what fails because the server is unreachable stays queued (artifacts as
+local files) and is re-sent, in order, at the next call; ``log_final`` waits a bounded time for
+the server to come back. One warning per outage, one when it is over. What the server rejects
+(e.g. a param changed on resume) is dropped with a warning, not retried forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from contavsep_platform.artifacts import (
+    example_dirname,
+    markdown_table,
+    r_matrices_json,
+    r_matrix_figure,
+    save_figure,
+    step_curves_figure,
+    write_example,
+)
+from contavsep_platform.cli import UserError
+
+if TYPE_CHECKING:
+    from contavsep.engine import Example, StepResult
+
+log = logging.getLogger("contavsep_platform.tracking")
+
+DEFAULT_EXPERIMENT = "contavsep"
+SWEEP_TAG = "contavsep.sweep"
+ROLE_TAG = "contavsep.role"  # "sweep" (parent run) | "trial" (child run)
+TRIAL_TAG = "contavsep.trial"
+STRATEGY_TAG = "contavsep.strategy"
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_PREFIX = "final/"
+
+# MLflow's REST limits per log_batch call.
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+_PARAM_VALUE_MAX = 6000
+# Errors that mean "the request itself is wrong": retrying cannot help, so the item is dropped.
+_PERMANENT_CODES = frozenset({
+    "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND", "MALFORMED_REQUEST",
+})
+_METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+class TrackingUnavailableError(UserError):
+    """The tracking server cannot be used for a new sweep (unreachable or refusing it)."""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` means "the server is unreachable or overloaded, try again later"."""
+    if isinstance(exc, MlflowException):
+        # Connection refused / timeouts / 5xx arrive as INTERNAL_ERROR or TEMPORARILY_UNAVAILABLE.
+        return exc.error_code not in _PERMANENT_CODES
+    return isinstance(exc, OSError)  # requests' ConnectionError and Timeout are OSErrors
+
+
+# ---------------------------------------------------------------------------- HTTP limits
+
+_env_lock = threading.Lock()
+_env_users = 0
+_env_set: dict[str, str] = {}
+
+
+@contextmanager
+def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
+    """Short MLflow HTTP timeouts/retries while a tracker talks to the server.
+
+    The MlflowClient reads these from the environment at every request and has no per-client
+    setting. They are set only where the user has not set them, and only while at least one
+    tracker call is in flight (reference-counted, so threads do not undo each other's).
+    """
+    global _env_users
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+    with _env_lock:
+        if _env_users == 0:
+            for key, value in wanted.items():
+                if key not in os.environ:
+                    os.environ[key] = value
+                    _env_set[key] = value
+        _env_users += 1
+    try:
+        yield
+    finally:
+        with _env_lock:
+            _env_users -= 1
+            if _env_users == 0:
+                for key, value in _env_set.items():
+                    if os.environ.get(key) == value:
+                        del os.environ[key]
+                _env_set.clear()
+
+
+# ---------------------------------------------------------------------------- outbox
+
+
+@dataclass
+class _Op:
+    """One MLflow call to make, in order. ``call`` must be safe to repeat (it is retried whole)."""
+
+    label: str
+    call: Callable[[], None]
+    cleanup: Callable[[], None] | None = None  # runs once the op is done with (sent or dropped)
+
+
+class _Outbox:
+    """Sends queued MLflow calls in order; stops at the first failure that a retry may fix."""
+
+    def __init__(self, tracking_uri: str, http_timeout_s: int, max_retries: int):
+        self.tracking_uri = tracking_uri
+        self.http_timeout_s = http_timeout_s
+        self.max_retries = max_retries
+        self.pending: deque[_Op] = deque()
+        self.down_since: float | None = None
+        self.dropped: list[str] = []
+
+    def add(self, op: _Op) -> None:
+        self.pending.append(op)
+
+    def flush(self) -> bool:
+        """Send what is queued; True when nothing is left."""
+        sent = 0
+        while self.pending:
+            op = self.pending[0]
+            try:
+                with short_http_requests(self.http_timeout_s, self.max_retries):
+                    op.call()
+                sent += 1
+            except Exception as exc:  # noqa: BLE001 - a tracking problem must never end a trial
+                if is_transient(exc):
+                    if self.down_since is None:
+                        self.down_since = time.monotonic()
+                        log.warning(
+                            "MLflow at %s is unreachable (%s); keeping %d item(s) to send later",
+                            self.tracking_uri, _one_line(exc), len(self.pending),
+                        )
+                    else:
+                        log.debug("MLflow at %s still unreachable: %s", self.tracking_uri, _one_line(exc))
+                    return False
+                log.warning("MLflow at %s refused %s, dropped: %s", self.tracking_uri, op.label, _one_line(exc))
+                self.dropped.append(op.label)
+            self.pending.popleft()
+            if op.cleanup is not None:
+                op.cleanup()
+        if self.down_since is not None:
+            log.warning(
+                "MLflow at %s is reachable again after %.0f s; sent %d buffered item(s)",
+                self.tracking_uri, time.monotonic() - self.down_since, sent,
+            )
+            self.down_since = None
+        return True
+
+    def drain(self, timeout_s: float) -> bool:
+        """Flush, retrying for up to ``timeout_s`` while the server is unreachable."""
+        deadline = time.monotonic() + timeout_s
+        pause = 0.5
+        while not self.flush():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
+        return True
+
+
+# ---------------------------------------------------------------------------- MLflow helpers
+
+
+def _quoted(value: str, what: str) -> str:
+    """``value`` as a search-filter string literal; MLflow filters have no quote escaping."""
+    if "'" in value or "\\" in value:
+        raise UserError(f"{what} '{value}' must not contain quotes or backslashes")
+    return f"'{value}'"
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if missing (concurrent creators agree)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise MlflowException(
+            f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore`) or use another experiment name",
+            error_code="INVALID_STATE",
+        )
+    return exp.experiment_id
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested or dotted mappings -> {dotted key: string value} (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, full + "."))
+        else:
+            text = str(value)
+            out[full] = text if len(text) <= _PARAM_VALUE_MAX else text[: _PARAM_VALUE_MAX - 3] + "..."
+    return out
+
+
+def metric_key(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names replaced by '_'."""
+    return _METRIC_KEY_UNSAFE.sub("_", name)
+
+
+def _as_metric_value(value: Any) -> float | None:
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def progress_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Forgetting and BWT as of a step, from a results summary (absent while undefined)."""
+    out: dict[str, float] = {}
+    for group in ("forgetting", "bwt"):
+        for name, value in (summary.get(group) or {}).items():
+            if value is not None:
+                out[f"{group}/{name}"] = float(value)
+    return out
+
+
+def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The ``final/...`` metrics of a finished trial from its results summary.
+
+    ``final/<m>``, ``final/<m>_old``, ``final/<m>_new`` (m in sdr, sir, sar) over the classes
+    seen after the last step, ``final/sdr_mix``, ``final/sdri``, ``final/forgetting_<m>``,
+    ``final/bwt_<m>``, ``final/avg_incremental_<m>``, ``final/sources``, ``final/skipped``.
+    Undefined values (None) are left out.
+    """
+    out: dict[str, Any] = {}
+    last = summary.get("final") or {}
+    for key, value in last.items():
+        if key != "step":
+            out[key] = value
+    for group, prefix in (("forgetting", "forgetting_"), ("bwt", "bwt_"), ("average_incremental", "avg_incremental_")):
+        for name, value in (summary.get(group) or {}).items():
+            out[prefix + name] = value
+    out["skipped"] = summary.get("skipped", last.get("skipped"))
+    return {FINAL_PREFIX + k: v for k, v in ((k, _as_metric_value(v)) for k, v in out.items()) if v is not None}
+
+
+def _metrics_batches(values: Mapping[str, float], step: int, timestamp_ms: int) -> list[list[Metric]]:
+    metrics = [Metric(metric_key(k), float(v), timestamp_ms, int(step)) for k, v in values.items()]
+    return [metrics[i : i + _METRICS_PER_BATCH] for i in range(0, len(metrics), _METRICS_PER_BATCH)]
+
+
+class _Spool:
+    """Local files waiting to be uploaded as artifacts (they must outlive an outage)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.root: Path | None = None
+        self._count = 0
+
+    def new_dir(self) -> Path:
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix=self.prefix))
+        self._count += 1
+        path = self.root / f"{self._count:04d}"
+        path.mkdir()
+        return path
+
+    def remove_if_empty(self) -> None:
+        if self.root is not None and self.root.is_dir() and not any(self.root.iterdir()):
+            self.root.rmdir()
+            self.root = None
+
+
+class _RunLogger:
+    """What the parent and child trackers share: a client, an outbox, a spool, one run id."""
+
+    def __init__(self, tracking_uri: str, http_timeout_s: int, max_retries: int, spool_prefix: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.outbox = _Outbox(tracking_uri, http_timeout_s, max_retries)
+        self.spool = _Spool(spool_prefix)
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def require_run(self) -> str:
+        if self.run_id is None:
+            # The run could not be opened for a non-transient reason (already warned).
+            raise MlflowException("no MLflow run to log to", error_code="INVALID_STATE")
+        return self.run_id
+
+    def queue_metrics(self, values: Mapping[str, float], step: int, label: str) -> None:
+        # The timestamp is taken now, not at send time: buffered points keep their real time.
+        timestamp_ms = int(time.time() * 1000)
+        for batch in _metrics_batches(values, step, timestamp_ms):
+            self.outbox.add(_Op(label, lambda b=batch: self.client.log_batch(self.require_run(), metrics=b)))
+
+    def queue_tags(self, tags: Mapping[str, str], label: str) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self.outbox.add(_Op(label, lambda: self.client.log_batch(self.require_run(), tags=items)))
+
+    def queue_files(self, write: Callable[[Path], object], artifact_path: str | None, label: str) -> None:
+        """Write files with ``write(dir)`` now, upload ``dir``'s content under ``artifact_path``."""
+        directory = self.spool.new_dir()
+        try:
+            write(directory)
+        except Exception as exc:  # noqa: BLE001 - an artifact that cannot be drawn must not end a trial
+            log.warning("could not write %s: %s", label, _one_line(exc))
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        self.outbox.add(
+            _Op(
+                label,
+                lambda: self.client.log_artifacts(self.require_run(), str(directory), artifact_path),
+                cleanup=lambda: shutil.rmtree(directory, ignore_errors=True),
+            )
+        )
+
+    def queue_text(self, name: str, text: str, artifact_path: str | None = None) -> None:
+        self.queue_files(lambda d: (d / name).write_text(text), artifact_path, f"artifact {name}")
+
+    def queue_status(self, status: str) -> None:
+        self.outbox.add(_Op(f"run status {status}", lambda: self.client.set_terminated(self.require_run(), status)))
+
+    def finish_outbox(self, timeout_s: float, what: str) -> bool:
+        ok = self.outbox.drain(timeout_s)
+        if not ok:
+            labels = [op.label for op in self.outbox.pending]
+            log.warning(
+                "MLflow at %s stayed unreachable for %.0f s at the end of %s: %d item(s) not logged (%s)%s",
+                self.tracking_uri, timeout_s, what, len(labels), ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else ""),
+                f"; local copies of artifacts stay in {self.spool.root}" if self.spool.root else "",
+            )
+        else:
+            self.spool.remove_if_empty()
+        return ok
+
+    def ui_url(self) -> str | None:
+        if self.run_id is None or self.experiment_id is None or not self.tracking_uri.startswith("http"):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+# ---------------------------------------------------------------------------- the sweep (parent)
+
+
+class SweepTracker:
+    """The parent run of one sweep. ``tracking_uri=None`` disables tracking (every call no-ops).
+
+    Args:
+        tracking_uri: MLflow tracking server URI, or None for no tracking.
+        experiment: MLflow experiment name (created if missing).
+        sweep_name: the sweep's name; the run of a resumed sweep is found by it.
+        http_timeout_s / max_retries: per-request limits while talking to the server.
+        connect_timeout_s: how long :meth:`start` waits for an unreachable server.
+        flush_timeout_s: how long :meth:`finish` waits to send what is still queued.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment: str,
+        sweep_name: str,
+        *,
+        http_timeout_s: int = 5,
+        max_retries: int = 1,
+        connect_timeout_s: float = 30.0,
+        flush_timeout_s: float = 30.0,
+    ):
+        self.experiment = experiment
+        self.sweep_name = sweep_name
+        self.connect_timeout_s = connect_timeout_s
+        self.flush_timeout_s = flush_timeout_s
+        _quoted(sweep_name, "sweep name")
+        self._log = (
+            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{sweep_name}-")
+            if tracking_uri
+            else None
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._log is not None
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self._log.run_id if self._log else None
+
+    def ui_url(self) -> str | None:
+        """The parent run's page in the MLflow UI (None without tracking)."""
+        return self._log.ui_url() if self._log else None
+
+    def _open(self, run_log: _RunLogger) -> None:
+        client = run_log.client
+        run_log.experiment_id = experiment_id(client, self.experiment)
+        found = client.search_runs(
+            [run_log.experiment_id],
+            f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and tags.`{ROLE_TAG}` = 'sweep'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if found:
+            run_log.run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                client.update_run(run_log.run_id, status="RUNNING")
+            log.info("MLflow: continuing the parent run %s of sweep %s", run_log.run_id, self.sweep_name)
+        else:
+            run = client.create_run(
+                run_log.experiment_id, run_name=self.sweep_name, tags={SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}
+            )
+            run_log.run_id = run.info.run_id
+
+    def start(self, space_yaml_text: str, tags: Mapping[str, str]) -> str | None:
+        """Open (or, for a resumed sweep, re-open) the parent run; log the space and tags.
+
+        Returns the parent run id, or None when tracking is disabled. Raises
+        :class:`TrackingUnavailableError` when the server stays unreachable for
+        ``connect_timeout_s`` or refuses the run: better no sweep than an untracked one.
+        """
+        run_log = self._log
+        if run_log is None:
+            return None
+        deadline = time.monotonic() + self.connect_timeout_s
+        pause = 0.5
+        while True:
+            try:
+                with short_http_requests(run_log.outbox.http_timeout_s, run_log.outbox.max_retries):
+                    self._open(run_log)
+                break
+            except Exception as exc:  # noqa: BLE001 - turned into one clear error below
+                transient = is_transient(exc)
+                if not transient or time.monotonic() >= deadline:
+                    reason = "is unreachable" if transient else "refused the sweep's run"
+                    raise TrackingUnavailableError(
+                        f"MLflow at {run_log.tracking_uri} {reason} ({_one_line(exc)}); start the local services"
+                        " (`contavsep services up`) or set MLFLOW_TRACKING_URI"
+                    ) from exc
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 5.0)
+        run_log.queue_tags({**tags, SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}, "sweep tags")
+        run_log.queue_text("search_space.yaml", space_yaml_text)
+        run_log.outbox.flush()
+        return run_log.run_id
+
+    def _close_unfinished_trials(self, run_log: _RunLogger) -> None:
+        """Child runs still RUNNING when the sweep ends were stopped (by the scheduler, or a
+        failure that could not report): mark them KILLED so the UI does not show them live."""
+        client = run_log.client
+        parent = run_log.require_run()
+        for run in client.search_runs(
+            [run_log.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'", max_results=10000
+        ):
+            client.set_tag(run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+    def finish(self, best_table: list[dict]) -> None:
+        """Log the sweep's best-trial table, close unfinished child runs, end the parent run.
+
+        Never raises because the server is unreachable; waits up to ``flush_timeout_s``.
+        """
+        run_log = self._log
+        if run_log is None:
+            return
+        if run_log.run_id is not None:
+            run_log.queue_text("best_trials.json", json.dumps(best_table, indent=2, default=str))
+            if best_table:
+                header = list(dict.fromkeys(k for row in best_table for k in row))
+                rows = [[row.get(k) for k in header] for row in best_table]
+                run_log.queue_text("best_trials.md", markdown_table(header, rows) + "\n")
+            run_log.outbox.add(_Op("closing unfinished trial runs", lambda: self._close_unfinished_trials(run_log)))
+            run_log.queue_status("FINISHED")
+        run_log.finish_outbox(self.flush_timeout_s, f"sweep {self.sweep_name}")
+
+
+# ---------------------------------------------------------------------------- a trial (child)
+
+
+class TrialTracker:
+    """The child run of one trial; create it on rank 0 only. ``tracking_uri=None`` no-ops.
+
+    Never raises because the tracking server is unreachable: calls are queued and re-sent.
+
+    Args:
+        tracking_uri: MLflow tracking server URI, or None for no tracking.
+        experiment: MLflow experiment name (the sweep's).
+        parent_run_id: the sweep's parent run id (None: a top-level run).
+        trial_name: the trial id; the run's name, stable across restarts (an existing run of
+            this trial under the same parent is continued).
+        params: the resolved config, flat (dotted keys) or nested.
+        http_timeout_s / max_retries: per-request limits while talking to the server.
+        flush_timeout_s: how long :meth:`log_final` / :meth:`close` wait for an unreachable server.
+        examples_every_step: log example separations after every step, not only the last.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment: str,
+        parent_run_id: str | None,
+        trial_name: str,
+        params: dict[str, object],
+        *,
+        http_timeout_s: int = 5,
+        max_retries: int = 1,
+        flush_timeout_s: float = 60.0,
+        examples_every_step: bool = False,
+    ):
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.trial_name = trial_name
+        self.params = _flatten(params)
+        self.flush_timeout_s = flush_timeout_s
+        self.examples_every_step = examples_every_step
+        _quoted(trial_name, "trial name")
+        self._log = (
+            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{trial_name}-") if tracking_uri else None
+        )
+        if self._log is not None:
+            self._log.outbox.add(_Op(f"run of trial {trial_name}", self._open))
+            self._log.outbox.flush()
+
+    @property
+    def enabled(self) -> bool:
+        return self._log is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._log.run_id if self._log else None
+
+    @property
+    def pending(self) -> int:
+        """Items waiting for the server (0 when everything was sent)."""
+        return len(self._log.outbox.pending) if self._log else 0
+
+    def ui_url(self) -> str | None:
+        return self._log.ui_url() if self._log else None
+
+    def _open(self) -> None:
+        """Find this trial's run (restart) or create it; log the params. Safe to repeat."""
+        run_log = self._log
+        assert run_log is not None
+        client = run_log.client
+        logged: dict[str, str] = {}
+        if run_log.run_id is None:
+            run_log.experiment_id = experiment_id(client, self.experiment)
+            filters = [f"tags.`{TRIAL_TAG}` = {_quoted(self.trial_name, 'trial name')}", f"tags.`{ROLE_TAG}` = 'trial'"]
+            if self.parent_run_id:
+                filters.append(f"tags.`{PARENT_TAG}` = {_quoted(self.parent_run_id, 'parent run id')}")
+            found = client.search_runs([run_log.experiment_id], " and ".join(filters), max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+            if found:
+                run = found[0]
+                if run.info.status != "RUNNING":
+                    client.update_run(run.info.run_id, status="RUNNING")
+                log.info("MLflow: continuing run %s of trial %s", run.info.run_id, self.trial_name)
+            else:
+                tags = {ROLE_TAG: "trial", TRIAL_TAG: self.trial_name}
+                if self.parent_run_id:
+                    tags[PARENT_TAG] = self.parent_run_id
+                if "strategy.name" in self.params:
+                    tags[STRATEGY_TAG] = self.params["strategy.name"]
+                run = client.create_run(run_log.experiment_id, run_name=self.trial_name, tags=tags)
+            run_log.run_id = run.info.run_id
+            logged = dict(run.data.params)
+        else:
+            logged = dict(client.get_run(run_log.run_id).data.params)
+        changed = sorted(k for k, v in self.params.items() if k in logged and logged[k] != v)
+        if changed:
+            log.warning("MLflow run %s keeps its first values of params %s (MLflow params cannot change)",
+                        run_log.run_id, ", ".join(changed))
+        todo = [Param(k, v) for k, v in self.params.items() if k not in logged]
+        for i in range(0, len(todo), _PARAMS_PER_BATCH):
+            client.log_batch(run_log.run_id, params=todo[i : i + _PARAMS_PER_BATCH])
+
+    def _queue_examples(self, examples: list[Example], step: int) -> None:
+        assert self._log is not None
+        base = "examples" if not self.examples_every_step else f"examples/step={step}"
+        for index, example in enumerate(examples):
+            self._log.queue_files(lambda d, e=example: write_example(e, d), f"{base}/{example_dirname(index, example)}",
+                                  f"example {index} of step {step}")
+
+    def log_step(self, result: StepResult) -> None:
+        """Metrics of one incremental step with ``step=result.step`` (and examples at the last)."""
+        if self._log is None:
+            return
+        values: dict[str, float] = {}
+        for key, value in result.metrics.items():
+            number = _as_metric_value(value)
+            if number is not None and key != "step":  # the step is the x axis, not a metric
+                values[key] = number
+        values.update(progress_metrics(result.summary or {}))
+        self._log.queue_metrics(values, result.step, f"metrics of step {result.step}")
+        if result.examples and (result.is_last or self.examples_every_step):
+            self._queue_examples(result.examples, result.step)
+        self._log.outbox.flush()
+
+    def _queue_plot(self, name: str, draw: Callable[[], Any]) -> None:
+        assert self._log is not None
+        self._log.queue_files(lambda d: save_figure(draw(), d / name), "plots", f"plot {name}")
+
+    def log_final(self, summary: dict, config_yaml: str) -> None:
+        """Final metrics, R matrices (JSON + heatmap), per-step curves, the resolved config;
+        then the run ends FINISHED. Waits up to ``flush_timeout_s`` for an unreachable server."""
+        if self._log is None:
+            return
+        run_log = self._log
+        if summary:
+            run_log.queue_metrics(final_metrics(summary), int(summary.get("last_step", 0)), "final metrics")
+            run_log.queue_text("R.json", r_matrices_json(summary), "results")
+            run_log.queue_text("summary.json", json.dumps(summary, indent=2, default=_json_default), "results")
+            self._queue_plot("R_matrices.png", lambda: r_matrix_figure(summary))
+            self._queue_plot("step_curves.png", lambda: step_curves_figure(summary))
+        run_log.queue_text("config.yaml", config_yaml)
+        run_log.queue_tags({"contavsep.complete": "true"}, "completion tag")
+        run_log.queue_status("FINISHED")
+        run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
+
+    def close(self, status: str = "FAILED") -> None:
+        """End the run without final results (``FAILED`` or ``KILLED``), sending what is queued."""
+        if self._log is None:
+            return
+        if status not in ("FAILED", "KILLED", "FINISHED"):
+            raise ValueError(f"status must be FAILED, KILLED or FINISHED, got {status!r}")
+        self._log.queue_status(status)
+        self._log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return str(value)
