@@ -231,7 +231,7 @@ def discover_music21(
     for name, videos in found.items():
         if name in class_list:
             continue
-        if name in excluded_by_lists and classes is None:
+        if name in excluded_by_lists:
             notes.append(f"{folders[name]}: class '{name}' is listed by {split_lists.source} but not in its class order; skipped {len(videos)} video(s)")  # type: ignore[union-attr]
             continue
         close = difflib.get_close_matches(name, class_list, n=1, cutoff=0.6)
