@@ -1,0 +1,280 @@
+"""Where the platform's services are: S3 storage, the MLflow tracking server, the Ray cluster.
+
+Every command finds its endpoints through :func:`resolve_endpoints`, in this order, per service:
+
+1. explicit environment settings win: ``CONTAVSEP_S3_*`` / ``AWS_*`` (S3 endpoint and keys, see
+   :class:`contavsep.storage.S3Settings`), ``CONTAVSEP_STORAGE`` (storage root URI),
+   ``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``;
+2. else the services that ``contavsep services up`` recorded in the state file
+   ``<state_dir>/services.json`` (``state_dir`` is ``$CONTAVSEP_HOME``, default ``~/.contavsep``);
+3. else nothing remote: storage under ``file://<state_dir>/storage``, no MLflow, and Ray started
+   in-process by whoever needs it.
+
+A recorded service is used whether or not its process is alive right now: falling back silently
+to local files while the user's datasets sit on the (stopped) S3 server would put a sweep's
+checkpoints somewhere unexpected; instead the first S3 call fails with a line naming the endpoint
+and its source (the state file), and ``contavsep services status`` tells what is running.
+``contavsep services down`` removes the records, after which commands fall back to step 3.
+
+The state file format is defined here (reading) and written by :mod:`contavsep_platform.services`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contavsep_platform.cli import UserError
+
+if TYPE_CHECKING:  # contavsep.storage pulls in pyarrow: imported where used, keeping `contavsep --help` fast
+    from contavsep.storage import S3Settings
+
+STATE_FILE = "services.json"  # records of the running local services (0600)
+KEYS_FILE = "s3-keys.json"  # the local S3 server's random keys (0600), kept across restarts
+STATE_VERSION = 1
+
+DATA_BUCKET = "contavsep"  # datasets/ and sweeps/ of the local services
+MLFLOW_BUCKET = "mlflow-artifacts"  # where the local MLflow server proxies artifacts to
+
+# Any of these set means the user configured S3 explicitly (step 1 above).
+_S3_ENV = (
+    "CONTAVSEP_S3_ENDPOINT",
+    "CONTAVSEP_S3_ACCESS_KEY",
+    "CONTAVSEP_S3_SECRET_KEY",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+)
+
+
+class SettingsError(UserError):
+    """A setting or the services state file is unusable; the message says what to change
+    (every CLI command reports it as one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One process tree started by ``contavsep services up``, as recorded in the state file.
+
+    ``pid`` is the session leader (started with a new session, so every process it spawns shares
+    ``sid == pid``); ``cmdline`` is its exact argv, compared with ``/proc/<pid>/cmdline`` before
+    any signal is sent, so a reused pid is never killed.
+    """
+
+    name: str  # "s3" | "mlflow" | "ray"
+    pid: int
+    cmdline: tuple[str, ...]
+    url: str  # S3 endpoint / MLflow tracking URI / Ray dashboard URL
+    ports: Mapping[str, int]  # every port it listens on, by role ("s3", "mlflow", "ray", "dashboard", ...)
+    log: str  # its stdout+stderr
+    started_at: float  # time.time() at launch
+    startup_s: float | None = None  # launch -> first healthy answer; None while not yet healthy
+    address: str | None = None  # Ray GCS address (host:port) for ray.init / RAY_ADDRESS
+    depends: Mapping[str, str] = field(default_factory=dict)  # URLs of services baked into its env
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "cmdline": list(self.cmdline),
+            "url": self.url,
+            "ports": dict(self.ports),
+            "log": self.log,
+            "started_at": self.started_at,
+            "startup_s": self.startup_s,
+            "address": self.address,
+            "depends": dict(self.depends),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ServiceRecord:
+        return cls(
+            name=str(doc["name"]),
+            pid=int(doc["pid"]),
+            cmdline=tuple(str(a) for a in doc["cmdline"]),
+            url=str(doc["url"]),
+            ports={str(k): int(v) for k, v in doc["ports"].items()},
+            log=str(doc["log"]),
+            started_at=float(doc["started_at"]),
+            startup_s=None if doc.get("startup_s") is None else float(doc["startup_s"]),
+            address=doc.get("address"),
+            depends={str(k): str(v) for k, v in (doc.get("depends") or {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class ServicesState:
+    """The state file: the ports and options last used (so ``up`` after ``down`` comes back the
+    same way) and the records of the services started and not yet stopped."""
+
+    ports: Mapping[str, int] = field(default_factory=dict)
+    services: Mapping[str, ServiceRecord] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict)  # e.g. the Ray head's num_cpus, temp_dir
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "ports": dict(self.ports),
+            "options": dict(self.options),
+            "services": {name: rec.to_json() for name, rec in self.services.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Resolved endpoints of one machine's view of the platform.
+
+    ``s3`` is ``None`` when no S3 is configured (``file://`` storage only); ``storage_uri`` is the
+    root under which ``datasets/`` and ``sweeps/`` live; ``ray_address`` ``None`` means start (or
+    attach to) a local Ray in-process; ``ray_dashboard_url`` is where ``ray job submit`` goes
+    when the local services run a Ray head (``None`` otherwise).
+    """
+
+    s3: S3Settings | None
+    storage_uri: str
+    mlflow_tracking_uri: str | None
+    ray_address: str | None
+    state_dir: Path
+    ray_dashboard_url: str | None = None
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$CONTAVSEP_HOME``, else ``~/.contavsep`` (absolute)."""
+    env = os.environ if environ is None else environ
+    home = env.get("CONTAVSEP_HOME")
+    return Path(home).expanduser().absolute() if home else Path.home() / ".contavsep"
+
+
+def read_state(state_dir: Path) -> ServicesState:
+    """The state file's content; an empty state when there is none."""
+    path = state_dir / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ServicesState()
+    try:
+        doc = json.loads(text)
+        if doc.get("version") != STATE_VERSION:
+            raise ValueError(f"version {doc.get('version')!r}, expected {STATE_VERSION}")
+        return ServicesState(
+            ports={str(k): int(v) for k, v in doc.get("ports", {}).items()},
+            services={name: ServiceRecord.from_json(rec) for name, rec in doc.get("services", {}).items()},
+            options={str(k): str(v) for k, v in doc.get("options", {}).items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SettingsError(
+            f"services state file {path} is unreadable ({exc}); stop any services it started and remove it"
+        ) from exc
+
+
+def read_s3_keys(state_dir: Path) -> tuple[str, str]:
+    """The local S3 server's (access key, secret key) from its 0600 keys file."""
+    path = state_dir / KEYS_FILE
+    try:
+        doc = json.loads(path.read_text())
+        return str(doc["access_key"]), str(doc["secret_key"])
+    except FileNotFoundError as exc:
+        raise SettingsError(f"the local S3 keys file {path} is missing: run `contavsep services up` again") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(f"the local S3 keys file {path} is unreadable ({exc}); remove it and the S3 data, or restore it") from exc
+
+
+def local_s3_settings(state_dir: Path, endpoint_url: str) -> S3Settings:
+    """Settings for the local S3 server at ``endpoint_url`` with the keys of ``state_dir``."""
+    from contavsep.storage import S3Settings
+
+    access, secret = read_s3_keys(state_dir)
+    return S3Settings(
+        endpoint_url=endpoint_url,
+        access_key=access,
+        secret_key=secret,
+        region="us-east-1",
+        endpoint_from=f"the local services state {state_dir / STATE_FILE} (`contavsep services status`)",
+        keys_from=f"the local S3 keys file {state_dir / KEYS_FILE}",
+    )
+
+
+def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
+    """Endpoints from explicit settings, else the local services' state file, else local files.
+
+    ``environ`` defaults to ``os.environ`` (a mapping can be passed to resolve another process's
+    view, e.g. a worker's env).
+    """
+    from contavsep.storage import S3Settings, parse_uri
+
+    env = os.environ if environ is None else environ
+    state_dir = default_state_dir(env)
+    state = read_state(state_dir)
+    running = state.services
+
+    s3: S3Settings | None
+    if any(env.get(name) for name in _S3_ENV):
+        s3 = S3Settings.from_env(env)
+    elif "s3" in running:
+        s3 = local_s3_settings(state_dir, running["s3"].url)
+    else:
+        s3 = None
+
+    storage_uri = env.get("CONTAVSEP_STORAGE") or ""
+    if storage_uri:
+        parse_uri(storage_uri)  # a malformed setting fails here, naming the form to use
+        if storage_uri.startswith("s3://") and s3 is None:
+            s3 = S3Settings.from_env(env)  # AWS itself, default credential chain
+    elif s3 is not None:
+        storage_uri = f"s3://{DATA_BUCKET}"
+    else:
+        storage_uri = f"file://{state_dir / 'storage'}"
+
+    mlflow_uri = env.get("MLFLOW_TRACKING_URI") or (running["mlflow"].url if "mlflow" in running else None)
+
+    ray_address = env.get("RAY_ADDRESS") or None
+    dashboard = None
+    if "ray" in running:
+        ray_address = ray_address or running["ray"].address
+        dashboard = running["ray"].url
+    return Endpoints(
+        s3=s3,
+        storage_uri=storage_uri.rstrip("/"),
+        mlflow_tracking_uri=mlflow_uri,
+        ray_address=ray_address,
+        state_dir=state_dir,
+        ray_dashboard_url=dashboard,
+    )
+
+
+def service_env(endpoints: Endpoints) -> dict[str, str]:
+    """Environment variables that give another process (Ray workers, a submitted job, the MLflow
+    server) the same view of the services: ``CONTAVSEP_*`` for contavsep, the standard ``AWS_*``
+    for pyarrow/boto3 users that only read those (e.g. Ray Tune's ``s3://`` storage path),
+    ``MLFLOW_TRACKING_URI``, and the Train V2 switch the trials are written for.
+
+    Contains secrets (S3 keys) when S3 has keys: hand it to processes, do not log it.
+    """
+    env: dict[str, str] = {
+        "CONTAVSEP_HOME": str(endpoints.state_dir),
+        "CONTAVSEP_STORAGE": endpoints.storage_uri,
+        # Train V2 (Tune trial = driver running a TorchTrainer) is the pattern trials use.
+        "RAY_TRAIN_V2_ENABLED": "1",
+    }
+    s3 = endpoints.s3
+    if s3 is not None:
+        env["CONTAVSEP_S3_REGION"] = s3.region
+        env["AWS_DEFAULT_REGION"] = s3.region
+        # Small S3 servers answer recent SDKs' streaming checksums with 411 (see contavsep.storage).
+        env["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
+        env["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"
+        if s3.endpoint_url:
+            env["CONTAVSEP_S3_ENDPOINT"] = s3.endpoint_url
+            env["AWS_ENDPOINT_URL_S3"] = s3.endpoint_url  # S3 only: other AWS services unaffected
+        if s3.access_key is not None and s3.secret_key is not None:
+            env["CONTAVSEP_S3_ACCESS_KEY"] = s3.access_key
+            env["CONTAVSEP_S3_SECRET_KEY"] = s3.secret_key
+            env["AWS_ACCESS_KEY_ID"] = s3.access_key
+            env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
+    if endpoints.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = endpoints.mlflow_tracking_uri
+    return env
