@@ -404,3 +404,31 @@ def test_final_metric_names_and_values():
     one_step = make_step_results(1)[0].summary
     assert "final/forgetting_sdr" not in final_metrics(one_step)  # undefined after one step
     assert metric_key("task_sdr/0") == "task_sdr/0" and metric_key("loss(main)") == "loss_main_"
+
+
+@pytest.mark.slow
+def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_path):
+    """The engine's own StepResults (not hand-built ones) go through the tracker unchanged."""
+    from contavsep.data.reader import open_dataset
+    from contavsep.engine import run_sequence
+
+    uri = synth_dataset_factory(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11)
+    cfg = make_config("tiny", {"data.classes_per_step": 2, "data.num_steps": 2, "train.iters_per_step": 3,
+                               "train.batch_size": 4, "memory.per_class": 1, "strategy.name": "finetune", "data.uri": uri})
+    trial = TrialTracker(mlflow_uri, "track-test", None, "trial_engine", flat(cfg))
+
+    class Reporter:
+        def report(self, result, save_checkpoint):
+            trial.log_step(result)
+
+    summary = run_sequence(cfg, open_dataset(uri, cache_dir=tmp_path / "cache"), reporter=Reporter())
+    trial.log_final(summary, to_yaml(cfg))
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(trial.run_id)
+    assert run.info.status == "FINISHED" and trial.pending == 0
+    assert run.data.metrics["final/sdr"] == pytest.approx(summary["final"]["sdr"])
+    assert [s for s, _ in history(client, trial.run_id, "task_sdr/1")] == [1]
+    assert [s for s, _ in history(client, trial.run_id, "time/train_s")] == [0, 1]
+    paths = artifact_paths(client, trial.run_id)
+    assert {"config.yaml", "results/R.json", "plots/R_matrices.png", "plots/step_curves.png"} <= set(paths)
+    assert sum(p.startswith("examples/") and p.endswith(".wav") for p in paths) == 2 * 5  # 2 examples x (mix + 2 x 2)
