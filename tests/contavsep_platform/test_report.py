@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 from contavsep.engine import StepResult
@@ -55,42 +49,10 @@ def _params(strategy: str, model: str, memory: int, lambda_ins: float) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real MLflow tracking server (SQLite store, proxied artifacts on a local folder)."""
-    root = tmp_path_factory.mktemp("mlflow-report")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", f"file://{root / 'artifacts'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log_path = root / "server.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not healthy: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def mlflow_uri(services) -> str:
+    """The session's real MLflow server (SQLite store, artifacts proxied to the local S3 server)."""
+    assert services.mlflow_tracking_uri
+    return services.mlflow_tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +141,15 @@ def test_report_command(logged_sweep, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "did you mean 'report-sweep'" in err and err.count("\n") == 1
 
-    # the tracking URI comes from the settings when not given
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_sweep)
-    assert cli.main(["report", "--sweep", SWEEP, "--out", str(tmp_path / "env")]) == 0
+    # without --tracking-uri: the local services (state file), or MLFLOW_TRACKING_URI
+    assert cli.main(["report", "--sweep", SWEEP, "--out", str(tmp_path / "state")]) == 0
     assert "| ContAV-Sep | t_cv_a" in capsys.readouterr().out
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "no-services"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_sweep)
+    assert cli.main(["report", "--sweep", SWEEP, "--out", str(tmp_path / "env"), "--quiet"]) == 0
+    capsys.readouterr()
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "no-services"))
     assert cli.main(["report", "--sweep", SWEEP]) == 2
     assert "no MLflow tracking server configured" in capsys.readouterr().err
 

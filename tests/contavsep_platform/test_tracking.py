@@ -1,4 +1,4 @@
-"""MLflow tracking against a real MLflow server: parent/child runs, params, per-step metric
+"""MLflow tracking against the real MLflow server of the local services (artifacts on S3): parent/child runs, params, per-step metric
 histories, artifacts, restarts that continue their runs, and outages that lose nothing.
 
 Outages are real network conditions: the trackers talk to the real server through a TCP gate
@@ -162,46 +162,10 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 @pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real MLflow tracking server (SQLite store, proxied artifacts on a local folder)."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", f"file://{root / 'artifacts'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log_path = root / "server.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server not healthy: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def mlflow_uri(services) -> str:
+    """The session's real MLflow server (SQLite store, artifacts proxied to the local S3 server)."""
+    assert services.mlflow_tracking_uri
+    return services.mlflow_tracking_uri
 
 
 @pytest.fixture
@@ -355,8 +319,9 @@ def test_hung_server_costs_a_bounded_time_and_never_raises(mlflow_uri, gate, cap
     trial.log_step(steps[0])
     trial.log_final(steps[1].summary, "x: 1\n")
     elapsed = time.monotonic() - started
-    # one request per call while the server is out (~1 s timeout each), plus log_final's bounded wait
-    assert elapsed < 12, elapsed
+    # one request per call while the server is out (~1 s timeout each) plus log_final's bounded
+    # wait: ~4 s, far from MLflow's default of 120 s x 7 retries per request (slack for busy CI)
+    assert elapsed < 30, elapsed
     assert trial.pending > 0 and trial.run_id is None
     messages = [r.getMessage() for r in caplog.records]
     assert any("stayed unreachable" in m and "not logged" in m for m in messages)
