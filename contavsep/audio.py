@@ -196,6 +196,19 @@ class SpectralFrontEnd(torch.nn.Module):
         )
         return wav.reshape(*lead, length)
 
+    def reconstruction_length(self, samples: int) -> int:
+        """Samples of a ``samples``-long clip that a masked spectrogram reconstructs reliably.
+
+        With ``center=True`` the last ``samples % hop`` (+ up to one hop) samples are covered
+        only by the far edge of the last window, where the overlap-add normaliser is ~1e-9: any
+        inconsistency of a masked spectrogram is amplified there by that much (measured: an
+        ideal ratio mask scored -17 dB SDR on 16383 samples and +7 dB on the first 16128).
+        Sound-of-Pixels' istft returns ``hop * (frames - 1)`` samples and its evaluation cuts the
+        references to that length; so do we (paper: 65535 -> 65280 samples).
+        """
+        frames = 1 + samples // self.hop
+        return self.hop * (frames - 1)
+
     # ------------------------------------------------------------------ warp
 
     def _grid(self, inverse: bool, frames: int, like: torch.Tensor) -> torch.Tensor:

@@ -333,8 +333,10 @@ class Engine:
             mix_input, mix_spec = self.frontend.mixture_spectra(mix)
             with self.autocast:
                 out = self.model(mix_input, clips.labels, clips.object_features, clips.motion_features)
-            estimates = self.frontend.reconstruct(out.masks.float(), mix_spec, mix.shape[-1])
-            yield clips, mix, scaled, estimates
+            # scored on the well-conditioned part of the reconstruction, as the reference does
+            length = self.frontend.reconstruction_length(mix.shape[-1])
+            estimates = self.frontend.reconstruct(out.masks.float(), mix_spec, length)
+            yield clips, mix[..., :length], scaled[..., :length], estimates
 
     def _evaluate(self, step: int) -> list[Example]:
         e = self.cfg.eval

@@ -1,0 +1,153 @@
+"""The incremental loop: step results, checkpoints, exact resume, selection, clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contavsep.checkpoint import CheckpointError, load_checkpoint
+from contavsep.config import ConfigError, make_config
+from contavsep.data.reader import open_dataset
+from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.engine import Engine, run_sequence
+
+SETTINGS = {
+    "data.classes_per_step": 2,
+    "data.num_steps": 2,
+    "train.iters_per_step": 3,
+    "train.batch_size": 4,
+    "memory.per_class": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    uri = f"file://{root}/ds"
+    build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11))
+    return uri, open_dataset(uri, cache_dir=root / "cache")
+
+
+class Collect:
+    def __init__(self, checkpoint_root: Path | None = None):
+        self.results = []
+        self.root = checkpoint_root
+
+    def report(self, result, save_checkpoint):
+        self.results.append(result)
+        if self.root is not None:
+            save_checkpoint(self.root / f"step={result.step}")
+
+
+def _cfg(**extra):
+    return make_config("tiny", {**SETTINGS, **extra})
+
+
+def test_reports_every_step_with_the_papers_numbers(dataset):
+    _, table = dataset
+    rep = Collect()
+    summary = run_sequence(_cfg(**{"strategy.name": "finetune"}), table, reporter=rep)
+    assert [r.step for r in rep.results] == [0, 1] and rep.results[-1].is_last
+    m0, m1 = rep.results[0].metrics, rep.results[1].metrics
+    for key in ("sdr", "sir", "sar", "sdr_new", "sdr_mix", "sdri", "task_sdr/0", "loss/main", "throughput/mixtures_per_s"):
+        assert np.isfinite(m0[key]), key
+    assert "sdr_old" not in m0 and np.isfinite(m1["sdr_old"]) and np.isfinite(m1["task_sdr/1"])
+    # 2 test clips x 2 seen classes at step 0, each paired once, 2 sources per mixture
+    assert m0["sources"] == 8 and m1["sources"] == 16
+    r = np.array(summary["R"]["sdr"], dtype=float)
+    assert r.shape == (2, 2) and np.isnan(r[0, 1]) and np.isfinite(r[1]).all()
+    assert summary["final"]["sdr"] == pytest.approx(m1["sdr"])
+    assert len(rep.results[0].examples) == 2 and rep.results[0].examples[0].estimates.shape[0] == 2
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "ewc", "contavsep"])
+def test_resume_from_a_step_checkpoint_reproduces_the_uninterrupted_run(dataset, tmp_path, strategy):
+    _, table = dataset
+    cfg = _cfg(**{"strategy.name": strategy, "strategy.fisher_batches": 2})
+    full = Collect(tmp_path / "full")
+    final_full = run_sequence(cfg, table, reporter=full)
+
+    # an interrupted run: only step 0 happened, then the process died
+    first = Collect(tmp_path / "part")
+    engine = Engine(cfg, table)
+    first_result = engine.run_step(0)
+    first.report(first_result, lambda d: engine.save(d, 0))
+    state = load_checkpoint(tmp_path / "part" / "step=0")
+    assert state.step == 0 and state.config == cfg and state.memory["per_class"] == 1
+    assert len(state.optimizers) == 2 and len(state.schedulers) == 2
+
+    resumed = Collect()
+    final_resumed = run_sequence(cfg, table, reporter=resumed, resume_from=tmp_path / "part" / "step=0")
+    assert [r.step for r in resumed.results] == [1]
+    assert final_resumed["final"] == final_full["final"]
+    assert final_resumed["R"] == final_full["R"]
+    # and the weights after the last step are bit-identical
+    uninterrupted = torch.load(tmp_path / "full" / "step=1" / "state.pt", weights_only=False)["model"]
+    again = Engine(cfg, table)
+    again.restore(load_checkpoint(tmp_path / "part" / "step=0"))
+    again.run_step(1)
+    for key, value in again.model.state_dict().items():
+        assert torch.equal(value, uninterrupted[key]), key
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
+    _, table = dataset
+    cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 2})
+    engine = Engine(cfg, table)
+    engine.run_step(0)
+    engine.save(tmp_path / "step=0", 0)
+    with pytest.raises(ConfigError, match="another config"):
+        run_sequence(_cfg(**{"strategy.name": "lwf"}), table, resume_from=tmp_path / "step=0")
+    with pytest.raises(CheckpointError, match="not a contavsep checkpoint"):
+        run_sequence(cfg, table, resume_from=tmp_path / "nothing-here")
+
+
+def test_best_val_selection_keeps_the_best_validated_weights(dataset):
+    _, table = dataset
+    cfg = _cfg(**{"strategy.name": "finetune", "train.select": "best_val", "train.val_every": 1, "data.num_steps": 1})
+    engine = Engine(cfg, table)
+    seen = []
+    original = engine._validate
+
+    def spy(step):
+        value = original(step)
+        seen.append((value, {k: v.clone() for k, v in engine.model.state_dict().items()}))
+        return value
+
+    engine._validate = spy
+    engine.run_step(0)
+    assert len(seen) == 3
+    best_state = max(seen, key=lambda x: x[0])[1]
+    for key, value in engine.model.state_dict().items():
+        assert torch.equal(value, best_state[key]), key
+
+
+def test_dataset_and_config_mismatches_are_clear(dataset):
+    _, table = dataset
+    with pytest.raises(ConfigError, match="has 4 classes but"):
+        Engine(_cfg(**{"data.num_steps": 3}), table)
+    with pytest.raises(ConfigError, match="divisible by the 3 DDP workers"):
+        from contavsep.engine import Distributed
+
+        Engine(_cfg(), table, distributed=Distributed(rank=0, world_size=3))
+
+
+def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
+    uri, _ = dataset
+    exe = Path(sys.executable).parent / "contavsep"
+    args = [str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwf", "--out", str(tmp_path / "out"), "--quiet"]
+    for k, v in {**SETTINGS, "data.cache_dir": str(tmp_path / "cache")}.items():
+        args += ["--set", f"{k}={v}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "final SDR" in out.stdout and "forgetting" in out.stdout
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["complete"] and doc["config"]["strategy.name"] == "lwf" and len(doc["steps"]) == 2
+    assert (tmp_path / "out" / "checkpoints" / "step=1" / "state.pt").is_file()
+    bad = subprocess.run([str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwff", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "did you mean 'lwf'" in bad.stderr and not (tmp_path / "x").exists()

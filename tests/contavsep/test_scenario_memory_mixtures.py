@@ -1,0 +1,118 @@
+"""Task split, exemplar memory, training-mixture sampling and the fixed test mixtures."""
+
+import random
+
+import numpy as np
+import pytest
+
+from contavsep.config import ConfigError, DataConfig
+from contavsep.data.mixtures import TrainingSampler, crop, eval_batch, evaluation_pairs
+from contavsep.data.reader import open_dataset
+from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.memory import ExemplarMemory
+from contavsep.scenario import make_scenario
+
+CLASSES = ["a", "b", "c", "d", "e", "f"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mix")
+    uri = f"file://{root}/ds"
+    build_synthetic(uri, SynthConfig(classes=6, clips_per_class=(6, 2, 3), seconds=1.6, seed=3))
+    return open_dataset(uri, cache_dir=root / "cache")
+
+
+def test_scenario_split_in_manifest_order_and_shuffled():
+    sc = make_scenario(CLASSES, DataConfig(classes_per_step=2, num_steps=3))
+    assert sc.num_steps == 3
+    assert sc.task_class_ids(1) == (2, 3) and sc.seen_class_ids(1) == (0, 1, 2, 3)
+    assert [sc.task_of(c) for c in range(6)] == [0, 0, 1, 1, 2, 2]
+    shuffled = make_scenario(CLASSES, DataConfig(classes_per_step=2, num_steps=3, shuffle_classes=True, seed=5))
+    assert sorted(shuffled.class_order) == list(range(6)) and shuffled.class_order != sc.class_order
+    assert shuffled == make_scenario(CLASSES, DataConfig(classes_per_step=2, num_steps=3, shuffle_classes=True, seed=5))
+    # labels are positions in the training order: stable query indices
+    assert [shuffled.label_of(c) for c in shuffled.class_order] == list(range(6))
+    # a subset of the classes is fine; too few classes is a clear error
+    assert make_scenario(CLASSES, DataConfig(classes_per_step=2, num_steps=2)).class_order == (0, 1, 2, 3)
+    with pytest.raises(ConfigError, match="has 6 classes but"):
+        make_scenario(CLASSES, DataConfig(classes_per_step=5, num_steps=2))
+
+
+def test_memory_selection_is_random_per_class_kept_and_resumable():
+    rows = {0: [1, 2, 3, 4], 1: [5, 6, 7], 2: [8]}
+    mem = ExemplarMemory(2)
+    mem.update(rows, [0, 1], random.Random(0))
+    assert len(mem.rows_of(0)) == 2 and set(mem.rows_of(0)) <= {1, 2, 3, 4}
+    first = mem.rows()
+    mem.update(rows, [2], random.Random(1))  # a class with fewer clips than per_class keeps all
+    assert mem.rows_of(2) == [8] and mem.rows()[:4] == first
+    copy = ExemplarMemory(0)
+    copy.load_state_dict(mem.state_dict())
+    assert copy.rows() == mem.rows() and copy.per_class == 2
+    none = ExemplarMemory(0)
+    none.update(rows, [0, 1], random.Random(0))
+    assert len(none) == 0
+
+
+def test_training_mixtures_pair_different_classes_and_crop_randomly(table):
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    sampler = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=4000, seed=1)
+    batch = sampler.sample(64)
+    assert batch.source_wavs.shape == (64, 2, 4000)
+    assert (batch.class_ids[:, 0] != batch.class_ids[:, 1]).all()
+    assert set(batch.class_ids.unique().tolist()) == set(sc.task_class_ids(0))
+    assert batch.object_features.shape == (64, 2, 512) and batch.motion_features.shape == (64, 2, 8, 768)
+    assert not batch.is_memory.any()
+    assert batch.source_wavs.abs().max() <= 1.0
+    # random crops: the same clip drawn twice is (almost surely) cropped at different offsets
+    assert len({tuple(w[:50].tolist()) for w in batch.source_wavs[:, 0]}) > len(set(batch.rows[:, 0].tolist()))
+    # reproducible from the generator state
+    state = sampler.state_dict()
+    a = sampler.sample(4)
+    sampler.load_state_dict(state)
+    b = sampler.sample(4)
+    assert np.array_equal(a.rows.numpy(), b.rows.numpy()) and np.array_equal(a.source_wavs.numpy(), b.source_wavs.numpy())
+
+
+def test_memory_share_follows_oversampling_or_fixed_share(table):
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    memory = [int(table.rows_by_class("train")[c][0]) for c in sc.task_class_ids(0)]  # 1 per old class
+    new = len(np.concatenate([table.rows_by_class("train")[c] for c in sc.task_class_ids(1)]))
+    over = TrainingSampler(table, sc, sc.task_class_ids(1), memory, clip_samples=2000, oversample=20.0, seed=0)
+    assert over.memory_share == pytest.approx(40 / (40 + new))
+    fixed = TrainingSampler(table, sc, sc.task_class_ids(1), memory, clip_samples=2000, share=0.25, seed=0)
+    assert fixed.memory_share == pytest.approx(0.25)
+    drawn = fixed.sample(400)
+    assert drawn.is_memory.float().mean().item() == pytest.approx(0.25, abs=0.07)
+    # memory rows carry labels of old classes (their query index)
+    assert set(drawn.labels[drawn.is_memory].tolist()) <= {0, 1}
+
+
+def test_single_class_pool_cannot_make_different_class_mixtures(table):
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=1, num_steps=6))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=2000)
+
+
+def test_evaluation_pairs_are_fixed_never_self_and_of_different_classes(table):
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    for step in range(3):
+        pairs = evaluation_pairs(table, sc, step, pairs_per_clip=2, seed=7)
+        test_rows = np.concatenate([table.rows_by_class("test")[c] for c in sc.seen_class_ids(step)])
+        assert len(pairs) == 2 * len(test_rows)
+        assert (pairs[:, 0] != pairs[:, 1]).all()
+        assert (table.class_ids[pairs[:, 0]] != table.class_ids[pairs[:, 1]]).all()
+        assert set(pairs.ravel()) <= set(test_rows.tolist())
+        assert np.array_equal(pairs, evaluation_pairs(table, sc, step, pairs_per_clip=2, seed=7))
+    batch = eval_batch(table, sc, pairs[:3], 3000)
+    # centre crops: deterministic
+    audio = table.audio(int(pairs[0, 0]))
+    start = (len(audio) - 3000) // 2
+    assert np.allclose(batch.source_wavs[0, 0].numpy(), audio[start : start + 3000] / 32768.0)
+
+
+def test_crop_pads_short_clips():
+    audio = (np.arange(10) * 1000).astype(np.int16)
+    out = crop(audio, 16, None)
+    assert out.shape == (16,) and np.allclose(out[:10], audio / 32768.0) and not out[10:].any()
