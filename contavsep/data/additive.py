@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy.signal import butter, lfilter, sosfilt
 
 from contavsep.data.instruments import Timbre
 from contavsep.data.score import CONGA_STROKES, CRASH, HAT_CLOSED, HAT_OPEN, KICK, RIDE, SNARE, TOM_HIGH, TOM_LOW, TOM_MID, NoteEvent
@@ -35,19 +34,44 @@ def midi_to_hz(pitch: np.ndarray | float) -> np.ndarray:
     return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69.0) / 12.0)
 
 
-@functools.lru_cache(maxsize=64)
-def _band_filter(sample_rate: int, lo: float, hi: float) -> np.ndarray:
-    nyquist = sample_rate / 2.0
-    return butter(2, [lo / nyquist, min(hi / nyquist, 0.99)], btype="bandpass", output="sos")
-
-
 def band_noise(n: int, sample_rate: int, band: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance noise through a 4th-order Butterworth band-pass ``band`` (Hz).
+    """Unit-variance noise with a 4th-order-like high-pass at ``band[0]`` and low-pass at ``band[1]``
+    (Hz), shaped in the frequency domain (random complex spectrum -> one inverse FFT).
 
     Shape: :math:`(n,)` float64.
     """
-    x = sosfilt(_band_filter(sample_rate, float(band[0]), float(band[1])), rng.standard_normal(n))
+    n_fft = 1 << max(int(n - 1).bit_length(), 1)
+    gain = _band_gain(n_fft, sample_rate, float(band[0]), float(band[1]))
+    spec = (rng.standard_normal(gain.shape[0]) + 1j * rng.standard_normal(gain.shape[0])) * gain
+    x = np.fft.irfft(spec, n_fft)[:n]
     return x / (x.std() + 1e-12)
+
+
+@functools.lru_cache(maxsize=32)
+def _band_gain(n_fft: int, sample_rate: int, lo: float, hi: float) -> np.ndarray:
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    gain = 1.0 / (1.0 + (lo / np.maximum(f, 1e-3)) ** 4) / (1.0 + (f / hi) ** 4)
+    gain.setflags(write=False)
+    return gain
+
+
+def smooth_steps(target: np.ndarray, time_constant: float, sample_rate: int) -> np.ndarray:
+    """A piecewise-constant ``target`` followed by a one-pole lag of ``time_constant`` seconds
+    (portamento): after each step the output approaches the new value exponentially.
+
+    Shape: :math:`(S,)` -> :math:`(S,)` float64.
+    """
+    n = target.shape[0]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(target)) + 1])
+    ends = np.concatenate([starts[1:], [n]])
+    out = np.empty(n)
+    decay = 1.0 / max(time_constant * sample_rate, 1e-6)
+    value = float(target[0])
+    for s, e in zip(starts, ends):
+        goal = float(target[s])
+        out[s:e] = goal + (value - goal) * np.exp(-decay * np.arange(1, e - s + 1))
+        value = float(out[e - 1])
+    return out
 
 
 def formant_db(freqs: np.ndarray, formants: tuple[tuple[float, float, float], ...]) -> np.ndarray:
@@ -93,9 +117,7 @@ def _sustained_voice(notes: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np
     np.maximum.accumulate(pos, out=pos)
     held = np.where(pos >= 0, idx[np.maximum(pos, 0)], 0)  # the note sounding or last sounded
 
-    target = pitch[held]
-    a = 1.0 - np.exp(-1.0 / (max(t.glide_s, 1e-4) * sr))
-    track, _ = lfilter([a], [1.0, a - 1.0], target, zi=[(1.0 - a) * target[0]])
+    track = smooth_steps(pitch[held], max(t.glide_s, 1e-4), sr)
 
     time = np.arange(n) / sr
     max_cents = 0.0

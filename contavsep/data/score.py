@@ -114,11 +114,14 @@ def _melody(c: _Composer, durations: list[float], articulation: float, rest_prob
     t = c.start()
     idx = int(c.rng.integers(len(pitches) // 4, max(len(pitches) * 3 // 4, len(pitches) // 4 + 1)))
     fast = c.rng.random() < 0.35  # some clips are busier passages
+    played = 0
     while t < c.seconds:
         d = float(c.rng.choice(durations)) * c.beat * (0.5 if fast else 1.0)
-        if c.rng.random() < rest_prob:
-            t += d
+        if played >= 2 and c.rng.random() < rest_prob:  # a short breath, never at the start
+            t += min(d, c.beat)
+            played = 0
             continue
+        played += 1
         c.add(t, d * articulation, pitches[idx], c.velocity(accent=(t / c.beat) % 4 < 0.1), voice)
         idx = c.walk(idx)
         t += d
@@ -167,8 +170,8 @@ def _fanfare(c: _Composer) -> None:
     idx = len(pool) // 2
     while t < c.seconds:
         d = float(c.rng.choice([0.5, 0.5, 1, 0.25, 0.25, 1.5])) * c.beat
-        if c.rng.random() < 0.08:
-            t += d
+        if t > c.beat and c.rng.random() < 0.08:
+            t += min(d, c.beat)
             continue
         c.add(t, d * 0.7, pool[idx], c.velocity(accent=c.rng.random() < 0.3))
         if c.rng.random() < 0.7:
