@@ -1,0 +1,647 @@
+"""Search spaces: declarative YAML -> validated :class:`SearchSpace` -> Optuna define-by-run.
+
+A space file (``search_spaces/*.yaml``) holds::
+
+    name: demo                      # default sweep-name stem and MLflow experiment
+    base: {preset: tiny, data.uri: "{storage}/datasets/synth-default", ...}   # fixed dotted keys
+    common:                         # optional: distributions every strategy gets
+      memory.per_class: {choice: [0, 1]}
+    strategies:                     # strategy name -> its own distributions (win over common)
+      finetune: {}
+      contavsep:
+        strategy.lambda_dist: {loguniform: [0.03, 1.0]}
+        strategy.temperature: 0.05  # a bare value is fixed
+    metric: sdr                     # reported per step; the last step's value is the objective
+    mode: max
+    num_samples: 6
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
+    sampler: {type: tpe, seed: 0}   # tpe | random | grid (grid: choice/fixed-only spaces)
+    resources: {workers: 1, cpus: 1, gpus: 0, driver_cpus: 0.1}      # per Train worker; DDP if workers > 1
+    max_failures: 1                 # Ray Train restarts of a failed trial (resumes from its last step)
+    points_to_evaluate: paper_defaults   # or a list of {strategy.name: ..., key: value}
+
+Distributions: ``{uniform: [lo, hi]}`` (optional ``step``), ``{loguniform: [lo, hi]}``,
+``{int: [lo, hi]}`` (optional ``step``, ``log``), ``{choice: [a, b, ...]}``, ``{fixed: v}`` or
+a bare value. ``{storage}`` in a string of ``base`` is replaced by the storage root of the
+platform (``file:///...`` or ``s3://bucket``), so one file serves local and S3 setups.
+
+Everything is checked before a trial starts: every key against the config (a typo names the
+closest key), every strategy name against the registry, and every bound and choice by building
+the real :class:`contavsep.config.Config` with it (cross-field rules included).
+
+The Optuna space is define-by-run: the strategy first (``trial.suggest_categorical("strategy.name",
+...)``), then only that strategy's parameters, so Optuna never sees λ_ewc on a LwF trial. A key
+searched by several strategies is one Optuna parameter; its distributions must be of one kind
+(Optuna refuses a parameter whose kind changes between trials), which is checked here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from contavsep.config import Config, ConfigError, flat, make_config, valid_keys
+
+STRATEGY_KEY = "strategy.name"
+STORAGE_PLACEHOLDER = "{storage}"
+# Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
+# they do not exist at step 1, where ASHA already compares trials).
+OBJECTIVES = (
+    "sdr", "sir", "sar", "sdri", "sdr_new", "sir_new", "sar_new",
+    "average_incremental/sdr", "average_incremental/sir", "average_incremental/sar",
+)
+DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice", "fixed")
+TOP_LEVEL_KEYS = (
+    "name", "description", "experiment", "base", "common", "strategies", "metric", "mode", "num_samples",
+    "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate",
+)
+# Keys a space may not search: they must be equal across trials for the sweep to make sense.
+UNSEARCHABLE = {
+    "preset": "the size preset must be the same for all trials; set it in base",
+    STRATEGY_KEY: "strategies are chosen by the 'strategies' section",
+    "data.num_steps": "all trials must have the same number of steps (ASHA compares trials at equal steps)",
+    "data.uri": "all trials must use the same dataset",
+}
+
+
+class SpaceError(ConfigError):
+    """A search space file is invalid; the message names the file, the entry and the fix."""
+
+
+def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# distributions
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched (or fixed) value of a dotted config key."""
+
+    kind: str  # uniform | loguniform | int | choice | fixed
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None  # uniform / int grid step (None = continuous / 1)
+    log: bool = False  # int only: sample on a log scale
+    choices: tuple[Any, ...] = ()
+    value: Any = None  # fixed
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    def corner_values(self) -> list[Any]:
+        """The values that validation builds a config with: bounds, every choice, or the value."""
+        if self.kind == "fixed":
+            return [self.value]
+        if self.kind == "choice":
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a value this distribution can produce (for starting points)."""
+        if self.kind == "fixed":
+            return value == self.value
+        if self.kind == "choice":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.kind == "int":
+            step = int(self.step or 1)
+            return float(value).is_integer() and (int(value) - int(self.low)) % step == 0
+        if self.kind == "uniform" and self.step:
+            ratio = (value - self.low) / self.step
+            return abs(ratio - round(ratio)) < 1e-9
+        return True
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Ask an Optuna trial (or Ray's captor of one) for a value of parameter ``name``."""
+        if self.kind == "uniform":
+            return trial.suggest_float(name, self.low, self.high, step=self.step)
+        if self.kind == "loguniform":
+            return trial.suggest_float(name, self.low, self.high, log=True)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.choices))
+        raise ValueError(f"a fixed value is not suggested ({name})")
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return repr(self.value)
+        if self.kind == "choice":
+            return f"choice{list(self.choices)}"
+        extra = f" step {self.step}" if self.step else ""
+        extra += " log" if self.log else ""
+        return f"{self.kind}[{self.low}, {self.high}]{extra}"
+
+
+def parse_distribution(raw: Any, where: str) -> Distribution:
+    """Parse one YAML entry (a bare value or a one-kind mapping) into a :class:`Distribution`."""
+    if not isinstance(raw, Mapping):
+        if isinstance(raw, (list, tuple)):
+            raise SpaceError(f"{where}: a list is ambiguous; write {{choice: {list(raw)}}} to search over it")
+        return Distribution("fixed", value=raw)
+    kinds = [k for k in raw if k in DISTRIBUTION_KINDS]
+    unknown = [k for k in raw if k not in DISTRIBUTION_KINDS + ("step", "log")]
+    if unknown:
+        raise SpaceError(
+            f"{where}: unknown distribution field '{unknown[0]}'{_closest(str(unknown[0]), DISTRIBUTION_KINDS)};"
+            f" use one of {', '.join(DISTRIBUTION_KINDS)}"
+        )
+    if len(kinds) != 1:
+        raise SpaceError(f"{where}: give exactly one of {', '.join(DISTRIBUTION_KINDS)}, got {sorted(raw)}")
+    kind = kinds[0]
+    arg = raw[kind]
+    step, log = raw.get("step"), raw.get("log", False)
+    if step is not None and kind not in ("uniform", "int"):
+        raise SpaceError(f"{where}: 'step' only applies to uniform and int distributions")
+    if "log" in raw and kind != "int":
+        raise SpaceError(f"{where}: 'log' only applies to int distributions (use loguniform for floats)")
+    if kind == "fixed":
+        return Distribution("fixed", value=arg)
+    if kind == "choice":
+        if not isinstance(arg, (list, tuple)) or not arg:
+            raise SpaceError(f"{where}: choice needs a non-empty list, got {arg!r}")
+        bad = [c for c in arg if not (c is None or isinstance(c, (bool, int, float, str)))]
+        if bad:
+            raise SpaceError(f"{where}: choices must be numbers, strings or booleans, got {bad[0]!r}")
+        if len(set(map(repr, arg))) != len(arg):
+            raise SpaceError(f"{where}: choices repeat a value: {list(arg)}")
+        return Distribution("choice", choices=tuple(arg))
+    if not isinstance(arg, (list, tuple)) or len(arg) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in arg):
+        raise SpaceError(f"{where}: {kind} needs two numbers [low, high], got {arg!r}")
+    low, high = arg
+    if not low < high:
+        raise SpaceError(f"{where}: {kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: loguniform needs low > 0, got {low}")
+    if kind == "int":
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise SpaceError(f"{where}: int bounds must be integers, got [{low}, {high}]")
+        if step is not None and (not float(step).is_integer() or step < 1):
+            raise SpaceError(f"{where}: int step must be a positive integer, got {step}")
+        if log and (low < 1 or (step or 1) != 1):
+            raise SpaceError(f"{where}: a log int distribution needs low >= 1 and step 1")
+        if step is not None and (high - low) % step:
+            raise SpaceError(f"{where}: int range [{low}, {high}] is not a multiple of step {step}")
+        return Distribution("int", low=int(low), high=int(high), step=int(step) if step is not None else None, log=bool(log))
+    if step is not None and (step <= 0 or not math.isclose(round((high - low) / step) * step, high - low)):
+        raise SpaceError(f"{where}: uniform step {step} must be > 0 and divide [{low}, {high}]")
+    return Distribution(kind, low=float(low), high=float(high), step=float(step) if step is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# scheduler, sampler, resources
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Early stopping at step boundaries. ``asha`` uses ``step`` (completed steps) as time."""
+
+    type: str = "asha"  # asha | fifo
+    grace_period: int = 1  # steps every trial runs before it can be stopped
+    reduction_factor: float = 2.0  # ASHA keeps the top 1/reduction_factor at each rung
+    brackets: int = 1
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How Optuna proposes configurations."""
+
+    type: str = "tpe"  # tpe | random | grid
+    seed: int | None = 0
+    n_startup_trials: int = 10  # tpe: random trials before the model kicks in
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources of one trial: ``workers`` Ray Train workers with ``cpus``/``gpus`` each, plus a
+    Tune driver that holds ``driver_cpus`` (a fraction, so a driver never blocks its own workers)."""
+
+    workers: int = 1  # Train workers (DDP ranks; > 1 splits each batch across them)
+    cpus: float = 1.0  # logical CPUs per worker
+    gpus: float = 0.0  # GPUs per worker; a fraction < 1 packs several trials on one GPU
+    driver_cpus: float = 0.1  # the Tune trial's driver process (it only launches the workers)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources fit now (set it for autoscaling clusters)
+
+    @property
+    def trial_cpus(self) -> float:
+        return self.workers * self.cpus + self.driver_cpus
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.workers * self.gpus
+
+    def concurrent_trials(self, cluster: Mapping[str, float]) -> int:
+        """How many trials run at once in ``cluster`` (e.g. ``ray.cluster_resources()``).
+
+        ``max_concurrent`` if set (an autoscaling cluster grows to it). Otherwise the limiting
+        resource decides: floor(cluster GPUs / trial GPUs) when trials use GPUs, and
+        floor(cluster CPUs / trial CPUs). Raises :class:`SpaceError` if not even one trial fits.
+        """
+        if self.max_concurrent > 0:
+            return self.max_concurrent
+        fits = []
+        for name, need in (("CPU", self.trial_cpus), ("GPU", self.trial_gpus)):
+            if need > 0:
+                have = float(cluster.get(name, 0.0))
+                fits.append(int(math.floor(have / need + 1e-9)))  # 2 / (0.9 + 0.1) is 2, not 1.999...
+                if fits[-1] < 1:
+                    raise SpaceError(
+                        f"one trial needs {need:g} {name} ({self.workers} worker(s) x {self.cpus:g} CPU"
+                        f" / {self.gpus:g} GPU + {self.driver_cpus:g} driver CPU) but the Ray cluster has {have:g};"
+                        f" lower resources.* in the space or use a bigger cluster"
+                    )
+        return min(fits)
+
+
+# ----------------------------------------------------------------------------------------------
+# the space
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space (see the module docstring for the file format)."""
+
+    name: str
+    base: dict[str, Any]  # fixed dotted keys shared by all trials ({storage} already substituted)
+    strategies: dict[str, dict[str, Distribution]]  # strategy -> dotted key -> distribution (common merged in)
+    metric: str = "sdr"
+    mode: str = "max"
+    num_samples: int = 1
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 0
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    experiment: str = ""  # MLflow experiment ("" = name)
+    description: str = ""
+    num_steps: int = 0  # data.num_steps of every trial (ASHA's max_t)
+    source_text: str = ""  # the YAML as written (an MLflow artifact of the sweep)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+    def trial_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The dotted overrides of one trial: base, then the strategy's fixed values, then ``params``
+        (the sampled values, ``strategy.name`` included)."""
+        strategy = params.get(STRATEGY_KEY)
+        if strategy not in self.strategies:
+            raise SpaceError(f"trial parameters name strategy {strategy!r}, not one of {sorted(self.strategies)}")
+        fixed = {k: d.value for k, d in self.strategies[strategy].items() if d.is_fixed}
+        return {**self.base, **fixed, **dict(params)}
+
+    def trial_config(self, params: Mapping[str, Any]) -> Config:
+        return make_config("paper", self.trial_overrides(params))
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The full grid for ``sampler: grid`` (every strategy must search the same choice keys)."""
+        keys = None
+        grid: dict[str, list[Any]] = {STRATEGY_KEY: list(self.strategies)}
+        for name, params in self.strategies.items():
+            searched = {k: d for k, d in params.items() if not d.is_fixed}
+            bad = [k for k, d in searched.items() if d.kind != "choice"]
+            if bad:
+                raise SpaceError(f"sampler grid: strategy {name} searches {bad[0]} with {searched[bad[0]].describe()}; a grid needs choice")
+            if keys is None:
+                keys = set(searched)
+            elif set(searched) != keys:
+                raise SpaceError(f"sampler grid: every strategy must search the same keys ({sorted(keys)}), {name} searches {sorted(searched)}")
+            for k, d in searched.items():
+                if k in grid and grid[k] != list(d.choices):
+                    raise SpaceError(f"sampler grid: {k} has different choices in different strategies")
+                grid[k] = list(d.choices)
+        return grid
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> SearchSpace:
+        """This space with ``--set`` values fixed for every trial (a searched key becomes fixed)."""
+        if not overrides:
+            return self
+        if STRATEGY_KEY in overrides:
+            raise SpaceError(f"--set {STRATEGY_KEY}=...: choose strategies in the space's 'strategies' section")
+        base = {**self.base, **overrides}
+        strategies = {s: {k: d for k, d in params.items() if k not in overrides} for s, params in self.strategies.items()}
+        points = tuple({k: v for k, v in p.items() if k not in overrides} for p in self.points_to_evaluate)
+        return validate_space(replace(self, base=base, strategies=strategies, points_to_evaluate=points))
+
+
+class DefineByRun:
+    """The Optuna define-by-run function of a space (a picklable object: Tune checkpoints it).
+
+    Called with an Optuna trial: suggests ``strategy.name`` first, then that strategy's
+    parameters; returns the strategy's fixed values (Ray merges them into the trial config).
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        strategy = trial.suggest_categorical(STRATEGY_KEY, list(self.space.strategies))
+        fixed: dict[str, Any] = {}
+        for key, dist in self.space.strategies[strategy].items():
+            if dist.is_fixed:
+                fixed[key] = dist.value
+            else:
+                dist.suggest(trial, key)
+        return fixed
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def _section(raw: Any, where: str, cls: type, aliases: Mapping[str, str] | None = None) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise SpaceError(f"{where} must be a mapping, got {raw!r}")
+    names = list(cls.__dataclass_fields__)
+    kwargs = {}
+    for key, value in raw.items():
+        key = (aliases or {}).get(key, key)
+        if key not in names:
+            raise SpaceError(f"{where}: unknown field '{key}'{_closest(str(key), names)}; valid: {', '.join(names)}")
+        f = cls.__dataclass_fields__[key]
+        default = f.default
+        if value is None and "None" in str(f.type):
+            kwargs[key] = None
+        elif isinstance(default, bool):
+            kwargs[key] = value
+        elif isinstance(default, int) and not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer():
+            kwargs[key] = int(value)
+        elif isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+            kwargs[key] = float(value)
+        elif isinstance(default, str) and isinstance(value, str):
+            kwargs[key] = value
+        else:
+            raise SpaceError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _looks_like_distribution(key: str) -> bool:
+    return key in DISTRIBUTION_KINDS + ("step", "log") or bool(difflib.get_close_matches(key, DISTRIBUTION_KINDS, n=1, cutoff=0.8))
+
+
+def _dotted(raw: Any, where: str) -> dict[str, Any]:
+    """Flatten a mapping of nested and/or dotted keys (like config YAML overlays)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpaceError(f"{where} must be a mapping of dotted keys, got {raw!r}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise SpaceError(f"{where}: keys must be strings, got {key!r}")
+        # A mapping is a nested section unless it is a distribution ({uniform: ...}, or a
+        # misspelt one such as {loguniformm: ...}, which parse_distribution then names).
+        if isinstance(value, Mapping) and not any(_looks_like_distribution(str(k)) for k in value):
+            for sub, sub_value in _dotted(value, f"{where}.{key}").items():
+                out[f"{key}.{sub}"] = sub_value
+        else:
+            out[key] = value
+    return out
+
+
+def _check_key(key: str, where: str) -> None:
+    keys = valid_keys()
+    if key not in keys:
+        raise SpaceError(f"{where}: unknown config key '{key}'{_closest(key, keys)}; see `contavsep config --keys`")
+
+
+def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Parse and validate a space from YAML text; ``overrides`` are ``--set`` values."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise SpaceError(f"{source} must hold a mapping with at least 'base' and 'strategies'")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise SpaceError(f"{source}: unknown section '{unknown[0]}'{_closest(str(unknown[0]), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    if not raw.get("strategies"):
+        raise SpaceError(f"{source}: 'strategies' must name at least one strategy, e.g. strategies: {{contavsep: {{}}}}")
+
+    base = _dotted(raw.get("base"), f"{source}: base")
+    for key, value in base.items():
+        if isinstance(value, Mapping):
+            raise SpaceError(f"{source}: base.{key} is fixed for all trials; move distributions into a strategy (or 'common')")
+        if isinstance(value, str) and STORAGE_PLACEHOLDER in value:
+            if storage_uri is None:
+                raise SpaceError(f"{source}: base.{key} uses {STORAGE_PLACEHOLDER} but no storage root is configured")
+            base[key] = value.replace(STORAGE_PLACEHOLDER, storage_uri.rstrip("/"))
+    common = {k: parse_distribution(v, f"{source}: common.{k}") for k, v in _dotted(raw.get("common"), f"{source}: common").items()}
+    strategies_raw = raw["strategies"]
+    if isinstance(strategies_raw, list):  # a plain list of names: each with the common space only
+        strategies_raw = {name: {} for name in strategies_raw}
+    if not isinstance(strategies_raw, Mapping):
+        raise SpaceError(f"{source}: 'strategies' must map strategy names to their distributions")
+    strategies: dict[str, dict[str, Distribution]] = {}
+    for name, params in strategies_raw.items():
+        own = {k: parse_distribution(v, f"{source}: strategies.{name}.{k}") for k, v in _dotted(params, f"{source}: strategies.{name}").items()}
+        strategies[str(name)] = {**common, **own}
+
+    points_raw = raw.get("points_to_evaluate") or []
+    if points_raw == "paper_defaults":
+        points = tuple({STRATEGY_KEY: s} for s in strategies)
+    elif isinstance(points_raw, list) and all(isinstance(p, Mapping) for p in points_raw):
+        points = tuple(_dotted(p, f"{source}: points_to_evaluate") for p in points_raw)
+    else:
+        raise SpaceError(f"{source}: points_to_evaluate must be 'paper_defaults' or a list of mappings of dotted keys")
+
+    def number(key: str, default: Any, kind: type) -> Any:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+            raise SpaceError(f"{source}: {key} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+        return kind(value)
+
+    name = raw.get("name") or Path(source).stem
+    space = SearchSpace(
+        name=str(name),
+        description=str(raw.get("description") or ""),
+        experiment=str(raw.get("experiment") or ""),
+        base=base,
+        strategies=strategies,
+        metric=str(raw.get("metric", "sdr")),
+        mode=str(raw.get("mode", "max")),
+        num_samples=number("num_samples", 0, int),
+        scheduler=_section(raw.get("scheduler"), f"{source}: scheduler", SchedulerSpec),
+        sampler=_section(raw.get("sampler"), f"{source}: sampler", SamplerSpec),
+        resources=_section(raw.get("resources"), f"{source}: resources", Resources),
+        max_failures=number("max_failures", 0, int),
+        points_to_evaluate=points,
+        source_text=text,
+    )
+    space = validate_space(space, source)
+    return space.with_overrides(dict(overrides)) if overrides else space
+
+
+def load_space(path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Read and validate the space file at ``path`` (``--set`` values in ``overrides``)."""
+    p = Path(path)
+    if not p.is_file():
+        shipped = sorted(q.name for q in (Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+        hint = f"; shipped spaces: {', '.join('search_spaces/' + s for s in shipped)}" if shipped else ""
+        raise FileNotFoundError(f"search space {p} does not exist{hint}")
+    return parse_space(p.read_text(), source=str(p), storage_uri=storage_uri, overrides=overrides)
+
+
+def _build(overrides: Mapping[str, Any], where: str) -> Config:
+    try:
+        return make_config("paper", overrides)
+    except ConfigError as exc:
+        raise SpaceError(f"{where}: {exc}") from None
+
+
+def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
+    """Check every key, strategy, bound, choice and setting; return the space with
+    ``num_steps`` filled in and starting points completed. Raises :class:`SpaceError`."""
+    from contavsep.registry import STRATEGIES, RegistryError
+
+    where = source if source != "<space>" else f"space {space.name}"
+    for key in space.base:
+        if key == STRATEGY_KEY:
+            raise SpaceError(f"{where}: base must not set {STRATEGY_KEY}; list strategies under 'strategies'")
+        if key != "preset":
+            _check_key(key, f"{where}: base")
+    base_cfg = _build(space.base, f"{where}: base")
+    if not base_cfg.data.uri:
+        raise SpaceError(f"{where}: base must set data.uri (a dataset URI, or \"{STORAGE_PLACEHOLDER}/datasets/<name>\"); or pass --set data.uri=...")
+    for name, params in space.strategies.items():
+        try:
+            STRATEGIES.check(name)
+        except RegistryError as exc:
+            raise SpaceError(f"{where}: strategies: {exc}") from None
+        for key in params:
+            _check_key(key, f"{where}: strategies.{name}")
+            if key in UNSEARCHABLE and not params[key].is_fixed:
+                raise SpaceError(f"{where}: strategies.{name} searches {key}, but {UNSEARCHABLE[key]}")
+            if key in ("preset", STRATEGY_KEY):
+                raise SpaceError(f"{where}: strategies.{name} sets {key}; {UNSEARCHABLE[key]}")
+        fixed = {k: d.value for k, d in params.items() if d.is_fixed}
+        searched = {k: d for k, d in params.items() if not d.is_fixed}
+        overrides = {**space.base, STRATEGY_KEY: name, **fixed}
+        _build(overrides, f"{where}: strategies.{name}")
+        for key, dist in searched.items():  # each bound / choice alone, with the others at base
+            for value in dist.corner_values():
+                _build({**overrides, key: value}, f"{where}: strategies.{name}.{key} = {value!r}")
+        for corner in (0, -1):  # all lower bounds together, all upper bounds together
+            together = {k: d.corner_values()[corner] for k, d in searched.items()}
+            if len(together) > 1:
+                _build({**overrides, **together}, f"{where}: strategies.{name} with every parameter at its {'lower' if corner == 0 else 'upper'} bound")
+
+    # One Optuna parameter per key: its kind (and choices) must agree across strategies.
+    seen: dict[str, tuple[str, Distribution]] = {}
+    for name, params in space.strategies.items():
+        for key, dist in params.items():
+            if dist.is_fixed:
+                continue
+            if key in seen:
+                other_name, other = seen[key]
+                if dist.kind != other.kind or dist.log != other.log or dist.choices != other.choices:
+                    raise SpaceError(
+                        f"{where}: {key} is searched as {other.describe()} by {other_name} and as {dist.describe()} by {name};"
+                        f" one Optuna parameter needs one kind of distribution (same log scale, same choices; ranges may differ)"
+                    )
+            else:
+                seen[key] = (name, dist)
+
+    if space.metric not in OBJECTIVES:
+        raise SpaceError(f"{where}: metric '{space.metric}'{_closest(space.metric, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
+    if space.mode not in ("max", "min"):
+        raise SpaceError(f"{where}: mode must be 'max' or 'min', got '{space.mode}'")
+    sch = space.scheduler
+    if sch.type not in ("asha", "fifo"):
+        raise SpaceError(f"{where}: scheduler.type must be asha or fifo, got '{sch.type}'{_closest(sch.type, ('asha', 'fifo'))}")
+    num_steps = base_cfg.data.num_steps
+    if sch.type == "asha" and not (1 <= sch.grace_period <= num_steps and sch.reduction_factor > 1 and sch.brackets >= 1):
+        raise SpaceError(f"{where}: scheduler needs 1 <= grace_period <= data.num_steps ({num_steps}), reduction_factor > 1, brackets >= 1")
+    smp = space.sampler
+    if smp.type not in ("tpe", "random", "grid"):
+        raise SpaceError(f"{where}: sampler.type must be tpe, random or grid, got '{smp.type}'{_closest(smp.type, ('tpe', 'random', 'grid'))}")
+    res = space.resources
+    if res.workers < 1 or res.cpus < 0 or res.gpus < 0 or res.driver_cpus <= 0 or res.max_concurrent < 0:
+        raise SpaceError(f"{where}: resources need workers >= 1, cpus >= 0, gpus >= 0, driver_cpus > 0, max_concurrent >= 0")
+    if res.cpus == 0 and res.gpus == 0:
+        raise SpaceError(f"{where}: resources: a worker needs some cpus or gpus")
+    if res.gpus > 1 and not float(res.gpus).is_integer():
+        raise SpaceError(f"{where}: resources.gpus above 1 must be a whole number (Ray shares a GPU only in fractions below 1), got {res.gpus}")
+    if base_cfg.train.batch_size % res.workers:
+        raise SpaceError(f"{where}: train.batch_size ({base_cfg.train.batch_size}) must be divisible by resources.workers ({res.workers})")
+    if space.max_failures < 0:
+        raise SpaceError(f"{where}: max_failures must be >= 0")
+
+    points = tuple(_complete_point(space, p, base_cfg, where) for p in space.points_to_evaluate)
+    num_samples = space.num_samples
+    if smp.type == "grid":
+        num_samples = num_samples or space.grid_size()
+        if points:
+            raise SpaceError(f"{where}: a grid sampler visits every point; drop points_to_evaluate")
+    num_samples = num_samples or max(1, len(points))  # not given: one trial, or one per starting point
+    if num_samples < 1:
+        raise SpaceError(f"{where}: num_samples must be >= 1")
+    if len(points) > num_samples:
+        raise SpaceError(f"{where}: {len(points)} points_to_evaluate but num_samples is {num_samples}; raise num_samples")
+    return replace(space, num_steps=num_steps, num_samples=num_samples, points_to_evaluate=points)
+
+
+def _complete_point(space: SearchSpace, point: Mapping[str, Any], base_cfg: Config, where: str) -> dict[str, Any]:
+    """A starting point with every searched key of its strategy: missing keys take the config
+    default (the paper's value), which must lie inside the key's distribution."""
+    strategy = point.get(STRATEGY_KEY)
+    if strategy not in space.strategies:
+        raise SpaceError(f"{where}: points_to_evaluate: {STRATEGY_KEY}={strategy!r} is not one of the space's strategies {sorted(space.strategies)}")
+    params = space.strategies[strategy]
+    searched = {k: d for k, d in params.items() if not d.is_fixed}
+    extra = [k for k in point if k != STRATEGY_KEY and k not in searched]
+    if extra:
+        raise SpaceError(f"{where}: points_to_evaluate for {strategy}: '{extra[0]}' is not searched by {strategy}{_closest(extra[0], list(searched))}")
+    defaults = flat(_build({**space.base, STRATEGY_KEY: strategy, **{k: d.value for k, d in params.items() if d.is_fixed}}, where))
+    out: dict[str, Any] = {STRATEGY_KEY: strategy}
+    for key, dist in searched.items():
+        value = point.get(key, defaults[key])
+        if not dist.contains(value):
+            origin = "given" if key in point else "default"
+            raise SpaceError(f"{where}: points_to_evaluate for {strategy}: {key} = {value!r} ({origin}) is outside {dist.describe()}")
+        out[key] = value
+    return out
+
+
+def shipped_spaces_dir() -> Path:
+    """``search_spaces/`` of the source tree (next to ``platform/``)."""
+    return Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+def make_sampler(space: SearchSpace) -> Any:
+    """The Optuna sampler the space asks for (``optuna.samplers.BaseSampler``)."""
+    import warnings
+
+    import optuna
+
+    smp = space.sampler
+    if smp.type == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=smp.seed)
+    if smp.type == "random":
+        return optuna.samplers.RandomSampler(seed=smp.seed)
+    # multivariate + group: TPE models each strategy's parameters jointly and apart from the other
+    # strategies' (the space is conditional: trials of different strategies have different keys).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=smp.seed, n_startup_trials=smp.n_startup_trials, multivariate=True, group=True)
