@@ -300,13 +300,15 @@ def build_report(
     complete = sum(t.complete for t in trials)
     md.append(
         f"{len(trials)} trials: {complete} complete, {len(trials) - complete} stopped early, failed or running."
-        f" Sweep run status: {sweep.status}. Selection: best `{metric}` ({mode}) among complete trials."
+        f" Sweep run status: {sweep.status}. Selection: best `{metric}` ({mode}) among complete trials.  "
     )
     if sweep.ui_url():
-        md.append(f"MLflow: {sweep.ui_url()}")
-    for key in ("contavsep.data_hash", "mlflow.source.git.commit", "contavsep.git_commit"):
-        if key in sweep.tags:
-            md.append(f"`{key}`: {sweep.tags[key]}")
+        md.append(f"MLflow: {sweep.ui_url()}  ")
+    for key, value in sorted(sweep.tags.items()):
+        # The sweep's own tags (data hash, git commit, ...), not MLflow's bookkeeping.
+        if key in (ROLE_TAG, SWEEP_TAG) or (key.startswith("mlflow.") and key != "mlflow.source.git.commit"):
+            continue
+        md.append(f"`{key}`: {value}  ")
     md.append("")
 
     md += ["## Best trial per strategy", ""]

@@ -54,6 +54,7 @@ from contavsep_platform.artifacts import (
     markdown_table,
     r_matrices_json,
     r_matrix_figure,
+    safe_name,
     save_figure,
     step_curves_figure,
     write_example,
@@ -430,7 +431,7 @@ class SweepTracker:
         self.flush_timeout_s = flush_timeout_s
         _quoted(sweep_name, "sweep name")
         self._log = (
-            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{sweep_name}-")
+            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{safe_name(sweep_name)}-")
             if tracking_uri
             else None
         )
@@ -487,11 +488,12 @@ class SweepTracker:
             except Exception as exc:  # noqa: BLE001 - turned into one clear error below
                 transient = is_transient(exc)
                 if not transient or time.monotonic() >= deadline:
-                    reason = "is unreachable" if transient else "refused the sweep's run"
-                    raise TrackingUnavailableError(
-                        f"MLflow at {run_log.tracking_uri} {reason} ({_one_line(exc)}); start the local services"
-                        " (`contavsep services up`) or set MLFLOW_TRACKING_URI"
-                    ) from exc
+                    if transient:
+                        message = (f"MLflow at {run_log.tracking_uri} is unreachable ({_one_line(exc)}); start the local"
+                                   " services (`contavsep services up`) or set MLFLOW_TRACKING_URI")
+                    else:
+                        message = f"MLflow at {run_log.tracking_uri} refused the sweep's run: {_one_line(exc)}"
+                    raise TrackingUnavailableError(message) from exc
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 5.0)
         run_log.queue_tags({**tags, SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}, "sweep tags")
@@ -521,8 +523,9 @@ class SweepTracker:
         if run_log.run_id is not None:
             run_log.queue_text("best_trials.json", json.dumps(best_table, indent=2, default=str))
             if best_table:
-                header = list(dict.fromkeys(k for row in best_table for k in row))
-                rows = [[row.get(k) for k in header] for row in best_table]
+                table = [dict(row) if isinstance(row, Mapping) else {"row": row} for row in best_table]
+                header = list(dict.fromkeys(k for row in table for k in row))
+                rows = [[row.get(k) for k in header] for row in table]
                 run_log.queue_text("best_trials.md", markdown_table(header, rows) + "\n")
             run_log.outbox.add(_Op("closing unfinished trial runs", lambda: self._close_unfinished_trials(run_log)))
             run_log.queue_status("FINISHED")
@@ -539,7 +542,8 @@ class TrialTracker:
 
     Args:
         tracking_uri: MLflow tracking server URI, or None for no tracking.
-        experiment: MLflow experiment name (the sweep's).
+        experiment: MLflow experiment name, used without a parent (a child run always goes
+            into its parent's experiment).
         parent_run_id: the sweep's parent run id (None: a top-level run).
         trial_name: the trial id; the run's name, stable across restarts (an existing run of
             this trial under the same parent is continued).
@@ -570,7 +574,7 @@ class TrialTracker:
         self.examples_every_step = examples_every_step
         _quoted(trial_name, "trial name")
         self._log = (
-            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{trial_name}-") if tracking_uri else None
+            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{safe_name(trial_name)}-") if tracking_uri else None
         )
         if self._log is not None:
             self._log.outbox.add(_Op(f"run of trial {trial_name}", self._open))
@@ -599,7 +603,11 @@ class TrialTracker:
         client = run_log.client
         logged: dict[str, str] = {}
         if run_log.run_id is None:
-            run_log.experiment_id = experiment_id(client, self.experiment)
+            # Nested runs only show under their parent in the parent's experiment.
+            run_log.experiment_id = (
+                client.get_run(self.parent_run_id).info.experiment_id if self.parent_run_id
+                else experiment_id(client, self.experiment)
+            )
             filters = [f"tags.`{TRIAL_TAG}` = {_quoted(self.trial_name, 'trial name')}", f"tags.`{ROLE_TAG}` = 'trial'"]
             if self.parent_run_id:
                 filters.append(f"tags.`{PARENT_TAG}` = {_quoted(self.parent_run_id, 'parent run id')}")

@@ -113,6 +113,7 @@ def test_report_tables_and_plots(logged_sweep, tmp_path):
     assert text == report.markdown
     lines = text.splitlines()
     assert "7 trials: 6 complete, 1 stopped early, failed or running." in text
+    assert "`contavsep.data_hash`: feedc0de" in text and "mlflow.runName" not in text
     best_rows = [line for line in lines if line.startswith("| Fine-tuning | t_ft_b") or line.startswith("| ContAV-Sep | t_cv_a")]
     assert len(best_rows) == 2
     assert best_rows[1].split(" | ")[2:10] == ["iQuery", "1", "5.00", "10.00", "7.00", "1.00", "-1.00", "5.50"]
