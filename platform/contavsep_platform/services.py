@@ -90,7 +90,7 @@ SERVICE_PORTS: dict[str, tuple[str, ...]] = {
 # 60+ s on 2 busy cores; a Ray head ~45 s there.
 STARTUP_TIMEOUT_S: dict[str, float] = {"s3": 60.0, "mlflow": 300.0, "ray": 300.0}
 # Seconds between SIGTERM and SIGKILL at `down`.
-STOP_GRACE_S: dict[str, float] = {"s3": 10.0, "mlflow": 30.0, "ray": 45.0}
+STOP_GRACE_S: dict[str, float] = {"s3": 10.0, "mlflow": 30.0, "ray": 16.0}  # ray: as `ray stop`
 
 
 class ServiceError(UserError):
@@ -181,7 +181,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _targets(record: ServiceRecord) -> list[int]:
+def service_pids(record: ServiceRecord) -> list[int]:
     """Processes that belong to a recorded service: its leader (only if the argv matches) and
     the members of its session. A pid cannot be reused while it still names a live session, so
     when the leader is gone, the processes left with ``sid == pid`` are the orphans of ours; when
@@ -207,20 +207,20 @@ def stop_record(record: ServiceRecord, grace_s: float | None = None) -> int:
     Returns how many processes were signalled. Raises :class:`ServiceError` if some survive.
     """
     grace = STOP_GRACE_S.get(record.name, 15.0) if grace_s is None else grace_s
-    targets = _targets(record)
+    targets = service_pids(record)
     if not targets:
         return 0
     _signal_all(targets, signal.SIGTERM)
     for sig, wait_s in ((signal.SIGKILL, grace), (None, 10.0)):
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            left = _targets(record)
+            left = service_pids(record)
             if not left:
                 return len(targets)
             time.sleep(0.2)
         if sig is not None:
-            _signal_all(_targets(record), sig)
-    left = _targets(record)
+            _signal_all(service_pids(record), sig)
+    left = service_pids(record)
     if left:
         raise ServiceError(f"{record.name}: processes {left} did not exit after SIGKILL; check them with `ps -o pid,args -s {record.pid}`")
     return len(targets)
@@ -719,7 +719,7 @@ def status(state_dir: Path | None = None) -> list[ServiceStatus]:
         if record is None:
             result.append(ServiceStatus(name, "stopped", None))
             continue
-        pids = tuple(_targets(record))
+        pids = tuple(service_pids(record))
         if not is_alive(record):
             result.append(ServiceStatus(name, "dead", record, pids))
         else:
