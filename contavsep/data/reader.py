@@ -66,6 +66,9 @@ def _build_cache(uri: str, manifest: dict[str, Any], path: Path, settings: stora
                     raise DatasetError(f"{part_uri} does not have the schema its manifest declares; rebuild the dataset")
                 for batch in table.to_batches(max_chunksize=CACHE_BATCH_ROWS):
                     writer.write_batch(batch.replace_schema_metadata(expected.metadata))
+        # The conversion's buffers go back to the OS: the builder is a trial too, and should not
+        # keep a private copy's worth of memory that the allocator would otherwise hold on to.
+        pa.default_memory_pool().release_unused()
         with open(tmp, "rb") as f:  # durable before it becomes visible under the final name
             os.fsync(f.fileno())
         os.replace(tmp, path)
