@@ -15,8 +15,9 @@ time with per-clip variation, so separation is not trivial.
 
 Default size, 20 classes x (24 train, 5 val, 5 test) clips of 6.5 s: val/test match the
 paper's MUSIC-21 split (5 + 5 videos per class); 24 training clips per class give varied
-random-crop mixtures while the whole dataset builds in well under a minute on 2 cores; 6.5 s
-(71662 samples) >= 65535 lets the paper preset crop full-size clips.
+random-crop mixtures while the whole dataset costs about 50 CPU-seconds to build (under a minute
+on 2 idle cores; see ``python -m contavsep.bench_data``); 6.5 s (71662 samples) >= 65535 lets the
+paper preset crop full-size clips.
 
 Deterministic: each clip is drawn from its own generator seeded by (seed, class, split, index),
 so the content, and the manifest's content hash, depend only on the config.
@@ -67,6 +68,7 @@ class SynthConfig:
                 f" (the MUSIC-21 set: {', '.join(SYNTH_CLASS_ORDER)}); ask for 1 to {len(SYNTH_CLASS_ORDER)}"
             )
         counts = tuple(self.clips_per_class)
+        object.__setattr__(self, "clips_per_class", counts)  # lists (JSON, YAML) become the tuple the field promises
         if len(counts) != 3 or any(not isinstance(c, int) or c < 0 for c in counts) or counts[0] < 1:
             raise ConfigError(
                 f"clips per class must be three integers train,val,test with train >= 1 (e.g. 24,5,5), got {self.clips_per_class!r}"

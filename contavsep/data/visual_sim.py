@@ -85,7 +85,8 @@ def envelope_descriptor(audio: np.ndarray, sample_rate: int, tokens: int = MOTIO
 
 
 @functools.lru_cache(maxsize=4)
-def _motion_projection(in_dim: int, dim: int) -> np.ndarray:
+def motion_projection(in_dim: int, dim: int = MOTION_DIM) -> np.ndarray:
+    """The fixed random projection of envelope descriptors to motion features. Shape: :math:`(D_in, D_m)`."""
     w = _fixed_rng(f"contavsep-synth/motion-projection/{in_dim}x{dim}").standard_normal((in_dim, dim)) / np.sqrt(in_dim)
     w.setflags(write=False)
     return w
@@ -106,6 +107,6 @@ def motion_features(audio: np.ndarray, sample_rate: int, class_name: str, rng: n
     Shape: :math:`(S,)` float audio -> :math:`(T_m, D_m)` float32.
     """
     desc = envelope_descriptor(audio, sample_rate, tokens)
-    clip_part = desc @ _motion_projection(desc.shape[1], dim)
+    clip_part = desc @ motion_projection(desc.shape[1], dim)
     noise = rng.standard_normal((tokens, dim))
     return (clip_part + 0.8 * motion_class_component(class_name, dim)[None, :] + 0.5 * noise).astype(np.float32)

@@ -16,7 +16,7 @@ from contavsep.data.instruments import MUSIC21_CLASS_ORDER, SYNTH_CLASS_ORDER, T
 from contavsep.data.reader import open_dataset
 from contavsep.data.score import compose
 from contavsep.data.synth import MIN_PAPER_SAMPLES, SynthConfig, build_synthetic, synth_clip
-from contavsep.data.visual_sim import envelope_descriptor, motion_class_component, object_prototype, _motion_projection
+from contavsep.data.visual_sim import envelope_descriptor, motion_class_component, motion_projection, object_prototype
 
 TINY = SynthConfig(classes=3, clips_per_class=(2, 1, 1), seconds=1.0, seed=7)
 
@@ -88,7 +88,7 @@ def test_visual_features_correspond_per_class_and_per_clip() -> None:
         expected = [envelope_descriptor(c.audio / 32768.0, cfg.sample_rate) for c in clips[n]]
         for i, clip in enumerate(clips[n]):
             residual = clip.motion_features - motion_class_component(n)[None, :]
-            errors = [np.linalg.norm(residual - d @ _motion_projection(d.shape[1], 768)) for d in expected]
+            errors = [np.linalg.norm(residual - d @ motion_projection(d.shape[1])) for d in expected]
             assert int(np.argmin(errors)) == i
 
 
