@@ -160,3 +160,17 @@ def test_report_command(logged_sweep, tmp_path, capsys, monkeypatch):
     assert cli.main(["report", "--sweep", SWEEP, "--tracking-uri", f"http://127.0.0.1:{closed}"]) == 2
     err = capsys.readouterr().err
     assert "is unreachable" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_of_a_sweep_without_complete_trials(tmp_path):
+    from contavsep_platform.report import SweepRecord, TrialRecord, build_report
+
+    stopped = TrialRecord(run_id="r1", name="t1", status="KILLED", params={"strategy.name": "ewc"}, metrics={"sdr": 3.0})
+    for trials in ((), (stopped,)):
+        sweep = SweepRecord(name="empty", tracking_uri="http://127.0.0.1:1", experiment_id="1", parent_run_id="p",
+                            status="RUNNING", tags={}, trials=trials)
+        report = build_report(sweep, {"r1": [(0, 3.0)]}, tmp_path / str(len(trials)))
+        assert [p.name for p in report.files] == ["report.md"]  # nothing to plot
+        assert "No trial finished its whole task sequence yet." in report.markdown
+        assert "No complete trials." in report.markdown
+    assert "| t1 | EWC | KILLED | 1 | - | - | - |" in report.markdown
