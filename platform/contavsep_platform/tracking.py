@@ -112,7 +112,7 @@ _env_set: dict[str, str] = {}
 
 @contextmanager
 def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
-    """Short MLflow HTTP timeouts/retries while a tracker talks to the server.
+    """Short MLflow HTTP timeouts/retries (and no URL printing) while a tracker talks to the server.
 
     The MlflowClient reads these from the environment at every request and has no per-client
     setting. They are set only where the user has not set them, and only while at least one
@@ -123,6 +123,9 @@ def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s)),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(max_retries)),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        # MlflowClient.set_terminated prints two "View run" lines to stdout (after one more
+        # request): they would land in the middle of the sweep's tables. ui_url() gives the link.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }
     with _env_lock:
         if _env_users == 0:
@@ -626,6 +629,7 @@ class TrialTracker:
                     tags[STRATEGY_TAG] = self.params["strategy.name"]
                 run = client.create_run(run_log.experiment_id, run_name=self.trial_name, tags=tags)
             run_log.run_id = run.info.run_id
+            log.info("MLflow run of trial %s: %s", self.trial_name, run_log.ui_url() or run_log.run_id)
             logged = dict(run.data.params)
         else:
             logged = dict(client.get_run(run_log.run_id).data.params)

@@ -178,7 +178,7 @@ def gate(mlflow_uri: str):
 # ---------------------------------------------------------------------------- tests
 
 
-def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path):
+def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     client = MlflowClient(mlflow_uri)
     sweep = SweepTracker(mlflow_uri, "track-test", "sweep-a")
     space = "strategies:\n  contavsep:\n    strategy.lambda_ins: {loguniform: [0.01, 1.0]}\n"
@@ -194,6 +194,7 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path):
     trial.log_final(steps[-1].summary, to_yaml(cfg))
     assert trial.pending == 0
     sweep.finish([{"strategy": "contavsep", "trial": "trial_00000", "final/sdr": 4.5}])
+    assert "View run" not in capsys.readouterr().out  # MLflow's own link printing stays off the sweep's stdout
 
     run = client.get_run(trial.run_id)
     assert run.info.run_name == "trial_00000" and run.info.status == "FINISHED"
