@@ -611,14 +611,16 @@ def _depends(name: str, state_dir: Path) -> dict[str, str]:
     }
 
 
-# `ray start` gives the head's raylet a fixed 30 s to register with the GCS; on an overloaded
-# machine that fails with this line, and a second try usually passes.
+# `ray start` gives the head's raylet a fixed 30 s (not configurable) to register with the GCS;
+# on an overloaded machine (load 10-20 on 2 cores, measured here) that fails with this line,
+# and a later try usually passes.
 _RAY_OVERLOAD = "timed out during startup"
+_RAY_ATTEMPTS = 3
 
 
 def _start(name: str, state_dir: Path, ports: dict[str, int], depends: dict[str, str], num_cpus: int,
            ray_temp_dir: str | None, echo: Echo) -> None:
-    attempts = 2 if name == "ray" else 1
+    attempts = _RAY_ATTEMPTS if name == "ray" else 1
     for attempt in range(1, attempts + 1):
         try:
             _start_once(name, state_dir, ports, depends, num_cpus, ray_temp_dir, echo)
