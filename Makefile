@@ -21,8 +21,9 @@ $(BIN)/python:
 $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
+# Bytecode is compiled at install: imports stay fast where PYTHONDONTWRITEBYTECODE is set.
 $(STAMP): requirements.lock pyproject.toml | $(UV)
-	$(UV) pip sync --python $(BIN)/python requirements.lock
+	$(UV) pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
