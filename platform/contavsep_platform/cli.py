@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "contavsep_platform.commands.demo",
     "contavsep_platform.commands.services",
     "contavsep_platform.commands.report",
+    "contavsep_platform.commands.sweep",
 ]
 
 

@@ -1,0 +1,77 @@
+"""`contavsep sweep SPACE.yaml`: a Ray Tune + Optuna sweep over strategies and hyperparameters."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a search space: one Ray Train trial per task sequence, Optuna + ASHA, MLflow tracking",
+        description="Run the sweep of a search space (search_spaces/*.yaml) on Ray: local Ray in this process, or the "
+        "cluster of RAY_ADDRESS / `contavsep services up --ray` / `ray job submit`. Storage, MLflow and Ray come from "
+        "the local services or CONTAVSEP_STORAGE, CONTAVSEP_S3_*, MLFLOW_TRACKING_URI, RAY_ADDRESS.",
+    )
+    p.add_argument("space", metavar="SPACE.yaml", help="search space file, e.g. search_spaces/smoke.yaml")
+    p.add_argument("--name", default=None, help="sweep name (default: <space name>-<date>-<time>); needed by --resume")
+    p.add_argument("--num-samples", type=int, default=None, help="number of trials (default: the space's num_samples)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name (finished trials are kept)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
+    p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress tables, only the final tables")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from contavsep.config import parse_overrides
+    from contavsep_platform.cli import UserError
+    from contavsep_platform.settings import resolve_endpoints, service_env
+    from contavsep_platform.spaces import load_space, validate_space
+
+    endpoints = resolve_endpoints()
+    space = load_space(args.space, storage_uri=endpoints.storage_uri, overrides=parse_overrides(args.overrides))
+    if args.num_samples is not None:
+        if args.resume:
+            raise UserError("--num-samples cannot change a sweep being resumed (Tune keeps its original plan)")
+        space = validate_space(replace(space, num_samples=args.num_samples), args.space)
+    if args.check:
+        print(f"space {space.name}: {len(space.strategies)} strategies, {space.num_samples} trials of {space.num_steps} steps,"
+              f" metric {space.metric} ({space.mode}), scheduler {space.scheduler.type}, sampler {space.sampler.type}")
+        for key, value in space.base.items():
+            print(f"  {key} = {value!r}")
+        for name, params in space.strategies.items():
+            print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
+        return 0
+
+    from contavsep_platform.sweep import SweepError, print_outcome, run_sweep
+
+    env = service_env(endpoints)
+    # This process reads datasets and writes Tune's state the way its trials will.
+    for key in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION"):
+        if key in env:
+            os.environ.setdefault(key, env[key])
+    try:
+        outcome = run_sweep(
+            space,
+            storage_uri=endpoints.storage_uri,
+            name=args.name,
+            resume=args.resume,
+            tracking_uri=endpoints.mlflow_tracking_uri,
+            ray_address=endpoints.ray_address,
+            s3=endpoints.s3,
+            env=env,
+            verbose=0 if args.quiet else 1,
+        )
+    except SweepError as exc:
+        raise UserError(str(exc)) from None
+    print_outcome(outcome)
+    if endpoints.mlflow_tracking_uri:
+        print(f"MLflow: {endpoints.mlflow_tracking_uri} (experiment '{space.experiment_name}', parent run {outcome.parent_run_id})")
+    sys.stdout.flush()
+    return 130 if outcome.interrupted else 0

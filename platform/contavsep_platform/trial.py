@@ -1,0 +1,306 @@
+"""One sweep trial = one whole incremental task sequence, run by Ray Train V2 inside Ray Tune.
+
+Two functions, the Train V2 + Tune pattern:
+
+- :func:`run_trial` is the Tune trainable: a small driver (it holds a fraction of a CPU) that
+  builds a ``TorchTrainer`` from the space's resources and calls ``fit()``. The Train run is
+  named after the Tune trial id and stored under ``<storage>/sweeps/<sweep>/``, so a restarted
+  trial (``--resume``, or a Tune retry) finds its Train run and its checkpoints again.
+- :func:`train_worker` runs on every Train worker: it opens the dataset through the node-local
+  cache, resumes from the last step checkpoint if Train hands one over, and runs the engine with
+  a :class:`TrainReporter`. DDP (``resources.workers > 1``) wraps the model in
+  ``DistributedDataParallel`` and splits every batch across the ranks (the engine does the split).
+
+Per incremental step the reporter logs to MLflow (rank 0, through the tracking module), writes the
+step checkpoint and calls ``ray.train.report`` with the step's metrics; ``TuneReportCallback``
+forwards rank 0's metrics to Tune, where ASHA may stop the trial at that step boundary. In
+those results ``step`` counts completed incremental steps (1..T, ASHA's time attribute) while
+MLflow keeps the engine's 0-based ``step=k``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from contavsep import storage
+from contavsep.config import Config, flat, to_yaml
+from contavsep.engine import Distributed, StepResult
+from contavsep_platform.spaces import SearchSpace
+
+log = logging.getLogger("contavsep.trial")
+
+STEP_KEY = "step"  # completed incremental steps in Tune results (1..T): ASHA's time attribute
+NUM_STEPS_KEY = "num_steps"
+ENGINE_TIME_KEY = "time/engine_s"  # seconds inside the engine in this worker process (this attempt)
+WORKER_TIME_KEY = "time/worker_s"  # seconds since the worker function started (this attempt)
+# The placement group of the trial's Train workers (hex id): the sweep removes it once Tune has
+# stopped the trial (see sweep.PlacementGroupReaper).
+PLACEMENT_GROUP_KEY = "placement_group"
+# Summary values copied into every Tune result, so the final table and Tune's best-trial logic
+# see forgetting without reading MLflow.
+SUMMARY_GROUPS = ("forgetting", "bwt", "average_incremental")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares (handed to the Tune trainable with ``tune.with_parameters``)."""
+
+    sweep_name: str
+    storage_uri: str  # storage root: file:///abs/path or s3://bucket[/prefix]
+    space: SearchSpace
+    tracking_uri: str | None = None  # MLflow; None = no tracking
+    parent_run_id: str | None = None  # the sweep's MLflow parent run
+
+    @property
+    def sweep_uri(self) -> str:
+        """``<storage>/sweeps/<sweep>``: Tune's experiment folder and every trial's Train runs."""
+        return storage.join(self.storage_uri, "sweeps", self.sweep_name)
+
+
+def trial_uri(storage_uri: str, sweep_name: str, trial_id: str) -> str:
+    """``<storage>/sweeps/<sweep>/<trial id>``: where a trial's step checkpoints (``step=<k>``) land."""
+    return storage.join(storage_uri, "sweeps", sweep_name, trial_id)
+
+
+def s3_settings() -> storage.S3Settings | None:
+    """This process's S3 settings, resolved like every command (explicit env, else the local
+    services' state file), so trial processes reach the sweep's storage the sweep's way."""
+    from contavsep_platform.settings import resolve_endpoints
+
+    return resolve_endpoints().s3
+
+
+class NoDirectoryMarkers(pafs.FileSystemHandler):
+    """A pyarrow filesystem handler over an ``S3FileSystem`` that never writes directory markers.
+
+    Ray Tune and Train call ``create_dir`` before writing under a prefix (experiment folder,
+    trial folders, checkpoints), which pyarrow turns into an empty ``prefix/`` object; small S3
+    servers such as ``rclone serve s3`` refuse those (InternalError). S3 has no directories: a
+    key can be written under any prefix, so ``create_dir`` is a no-op here and every other call
+    goes to the wrapped filesystem. Built with :func:`ray_storage`; picklable (Ray ships it).
+    """
+
+    def __init__(self, fs: Any):
+        self.fs = fs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NoDirectoryMarkers) and self.fs.equals(other.fs)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "s3-no-dir-markers"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[Any]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: Any) -> list[Any]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        return None  # S3 has no directories; see the class docstring
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the whole S3 account")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: Any) -> Any:
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def ray_storage(uri: str, settings: storage.S3Settings | None = None) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Tune/Train RunConfigs.
+
+    On S3 the pyarrow ``S3FileSystem`` of :mod:`contavsep.storage` (its endpoint, keys and
+    checksum settings) without directory markers (:class:`NoDirectoryMarkers`) and a
+    ``bucket/key`` path; on file:// the absolute path and ``None``.
+    """
+    parsed = storage.parse_uri(uri)
+    if parsed.scheme == "file":
+        return parsed.path, None
+    fs, path = storage.resolve(uri, settings if settings is not None else s3_settings())
+    return path, pafs.PyFileSystem(NoDirectoryMarkers(fs))
+
+
+def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, worker_seconds: float) -> dict[str, Any]:
+    """The Tune/Train result of one step: the engine's metrics, summary values, step counters."""
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    for group in SUMMARY_GROUPS:
+        for name, value in (result.summary.get(group) or {}).items():
+            if value is not None:
+                metrics[f"{group}/{name}"] = float(value)
+    metrics[STEP_KEY] = float(result.step + 1)
+    metrics[NUM_STEPS_KEY] = float(num_steps)
+    metrics[ENGINE_TIME_KEY] = engine_seconds
+    metrics[WORKER_TIME_KEY] = worker_seconds
+    return metrics
+
+
+class TrainReporter:
+    """The engine's reporter inside a Train worker: MLflow (rank 0), checkpoint, ``ray.train.report``."""
+
+    def __init__(self, cfg: Config, num_steps: int, rank: int, tracker: Any | None, metric: str, worker_started: float):
+        self.cfg = cfg
+        self.num_steps = num_steps
+        self.rank = rank
+        self.tracker = tracker
+        self.metric = metric
+        self.worker_started = worker_started
+        self.engine_started = time.perf_counter()
+
+    def report(self, result: StepResult, save_checkpoint: Callable[[Path], Path]) -> None:
+        import ray
+        import ray.train
+
+        name = f"step={result.step}"
+        if self.rank != 0:
+            ray.train.report({}, checkpoint=None)  # every rank joins the report barrier; rank 0's metrics count
+            return
+        now = time.perf_counter()
+        metrics = tune_metrics(result, self.num_steps, now - self.engine_started, now - self.worker_started)
+        if self.metric not in metrics:
+            # Undefined (every test source silent): NaN keeps the result valid for Tune and ranks last.
+            metrics[self.metric] = float("nan")
+        group = ray.util.get_current_placement_group()
+        if group is not None:
+            metrics[PLACEMENT_GROUP_KEY] = group.id.hex()
+        # MLflow first: if ASHA stops the trial after this report, the step is already tracked.
+        if self.tracker is not None:
+            self.tracker.log_step(result)
+            if result.is_last:
+                self.tracker.log_final(result.summary, to_yaml(self.cfg))
+        with tempfile.TemporaryDirectory(prefix="contavsep-ckpt-") as tmp:
+            directory = save_checkpoint(Path(tmp) / name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name)
+        log.info("trial step %d/%d reported (%s %.3f)", result.step + 1, self.num_steps, self.metric, metrics[self.metric])
+
+
+def _distributed(rank: int, world_size: int) -> Distributed:
+    """The engine's DDP wiring for a Train worker group (process group set up by TorchTrainer)."""
+    if world_size == 1:
+        return Distributed()
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        device = next(module.parameters()).device
+        # Only the queried class rows of the query embedding get gradients in a batch: the rest
+        # are unused parameters, which DDP must be told about.
+        return DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    return Distributed(rank=rank, world_size=world_size, wrap=wrap, barrier=dist.barrier)
+
+
+def _tracker(context: TrialContext, trial_id: str, cfg: Config) -> Any | None:
+    if not context.tracking_uri:
+        return None
+    from contavsep_platform.tracking import TrialTracker  # imports mlflow: only where tracking is on
+
+    return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg))
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: one task sequence of the trial's config, resumed from Train's checkpoint."""
+    import ray.train
+
+    from contavsep.data.reader import open_dataset
+    from contavsep.engine import run_sequence
+
+    started = time.perf_counter()
+    context: TrialContext = loop_config["context"]
+    trial_id: str = loop_config["trial_id"]
+    train_ctx = ray.train.get_context()
+    rank, world_size = train_ctx.get_world_rank(), train_ctx.get_world_size()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{trial_id} r{rank}] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    cfg = context.space.trial_config(loop_config["params"])
+    table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
+    tracker = _tracker(context, trial_id, cfg) if rank == 0 else None
+    reporter = TrainReporter(cfg, context.space.num_steps, rank, tracker, context.space.metric, started)
+    checkpoint = ray.train.get_checkpoint()
+    try:
+        with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:
+            resume_from = None
+            if checkpoint is not None:
+                resume_from = Path(checkpoint.to_directory(os.path.join(tmp, "checkpoint")))
+                log.info("trial %s resumes from %s", trial_id, checkpoint.path)
+            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))
+    except Exception:
+        if tracker is not None:  # a Train restart re-opens the run (RUNNING again) by its name
+            tracker.close("FAILED")
+        raise
+
+
+def scaling_config(space: SearchSpace) -> Any:
+    """Ray Train's ScalingConfig of a space's resources (CPU or GPU workers, fractions allowed)."""
+    import ray.train
+
+    res = space.resources
+    per_worker: dict[str, float] = {"CPU": res.cpus}
+    if res.gpus > 0:
+        per_worker["GPU"] = res.gpus
+    return ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0, resources_per_worker=per_worker)
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """The Tune trainable (driver): build the trial's TorchTrainer and run it to the end."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    storage_path, filesystem = ray_storage(context.sweep_uri)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"params": dict(config), "trial_id": trial_id, "context": context},
+        scaling_config=scaling_config(context.space),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # stable across restarts: Train finds the run and its checkpoints again
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=context.space.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),  # one per step: all kept
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

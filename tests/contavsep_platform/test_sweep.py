@@ -1,0 +1,255 @@
+"""Sweeps: Optuna sees ASHA-stopped trials as pruned, resource arithmetic on a real Ray cluster
+with logical GPUs, and a real sweep (Ray Tune + Train V2 + S3 + MLflow) from start to resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from contavsep_platform.spaces import STRATEGY_KEY, Resources, load_space, parse_space, shipped_spaces_dir
+from contavsep_platform.sweep import (
+    PrunedAwareOptunaSearch,
+    SweepError,
+    TrialRow,
+    best_per_strategy,
+    format_best_table,
+    make_scheduler,
+    make_searcher,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE = """\
+name: unit
+base: {preset: tiny, data.uri: "file:///tmp/none", data.num_steps: 3, data.classes_per_step: 2}
+strategies:
+  lwf:
+    strategy.lambda_dist: {loguniform: [0.1, 3.0]}
+  contavsep:
+    strategy.lambda_dist: {loguniform: [0.1, 3.0]}
+num_samples: 4
+"""
+
+
+def _result(sdr: float, step: int) -> dict:
+    return {"sdr": sdr, "step": float(step), "training_iteration": step, "num_steps": 3.0}
+
+
+def _drive(searcher, trials: dict[str, list[float]], errored: tuple[str, ...] = ()) -> None:
+    """Feed per-step SDRs as Tune would: results while running, then the completion call."""
+    for trial_id, sdrs in trials.items():
+        searcher.suggest(trial_id)
+    for trial_id, sdrs in trials.items():
+        for step, sdr in enumerate(sdrs, start=1):
+            searcher.on_trial_result(trial_id, _result(sdr, step))
+        if trial_id in errored:
+            searcher.on_trial_complete(trial_id, error=True)
+        else:
+            searcher.on_trial_complete(trial_id, result=_result(sdrs[-1], len(sdrs)))
+
+
+def test_a_trial_stopped_before_the_last_step_reaches_optuna_as_pruned():
+    space = parse_space(SPACE, storage_uri="file:///tmp")
+    # a ran all 3 steps (final SDR 4); b was stopped by ASHA after step 1 with a higher SDR over
+    # fewer classes (9); c failed.
+    trials = {"a": [6.0, 5.0, 4.0], "b": [9.0], "c": [5.0, 5.0]}
+
+    searcher = make_searcher(space)
+    assert isinstance(searcher, PrunedAwareOptunaSearch)
+    _drive(searcher, trials, errored=("c",))
+    states = {t.number: t.state for t in searcher._ot_study.trials}
+    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.PRUNED, 2: optuna.trial.TrialState.FAIL}
+    study = searcher._ot_study
+    assert study.best_trial.number == 0 and study.best_value == 4.0
+    assert study.trials[1].intermediate_values == {1: 9.0}  # its history stays for the sampler
+
+    # What Ray's own OptunaSearch does with the same events: b counts as complete with 9.0 and
+    # becomes the "best" trial, which is the bug this subclass exists for.
+    from ray.tune.search.optuna import OptunaSearch
+
+    plain = OptunaSearch(space=searcher._space, metric="sdr", mode="max")
+    _drive(plain, trials, errored=("c",))
+    assert plain._ot_study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert plain._ot_study.best_value == 9.0
+
+
+def test_searcher_starts_from_the_points_to_evaluate_then_follows_the_space():
+    space = parse_space(SPACE + "points_to_evaluate: paper_defaults\n", storage_uri="file:///tmp")
+    searcher = make_searcher(space)
+    first, second = searcher.suggest("t0"), searcher.suggest("t1")
+    assert first == {STRATEGY_KEY: "lwf", "strategy.lambda_dist": 0.3}
+    assert second == {STRATEGY_KEY: "contavsep", "strategy.lambda_dist": 0.3}
+    third = searcher.suggest("t2")
+    assert third[STRATEGY_KEY] in ("lwf", "contavsep") and 0.1 <= third["strategy.lambda_dist"] <= 3.0
+
+
+def test_asha_counts_incremental_steps_and_lets_the_last_step_finish():
+    space = parse_space(SPACE + "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}\n", storage_uri="file:///tmp")
+    asha = make_scheduler(space)
+    assert (asha._time_attr, asha._max_t, asha._stop_last_trials) == ("step", 3, False)
+    fifo = make_scheduler(replace(space, scheduler=replace(space.scheduler, type="fifo")))
+    assert type(fifo).__name__ == "FIFOScheduler"
+
+
+def test_best_trial_per_strategy_ignores_stopped_and_failed_trials():
+    space = parse_space(SPACE, storage_uri="file:///tmp")
+
+    def row(trial_id, strategy, status, sdr, lam):
+        return TrialRow(trial_id, strategy, status, 3 if status == "complete" else 1,
+                        {STRATEGY_KEY: strategy, "strategy.lambda_dist": lam},
+                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5})
+
+    rows = [row("a", "lwf", "complete", 3.0, 0.2), row("b", "lwf", "stopped", 9.0, 0.3), row("c", "lwf", "complete", 4.0, 0.4),
+            row("d", "contavsep", "error", 8.0, 1.0)]
+    best = best_per_strategy(rows, space)
+    assert best[0]["trial_id"] == "c" and best[0]["sdr"] == 4.0 and best[0]["forgetting/sdr"] == 1.5
+    assert best[0]["params"] == {"strategy.lambda_dist": 0.4} and (best[0]["n_complete"], best[0]["n_stopped"]) == (2, 1)
+    assert "trial_id" not in best[1] and best[1]["n_error"] == 1
+    from contavsep_platform.sweep import SweepOutcome
+
+    table = format_best_table(SweepOutcome("s", "file:///x", "sdr", "max", rows, best, False, 1.0))
+    assert "lwf" in table and "4.00" in table and "strategy.lambda_dist=0.4" in table
+
+
+# ----------------------------------------------------------------------------- real Ray
+
+
+@pytest.mark.slow
+def test_logical_gpus_half_a_gpu_per_trial_runs_four_trials_at_once():
+    """2 logical GPUs, trials of 0.5 GPU: the arithmetic says 4, and Tune really runs 4 at once."""
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False})
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        res = Resources(workers=1, cpus=0.4, gpus=0.5, driver_cpus=0.1)
+        concurrent = res.concurrent_trials(ray.cluster_resources())
+        assert concurrent == 4
+
+        @ray.remote(num_cpus=0)
+        class Room:
+            def __init__(self):
+                self.inside = 0
+                self.peak = 0
+
+            def enter(self) -> None:
+                self.inside += 1
+                self.peak = max(self.peak, self.inside)
+
+            def peak_seen(self) -> int:
+                return self.peak
+
+        room = Room.remote()
+
+        def trial(config: dict) -> None:
+            ray.get(room.enter.remote())
+            deadline = time.monotonic() + 240
+            while ray.get(room.peak_seen.remote()) < 4 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            tune.report({"peak": ray.get(room.peak_seen.remote())})
+
+        tuner = tune.Tuner(
+            tune.with_resources(trial, {"cpu": res.trial_cpus, "gpu": res.trial_gpus}),
+            param_space={"i": tune.grid_search([0, 1, 2, 3, 4, 5])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(storage_path="/tmp/contavsep-test-gpus", verbose=0),
+        )
+        results = tuner.fit()
+        peaks = sorted(r.metrics["peak"] for r in results)
+        assert peaks[-1] == 4  # four trials were inside at the same time, never more
+        assert not results.errors
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(services):
+    """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
+    from contavsep import storage
+    from contavsep.data.synth import SynthConfig, build_synthetic
+
+    uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
+    storage.ensure_bucket(services.storage_uri, services.s3)
+    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
+        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=services.s3)
+    return uri
+
+
+@pytest.mark.slow
+def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(services, s3_dataset):
+    """smoke.yaml on local Ray with the local S3 and MLflow servers, then --resume of the
+    finished sweep: nothing runs again, no placement group stays reserved."""
+    import ray
+    from mlflow import MlflowClient
+
+    from contavsep import storage
+    from contavsep_platform.settings import service_env
+    from contavsep_platform.sweep import connect_ray, job_placement_groups, run_sweep
+    from contavsep_platform.trial import trial_uri
+
+    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset})
+    env = service_env(services)
+    started = connect_ray(None, env) if not ray.is_initialized() else False
+    try:
+        name = f"sweep-test-{int(time.time())}"
+        kwargs = dict(storage_uri=services.storage_uri, name=name, tracking_uri=services.mlflow_tracking_uri, s3=services.s3, env=env, verbose=0)
+        outcome = run_sweep(space, **kwargs)
+        assert not outcome.interrupted and len(outcome.trials) == space.num_samples == 2
+        assert {r.status for r in outcome.trials} <= {"complete", "stopped"}
+        complete = [r for r in outcome.trials if r.status == "complete"]
+        assert complete, outcome.trials
+        assert job_placement_groups() == []
+
+        client = MlflowClient(services.mlflow_tracking_uri)
+        parent = client.get_run(outcome.parent_run_id)
+        assert parent.data.tags["contavsep.sweep"] == name and parent.info.status == "FINISHED"
+        assert parent.data.tags["data_content_hash"]
+        children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+        assert sorted(c.info.run_name for c in children) == sorted(r.trial_id for r in outcome.trials)
+
+        for row in outcome.trials:
+            # Tune got one result per incremental step (progress of the trial's Tune folder)
+            assert row.steps >= 1 and row.metrics["num_steps"] == 2
+            # a checkpoint per completed step on S3, where the trial's Train run keeps them
+            ckpts = storage.list_dir(trial_uri(services.storage_uri, name, row.trial_id), services.s3)
+            assert [c for c in ckpts if c.startswith("step=")] == [f"step={k}" for k in range(row.steps)]
+            files = storage.list_dir(storage.join(trial_uri(services.storage_uri, name, row.trial_id), f"step={row.steps - 1}"), services.s3)
+            assert "state.pt" in files and "config.yaml" in files
+            # MLflow: per-step metric history with step=k, the sampled params, final artifacts
+            child = next(c for c in children if c.info.run_name == row.trial_id)
+            history = client.get_metric_history(child.info.run_id, "sdr")
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(row.steps))
+            assert child.data.params["strategy.name"] == row.strategy and child.data.params["preset"] == "tiny"
+            if row.status == "complete":
+                assert child.data.metrics["final/sdr"] == pytest.approx(row.metrics["sdr"], abs=1e-6)
+                artifacts = {a.path for a in client.list_artifacts(child.info.run_id)} | {
+                    a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+                assert {"config.yaml", "plots/R_matrices.png", "plots/step_curves.png"} <= artifacts
+
+        # The experiment (Tune state) is on S3 as well.
+        assert any(n.startswith("tune-") for n in storage.list_dir(outcome.sweep_uri, services.s3))
+
+        # Resume the finished sweep: Tune restores it and runs nothing again.
+        before = {r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3) for r in outcome.trials}
+        again = run_sweep(space, resume=True, **kwargs)
+        assert [(r.trial_id, r.status, r.steps) for r in again.trials] == [(r.trial_id, r.status, r.steps) for r in outcome.trials]
+        assert {r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3) for r in again.trials} == before
+        assert again.parent_run_id == outcome.parent_run_id
+        assert job_placement_groups() == []
+
+        # Neither a second sweep of the same name nor resuming an unknown one.
+        with pytest.raises(SweepError, match="already exists"):
+            run_sweep(space, **kwargs)
+        with pytest.raises(SweepError, match="no sweep 'nope'"):
+            run_sweep(space, **{**kwargs, "name": "nope"}, resume=True)
+    finally:
+        if started:
+            ray.shutdown()
