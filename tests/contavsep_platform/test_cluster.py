@@ -476,6 +476,8 @@ def test_dockerfile_installs_the_lock_like_the_makefile() -> None:
     assert ("USER", "ray") in instructions
     env = " ".join(args for keyword, args in instructions if keyword == "ENV")
     assert f"PATH={dockerfile_venv()}/bin:$PATH" in env
+    if "--compile-bytecode" in make_sync:  # as `make install`: imports on the nodes start compiled
+        assert "--compile-bytecode" in sync or "UV_COMPILE_BYTECODE=1" in env
     assert int(re.search(r"RAY_JOB_STOP_WAIT_TIME_S=(\d+)", env).group(1)) >= 30
     names = [a.split("=", 1)[0] for keyword, args in instructions if keyword in ("ENV", "ARG") for a in args.split()]
     assert not [n for n in names if re.search(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", n)]
