@@ -171,15 +171,17 @@ def connect_ray(address: str | None, env: Mapping[str, str]) -> bool:
 
 
 class PlacementGroupReaper(Callback):
-    """Frees the Ray Train placement group of every trial Tune has stopped.
+    """Frees the Ray Train placement group of every trial that has ended.
 
-    When ASHA stops a trial, Tune ends the trial's driver; the Train controller it owns dies with
-    it, but the workers' placement group belongs to the job (the sweep) and would stay reserved
-    until the sweep ends: with a few stopped trials a small cluster has no CPUs left and the
-    next trials wait forever. (Train's own cleaner actor needs Ray's state API, i.e. a
-    dashboard, which a local sweep does not start.) Each trial reports its group's id; once the
-    trial has ended and ``grace_s`` has passed (its driver and controller are gone, so nothing
-    restarts the workers), the group is removed if it is still there.
+    When Tune ends a trial (ASHA stops it, or it finished), it ends the trial's driver; the Train
+    controller it owns dies with it, but the workers' placement group belongs to the job (the
+    sweep) and, unless the controller removed it in time, stays reserved until the sweep ends:
+    after a few trials a small cluster has no CPUs left and the next trials wait forever
+    (measured here: a stopped trial always, a finished one sometimes). Train's own cleaner
+    actor needs Ray's state API, i.e. a dashboard, which a local sweep does not start. Each
+    trial reports its group's id; once the trial has ended and ``grace_s`` has passed (its
+    driver and controller are gone, so nothing restarts the workers), the group is removed if
+    it is still there.
     """
 
     def __init__(self, grace_s: float = 5.0):
@@ -272,7 +274,7 @@ class TrialRow:
 
     trial_id: str
     strategy: str
-    status: str  # complete | stopped (ASHA or interrupted) | error | pending
+    status: str  # complete | stopped (by ASHA) | interrupted (with the sweep) | error | pending (never started)
     steps: int
     params: dict[str, Any]
     metrics: dict[str, float]
@@ -312,8 +314,10 @@ def _rows(result_grid: Any, space: SearchSpace) -> list[TrialRow]:
             status = "complete"
         elif steps == 0:
             status = "pending"
+        elif (result.metrics or {}).get("done"):
+            status = "stopped"  # by the scheduler (Tune marks its last result done)
         else:
-            status = "stopped"
+            status = "interrupted"  # the sweep stopped while the trial ran; --resume continues it
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "").name)
         rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics, metrics.get(ENGINE_TIME_KEY)))
     return sorted(rows, key=lambda r: r.trial_id)
@@ -499,9 +503,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     with _sigterm_as_interrupt():
         result_grid = tuner.fit()
     rows = _rows(result_grid, space)
-    interrupted = any(r.status == "pending" for r in rows) or len(rows) < space.num_samples or (
-        any(r.status == "stopped" for r in rows) and space.scheduler.type == "fifo"
-    )
+    interrupted = any(r.status in ("pending", "interrupted") for r in rows) or len(rows) < space.num_samples
     notes = []
     leftover = release_placement_groups()
     if leftover:

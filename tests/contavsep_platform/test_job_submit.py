@@ -1,0 +1,154 @@
+"""`ray job submit` of a sweep against a real local Ray head (`contavsep services up --ray`).
+
+Exactly what the README documents:
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- contavsep sweep search_spaces/smoke.yaml
+
+then: the job succeeds, its trials ran on the head's cluster with the venv's Python, and what
+lands (MLflow parent/child runs with per-step histories, step checkpoints on S3) is checked;
+`ray job stop` of a running sweep frees the cluster's resources, and a second submission with
+`--resume` finishes it without re-running what was done.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job_dataset(ray_head):
+    """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
+    from contavsep import storage
+    from contavsep.data.synth import SynthConfig, build_synthetic
+
+    uri = storage.join(ray_head.storage_uri, "datasets", "synth-job-test")
+    storage.ensure_bucket(ray_head.storage_uri, ray_head.s3)
+    if not storage.exists(storage.join(uri, "manifest.json"), ray_head.s3):
+        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=ray_head.s3)
+    return uri
+
+
+def _ray_job(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, "job", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _status(dashboard: str, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(dashboard).get_job_status(job_id).value)
+
+
+def _logs(dashboard: str, job_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(dashboard).get_job_logs(job_id)
+
+
+def _reserved_groups(dashboard: str) -> list[dict]:
+    """Placement groups on the cluster that hold or wait for resources (Ray's state API over
+    HTTP: this process stays out of the cluster)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", timeout=30) as reply:
+        doc = json.loads(reply.read())
+    groups = doc["data"]["result"]["result"]
+    return [pg for pg in groups if pg["state"] != "REMOVED"]
+
+
+def _wait(predicate, timeout_s: float, what: str, pause: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(pause)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _sweep_entrypoint(name: str, dataset: str, *extra: str) -> list[str]:
+    # `which contavsep` first: the job must run the venv's console script (the head's PATH).
+    # `ray job submit` quotes every word after `--`, hence one `sh -c` script.
+    script = f"which contavsep && contavsep sweep search_spaces/smoke.yaml --name {name} --set data.uri={dataset} --quiet {' '.join(extra)}"
+    return ["--", "sh", "-c", script]
+
+
+def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(ray_head, job_dataset):
+    from mlflow import MlflowClient
+
+    from contavsep import storage
+    from contavsep_platform.trial import trial_uri
+
+    dashboard = ray_head.ray_dashboard_url
+    name = f"job-{int(time.time())}"
+    job_id = f"sweep-{name}"
+    done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id,
+                    *_sweep_entrypoint(name, job_dataset), timeout=1500)
+    logs = _logs(dashboard, job_id)
+    assert _status(dashboard, job_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert str(Path(sys.executable).parent / "contavsep") in logs  # the venv's console script ran
+    assert "best trial per strategy" in logs
+
+    client = MlflowClient(ray_head.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(children) == 2
+    for child in children:
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "sdr"))
+        assert steps and steps == list(range(len(steps)))
+        checkpoints = storage.list_dir(trial_uri(ray_head.storage_uri, name, child.info.run_name), ray_head.s3)
+        assert [c for c in checkpoints if c.startswith("step=")] == [f"step={k}" for k in steps]
+    assert _wait(lambda: not _reserved_groups(dashboard), 60, "the sweep's placement groups to be released") is True
+
+
+def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset):
+    from contavsep import storage
+    from contavsep_platform.trial import trial_uri
+
+    dashboard = ray_head.ray_dashboard_url
+    name = f"stop-{int(time.time())}"
+    job_id = f"sweep-{name}"
+    # More iterations per step than smoke.yaml: the stop lands while trials still train.
+    slow = ("--set", "train.iters_per_step=40")
+    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait",
+                         *_sweep_entrypoint(name, job_dataset, *slow))
+    assert submitted.returncode == 0, submitted.stderr
+    sweep_uri = storage.join(ray_head.storage_uri, "sweeps", name)
+
+    def first_checkpoint() -> bool:
+        files = storage.list_dir(sweep_uri, ray_head.s3, recursive=True)
+        return any("/step=0/" in f for f in files)
+
+    _wait(first_checkpoint, 900, "a first step checkpoint", pause=3)
+    assert _reserved_groups(dashboard)  # the running trials hold placement groups
+    stopped = _ray_job("stop", "--address", dashboard, job_id, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _status(dashboard, job_id) == "STOPPED"
+    _wait(lambda: not _reserved_groups(dashboard), 120, "placement groups to be released after `ray job stop`")
+
+    from ray.job_submission import JobSubmissionClient
+
+    resumed_id = f"{job_id}-resume"
+    done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", resumed_id,
+                    *_sweep_entrypoint(name, job_dataset, *slow, "--resume"), timeout=1500)
+    assert _status(dashboard, resumed_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{JobSubmissionClient(dashboard).get_job_logs(resumed_id)[-3000:]}"
+    logs = _logs(dashboard, resumed_id)
+    trial_ids = sorted({n for n in storage.list_dir(sweep_uri, ray_head.s3) if not n.startswith(("tune-", ".")) and "." not in n and "-state-" not in n})
+    assert len(trial_ids) >= 1
+    for trial_id in trial_ids:
+        checkpoints = [c for c in storage.list_dir(trial_uri(ray_head.storage_uri, name, trial_id), ray_head.s3) if c.startswith("step=")]
+        assert checkpoints[0] == "step=0"
+    assert "complete" in logs and "interrupted" not in logs
+    _wait(lambda: not _reserved_groups(dashboard), 60, "placement groups to be released after the resumed sweep")
