@@ -38,6 +38,17 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
+def _use_local_services() -> None:
+    """Point this process at the running local services (S3 keys, MLflow) unless the environment
+    already names other ones: `contavsep data synth --out s3://contavsep/...` then just works."""
+    import os
+
+    from contavsep_platform.settings import resolve_endpoints, service_env
+
+    for key, value in service_env(resolve_endpoints()).items():
+        os.environ.setdefault(key, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contavsep",
@@ -61,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     user_errors = _user_errors()
     try:
+        if args.command not in ("services", "config"):
+            _use_local_services()
         return int(args.func(args) or 0)
     except user_errors as exc:
         print(f"contavsep {args.command}: error: {exc}", file=sys.stderr)

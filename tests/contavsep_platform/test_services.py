@@ -287,3 +287,20 @@ def test_ray_local_workers_find_the_services(ray_local, services) -> None:
         return e.storage_uri, e.mlflow_tracking_uri, e.s3.endpoint_url
 
     assert ray_local.get(view.remote(), timeout=120) == (services.storage_uri, services.mlflow_tracking_uri, services.s3.endpoint_url)
+
+
+def test_cli_commands_find_the_local_services_without_flags(services, tmp_path):
+    # No CONTAVSEP_S3_* / AWS_* in the environment: the CLI reads the services' state file.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAVSEP_S3_", "AWS_", "MLFLOW_"))}
+    exe = str(Path(sys.executable).parent / "contavsep")
+    uri = "s3://contavsep/datasets/cli-finds-services"
+    synth = subprocess.run([exe, "data", "synth", "--out", uri, "--classes", "2", "--clips-per-class", "1,0,1", "--seconds", "0.6"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0, synth.stderr
+    info = subprocess.run([exe, "data", "info", uri], env=env, capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0 and "accordion" in info.stdout, info.stderr
