@@ -507,7 +507,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     notes = []
     leftover = release_placement_groups()
     if leftover:
-        notes.append(f"removed {leftover} placement group(s) of trials stopped with the sweep")
+        notes.append(f"removed {leftover} placement group(s) that ended trials had left reserved")
     outcome = SweepOutcome(
         name=name,
         sweep_uri=sweep_uri,

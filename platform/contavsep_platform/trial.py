@@ -43,6 +43,7 @@ STEP_KEY = "step"  # completed incremental steps in Tune results (1..T): ASHA's 
 NUM_STEPS_KEY = "num_steps"
 ENGINE_TIME_KEY = "time/engine_s"  # seconds inside the engine in this worker process (this attempt)
 WORKER_TIME_KEY = "time/worker_s"  # seconds since the worker function started (this attempt)
+WORKERS_KEY = "workers"  # Train workers (DDP ranks) of the trial
 # The placement group of the trial's Train workers (hex id): the sweep removes it once Tune has
 # stopped the trial (see sweep.PlacementGroupReaper).
 PLACEMENT_GROUP_KEY = "placement_group"
@@ -176,10 +177,12 @@ def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, work
 class TrainReporter:
     """The engine's reporter inside a Train worker: MLflow (rank 0), checkpoint, ``ray.train.report``."""
 
-    def __init__(self, cfg: Config, num_steps: int, rank: int, tracker: Any | None, metric: str, worker_started: float):
+    def __init__(self, cfg: Config, num_steps: int, rank: int, world_size: int, tracker: Any | None, metric: str,
+                 worker_started: float):
         self.cfg = cfg
         self.num_steps = num_steps
         self.rank = rank
+        self.world_size = world_size
         self.tracker = tracker
         self.metric = metric
         self.worker_started = worker_started
@@ -195,6 +198,7 @@ class TrainReporter:
             return
         now = time.perf_counter()
         metrics = tune_metrics(result, self.num_steps, now - self.engine_started, now - self.worker_started)
+        metrics[WORKERS_KEY] = float(self.world_size)
         if self.metric not in metrics:
             # Undefined (every test source silent): NaN keeps the result valid for Tune and ranks last.
             metrics[self.metric] = float("nan")
@@ -255,7 +259,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = context.space.trial_config(loop_config["params"])
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
     tracker = _tracker(context, trial_id, cfg) if rank == 0 else None
-    reporter = TrainReporter(cfg, context.space.num_steps, rank, tracker, context.space.metric, started)
+    reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric, started)
     checkpoint = ray.train.get_checkpoint()
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:

@@ -114,6 +114,42 @@ def test_best_trial_per_strategy_ignores_stopped_and_failed_trials():
     assert "lwf" in table and "4.00" in table and "strategy.lambda_dist=0.4" in table
 
 
+@pytest.fixture
+def cli_environment(tmp_path):
+    """An empty CONTAVSEP_HOME and no endpoint settings; the CLI exports the endpoints it
+    resolved into os.environ, so the whole environment is restored afterwards."""
+    import os
+
+    saved = dict(os.environ)
+    for name in ("CONTAVSEP_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CONTAVSEP_S3_ENDPOINT", "CONTAVSEP_S3_ACCESS_KEY",
+                 "CONTAVSEP_S3_SECRET_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.pop(name, None)
+    os.environ["CONTAVSEP_HOME"] = str(tmp_path / "home")
+    try:
+        yield tmp_path
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_sweep_command_refuses_bad_input_before_anything_starts(cli_environment, capsys):
+    from contavsep_platform.cli import main
+
+    tmp_path = cli_environment
+    smoke = str(shipped_spaces_dir() / "smoke.yaml")
+    assert main(["sweep", smoke, "--set", "strategy.lamda_dist=0.2"]) == 2
+    assert "did you mean 'strategy.lambda_dist'" in capsys.readouterr().err
+    missing = f"file://{tmp_path}/no-dataset"
+    assert main(["sweep", smoke, "--set", f"data.uri={missing}"]) == 2
+    assert f"no dataset at {missing}" in capsys.readouterr().err
+    assert main(["sweep", smoke, "--resume"]) == 2
+    assert "--resume needs the --name" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["sweep", smoke, "--check", "--num-samples", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials of 2 steps" in out and f"data.uri = 'file://{tmp_path}/home/storage/datasets/synth-default'" in out
+
+
 # ----------------------------------------------------------------------------- real Ray
 
 
@@ -143,6 +179,9 @@ def test_logical_gpus_half_a_gpu_per_trial_runs_four_trials_at_once():
                 self.inside += 1
                 self.peak = max(self.peak, self.inside)
 
+            def leave(self) -> None:
+                self.inside -= 1
+
             def peak_seen(self) -> int:
                 return self.peak
 
@@ -153,7 +192,9 @@ def test_logical_gpus_half_a_gpu_per_trial_runs_four_trials_at_once():
             deadline = time.monotonic() + 240
             while ray.get(room.peak_seen.remote()) < 4 and time.monotonic() < deadline:
                 time.sleep(0.5)
-            tune.report({"peak": ray.get(room.peak_seen.remote())})
+            peak = ray.get(room.peak_seen.remote())
+            ray.get(room.leave.remote())
+            tune.report({"peak": peak})
 
         tuner = tune.Tuner(
             tune.with_resources(trial, {"cpu": res.trial_cpus, "gpu": res.trial_gpus}),
@@ -250,6 +291,29 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
             run_sweep(space, **kwargs)
         with pytest.raises(SweepError, match="no sweep 'nope'"):
             run_sweep(space, **{**kwargs, "name": "nope"}, resume=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_train_workers_run_one_trial_with_ddp(tmp_path, synth_dataset_factory, monkeypatch):
+    """resources.workers = 2: one trial, two Train workers (gloo DDP on CPU), batch split in two."""
+    import ray
+
+    from contavsep_platform.sweep import connect_ray, job_placement_groups, run_sweep
+
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
+    data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
+    storage_uri = f"file://{tmp_path}/storage"
+    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=storage_uri, overrides={"data.uri": data, "train.iters_per_step": "2"})
+    space = replace(space, num_samples=1, resources=replace(space.resources, workers=2, cpus=0.45))
+    started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
+    try:
+        outcome = run_sweep(space, storage_uri=storage_uri, name="ddp", verbose=0)
+        (row,) = outcome.trials
+        assert row.status == "complete" and row.metrics["workers"] == 2
+        assert job_placement_groups() == []
     finally:
         if started:
             ray.shutdown()
