@@ -223,6 +223,10 @@ class SamplerSpec:
     n_startup_trials: int = 10  # tpe: random trials before the model kicks in
 
 
+# Custom resource offered by the head of the shipped clusters (cluster/*.yaml) for trial drivers.
+DRIVER_RESOURCE = "contavsep_driver"
+
+
 @dataclass(frozen=True)
 class Resources:
     """Resources of one trial: ``workers`` Ray Train workers with ``cpus``/``gpus`` each, plus a
@@ -242,17 +246,29 @@ class Resources:
     def trial_gpus(self) -> float:
         return self.workers * self.gpus
 
-    def concurrent_trials(self, cluster: Mapping[str, float]) -> int:
-        """How many trials run at once in ``cluster`` (e.g. ``ray.cluster_resources()``).
+    def driver_resources(self, cluster: Mapping[str, float]) -> dict[str, float]:
+        """What a trial's Tune driver holds: on clusters whose head offers the custom resource
+        ``contavsep_driver`` (cluster/*.yaml) the driver lives there and holds no CPU, so a GPU
+        node's preemption never kills a driver; elsewhere a fraction of a CPU."""
+        if cluster.get(DRIVER_RESOURCE, 0.0) > 0:
+            return {"cpu": 0.0, DRIVER_RESOURCE: self.driver_cpus}
+        return {"cpu": self.driver_cpus}
 
-        ``max_concurrent`` if set (an autoscaling cluster grows to it). Otherwise the limiting
-        resource decides: floor(cluster GPUs / trial GPUs) when trials use GPUs, and
-        floor(cluster CPUs / trial CPUs). Raises :class:`SpaceError` if not even one trial fits.
+    def concurrent_trials(self, cluster: Mapping[str, float]) -> int:
+        """How many trials run at once in ``cluster`` (e.g. ``ray.cluster_resources()``, or the
+        autoscaler's maximum for an autoscaling cluster).
+
+        ``max_concurrent`` if set. Otherwise the limiting resource decides: floor(cluster GPUs /
+        trial GPUs) when trials use GPUs, floor(cluster CPUs / trial CPUs), and with a driver
+        resource floor(drivers / driver share). Raises :class:`SpaceError` if not even one trial fits.
         """
         if self.max_concurrent > 0:
             return self.max_concurrent
         fits = []
-        for name, need in (("CPU", self.trial_cpus), ("GPU", self.trial_gpus)):
+        on_head = cluster.get(DRIVER_RESOURCE, 0.0) > 0
+        trial_cpus = self.workers * self.cpus if on_head else self.trial_cpus
+        needs = [("CPU", trial_cpus), ("GPU", self.trial_gpus)] + ([(DRIVER_RESOURCE, self.driver_cpus)] if on_head else [])
+        for name, need in needs:
             if need > 0:
                 have = float(cluster.get(name, 0.0))
                 fits.append(int(math.floor(have / need + 1e-9)))  # 2 / (0.9 + 0.1) is 2, not 1.999...

@@ -420,6 +420,23 @@ def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, ma
     return tracker, tracker.start(space.source_text, tags)
 
 
+def _cluster_capacity() -> dict[str, float]:
+    """The resources trials can count on: an autoscaling cluster's configured maximum (its GPU
+    workers may be at 0 nodes right now), else what the cluster has now."""
+    import ray
+
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:  # private in Ray 2.60; Ray Train uses the same call for its own resource pre-check
+        from ray._private.state import state
+
+        maximum = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an older/newer Ray without it: what the cluster has now
+        maximum = None
+    if not maximum:
+        return now
+    return {k: max(float(maximum.get(k, 0.0)), now.get(k, 0.0)) for k in set(maximum) | set(now)}
+
+
 def run_sweep(
     space: SearchSpace,
     *,
@@ -475,8 +492,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
 
     tracker, parent_run_id = _open_parent_run(space, name, tracking_uri, manifest)
     context = TrialContext(sweep_name=name, storage_uri=storage_uri, space=space, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": space.resources.driver_cpus})
-    max_concurrent = space.resources.concurrent_trials(ray.cluster_resources())
+    cluster = _cluster_capacity()
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), space.resources.driver_resources(cluster))
+    max_concurrent = space.resources.concurrent_trials(cluster)
     log.info("sweep %s: %d trials, at most %d at once, storage %s", name, space.num_samples, max_concurrent, sweep_uri)
     reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
     if resume:

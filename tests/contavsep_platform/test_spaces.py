@@ -264,3 +264,17 @@ def test_resource_settings_are_checked():
         parse("lwf: {}\n", extra="resources: {workers: 3}\n")
     with pytest.raises(SpaceError, match="driver_cpus > 0"):
         parse("lwf: {}\n", extra="resources: {driver_cpus: 0}\n")
+
+
+def test_drivers_go_to_the_heads_driver_resource_when_the_cluster_offers_it():
+    from contavsep_platform.spaces import DRIVER_RESOURCE, Resources
+
+    gpu_trial = Resources(workers=1, cpus=4, gpus=1, driver_cpus=0.1)
+    head = {"CPU": 32.0, "GPU": 8.0, DRIVER_RESOURCE: 3.0}  # cluster/*.yaml: the head has drivers, no CPU
+    assert gpu_trial.driver_resources(head) == {"cpu": 0.0, DRIVER_RESOURCE: 0.1}
+    assert gpu_trial.concurrent_trials(head) == 8  # GPUs limit; drivers (30) and CPUs (8) do not
+    assert Resources(workers=1, cpus=1, gpus=0, driver_cpus=0.5).concurrent_trials({"CPU": 32.0, DRIVER_RESOURCE: 3.0}) == 6
+    # a plain machine: the driver takes a fraction of a CPU, counted with the workers' CPUs
+    cpu_trial = Resources(workers=1, cpus=0.9, gpus=0, driver_cpus=0.1)
+    assert cpu_trial.driver_resources({"CPU": 2.0}) == {"cpu": 0.1}
+    assert cpu_trial.concurrent_trials({"CPU": 2.0}) == 2
