@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from contavsep import storage
-from contavsep.config import Config, flat, to_yaml
+from contavsep.config import Config, ConfigError, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
 from contavsep_platform.spaces import SearchSpace
 
@@ -188,6 +188,20 @@ class TrainReporter:
         self.worker_started = worker_started
         self.engine_started = time.perf_counter()
 
+    def report_restored_final(self, result: StepResult) -> None:
+        """Tell Tune (and MLflow) the final result of a trial whose last step was checkpointed
+        but never reached Tune (the sweep stopped between the two): nothing is left to train."""
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report({})
+            return
+        if self.tracker is not None:
+            self.tracker.log_final(result.summary, to_yaml(self.cfg))  # re-opened by name: ends it FINISHED
+        metrics = tune_metrics(result, self.num_steps, 0.0, time.perf_counter() - self.worker_started)
+        metrics[WORKERS_KEY] = float(self.world_size)
+        ray.train.report(metrics)
+
     def report(self, result: StepResult, save_checkpoint: Callable[[Path], Path]) -> None:
         import ray
         import ray.train
@@ -235,6 +249,19 @@ def _distributed(rank: int, world_size: int) -> Distributed:
     return Distributed(rank=rank, world_size=world_size, wrap=wrap, barrier=dist.barrier)
 
 
+def restored_result(state: Any) -> StepResult:
+    """The StepResult of the step a checkpoint completed, rebuilt from its results (scores only:
+    the training losses and timings of that step are not in a checkpoint)."""
+    from contavsep.metrics import ContinualResults
+
+    results = ContinualResults.from_state_dict(state.results)
+    row = results.step_summary(state.step)
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
+    sdr = results.matrix("sdr")
+    metrics.update({f"task_sdr/{j}": float(sdr[state.step, j]) for j in range(state.step + 1)})
+    return StepResult(state.step, metrics, results.summary(state.step), [], is_last=state.step + 1 == results.num_steps)
+
+
 def _tracker(context: TrialContext, trial_id: str, cfg: Config) -> Any | None:
     if not context.tracking_uri:
         return None
@@ -247,6 +274,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: one task sequence of the trial's config, resumed from Train's checkpoint."""
     import ray.train
 
+    from contavsep.checkpoint import load_checkpoint
     from contavsep.data.reader import open_dataset
     from contavsep.engine import run_sequence
 
@@ -267,6 +295,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if checkpoint is not None:
                 resume_from = Path(checkpoint.to_directory(os.path.join(tmp, "checkpoint")))
                 log.info("trial %s resumes from %s", trial_id, checkpoint.path)
+                state = load_checkpoint(resume_from)
+                if state.step + 1 >= context.space.num_steps:
+                    if state.config != cfg:
+                        raise ConfigError(f"checkpoint {checkpoint.path} was written with another config; resume with the same space")
+                    reporter.report_restored_final(restored_result(state))
+                    return
             run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))
     except Exception:
         if tracker is not None:  # a Train restart re-opens the run (RUNNING again) by its name

@@ -317,3 +317,92 @@ def test_two_train_workers_run_one_trial_with_ddp(tmp_path, synth_dataset_factor
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_it(tmp_path, synth_dataset_factory, monkeypatch):
+    """SIGTERM (what `ray job stop` sends) during a local sweep: Tune stops, no placement group of
+    the sweep stays reserved (ray.util.placement_group_table), and --resume completes the trials
+    from their step checkpoints."""
+    import os
+    import signal
+    import threading
+
+    import ray
+
+    from contavsep import storage
+    from contavsep_platform.sweep import connect_ray, job_placement_groups, run_sweep
+
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
+    data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
+    storage_uri = f"file://{tmp_path}/storage"
+    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=storage_uri, overrides={"data.uri": data, "train.iters_per_step": "30"})
+    sweep_dir = tmp_path / "storage" / "sweeps" / "stopped"
+    started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
+    running = threading.Event()
+    sent = threading.Event()
+
+    def stop_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not sent.is_set():
+            if running.is_set() and any(p.name == "step=0" for p in sweep_dir.glob("*/step=0")):
+                sent.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(1)
+
+    watcher = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+    try:
+        watcher.start()
+        running.set()
+        outcome = run_sweep(space, storage_uri=storage_uri, name="stopped", verbose=0)
+        running.clear()
+        assert sent.is_set() and outcome.interrupted
+        assert {r.status for r in outcome.trials} & {"interrupted", "pending"}
+        assert job_placement_groups() == []  # nothing of the stopped sweep holds resources
+        from ray.util import placement_group_table
+
+        assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+
+        resumed = run_sweep(space, storage_uri=storage_uri, name="stopped", resume=True, verbose=0)
+        assert not resumed.interrupted
+        assert sorted(r.trial_id for r in resumed.trials) == sorted(r.trial_id for r in outcome.trials)
+        assert all(r.status in ("complete", "stopped") for r in resumed.trials)
+        for row in resumed.trials:
+            checkpoints = [n for n in storage.list_dir(f"{storage_uri}/sweeps/stopped/{row.trial_id}") if n.startswith("step=")]
+            assert checkpoints == [f"step={k}" for k in range(row.steps)]
+        assert job_placement_groups() == []
+    finally:
+        running.clear()
+        sent.set()
+        if started:
+            ray.shutdown()
+
+
+def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path, synth_dataset_factory):
+    """A sweep stopped between writing the last step's checkpoint and Tune receiving its result
+    resumes into that checkpoint: the trial re-reports the step's scores rebuilt from it."""
+    from contavsep.checkpoint import load_checkpoint
+    from contavsep.config import make_config
+    from contavsep.data.reader import open_dataset
+    from contavsep.engine import run_sequence
+    from contavsep_platform.trial import restored_result, tune_metrics
+
+    data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
+    cfg = make_config("tiny", {"data.uri": data, "data.num_steps": 2, "data.classes_per_step": 2, "train.iters_per_step": 1,
+                               "train.batch_size": 2, "strategy.name": "finetune"})
+    reported = []
+
+    class Keep:
+        def report(self, result, save_checkpoint):
+            reported.append(result)
+            save_checkpoint(tmp_path / f"step={result.step}")
+
+    run_sequence(cfg, open_dataset(data, cache_dir=tmp_path / "cache"), reporter=Keep())
+    last = reported[-1]
+    rebuilt = restored_result(load_checkpoint(tmp_path / f"step={last.step}"))
+    assert (rebuilt.step, rebuilt.is_last) == (last.step, True) and rebuilt.summary == last.summary
+    scores = {k: v for k, v in last.metrics.items() if not k.startswith(("loss/", "time/", "throughput/", "memory/")) and k != "step"}
+    assert rebuilt.metrics == pytest.approx(scores)
+    again = tune_metrics(rebuilt, 2, 0.0, 1.0)
+    assert again["step"] == 2 and again["forgetting/sdr"] == pytest.approx(last.summary["forgetting"]["sdr"])
