@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from contavsep.config import ConfigError
 from contavsep.registry import RegistryError
@@ -38,15 +41,25 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
-def _use_local_services() -> None:
-    """Point this process at the running local services (S3 keys, MLflow) unless the environment
-    already names other ones: `contavsep data synth --out s3://contavsep/...` then just works."""
-    import os
-
+@contextmanager
+def _local_services_env(enabled: bool) -> Iterator[None]:
+    """While a command runs, point it at the running local services (S3 keys, MLflow) unless the
+    environment already names other ones: `contavsep data synth --out s3://contavsep/...` then
+    just works. The environment is restored afterwards (main() is also called in-process)."""
+    if not enabled:
+        yield
+        return
     from contavsep_platform.settings import resolve_endpoints, service_env
 
-    for key, value in service_env(resolve_endpoints()).items():
-        os.environ.setdefault(key, value)
+    env = service_env(resolve_endpoints())
+    added = [k for k in env if k not in os.environ]
+    for key in added:
+        os.environ[key] = env[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     user_errors = _user_errors()
     try:
-        if args.command not in ("services", "config"):
-            _use_local_services()
-        return int(args.func(args) or 0)
+        with _local_services_env(args.command not in ("services", "config")):
+            return int(args.func(args) or 0)
     except user_errors as exc:
         print(f"contavsep {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -304,3 +304,13 @@ def test_cli_commands_find_the_local_services_without_flags(services, tmp_path):
     assert synth.returncode == 0, synth.stderr
     info = subprocess.run([exe, "data", "info", uri], env=env, capture_output=True, text=True, timeout=300)
     assert info.returncode == 0 and "accordion" in info.stdout, info.stderr
+
+
+def test_in_process_commands_leave_the_environment_as_they_found_it(services, tmp_path):
+    import os
+
+    from contavsep_platform.cli import main
+
+    before = dict(os.environ)
+    assert main(["data", "info", "file:///nonexistent-dataset"]) == 2  # runs with the services' env, fails cleanly
+    assert dict(os.environ) == before
