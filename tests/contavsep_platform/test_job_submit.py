@@ -60,7 +60,10 @@ def _reserved_groups(dashboard: str) -> list[dict]:
     import json
     import urllib.request
 
-    with urllib.request.urlopen(f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", timeout=30) as reply:
+    from contavsep_platform.services import ray_auth_headers  # the dashboard may use Ray's token auth
+
+    request = urllib.request.Request(f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", headers=ray_auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as reply:
         doc = json.loads(reply.read())
     groups = doc["data"]["result"]["result"]
     return [pg for pg in groups if pg["state"] != "REMOVED"]
