@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     user_errors = _user_errors()
     try:
-        with _local_services_env(args.command not in ("services", "config")):
+        with _local_services_env(args.command not in ("services", "config", "demo")):  # demo starts them itself
             return int(args.func(args) or 0)
     except user_errors as exc:
         print(f"contavsep {args.command}: error: {exc}", file=sys.stderr)
