@@ -99,7 +99,8 @@ class MemoryConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     backend: str = "mir_eval"  # SDR/SIR/SAR backend: mir_eval (reference) | fast (fast_bss_eval)
-    pairs_per_clip: int = 1  # test mixtures per test clip (partner of a different class)
+    windows_per_clip: int = 4  # test windows per test clip, spread evenly over it (fewer if the clip is short)
+    pairs_per_clip: int = 2  # test mixtures per test window (partners of other classes of tasks <= the clip's)
     batch_size: int = 8  # mixtures per evaluation forward pass
     seed: int = 1234  # seed of the fixed test-mixture list
     examples: int = 2  # example separations to keep as artifacts
@@ -364,6 +365,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
     if cfg.eval.backend not in ("mir_eval", "fast"):
         raise ConfigError(f"eval.backend must be 'mir_eval' or 'fast', got '{cfg.eval.backend}'")
+    if cfg.eval.windows_per_clip < 1 or cfg.eval.pairs_per_clip < 1:
+        raise ConfigError("eval.windows_per_clip and eval.pairs_per_clip must be >= 1")
     if cfg.memory.per_class < 0:
         raise ConfigError("memory.per_class must be >= 0 (0 = without memory)")
     if cfg.memory.share > 1:

@@ -8,7 +8,7 @@
                -> weighted L1 mask loss + the strategy's named terms -> backward -> step
         strategy.after_task (Fisher, weight fusion, ...)
         memory: keep `memory.per_class` random clips of each new class
-        evaluate on the fixed test mixtures of all seen classes -> R[t][*] for SDR/SIR/SAR
+        evaluate the fixed test mixtures of tasks 0..t (each drawn once) -> R[t][*] for SDR/SIR/SAR
         freeze a copy of the model as the next step's old model (eval mode, no grad)
         reporter.report(step metrics, a function that writes the step checkpoint)
 
@@ -39,7 +39,8 @@ from torch import nn
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from contavsep.config import Config, ConfigError
-from contavsep.data.mixtures import MixtureBatch, TrainingSampler, eval_batch, evaluation_pairs
+from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
+from contavsep.data.mixtures import MixtureBatch, TrainingSampler
 from contavsep.data.reader import ClipTable
 from contavsep.losses import weighted_l1_mask_loss
 from contavsep.memory import ExemplarMemory
@@ -147,6 +148,8 @@ class Engine:
         self.results = ContinualResults(self.scenario.num_steps)
         self.next_step = 0
         self._last_optim: tuple[list, list] = ([], [])
+        self._test_sets: dict[int, EvaluationSet] = {}  # task -> its fixed test mixtures
+        self._mix_sdr: dict[int, np.ndarray] = {}  # task -> SDR of its unprocessed mixtures, (P, N)
 
     # ------------------------------------------------------------------ setup
     def _check_dataset(self) -> None:
@@ -322,13 +325,24 @@ class Engine:
         return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
 
     # ------------------------------------------------------------------ evaluation
+    def _test_set(self, task: int) -> EvaluationSet:
+        """Task ``task``'s fixed test mixtures, drawn once and scored after every later step."""
+        if task not in self._test_sets:
+            e = self.cfg.eval
+            self._test_sets[task] = evaluation_set(
+                self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples,
+                windows_per_clip=e.windows_per_clip, pairs_per_clip=e.pairs_per_clip, seed=e.seed,
+            )
+        return self._test_sets[task]
+
     @torch.no_grad()
-    def _separate(self, pairs: np.ndarray) -> Iterator[tuple[MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (clips, mixture (B,S), scaled references (B,N,S), estimates (B,N,S)) per eval batch."""
+    def _separate(self, mixtures: EvaluationSet) -> Iterator[tuple[slice, MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (index in the set, clips, mixture (B,S), scaled references (B,N,S), estimates (B,N,S)) per eval batch."""
         self.model.eval()
         size = self.cfg.eval.batch_size
-        for i in range(0, len(pairs), size):
-            clips = eval_batch(self.table, self.scenario, pairs[i : i + size], self.cfg.audio.clip_samples).to(self.device)
+        for i in range(0, len(mixtures), size):
+            index = slice(i, min(i + size, len(mixtures)))
+            clips = mixtures.batch(self.table, self.scenario, index, self.cfg.audio.clip_samples).to(self.device)
             mix, scaled = mix_sources(clips.source_wavs)
             mix_input, mix_spec = self.frontend.mixture_spectra(mix)
             with self.autocast:
@@ -336,34 +350,44 @@ class Engine:
             # scored on the well-conditioned part of the reconstruction, as the reference does
             length = self.frontend.reconstruction_length(mix.shape[-1])
             estimates = self.frontend.reconstruct(out.masks.float(), mix_spec, length)
-            yield clips, mix[..., :length], scaled[..., :length], estimates
+            yield index, clips, mix[..., :length], scaled[..., :length], estimates
 
     def _evaluate(self, step: int) -> list[Example]:
+        """Score the fixed test sets of tasks 0..step (``R[step][*]``); examples come from task 0's
+        set, so the same mixtures are heard after every step."""
         e = self.cfg.eval
-        pairs = evaluation_pairs(self.table, self.scenario, step, pairs_per_clip=e.pairs_per_clip, seed=e.seed)
         examples: list[Example] = []
-        for clips, mix, refs, ests in self._separate(pairs):
-            scores = separation_scores(refs, ests, e.backend, mixture=mix)
-            self.results.add_scores(step, scores, clips.tasks.cpu().numpy())
-            for b in range(min(len(clips), e.examples - len(examples))):
-                examples.append(
-                    Example(
-                        mixture=mix[b].float().cpu().numpy(),
-                        references=refs[b].float().cpu().numpy(),
-                        estimates=ests[b].float().cpu().numpy(),
-                        class_names=tuple(self.table.classes[int(c)] for c in clips.class_ids[b]),
-                        sdr=tuple(float(x) for x in scores.sdr[b]),
-                        sample_rate=self.cfg.audio.sample_rate,
+        for task in range(step + 1):
+            mixtures = self._test_set(task)
+            known = self._mix_sdr.get(task)  # the mixture's own SDR does not depend on the model
+            computed = []
+            for index, clips, mix, refs, ests in self._separate(mixtures):
+                scores = separation_scores(refs, ests, e.backend, mixture=mix, sdr_mix=None if known is None else known[index])
+                computed.append(scores.sdr_mix)
+                self.results.add_scores(step, scores, clips.tasks.cpu().numpy(), set_id=task)
+                for b in range(min(len(clips), e.examples - len(examples))):
+                    examples.append(
+                        Example(
+                            mixture=mix[b].float().cpu().numpy(),
+                            references=refs[b].float().cpu().numpy(),
+                            estimates=ests[b].float().cpu().numpy(),
+                            class_names=tuple(self.table.classes[int(c)] for c in clips.class_ids[b]),
+                            sdr=tuple(float(x) for x in scores.sdr[b]),
+                            sample_rate=self.cfg.audio.sample_rate,
+                        )
                     )
-                )
+            if known is None:
+                self._mix_sdr[task] = np.concatenate(computed)
         return examples
 
     def _validate(self, step: int) -> float:
         """Mean SDR on validation mixtures of all seen classes (fast backend), for train.select=best_val."""
-        pairs = evaluation_pairs(self.table, self.scenario, step, split="val", pairs_per_clip=1, seed=self.cfg.eval.seed + 1)
         sdrs = []
-        for _, mix, refs, ests in self._separate(pairs):
-            sdrs.append(separation_scores(refs, ests, "fast", mixture=mix).sdr.ravel())
+        for task in range(step + 1):
+            mixtures = evaluation_set(self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples, split="val",
+                                      windows_per_clip=1, pairs_per_clip=1, seed=self.cfg.eval.seed + 1)
+            for _, _, mix, refs, ests in self._separate(mixtures):
+                sdrs.append(separation_scores(refs, ests, "fast", mixture=mix).sdr.ravel())
         values = np.concatenate(sdrs)
         return float(np.nanmean(values)) if np.isfinite(values).any() else -math.inf
 

@@ -7,9 +7,10 @@ Two parts:
   (fast_bss_eval with torch float64 and the same 512-tap distortion filter; it matches mir_eval
   to about 1e-10 dB on the project's test signals, see :mod:`contavsep.bench_metrics`).
   The Sound-of-Pixels validity check is kept, but every skipped item is counted.
-- :class:`ContinualResults`: per-source scores labelled with (step, task of the source's class)
-  -> matrices ``R[i][j]`` (after step i, on task j), per-step means over all seen / old / new
-  classes, forgetting, backward transfer and average incremental scores.
+- :class:`ContinualResults`: per-source scores labelled with (step, task of the source's class,
+  task whose fixed test set the mixture belongs to) -> matrices ``R[i][j]`` (after step i, on
+  task j), per-step means over all seen / old / new classes, forgetting, backward transfer and
+  average incremental scores.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def separation_scores(
     backend: str = "mir_eval",
     mixture: ArrayLike | None = None,
     silence_threshold: float = SILENCE_ABS_SUM,
+    sdr_mix: np.ndarray | None = None,
 ) -> ScoreBatch:
     """SDR/SIR/SAR of every estimated source against its own reference (no permutation).
 
@@ -138,6 +140,8 @@ def separation_scores(
         mixture: optional mixture waveforms; if given, ``sdr_mix`` is the SDR of the
             mixture used as the estimate of every source (for the SDR improvement).
         silence_threshold: absolute-sum threshold of the silence check.
+        sdr_mix: the mixture's SDR of these items if already known (it does not depend on the
+            model, so a fixed test set needs it once); skips the second BSS Eval pass.
 
     Shape:
         - references: :math:`(B, N, S)`
@@ -170,7 +174,9 @@ def separation_scores(
         ref_v, est_v = refs[keep], ests[keep]
         score = _mir_eval_scores if backend == "mir_eval" else _fast_scores
         scores[0, index], scores[1, index], scores[2, index] = score(ref_v, est_v)
-        if mix is not None:
+        if sdr_mix is not None:
+            scores[3, index] = np.asarray(sdr_mix, dtype=np.float64).reshape(batch, n_src)[index]
+        elif mix is not None:
             mix_as_estimates = mix[keep].unsqueeze(1).expand(-1, n_src, -1).contiguous()
             scores[3, index] = score(ref_v, mix_as_estimates)[0]
     return ScoreBatch(sdr=scores[0], sir=scores[1], sar=scores[2], sdr_mix=scores[3], valid=valid)
@@ -188,10 +194,14 @@ class ContinualResults:
     """Accumulates per-source scores over the incremental steps and summarises them.
 
     Every evaluated source is one record: (step after which it was evaluated, task of its
-    class, sdr, sir, sar, mixture sdr). From the records:
+    class, task of the test set its mixture belongs to, sdr, sir, sar, mixture sdr). From the
+    records:
 
-    - ``R[i][j]`` (:meth:`matrix`): mean over the sources of task j evaluated after step i;
-      NaN for j > i (task not seen yet) and for cells without sources.
+    - ``R[i][j]`` (:meth:`matrix`): mean over the sources of task j's classes in task j's test
+      set, evaluated after step i; NaN for j > i (task not seen yet) and for cells without
+      sources. With fixed per-task sets (:mod:`contavsep.data.evaluation_set`) every
+      ``R[i][j]``, ``i >= j``, scores the same mixtures, so a model that does not change has
+      forgetting and BWT exactly 0.
     - per step i (:meth:`step_summary`): the mean over *all evaluated sources* of the seen
       classes (the paper's number, as the reference code averages over test mixtures; it is
       not the mean of the task means, which weights tasks equally), the old-class mean
@@ -229,14 +239,17 @@ class ContinualResults:
         sar: Sequence[float] | np.ndarray,
         sdr_mix: Sequence[float] | np.ndarray | None = None,
         skipped: int = 0,
+        set_ids: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Record the scores of sources evaluated after ``step``.
 
-        ``task_ids[k]`` is the task that introduced the class of source k. NaN scores (skipped
-        items) are not records; pass their count as ``skipped``.
+        ``task_ids[k]`` is the task that introduced the class of source k; ``set_ids[k]`` the
+        task whose test set its mixture belongs to (default: ``task_ids``, i.e. every source
+        counts towards its own task). NaN scores (skipped items) are not records; pass their
+        count as ``skipped``.
 
         Shape:
-            - task_ids, sdr, sir, sar, sdr_mix: :math:`(M,)` (any shape, flattened alike)
+            - task_ids, sdr, sir, sar, sdr_mix, set_ids: :math:`(M,)` (any shape, flattened alike)
         """
         step = self._check_step(step)
         tasks = np.asarray(task_ids, dtype=np.int64).ravel()
@@ -252,18 +265,29 @@ class ContinualResults:
                 f"task ids must be in [0, {step}] after step {step} (only seen tasks are evaluated), "
                 f"got {sorted(set(tasks.tolist()))}"
             )
+        sets = tasks.copy() if set_ids is None else np.asarray(set_ids, dtype=np.int64).ravel()
+        if sets.shape != tasks.shape:
+            raise ValueError(f"set_ids has {sets.size} values but task_ids has {tasks.size}")
+        if sets.size and (sets.max() > step or (tasks > sets).any()):
+            raise ValueError(f"a source of task k is in the test set of a task j with k <= j <= {step}")
         if any(np.isnan(columns[name]).any() for name in METRICS):
             raise ValueError("NaN scores are skipped items: leave them out and pass their count as `skipped`")
         if skipped < 0:
             raise ValueError(f"skipped must be >= 0, got {skipped}")
-        record = self._records.setdefault(step, {"task": [], **{name: [] for name in columns}})
+        record = self._records.setdefault(step, {"task": [], "set": [], **{name: [] for name in columns}})
         record["task"].extend(tasks.tolist())
+        record["set"].extend(sets.tolist())
         for name, values in columns.items():
             record[name].extend(values.tolist())
         self._skipped[step] = self._skipped.get(step, 0) + int(skipped)
 
-    def add_scores(self, step: int, scores: ScoreBatch, task_ids: Sequence[Sequence[int]] | np.ndarray) -> None:
+    def add_scores(
+        self, step: int, scores: ScoreBatch, task_ids: Sequence[Sequence[int]] | np.ndarray, set_id: int | None = None
+    ) -> None:
         """Record a :class:`ScoreBatch`; its skipped items are counted, valid ones recorded.
+
+        ``set_id``: the task whose fixed test set the batch's mixtures belong to (None: every
+        source counts towards its own task).
 
         Shape:
             - task_ids: :math:`(B, N)`, the task of each source's class
@@ -272,7 +296,8 @@ class ContinualResults:
         if tasks.shape != scores.sdr.shape:
             raise ValueError(f"task_ids must have the scores' shape {scores.sdr.shape}, got {tasks.shape}")
         v = scores.valid
-        self.add(step, tasks[v], scores.sdr[v], scores.sir[v], scores.sar[v], scores.sdr_mix[v], skipped=scores.skipped)
+        sets = None if set_id is None else np.full(tasks[v].shape, int(set_id))
+        self.add(step, tasks[v], scores.sdr[v], scores.sir[v], scores.sar[v], scores.sdr_mix[v], skipped=scores.skipped, set_ids=sets)
 
     # ------------------------------------------------------------------ views
 
@@ -282,10 +307,17 @@ class ContinualResults:
         return sorted(set(self._records) | set(self._skipped))
 
     def _column(self, step: int, name: str) -> np.ndarray:
+        integer = name in ("task", "set")
         record = self._records.get(step)
         if record is None:
-            return np.empty(0, dtype=np.int64 if name == "task" else np.float64)
-        return np.asarray(record[name], dtype=np.int64 if name == "task" else np.float64)
+            return np.empty(0, dtype=np.int64 if integer else np.float64)
+        if name == "set" and "set" not in record:  # results saved before test sets were per task
+            name = "task"
+        return np.asarray(record[name], dtype=np.int64 if integer else np.float64)
+
+    def _in_own_set(self, step: int, task: int) -> np.ndarray:
+        """Mask of the records of ``step`` that count towards ``R[step][task]``."""
+        return (self._column(step, "task") == task) & (self._column(step, "set") == task)
 
     def matrix(self, metric: str = "sdr") -> np.ndarray:
         """``R[i][j]``: mean ``metric`` over sources of task j evaluated after step i.
@@ -297,18 +329,17 @@ class ContinualResults:
             raise ValueError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}, sdr_mix")
         out = np.full((self.num_steps, self.num_steps), np.nan)
         for i in self.steps:
-            tasks, values = self._column(i, "task"), self._column(i, metric)
+            values = self._column(i, metric)
             for j in range(i + 1):
-                out[i, j] = _mean(values[tasks == j])
+                out[i, j] = _mean(values[self._in_own_set(i, j)])
         return out
 
     def counts(self) -> np.ndarray:
-        """Number of evaluated sources per (step, task). Shape: :math:`(T, T)` int64."""
+        """Number of sources behind each ``R[i][j]``. Shape: :math:`(T, T)` int64."""
         out = np.zeros((self.num_steps, self.num_steps), dtype=np.int64)
         for i in self.steps:
-            tasks = self._column(i, "task")
             for j in range(i + 1):
-                out[i, j] = int((tasks == j).sum())
+                out[i, j] = int(self._in_own_set(i, j).sum())
         return out
 
     def step_summary(self, step: int) -> dict[str, Any]:

@@ -6,9 +6,8 @@ cropped to ``clip_samples``; the engine scales each waveform by 1/N and sums the
 exemplar memory; how often memory clips are drawn is a config value (``memory.oversample``: the
 reference repeats each memory clip 20x in the training list; or a fixed ``memory.share``).
 
-Test mixtures are a fixed list per step: every test clip of a seen class is paired with
-``pairs_per_clip`` partners of *different* classes (never itself: self-pairs inflate SIR), with
-centre crops, drawn from a seeded generator so every trial of a sweep sees the same list.
+Test mixtures are fixed per task and scored again after every step: see
+:mod:`contavsep.data.evaluation_set`; both build their batches with :func:`collate_clips`.
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ def crop(audio: np.ndarray, length: int, start: int | None) -> np.ndarray:
     return out / 32768.0
 
 
-def _collate(
+def collate_clips(
     table: ClipTable,
     scenario: Scenario,
     rows: np.ndarray,
@@ -78,6 +77,10 @@ def _collate(
     frames: list[list[int | None]],
     length: int,
 ) -> MixtureBatch:
+    """Crop and gather the clips of ``B`` mixtures of ``N`` sources (``None`` start / frame = centre).
+
+    Shape: ``rows``, ``is_memory``: :math:`(B, N)`; ``starts``, ``frames``: B lists of N.
+    """
     B, N = rows.shape
     wavs = np.empty((B, N, length), dtype=np.float32)
     objects = []
@@ -179,49 +182,10 @@ class TrainingSampler:
                 f_row.append(int(self.rng.integers(0, len(self.table.object_features(int(r))))))
             starts.append(s_row)
             frames.append(f_row)
-        return _collate(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples)
+        return collate_clips(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
-
-
-def evaluation_pairs(
-    table: ClipTable,
-    scenario: Scenario,
-    step: int,
-    *,
-    split: str = "test",
-    pairs_per_clip: int = 1,
-    seed: int = 1234,
-) -> np.ndarray:
-    """The fixed evaluation list of step ``step``: pairs of clips of different seen classes.
-
-    Every ``split`` clip of a seen class appears as the first source of ``pairs_per_clip`` pairs;
-    partners are drawn uniformly among clips of other seen classes (never itself), from a
-    generator seeded by (seed, step) so the list is identical across trials and reruns.
-
-    Shape: returns :math:`(P, 2)` int64 dataset rows.
-    """
-    by_class = table.rows_by_class(split)
-    seen = scenario.seen_class_ids(step)
-    rows = np.concatenate([by_class[c] for c in seen])
-    if len(rows) == 0 or len({c for c in seen if len(by_class[c])}) < 2:
-        raise ValueError(f"the {split} split needs clips of at least 2 seen classes to build test mixtures")
-    classes = table.class_ids[rows]
-    rng = np.random.default_rng([seed, step])
-    pairs = []
-    for i, r in enumerate(rows):
-        others = rows[classes != classes[i]]
-        for partner in rng.choice(others, size=pairs_per_clip, replace=len(others) < pairs_per_clip):
-            pairs.append((int(r), int(partner)))
-    return np.asarray(pairs, dtype=np.int64)
-
-
-def eval_batch(table: ClipTable, scenario: Scenario, pairs: np.ndarray, clip_samples: int) -> MixtureBatch:
-    """Centre crops and middle-frame object features of the evaluation ``pairs`` (P, 2)."""
-    P, N = pairs.shape
-    none = [[None] * N for _ in range(P)]
-    return _collate(table, scenario, pairs, np.zeros((P, N), bool), none, none, clip_samples)

@@ -21,6 +21,8 @@ SETTINGS = {
     "train.iters_per_step": 3,
     "train.batch_size": 4,
     "memory.per_class": 1,
+    "eval.windows_per_clip": 2,
+    "eval.pairs_per_clip": 1,
 }
 
 
@@ -56,12 +58,30 @@ def test_reports_every_step_with_the_papers_numbers(dataset):
     for key in ("sdr", "sir", "sar", "sdr_new", "sdr_mix", "sdri", "task_sdr/0", "loss/main", "throughput/mixtures_per_s"):
         assert np.isfinite(m0[key]), key
     assert "sdr_old" not in m0 and np.isfinite(m1["sdr_old"]) and np.isfinite(m1["task_sdr/1"])
-    # 2 test clips x 2 seen classes at step 0, each paired once, 2 sources per mixture
-    assert m0["sources"] == 8 and m1["sources"] == 16
+    # task 0's set: 2 test clips x 2 classes x 2 windows, each paired once, 2 sources per mixture;
+    # after step 1 task 0's set again plus task 1's set of the same size
+    assert m0["sources"] == 16 and m1["sources"] == 32
+    counts = np.array(summary["counts"])
+    assert counts[1, 0] == counts[0, 0] == 16  # task 0's set: both sources are of task 0
+    assert 8 <= counts[1, 1] < 16  # task 1's anchors, plus partners that happen to be of task 1
     r = np.array(summary["R"]["sdr"], dtype=float)
     assert r.shape == (2, 2) and np.isnan(r[0, 1]) and np.isfinite(r[1]).all()
     assert summary["final"]["sdr"] == pytest.approx(m1["sdr"])
     assert len(rep.results[0].examples) == 2 and rep.results[0].examples[0].estimates.shape[0] == 2
+
+
+def test_a_model_that_does_not_change_forgets_exactly_nothing(dataset):
+    """R[i][j] scores the same mixtures after every step: an untrained Co-Separation model (0
+    iterations; a new class embedding never touches the old ones) has R[i][j] == R[j][j], so
+    forgetting and BWT are exactly 0. (iQuery is no fixed model: its class queries attend to
+    each other, so adding queries changes the old classes' masks.)"""
+    _, table = dataset
+    cfg = _cfg(**{"strategy.name": "finetune", "train.iters_per_step": 0, "memory.per_class": 0, "model.name": "coseparation"})
+    summary = run_sequence(cfg, table)
+    for metric in ("sdr", "sir", "sar"):
+        r = np.array(summary["R"][metric], dtype=float)
+        assert r[1, 0] == r[0, 0], metric
+        assert summary["forgetting"][metric] == 0.0 and summary["bwt"][metric] == 0.0
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "ewc", "contavsep"])

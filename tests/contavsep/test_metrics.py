@@ -210,5 +210,30 @@ def test_invalid_records_are_rejected() -> None:
         results.add(0, [0], [float("nan")], [1.0], [1.0])
     with pytest.raises(ValueError, match="values but task_ids"):
         results.add(0, [0, 0], [1.0], [1.0], [1.0])
+    with pytest.raises(ValueError, match="test set of a task j"):
+        results.add(1, [1], [1.0], [1.0], [1.0], set_ids=[0])  # a task-1 source in task 0's set
     with pytest.raises(ValueError, match="no scores"):
         results.summary()
+
+
+def test_sources_count_towards_r_only_in_their_own_tasks_set() -> None:
+    """Partners from older tasks join task j's set at step j: they count towards the mean over
+    all seen classes, but R[i][k] keeps scoring only task k's own set (the same mixtures)."""
+    results = ContinualResults(num_steps=2)
+    results.add(0, [0, 0], [4.0, 6.0], [1.0, 1.0], [1.0, 1.0], set_ids=[0, 0])
+    # step 1: task 0's set again (the model forgot 1 dB), and task 1's set whose partner is of task 0
+    results.add(1, [0, 0, 1, 0], [3.0, 5.0, 8.0, 0.0], [1.0] * 4, [1.0] * 4, set_ids=[0, 0, 1, 1])
+    r = results.matrix("sdr")
+    assert r[0, 0] == 5.0 and r[1, 0] == 4.0 and r[1, 1] == 8.0  # the 0.0 partner is not in R[1][0]
+    assert results.counts().tolist() == [[2, 0], [2, 1]]
+    summary = results.summary()
+    assert summary["forgetting"]["sdr"] == 1.0 and summary["bwt"]["sdr"] == -1.0
+    final = summary["final"]
+    assert final["sdr"] == 4.0 and final["sources"] == 4  # every scored source: (3 + 5 + 8 + 0) / 4
+    assert final["sdr_old"] == pytest.approx(8.0 / 3) and final["sdr_new"] == 8.0
+    # records saved before sets existed read as "every source in its own task's set"
+    state = results.state_dict()
+    for record in state["records"].values():
+        del record["set"]
+    old = ContinualResults.from_state_dict(state)
+    assert old.matrix("sdr")[1, 0] == pytest.approx(8.0 / 3)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from contavsep.config import ConfigError, DataConfig
-from contavsep.data.mixtures import TrainingSampler, crop, eval_batch, evaluation_pairs
+from contavsep.data.evaluation_set import evaluation_set, window_starts
+from contavsep.data.mixtures import TrainingSampler, crop
 from contavsep.data.reader import open_dataset
 from contavsep.data.synth import SynthConfig, build_synthetic
 from contavsep.memory import ExemplarMemory
@@ -95,21 +96,50 @@ def test_single_class_pool_cannot_make_different_class_mixtures(table):
         TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=2000)
 
 
-def test_evaluation_pairs_are_fixed_never_self_and_of_different_classes(table):
+def test_window_starts_spread_over_the_clip_and_never_repeat():
+    assert window_starts(1000, 400, 4).tolist() == [0, 200, 400, 600]  # first at 0, last ends at the end
+    assert window_starts(1000, 400, 1).tolist() == [0]
+    assert window_starts(300, 400, 4).tolist() == [0]  # shorter than a window: one padded window
+    assert window_starts(402, 400, 4).tolist() == [0, 1, 2]  # only 3 distinct positions
+    with pytest.raises(ValueError, match="windows must be >= 1"):
+        window_starts(1000, 400, 0)
+
+
+def test_evaluation_sets_are_per_task_fixed_and_drawn_from_tasks_up_to_their_own(table):
     sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
-    for step in range(3):
-        pairs = evaluation_pairs(table, sc, step, pairs_per_clip=2, seed=7)
-        test_rows = np.concatenate([table.rows_by_class("test")[c] for c in sc.seen_class_ids(step)])
-        assert len(pairs) == 2 * len(test_rows)
-        assert (pairs[:, 0] != pairs[:, 1]).all()
-        assert (table.class_ids[pairs[:, 0]] != table.class_ids[pairs[:, 1]]).all()
-        assert set(pairs.ravel()) <= set(test_rows.tolist())
-        assert np.array_equal(pairs, evaluation_pairs(table, sc, step, pairs_per_clip=2, seed=7))
-    batch = eval_batch(table, sc, pairs[:3], 3000)
-    # centre crops: deterministic
-    audio = table.audio(int(pairs[0, 0]))
-    start = (len(audio) - 3000) // 2
-    assert np.allclose(batch.source_wavs[0, 0].numpy(), audio[start : start + 3000] / 32768.0)
+    test_by_class = table.rows_by_class("test")
+    length = 3000  # the 1.6 s clips hold 17640 samples: 4 distinct windows
+    for task in range(3):
+        s = evaluation_set(table, sc, task, clip_samples=length, windows_per_clip=4, pairs_per_clip=2, seed=7)
+        anchors = np.concatenate([test_by_class[c] for c in sc.task_class_ids(task)])
+        seen = np.concatenate([test_by_class[c] for c in sc.seen_class_ids(task)])
+        # every anchor clip x 4 windows x 2 partners, anchor first
+        assert len(s) == len(anchors) * 4 * 2
+        assert sorted(set(s.rows[:, 0].tolist())) == sorted(anchors.tolist())
+        assert set(s.rows[:, 1].tolist()) <= set(seen.tolist())  # partners only from tasks <= task
+        assert (table.class_ids[s.rows[:, 0]] != table.class_ids[s.rows[:, 1]]).all()  # never self, never same class
+        for r in anchors:  # the anchor's windows are spread over the clip, each used pairs_per_clip times
+            starts = s.starts[s.rows[:, 0] == r, 0]
+            expected = window_starts(len(table.audio(int(r))), length, 4)
+            assert sorted(set(starts.tolist())) == expected.tolist() and len(starts) == 8
+        # identical when drawn again (e.g. after a restart); another seed draws other partners
+        again = evaluation_set(table, sc, task, clip_samples=length, windows_per_clip=4, pairs_per_clip=2, seed=7)
+        assert all(np.array_equal(getattr(s, k), getattr(again, k)) for k in ("rows", "starts", "frames"))
+        other = evaluation_set(table, sc, task, clip_samples=length, windows_per_clip=4, pairs_per_clip=2, seed=8)
+        assert not np.array_equal(s.rows, other.rows)
+    # a task's set does not depend on how many steps the sequence has (it is drawn from tasks <= j only)
+    longer = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    shorter = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=2))
+    a = evaluation_set(table, longer, 1, clip_samples=length, seed=7)
+    b = evaluation_set(table, shorter, 1, clip_samples=length, seed=7)
+    assert np.array_equal(a.rows, b.rows) and np.array_equal(a.starts, b.starts)
+    # the batch crops exactly the recorded windows
+    batch = s.batch(table, sc, slice(0, 3), length)
+    r, start = int(s.rows[1, 0]), int(s.starts[1, 0])
+    assert np.allclose(batch.source_wavs[1, 0].numpy(), table.audio(r)[start : start + length] / 32768.0)
+    assert batch.tasks[:, 0].tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        evaluation_set(table, make_scenario(table.classes, DataConfig(classes_per_step=1, num_steps=2)), 0, clip_samples=length)
 
 
 def test_crop_pads_short_clips():
