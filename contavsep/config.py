@@ -80,6 +80,7 @@ class StrategyConfig:
     lambda_cls: float = 0.3  # CrossSDC class-aware term weight (contavsep, avcil)
     lambda_dist: float = 0.3  # output-mask distillation weight (contavsep, avcil, lwf)
     temperature: float = 0.05  # InfoNCE temperature tau (contavsep, avcil)
+    crosssdc_form: str = "anchors"  # CrossSDC old-model features (contavsep): anchors = keys only | reference = keys + queries
     lambda_att: float = 1.0  # attention-map distillation weight (avcil)
     lambda_ewc: float = 1000.0  # quadratic Fisher penalty weight (ewc)
     ewc_decay: float = 1.0  # online EWC: F <- decay * F_old + F_new (1.0 = accumulate)
@@ -375,6 +376,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.classes_per_step and data.num_steps must be >= 1")
     if cfg.strategy.temperature <= 0:
         raise ConfigError("strategy.temperature must be > 0")
+    from contavsep.losses import CROSS_SDC_FORMS
+
+    if cfg.strategy.crosssdc_form not in CROSS_SDC_FORMS:
+        raise ConfigError(
+            f"strategy.crosssdc_form must be one of {', '.join(CROSS_SDC_FORMS)}, got '{cfg.strategy.crosssdc_form}'"
+        )
     if not 0.0 <= cfg.strategy.ewf_alpha <= 1.0:
         raise ConfigError("strategy.ewf_alpha must be in [0, 1]")
 

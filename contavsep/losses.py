@@ -34,6 +34,7 @@ __all__ = [
     "weighted_l1_mask_loss",
     "mask_distillation_loss",
     "multi_positive_info_nce",
+    "CROSS_SDC_FORMS",
     "cross_sdc",
     "pod_loss",
     "attention_distillation",
@@ -42,6 +43,10 @@ __all__ = [
 # Clip identities: an integer tensor (any shape, M elements in row-major order) or a (possibly
 # nested, e.g. B lists of N) sequence of str / int clip ids.
 ClipIds = torch.Tensor | Sequence[Any]
+
+# Where :func:`cross_sdc` puts the old model's features: "anchors" = extra columns (keys) only,
+# the documented default; "reference" = rows and columns, as the official ContAV-Sep code.
+CROSS_SDC_FORMS = ("anchors", "reference")
 
 
 @dataclass(frozen=True)
@@ -240,14 +245,16 @@ def cross_sdc(
     anchors: FeatureSet | None = None,
     anchor_labels: torch.Tensor | None = None,
     anchor_clip_ids: ClipIds | None = None,
+    form: str = "anchors",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CrossSDC: instance- and class-aware cross-modal contrastive terms ``(L_ins, L_cls)``.
 
     Items: the M current-model source items (rows of ``current``) and, optionally, K old-model
     anchor items (the frozen old model's features of the memory sources in the batch).
 
-    For a modality pair (a, b), the direction a -> b uses the current a-features as rows and as
-    columns the current b-features followed by the anchor b-features (C = M + K candidates):
+    For a modality pair (a, b), the direction a -> b uses the current a-features as rows (followed
+    by the anchor a-features in the ``"reference"`` form, below) and as columns the current
+    b-features followed by the anchor b-features (C = M + K candidates):
     ``L_{a->b} = multi_positive_info_nce(a, cat(b, b_anchor), P, tau)``, i.e. with unit
     vectors and s_ij = <a_i, c_j> / tau
 
@@ -268,13 +275,31 @@ def cross_sdc(
     compared motion features, which merges distinct clips with equal features and splits equal
     clips whose features differ by dropout).
 
-    Anchors are extra columns only, never rows, and are detached. They are the fixed targets the
-    new features are pulled toward (numerator, for memory clips and same-class rows) and pushed
-    from (denominator); as rows they would add softmaxes centred on old features whose only
-    effect is a second, differently weighted pull on the same new columns, and would make the
-    loss scale depend on the number of memory sources in the batch. With columns only, every
-    term averages over exactly the M current rows whatever K is. (The reference code also uses
-    the old features as rows; this is a deliberate, documented deviation.)
+    Where the anchors go (``form``, config key ``strategy.crosssdc_form``); they are detached in
+    both forms, so no gradient ever reaches the old model's features:
+
+    - ``"anchors"`` (default, the documented protocol): extra columns only, never rows. They are
+      the fixed targets the new features are pulled toward (numerator, for memory clips and
+      same-class rows) and pushed from (denominator); every term averages over exactly the M
+      current rows whatever K is.
+    - ``"reference"``: what the official ContAV-Sep code does (``main.py``,
+      ``cross_modal_contrastive_loss`` on ``cat(new-class items, memory items by the new model,
+      memory items by the old model)``). The K anchors are rows as well as columns: each
+      direction is one (M + K) x (M + K) similarity matrix, positives are same clip / same class
+      among all M + K items (an anchor and the current item of the same clip are instance
+      positives of each other, anchors of a class are class positives of that class's current
+      items), and the loss is the mean over all M + K rows (each has a positive: its own item in
+      the other modality), so the K anchor rows are weighted like current rows and the anchors'
+      share of the loss grows with the number of memory sources in the batch. The anchor rows
+      add softmaxes centred on old features; their gradient reaches only the new columns (a
+      second, differently weighted pull of the new features toward the old ones), and their
+      old-vs-old entries carry no gradient but still weigh in the softmax. Differences from
+      that code: identity by clip id (see above), not by equality of motion features; the row
+      order (current items in batch order, then anchors) differs, which does not change the
+      loss.
+
+    Without anchors (K = 0: step 0, a batch without memory sources, AV-CIL) both forms are the
+    same M x M loss, as in the reference code.
 
     Args:
         current: features of the model being trained, for all M source items.
@@ -286,6 +311,7 @@ def cross_sdc(
             ``current`` has motion.
         anchor_labels: class id of each anchor (required with anchors).
         anchor_clip_ids: clip identity of each anchor (required with anchors).
+        form: ``"anchors"`` (anchors as columns) or ``"reference"`` (as rows and columns).
 
     Returns:
         ``(loss_ins, loss_cls)``, two float32 scalars.
@@ -298,6 +324,8 @@ def cross_sdc(
         - anchor_labels: :math:`(K,)` integer; anchor_clip_ids: K ids
         - output: :math:`()`, :math:`()`
     """
+    if form not in CROSS_SDC_FORMS:
+        raise ValueError(f"form must be one of {', '.join(CROSS_SDC_FORMS)}, got {form!r}")
     num_items = current.num_items()
     device = current.audio.device
     cur_labels = _flat_int_tensor(labels, "labels", num_items, device)
@@ -323,14 +351,19 @@ def cross_sdc(
         (cur_ids,) = _clip_ids_to_long(clip_ids, None, num_items, 0, device)
         all_labels, all_ids = cur_labels, cur_ids
 
-    instance_pos = cur_ids[:, None] == all_ids[None, :]  # (M, M + K)
-    class_pos = cur_labels[:, None] == all_labels[None, :]  # (M, M + K)
+    # Rows are the M current items, followed by the K anchors in the "reference" form.
+    num_rows = num_items + num_anchors if form == "reference" else num_items
+    instance_pos = all_ids[:num_rows, None] == all_ids[None, :]  # (rows, M + K)
+    class_pos = all_labels[:num_rows, None] == all_labels[None, :]  # (rows, M + K)
 
-    def candidates(name: str) -> torch.Tensor:
+    modalities = sorted({name for pair in current.pairs() for name in pair})
+    keys: dict[str, torch.Tensor] = {}
+    for name in modalities:
         feats = current.flat(name)
-        if anchors is None or num_anchors == 0:
-            return feats
-        return torch.cat([feats, anchors.flat(name).detach()])
+        if anchors is not None and num_anchors > 0:
+            feats = torch.cat([feats, anchors.flat(name).detach()])
+        keys[name] = feats  # (M + K, D)
+    queries = {name: keys[name][:num_rows] for name in modalities}
 
     def symmetric_term(positives: torch.Tensor) -> torch.Tensor:
         """Mean over modality pairs of (L_{a->b} + L_{b->a}) / 2 for one positive relation."""
@@ -338,8 +371,8 @@ def cross_sdc(
         total = None
         for a, b in pairs:
             pair = 0.5 * (
-                multi_positive_info_nce(current.flat(a), candidates(b), positives, temperature)
-                + multi_positive_info_nce(current.flat(b), candidates(a), positives, temperature)
+                multi_positive_info_nce(queries[a], keys[b], positives, temperature)
+                + multi_positive_info_nce(queries[b], keys[a], positives, temperature)
             )
             total = pair if total is None else total + pair
         return total / len(pairs)

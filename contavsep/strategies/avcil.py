@@ -7,7 +7,8 @@ maps, and (3) knowledge distillation of the old model's outputs. For the separat
 
 - (1) CrossSDC-style contrastive terms (:func:`contavsep.losses.cross_sdc`, lambda_ins,
   lambda_cls, tau) on the *current* model's separated-sound / object / motion features only: AV-CIL
-  has no old-model anchors (those are what ContAV-Sep adds).
+  has no old-model anchors (those are what ContAV-Sep adds), so ``strategy.crosssdc_form`` (where
+  the anchors go) does not apply here.
 - (2) :func:`contavsep.losses.attention_distillation` (KL of old || new, lambda_att) of the
   audio-visual cross-attention of the last decoder layer for each memory source's query
   (``SeparatorOutput.attention``, ``needs_internals``), between the current and the frozen old

@@ -9,7 +9,10 @@
   detached), so the new model's features of old classes are pulled towards the old model's
   cross-modal similarity structure: this is the "distillation" in CrossSDC. CrossSDC applies at
   every step: at step 0 (and on a batch without memory sources) on the current model's features
-  alone, as in the reference code.
+  alone, as in the reference code. ``strategy.crosssdc_form`` picks where the anchors go:
+  ``anchors`` (default, the documented protocol) adds them as extra columns (keys) only;
+  ``reference`` adds them as rows (queries) and columns, as the official ContAV-Sep code does
+  (see :func:`contavsep.losses.cross_sdc`). Without memory sources the two forms are the same.
 - Output-mask distillation (``L_dist``, :func:`contavsep.losses.mask_distillation_loss`): weighted
   L1 between the current and the old model's masks on memory sources only.
 
@@ -29,7 +32,7 @@ from typing import ClassVar
 
 import torch
 
-from contavsep.losses import FeatureSet, cross_sdc, mask_distillation_loss
+from contavsep.losses import CROSS_SDC_FORMS, FeatureSet, cross_sdc, mask_distillation_loss
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
 from contavsep.strategies.base import StepContext, Strategy
@@ -42,6 +45,7 @@ class ContAVSepParams:
     lambda_cls: float = 0.3  # CrossSDC class-aware term weight
     lambda_dist: float = 0.3  # output-mask distillation weight (memory sources)
     temperature: float = 0.05  # InfoNCE temperature tau
+    crosssdc_form: str = "anchors"  # old features as CrossSDC keys only (anchors) | keys + queries (reference)
 
 
 def features_of(out: SeparatorOutput) -> FeatureSet:
@@ -62,6 +66,10 @@ class ContAVSep(Strategy):
         super().__init__(params)
         if params.temperature <= 0:
             raise ValueError(f"strategy.temperature must be > 0, got {params.temperature}")
+        if params.crosssdc_form not in CROSS_SDC_FORMS:
+            raise ValueError(
+                f"strategy.crosssdc_form must be one of {', '.join(CROSS_SDC_FORMS)}, got '{params.crosssdc_form}'"
+            )
 
     def loss_terms(self, batch: StepBatch, out: SeparatorOutput, ctx: StepContext) -> dict[str, torch.Tensor]:
         p = self.params
@@ -69,6 +77,7 @@ class ContAVSep(Strategy):
         flags = memory_flags(batch, ctx)
         old = old_outputs_on(ctx, batch, flags)
         if old is None:
+            # No anchors: both CrossSDC forms are the same loss.
             ins, cls = cross_sdc(features_of(out), clips.labels, clips.rows, p.temperature)
             old_masks = out.masks.new_zeros((0, *out.masks.shape[2:]))
         else:
@@ -80,6 +89,7 @@ class ContAVSep(Strategy):
                 anchors=features_of(old),
                 anchor_labels=clips.labels[flags],
                 anchor_clip_ids=clips.rows[flags],
+                form=p.crosssdc_form,
             )
             old_masks = old.masks[:, 0]
         dist = mask_distillation_loss(out.masks, old_masks, batch.spectra.weight, flags)

@@ -23,6 +23,7 @@ def test_paper_defaults_match_the_paper():
     assert cfg.audio.warp_bins == 256
     s = cfg.strategy
     assert (s.lambda_ins, s.lambda_cls, s.lambda_dist, s.temperature) == (0.1, 0.3, 0.3, 0.05)
+    assert s.crosssdc_form == "anchors"  # old features as CrossSDC keys only (ARCHITECTURE.md section 4)
     assert cfg.memory.per_class == 1
     assert (cfg.data.num_steps, cfg.data.classes_per_step) == (4, 5)
 
@@ -69,11 +70,16 @@ def test_unknown_key_names_the_closest_valid_key(override, expected):
         ({"model.name": "iqery"}, "did you mean 'iquery'"),
         ({"audio.hop": 2048}, "must not exceed audio.n_fft"),
         ({"model.unet_depth": 9}, "divisible by 2\\*\\*model.unet_depth"),
+        ({"strategy.crosssdc_form": "rows"}, "strategy.crosssdc_form must be one of anchors, reference, got 'rows'"),
     ],
 )
 def test_wrong_values_are_refused_with_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected):
         make_config("tiny", override)
+
+
+def test_crosssdc_form_override():
+    assert make_config("tiny", {"strategy.crosssdc_form": "reference"}).strategy.crosssdc_form == "reference"
 
 
 def test_unknown_preset():

@@ -42,8 +42,12 @@ def _loop_direction(rows, cols, row_keys, col_keys, tau):
     return total / used
 
 
-def _loop_cross_sdc(feats, labels, ids, tau, anchor_feats=None, anchor_labels=None, anchor_ids=None):
-    """CrossSDC from the specification, item by item; feats maps modality -> list of vectors."""
+def _loop_cross_sdc(feats, labels, ids, tau, anchor_feats=None, anchor_labels=None, anchor_ids=None, form="anchors"):
+    """CrossSDC from the specification, item by item; feats maps modality -> list of vectors.
+
+    Columns are the current items then the anchors; rows are the current items ("anchors"
+    form) or the current items then the anchors ("reference" form, as the official code).
+    """
     modalities = [m for m in ("audio", "object", "motion") if feats.get(m) is not None]
     pairs = [("audio", "object")]
     if "motion" in modalities:
@@ -52,11 +56,15 @@ def _loop_cross_sdc(feats, labels, ids, tau, anchor_feats=None, anchor_labels=No
     anchor_labels = anchor_labels or []
     anchor_ids = anchor_ids or []
     results = []
-    for row_keys, col_keys in ((ids, ids + anchor_ids), (labels, labels + anchor_labels)):
+    for keys, anchor_keys in ((ids, anchor_ids), (labels, anchor_labels)):
+        col_keys = keys + anchor_keys
+        row_keys = col_keys if form == "reference" else keys
         acc = 0.0
         for a, b in pairs:
-            ab = _loop_direction(feats[a], feats[b] + anchor_feats[b], row_keys, col_keys, tau)
-            ba = _loop_direction(feats[b], feats[a] + anchor_feats[a], row_keys, col_keys, tau)
+            rows_a = feats[a] + anchor_feats[a] if form == "reference" else feats[a]
+            rows_b = feats[b] + anchor_feats[b] if form == "reference" else feats[b]
+            ab = _loop_direction(rows_a, feats[b] + anchor_feats[b], row_keys, col_keys, tau)
+            ba = _loop_direction(rows_b, feats[a] + anchor_feats[a], row_keys, col_keys, tau)
             acc += 0.5 * (ab + ba)
         results.append(acc / len(pairs))
     return tuple(results)
@@ -147,9 +155,20 @@ def _random_setup(seed: int, with_motion: bool, dim: int = 6):
     return feats, ids, labels
 
 
+def _random_anchors(seed: int, with_motion: bool, dim: int = 6):
+    """Old-model features of 4 memory items: c0 twice (a clip drawn twice), c4, and c9 (not in
+    the batch); their classes repeat the batch's."""
+    g = torch.Generator().manual_seed(seed)
+    anchor_t = {m: torch.randn(4, dim, generator=g) for m in ("audio", "object", "motion")}
+    if not with_motion:
+        anchor_t["motion"] = None
+    return anchor_t, ["c0", "c9", "c4", "c0"], [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("form", ["anchors", "reference"])
 @pytest.mark.parametrize("with_motion", [True, False])
 @pytest.mark.parametrize("with_anchors", [True, False])
-def test_cross_sdc_matches_python_loop(with_motion: bool, with_anchors: bool):
+def test_cross_sdc_matches_python_loop(with_motion: bool, with_anchors: bool, form: str):
     feats, ids, labels = _random_setup(2, with_motion)
     tau = 0.07
     current = FeatureSet(feats["audio"], feats["object"], feats["motion"])
@@ -159,12 +178,7 @@ def test_cross_sdc_matches_python_loop(with_motion: bool, with_anchors: bool):
     kwargs = {}
     loop_kwargs = {}
     if with_anchors:
-        g = torch.Generator().manual_seed(3)
-        anchor_t = {m: torch.randn(3, 6, generator=g) for m in ("audio", "object", "motion")}
-        if not with_motion:
-            anchor_t["motion"] = None
-        anchor_ids = ["c0", "c9", "c4"]  # c0 and c4 are in the batch, c9 is not
-        anchor_labels = [0, 1, 2]
+        anchor_t, anchor_ids, anchor_labels = _random_anchors(3, with_motion)
         kwargs = dict(
             anchors=FeatureSet(anchor_t["audio"], anchor_t["object"], anchor_t["motion"]),
             anchor_labels=torch.tensor(anchor_labels),
@@ -175,11 +189,40 @@ def test_cross_sdc_matches_python_loop(with_motion: bool, with_anchors: bool):
             anchor_labels=anchor_labels,
             anchor_ids=anchor_ids,
         )
-    loss_ins, loss_cls = cross_sdc(current, labels, ids, tau, **kwargs)
-    ref_ins, ref_cls = _loop_cross_sdc(loop_feats, flat_labels, flat_ids, tau, **loop_kwargs)
+    loss_ins, loss_cls = cross_sdc(current, labels, ids, tau, form=form, **kwargs)
+    ref_ins, ref_cls = _loop_cross_sdc(loop_feats, flat_labels, flat_ids, tau, form=form, **loop_kwargs)
     assert loss_ins.item() == pytest.approx(ref_ins, rel=1e-5)
     assert loss_cls.item() == pytest.approx(ref_cls, rel=1e-5)
     assert loss_ins.item() != pytest.approx(loss_cls.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("with_motion", [True, False])
+def test_cross_sdc_forms_differ_with_anchors_and_coincide_without(with_motion: bool):
+    feats, ids, labels = _random_setup(14, with_motion)
+    current = FeatureSet(feats["audio"], feats["object"], feats["motion"])
+    anchor_t, anchor_ids, anchor_labels = _random_anchors(15, with_motion)
+    anchors = FeatureSet(anchor_t["audio"], anchor_t["object"], anchor_t["motion"])
+    kw = dict(anchors=anchors, anchor_labels=torch.tensor(anchor_labels), anchor_clip_ids=anchor_ids)
+    with_cols = cross_sdc(current, labels, ids, form="anchors", **kw)
+    with_rows = cross_sdc(current, labels, ids, form="reference", **kw)
+    for cols_term, rows_term in zip(with_cols, with_rows):
+        assert abs(cols_term.item() - rows_term.item()) > 1e-3
+    # No anchors, or an empty anchor set (a batch without memory sources): the same M x M loss.
+    empty = FeatureSet(*(None if t is None else t[:0] for t in (anchor_t["audio"], anchor_t["object"], anchor_t["motion"])))
+    empty_kw = dict(anchors=empty, anchor_labels=torch.zeros(0, dtype=torch.long), anchor_clip_ids=[])
+    plain = cross_sdc(current, labels, ids, form="anchors")
+    for other in (
+        cross_sdc(current, labels, ids, form="reference"),
+        cross_sdc(current, labels, ids, form="reference", **empty_kw),
+        cross_sdc(current, labels, ids, form="anchors", **empty_kw),
+    ):
+        assert torch.equal(other[0], plain[0]) and torch.equal(other[1], plain[1])
+
+
+def test_cross_sdc_rejects_unknown_form():
+    feats, ids, labels = _random_setup(16, True)
+    with pytest.raises(ValueError, match="form must be one of anchors, reference"):
+        cross_sdc(FeatureSet(feats["audio"], feats["object"], feats["motion"]), labels, ids, form="rows")
 
 
 def test_cross_sdc_integer_and_string_ids_agree():
@@ -216,21 +259,28 @@ def test_cross_sdc_aligned_features_score_lower_than_shuffled():
 
 def test_cross_sdc_no_gradient_into_anchors():
     feats, ids, labels = _random_setup(6, True)
-    current = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
-    anchor = {k: torch.randn(2, 6, requires_grad=True) for k in ("audio", "object", "motion")}
-    loss_ins, loss_cls = cross_sdc(
-        FeatureSet(current["audio"], current["object"], current["motion"]),
-        labels,
-        ids,
-        0.05,
-        anchors=FeatureSet(anchor["audio"], anchor["object"], anchor["motion"]),
-        anchor_labels=torch.tensor([0, 2]),
-        anchor_clip_ids=["c0", "c2"],
-    )
-    (loss_ins + loss_cls).backward()
-    for name in ("audio", "object", "motion"):
-        assert anchor[name].grad is None
-        assert current[name].grad is not None and current[name].grad.abs().sum() > 0
+    anchor_values = {k: torch.randn(2, 6, generator=torch.Generator().manual_seed(17)) for k in feats}
+    grads = {}
+    for form in ("anchors", "reference"):
+        current = {k: v.clone().requires_grad_(True) for k, v in feats.items()}
+        anchor = {k: v.clone().requires_grad_(True) for k, v in anchor_values.items()}
+        loss_ins, loss_cls = cross_sdc(
+            FeatureSet(current["audio"], current["object"], current["motion"]),
+            labels,
+            ids,
+            0.05,
+            anchors=FeatureSet(anchor["audio"], anchor["object"], anchor["motion"]),
+            anchor_labels=torch.tensor([0, 2]),
+            anchor_clip_ids=["c0", "c2"],
+            form=form,
+        )
+        (loss_ins + loss_cls).backward()
+        for name in ("audio", "object", "motion"):
+            assert anchor[name].grad is None, (form, name)
+            assert current[name].grad is not None and current[name].grad.abs().sum() > 0
+        grads[form] = torch.cat([current[name].grad.reshape(-1) for name in ("audio", "object", "motion")])
+    # The anchor rows of the reference form do pull on the current features (through the columns).
+    assert not torch.allclose(grads["anchors"], grads["reference"], rtol=1e-3, atol=1e-6)
 
 
 def test_cross_sdc_anchor_pulls_towards_old_features():

@@ -266,6 +266,7 @@ def test_every_strategy_reads_its_params_from_the_shared_strategy_keys():
     overrides = {
         "lambda_ins": 0.11, "lambda_cls": 0.22, "lambda_dist": 0.33, "temperature": 0.07, "lambda_att": 0.5,
         "lambda_ewc": 12.0, "ewc_decay": 0.9, "fisher_batches": 3, "lambda_pod": 0.02, "pod_scales": 2, "ewf_alpha": 0.25,
+        "crosssdc_form": "reference",
     }
     cfg = make_config("tiny", {f"strategy.{k}": v for k, v in overrides.items()})
     for name in STRATEGY_NAMES:
@@ -278,7 +279,7 @@ def test_every_strategy_reads_its_params_from_the_shared_strategy_keys():
         for key, default in params_table(cls):
             assert getattr(cls.Params(), key.split(".", 1)[1]) == default
     assert {f.name for f in dataclasses.fields(STRATEGIES.get("contavsep").Params)} == {
-        "lambda_ins", "lambda_cls", "lambda_dist", "temperature"
+        "lambda_ins", "lambda_cls", "lambda_dist", "temperature", "crosssdc_form"
     }
 
 
@@ -568,6 +569,35 @@ def test_contavsep_crosssdc_anchors_and_memory_distillation():
         torch.testing.assert_close(terms_["ins"], p.lambda_ins * ins_)
         torch.testing.assert_close(terms_["cls"], p.lambda_cls * cls_)
         assert scalar(terms_["dist"]) == 0.0 and terms_["dist"].requires_grad
+
+
+def test_contavsep_crosssdc_form_comes_from_config():
+    model, old = equal_pair(expand_to=4)
+    perturb(model.unet_parameters()[-1])
+    ctx = make_ctx(1, model, old)
+    batch = step_batch(1, 0)
+    flags = batch.clips.is_memory
+    out = forward(model, batch, False)
+    with torch.no_grad():
+        old_out = forward(old, with_labels(batch, batch.clips.labels.clamp_max(1)), False)
+    anchors = FeatureSet(old_out.audio_features[flags], old_out.object_features[flags], old_out.motion_features[flags])
+    terms = {}
+    for form in ("anchors", "reference"):
+        contav = strategy("contavsep", crosssdc_form=form)
+        assert contav.params.crosssdc_form == form
+        p = contav.params
+        terms[form] = contav.loss_terms(batch, out, ctx)
+        ins, cls = cross_sdc(
+            features(out), batch.clips.labels, batch.clips.rows, p.temperature,
+            anchors=anchors, anchor_labels=batch.clips.labels[flags], anchor_clip_ids=batch.clips.rows[flags], form=form,
+        )
+        torch.testing.assert_close(terms[form]["ins"], p.lambda_ins * ins, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(terms[form]["cls"], p.lambda_cls * cls, rtol=1e-5, atol=1e-6)
+    assert abs(scalar(terms["anchors"]["ins"]) - scalar(terms["reference"]["ins"])) > 1e-5
+    torch.testing.assert_close(terms["anchors"]["dist"], terms["reference"]["dist"])  # only CrossSDC changes
+    assert strategy("contavsep").params.crosssdc_form == "anchors"  # the documented default
+    with pytest.raises(ValueError, match="strategy.crosssdc_form must be one of anchors, reference"):
+        STRATEGIES.get("contavsep")(STRATEGIES.get("contavsep").Params(crosssdc_form="rows"))
 
 
 def test_contavsep_anchors_receive_no_gradient():
