@@ -24,7 +24,7 @@ def measure(data: str, preset: str, iters: int, warmup: int, overrides: dict[str
     engine = Engine(cfg, open_dataset(data, cache_dir=cfg.data.cache_dir or None))
     engine.model.expand_classes(engine.scenario.num_seen(0))
     sampler = engine._sampler(0)
-    opts, _ = make_optimizers(engine.model, cfg)
+    opts, _ = make_optimizers(engine.model, cfg, engine.plan(0, sampler))
     engine.model.train()
 
     def one() -> None:

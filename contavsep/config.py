@@ -1,8 +1,9 @@
 """Configuration: frozen dataclasses, strict loading, dotted keys as the one vocabulary.
 
-A :class:`Config` is built from a size preset (``paper``, ``small``, ``tiny``), then an optional
-YAML overlay, then dotted overrides (``strategy.lambda_ins=0.2``). The same dotted keys are used
-by the CLI (``--set k=v``), search spaces, Ray Tune and MLflow params (:func:`flat`).
+A :class:`Config` is built from a size and budget preset (``paper``, ``search``, ``small``,
+``tiny``), then an optional YAML overlay, then dotted overrides (``strategy.lambda_ins=0.2``).
+The same dotted keys are used by the CLI (``--set k=v``), search spaces, Ray Tune and MLflow
+params (:func:`flat`).
 
 Loading is strict: an unknown key or a value of the wrong type raises :class:`ConfigError` with
 the closest valid key, so a typo in a sweep fails before any trial starts.
@@ -57,16 +58,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    iters_per_step: int = 8000  # optimizer steps per incremental step
-    batch_size: int = 8  # mixtures per optimizer step (global, split across DDP ranks)
+    # The budget (contavsep/budget.py): 0 derives each step's iterations as the reference does,
+    # epochs_per_step x floor(dup_trainset x (new clips + memory.oversample x memory clips) / batch_size).
+    iters_per_step: int = 0  # optimizer steps per incremental step; 0 = derive from the step's training list
+    epochs_per_step: int = 100  # reference num_epoch; with iters_per_step > 0 only the unit of the lr drops
+    dup_trainset: int = 40  # reference: an epoch lists every new clip 40x (every memory clip 40 x memory.oversample)
+    batch_size: int = 32  # mixtures per optimizer step (global, split across DDP ranks)
     lr_unet: float = 1e-4  # Adam learning rate of the U-Net
     lr_transformer: float = 1e-4  # AdamW learning rate of the transformer / fusion part
     weight_decay: float = 1e-4  # AdamW weight decay of the transformer part
-    lr_decay_every: int = 4000  # iterations between step decays of both learning rates
-    lr_decay_gamma: float = 0.1  # multiplicative step decay
+    lr_drop_epochs_unet: str = "31,51"  # epochs after which the U-Net lr drops (reference lr_steps 30 50: 0-based indices)
+    lr_drop_epochs_transformer: str = "80"  # epochs after which the transformer lr drops (reference StepLR(80))
+    lr_decay_gamma: float = 0.1  # multiplicative factor of each lr drop
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     select: str = "last"  # last | best_val (reference code; peeks at old-class val data: leaks)
-    val_every: int = 1000  # iterations between validations when select=best_val
+    val_every: int = 0  # iterations between validations when select=best_val; 0 = once per epoch (reference)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     num_workers: int = 0  # DataLoader worker processes for mixture building
@@ -120,7 +126,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Config:
-    preset: str = "paper"  # size preset the config started from: paper | small | tiny
+    preset: str = "paper"  # size and budget preset the config started from: paper | search | small | tiny
     audio: AudioConfig = field(default_factory=AudioConfig)  # STFT front end and mask targets
     model: ModelConfig = field(default_factory=ModelConfig)  # separator architecture
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation of each incremental step
@@ -130,9 +136,19 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)  # dataset and task split
 
 
-# Size presets: dotted overrides of the paper defaults. Only sizes change, never the method.
+# Size and budget presets: dotted overrides of the paper defaults. They change sizes and
+# training budgets, never the method. Share of the paper's training mixtures per sequence
+# (contavsep.budget; MUSIC-21 release lists | default synthetic benchmark, 24 train clips/class):
+#   paper   the reference: batch 32, 100 epochs of the 40x list per step   100 %  | 75 %
+#   search  full-size model, 8000 iterations x batch 8 per step               4.45 %
+#   small   smaller model and crops, 300 iterations x batch 8                  0.167 %
+#   tiny    test-sized model, 60 iterations x batch 8, lr 1e-3, no lr drops    0.0334 %
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
+    "search": {
+        "train.iters_per_step": 8000,  # lr drops keep the reference's shape: 2480, 4080 (U-Net), 6400
+        "train.batch_size": 8,
+    },
     "small": {
         "eval.backend": "fast",  # matches mir_eval within 0.01 dB (tests/contavsep/test_metrics.py)
         "audio.clip_samples": 32767,
@@ -146,7 +162,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.ffn_dim": 512,
         "model.feature_dim": 128,
         "train.iters_per_step": 300,
-        "train.lr_decay_every": 200,
         "train.batch_size": 8,
     },
     "tiny": {
@@ -163,8 +178,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.decoder_layers": 2,
         "model.feature_dim": 32,
         "train.iters_per_step": 60,
-        "train.lr_decay_every": 1000,
         "train.batch_size": 8,
+        "train.lr_drop_epochs_unet": "",  # 60 iterations at lr 1e-3: a drop would stop the learning tests rely on
+        "train.lr_drop_epochs_transformer": "",
         "train.lr_unet": 1e-3,
         "train.lr_transformer": 1e-3,
     },
@@ -362,6 +378,9 @@ def validate(cfg: Config) -> None:
             registry.check(name)
         except RegistryError as exc:
             raise ConfigError(f"{key}: {exc}") from None
+    from contavsep.budget import check as check_budget
+
+    check_budget(cfg.train)
     if cfg.train.select not in ("last", "best_val"):
         raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
     if cfg.eval.backend not in ("mir_eval", "fast"):

@@ -2,6 +2,7 @@
 
     for step t in 0 .. T-1:
         add class queries for the step's new classes (old rows kept)
+        budget: iterations and lr drops from the step's training pool (contavsep/budget.py)
         fresh optimizers (U-Net: Adam; transformer/heads: AdamW), step-decay schedulers
         strategy.before_task
         train: sample mixtures (new classes + memory) -> STFT/warp on the device -> model
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
+from contavsep.budget import StepPlan, plan_step
 from contavsep.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from contavsep.config import Config, ConfigError
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
@@ -111,14 +113,16 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def make_optimizers(model: nn.Module, cfg: Config) -> tuple[list[torch.optim.Optimizer], list[Any]]:
-    """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; step decay."""
+def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+    """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; each with the
+    plan's lr drops (schedulers step once per iteration)."""
     t = cfg.train
     opts: list[torch.optim.Optimizer] = [
         torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet),
         torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay),
     ]
-    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=t.lr_decay_every, gamma=t.lr_decay_gamma) for o in opts]
+    drops = (plan.lr_drops_unet, plan.lr_drops_transformer)
+    scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)]
     return opts, scheds
 
 
@@ -197,6 +201,11 @@ class Engine:
     def main_loss(out: SeparatorOutput, batch: StepBatch) -> torch.Tensor:
         return weighted_l1_mask_loss(out.masks, batch.spectra.target_masks, batch.spectra.weight)
 
+    def plan(self, step: int, sampler: TrainingSampler) -> StepPlan:
+        """The step's budget, from the pool its sampler draws from."""
+        memory = int(sampler.is_memory.sum())
+        return plan_step(step, len(sampler.rows) - memory, memory, self.cfg)
+
     def _sampler(self, step: int) -> TrainingSampler:
         c = self.cfg
         memory_rows = self.memory.rows() if c.memory.per_class > 0 else []
@@ -241,16 +250,21 @@ class Engine:
             forward=self.forward,
             main_loss=self.main_loss,
         )
-        optimizers, schedulers = make_optimizers(self.model, cfg)
+        plan = self.plan(step, sampler)
+        optimizers, schedulers = make_optimizers(self.model, cfg, plan)
         self.strategy.before_task(ctx)
         log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
                  [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
+        log.info("  budget: %d iterations x batch %d = %d mixtures (%s); lr drops after iterations %s (U-Net), %s (transformer)",
+                 plan.iterations, plan.batch_size, plan.mixtures,
+                 f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
+                 list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
 
         best = (-math.inf, None)
         sums: dict[str, float] = {}
         self.model.train()
         started = time.perf_counter()
-        for it in range(t.iters_per_step):
+        for it in range(plan.iterations):
             batch = self.strategy.transform_batch(self._to_step_batch(sampler.sample(self.local_batch)), ctx)
             with self.autocast:
                 out = self.forward(train_model, batch, self.strategy.needs_internals)
@@ -275,15 +289,15 @@ class Engine:
                 s.step()
             for name, value in (("main", main), *terms.items(), ("total", loss)):
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if t.select == "best_val" and ((it + 1) % t.val_every == 0 or it + 1 == t.iters_per_step):
+            if t.select == "best_val" and ((it + 1) % plan.val_every == 0 or it + 1 == plan.iterations):
                 # The reference keeps the checkpoint with the best validation SDR over ALL seen
                 # classes, which peeks at old-class data a continual learner should not have.
                 val_sdr = self._validate(step)
                 if val_sdr > best[0]:
                     best = (val_sdr, copy.deepcopy(self.model.state_dict()))
                 self.model.train()
-            if (it + 1) % max(1, t.iters_per_step // 5) == 0:
-                log.info("  iter %d/%d  loss %.4f", it + 1, t.iters_per_step, sums["total"] / (it + 1))
+            if (it + 1) % max(1, plan.iterations // 5) == 0:
+                log.info("  iter %d/%d  loss %.4f", it + 1, plan.iterations, sums["total"] / (it + 1))
         train_seconds = time.perf_counter() - started
         if best[1] is not None:
             self.model.load_state_dict(best[1])
@@ -307,14 +321,14 @@ class Engine:
             for j in range(step + 1):
                 metrics[f"task_sdr/{j}"] = float(r[step, j])
             summary = self.results.summary(step)
-        iters = max(1, t.iters_per_step)
+        iters = max(1, plan.iterations)
         metrics.update({f"loss/{k}": v / iters for k, v in sums.items()})
         metrics.update(
             {
                 "step": float(step),
                 "time/train_s": train_seconds,
                 "time/eval_s": eval_seconds,
-                "throughput/mixtures_per_s": t.iters_per_step * cfg.train.batch_size / max(train_seconds, 1e-9),
+                "throughput/mixtures_per_s": plan.mixtures / max(train_seconds, 1e-9),
                 "memory/clips": float(len(self.memory)),
             }
         )

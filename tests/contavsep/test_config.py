@@ -26,6 +26,10 @@ def test_paper_defaults_match_the_paper():
     assert s.crosssdc_form == "anchors"  # old features as CrossSDC keys only (ARCHITECTURE.md section 4)
     assert cfg.memory.per_class == 1
     assert (cfg.data.num_steps, cfg.data.classes_per_step) == (4, 5)
+    # the reference's budget: batch 32, 100 epochs of the 40x list per step, derived per step
+    t = cfg.train
+    assert (t.batch_size, t.iters_per_step, t.epochs_per_step, t.dup_trainset) == (32, 0, 100, 40)
+    assert (t.lr_drop_epochs_unet, t.lr_drop_epochs_transformer, t.lr_decay_gamma) == ("31,51", "80", 0.1)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
