@@ -13,8 +13,12 @@ A space file (``search_spaces/*.yaml``) holds::
         strategy.temperature: 0.05  # a bare value is fixed
     metric: sdr                     # reported per step; the last step's value is the objective
     mode: max
-    num_samples: 6
-    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
+    objectives:                     # instead of metric/mode: several objectives (Pareto front)
+      - {metric: sdr, mode: max}    #   the first is reported at every step (pruning uses it)
+      - {metric: forgetting/sdr, mode: min}
+    num_samples: 6                  # configurations (each runs once per repeat)
+    repeats: {seeds: 2, class_orders: 1}   # every configuration on each seed x class order
+    scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or {type: fifo}
     sampler: {type: tpe, seed: 0}   # tpe | random | grid (grid: choice/fixed-only spaces)
     resources: {workers: 1, cpus: 1, gpus: 0, driver_cpus: 0.1}      # per Train worker; DDP if workers > 1
     max_failures: 1                 # Ray Train restarts of a failed trial (resumes from its last step)
@@ -48,16 +52,28 @@ from contavsep.config import Config, ConfigError, flat, make_config, valid_keys
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
+# Bookkeeping keys of a trial's Tune config (not config keys): its configuration group (a
+# content hash of the configuration, see contavsep_platform.search) and its repeat ("s0-o1").
+GROUP_KEY = "group"
+REPEAT_KEY = "repeat"
 # Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
 # they do not exist at step 1, where ASHA already compares trials).
 OBJECTIVES = (
     "sdr", "sir", "sar", "sdri", "sdr_new", "sir_new", "sar_new",
     "average_incremental/sdr", "average_incremental/sir", "average_incremental/sar",
 )
+# Values that may be further objectives (final values only; the first objective is pruned on).
+FINAL_OBJECTIVES = OBJECTIVES + (
+    "sdr_old", "sir_old", "sar_old", "forgetting/sdr", "forgetting/sir", "forgetting/sar",
+    "bwt/sdr", "bwt/sir", "bwt/sar", "memory/clips",
+)
+# The first step whose evaluation includes old classes, as Tune's completed-steps count: a rung
+# before it compares trials that have not met forgetting yet (step 1 is plain supervised training).
+FIRST_STEP_WITH_OLD_CLASSES = 2
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice", "fixed")
 TOP_LEVEL_KEYS = (
-    "name", "description", "experiment", "base", "common", "strategies", "metric", "mode", "num_samples",
-    "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate",
+    "name", "description", "experiment", "base", "common", "strategies", "metric", "mode", "objectives", "num_samples",
+    "repeats", "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate",
 )
 # Keys a space may not search: they must be equal across trials for the sweep to make sense.
 UNSEARCHABLE = {
@@ -65,6 +81,9 @@ UNSEARCHABLE = {
     STRATEGY_KEY: "strategies are chosen by the 'strategies' section",
     "data.num_steps": "all trials must have the same number of steps (ASHA compares trials at equal steps)",
     "data.uri": "all trials must use the same dataset",
+    "train.seed": "seeds are repeats, not hyperparameters: use repeats.seeds",
+    "data.seed": "class orders are repeats, not hyperparameters: use repeats.class_orders",
+    "data.shuffle_classes": "class orders are repeats, not hyperparameters: use repeats.class_orders",
 }
 
 
@@ -209,7 +228,7 @@ class SchedulerSpec:
     """Early stopping at step boundaries. ``asha`` uses ``step`` (completed steps) as time."""
 
     type: str = "asha"  # asha | fifo
-    grace_period: int = 1  # steps every trial runs before it can be stopped
+    grace_period: int = 2  # steps every trial runs before it can be stopped (>= 2: old classes met)
     reduction_factor: float = 2.0  # ASHA keeps the top 1/reduction_factor at each rung
     brackets: int = 1
 
@@ -218,7 +237,7 @@ class SchedulerSpec:
 class SamplerSpec:
     """How Optuna proposes configurations."""
 
-    type: str = "tpe"  # tpe | random | grid
+    type: str = "tpe"  # tpe | random | grid | nsga2 (multi-objective; tpe handles several objectives too)
     seed: int | None = 0
     n_startup_trials: int = 10  # tpe: random trials before the model kicks in
 
@@ -281,6 +300,43 @@ class Resources:
         return min(fits)
 
 
+@dataclass(frozen=True)
+class RepeatSpec:
+    """Every configuration runs on ``seeds`` x ``class_orders`` repeats (separate Ray trials).
+
+    Seed ``s`` sets ``train.seed = base seed + s``. With several class orders, order 0 is the
+    dataset's (the paper's) order and order ``o > 0`` shuffles it with ``data.seed = o``.
+    """
+
+    seeds: int = 1  # training seeds per configuration
+    class_orders: int = 1  # class orders per configuration (1 = the dataset's order only)
+
+    @property
+    def count(self) -> int:
+        return self.seeds * self.class_orders
+
+    def keys(self) -> tuple[str, ...]:
+        """The config keys a repeat sets."""
+        return ("train.seed", "data.seed", "data.shuffle_classes") if self.class_orders > 1 else ("train.seed",)
+
+    def members(self, base_seed: int = 0) -> dict[str, dict[str, Any]]:
+        """``{label: dotted overrides}`` of every repeat, e.g. ``{"s0-o0": {"train.seed": 0, ...}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for o in range(self.class_orders):
+            for s in range(self.seeds):
+                values: dict[str, Any] = {"train.seed": base_seed + s}
+                if self.class_orders > 1:
+                    values.update({"data.shuffle_classes": o > 0, "data.seed": o})
+                out[f"s{s}-o{o}"] = values
+        return out
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "sdr"  # a value of the last step's result (see OBJECTIVES / FINAL_OBJECTIVES)
+    mode: str = "max"  # max | min
+
+
 # ----------------------------------------------------------------------------------------------
 # the space
 
@@ -303,11 +359,27 @@ class SearchSpace:
     experiment: str = ""  # MLflow experiment ("" = name)
     description: str = ""
     num_steps: int = 0  # data.num_steps of every trial (ASHA's max_t)
+    repeats: RepeatSpec = field(default_factory=RepeatSpec)
+    extra_objectives: tuple[Objective, ...] = ()  # objectives after (metric, mode)
     source_text: str = ""  # the YAML as written (an MLflow artifact of the sweep)
 
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """(metric, mode) first (reported at every step: the one pruning judges), then the others."""
+        return (Objective(self.metric, self.mode), *self.extra_objectives)
+
+    def repeat_members(self) -> dict[str, dict[str, Any]]:
+        """Every repeat's dotted overrides (seeds count up from base ``train.seed``)."""
+        return self.repeats.members(int(self.base.get("train.seed", 0)))
+
+    @property
+    def num_trials(self) -> int:
+        """Ray trials of the whole sweep: configurations x repeats."""
+        return self.num_samples * self.repeats.count
 
     def trial_overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The dotted overrides of one trial: base, then the strategy's fixed values, then ``params``
@@ -316,7 +388,8 @@ class SearchSpace:
         if strategy not in self.strategies:
             raise SpaceError(f"trial parameters name strategy {strategy!r}, not one of {sorted(self.strategies)}")
         fixed = {k: d.value for k, d in self.strategies[strategy].items() if d.is_fixed}
-        return {**self.base, **fixed, **dict(params)}
+        sampled = {k: v for k, v in params.items() if k not in (GROUP_KEY, REPEAT_KEY)}
+        return {**self.base, **fixed, **sampled}
 
     def trial_config(self, params: Mapping[str, Any]) -> Config:
         return make_config("paper", self.trial_overrides(params))
@@ -488,6 +561,18 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
             raise SpaceError(f"{source}: {key} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
         return kind(value)
 
+    extra_objectives: tuple[Objective, ...] = ()
+    metric, mode = raw.get("metric", "sdr"), raw.get("mode", "max")
+    if "objectives" in raw:
+        listed = raw["objectives"]
+        if "metric" in raw or "mode" in raw:
+            raise SpaceError(f"{source}: give either metric/mode or objectives, not both (objectives' first entry is the metric)")
+        if not isinstance(listed, list) or not listed or not all(isinstance(o, Mapping) for o in listed):
+            raise SpaceError(f"{source}: objectives must be a list of {{metric: NAME, mode: max|min}}")
+        parsed = [_section(o, f"{source}: objectives[{i}]", Objective) for i, o in enumerate(listed)]
+        metric, mode = parsed[0].metric, parsed[0].mode
+        extra_objectives = tuple(parsed[1:])
+
     name = raw.get("name") or Path(source).stem
     space = SearchSpace(
         name=str(name),
@@ -495,8 +580,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         experiment=str(raw.get("experiment") or ""),
         base=base,
         strategies=strategies,
-        metric=str(raw.get("metric", "sdr")),
-        mode=str(raw.get("mode", "max")),
+        metric=str(metric),
+        mode=str(mode),
+        extra_objectives=extra_objectives,
+        repeats=_section(raw.get("repeats"), f"{source}: repeats", RepeatSpec),
         num_samples=number("num_samples", 0, int),
         scheduler=_section(raw.get("scheduler"), f"{source}: scheduler", SchedulerSpec),
         sampler=_section(raw.get("sampler"), f"{source}: sampler", SamplerSpec),
@@ -581,17 +668,34 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
 
     if space.metric not in OBJECTIVES:
         raise SpaceError(f"{where}: metric '{space.metric}'{_closest(space.metric, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
-    if space.mode not in ("max", "min"):
-        raise SpaceError(f"{where}: mode must be 'max' or 'min', got '{space.mode}'")
+    for objective in space.objectives:
+        if objective.metric not in FINAL_OBJECTIVES:
+            raise SpaceError(f"{where}: objective '{objective.metric}'{_closest(objective.metric, FINAL_OBJECTIVES)} is not a result value; use one of {', '.join(FINAL_OBJECTIVES)}")
+        if objective.mode not in ("max", "min"):
+            raise SpaceError(f"{where}: mode of {objective.metric} must be 'max' or 'min', got '{objective.mode}'")
+    if len({o.metric for o in space.objectives}) != len(space.objectives):
+        raise SpaceError(f"{where}: objectives repeat a metric: {[o.metric for o in space.objectives]}")
+    rep = space.repeats
+    if rep.seeds < 1 or rep.class_orders < 1:
+        raise SpaceError(f"{where}: repeats need seeds >= 1 and class_orders >= 1, got {rep.seeds} and {rep.class_orders}")
+    if rep.class_orders > 1 and "data.shuffle_classes" in space.base:
+        raise SpaceError(f"{where}: base sets data.shuffle_classes but repeats.class_orders chooses the orders; drop one")
     sch = space.scheduler
     if sch.type not in ("asha", "fifo"):
         raise SpaceError(f"{where}: scheduler.type must be asha or fifo, got '{sch.type}'{_closest(sch.type, ('asha', 'fifo'))}")
     num_steps = base_cfg.data.num_steps
-    if sch.type == "asha" and not (1 <= sch.grace_period <= num_steps and sch.reduction_factor > 1 and sch.brackets >= 1):
-        raise SpaceError(f"{where}: scheduler needs 1 <= grace_period <= data.num_steps ({num_steps}), reduction_factor > 1, brackets >= 1")
+    if sch.type == "asha":
+        if sch.grace_period < FIRST_STEP_WITH_OLD_CLASSES:
+            raise SpaceError(
+                f"{where}: scheduler.grace_period {sch.grace_period} would stop trials after step {sch.grace_period}, before any"
+                f" strategy has met an old class; use grace_period >= {FIRST_STEP_WITH_OLD_CLASSES} (or scheduler: {{type: fifo}})"
+            )
+        if not (sch.grace_period <= num_steps and sch.reduction_factor > 1 and sch.brackets >= 1):
+            raise SpaceError(f"{where}: scheduler needs grace_period <= data.num_steps ({num_steps}), reduction_factor > 1, brackets >= 1")
     smp = space.sampler
-    if smp.type not in ("tpe", "random", "grid"):
-        raise SpaceError(f"{where}: sampler.type must be tpe, random or grid, got '{smp.type}'{_closest(smp.type, ('tpe', 'random', 'grid'))}")
+    samplers = ("tpe", "random", "grid", "nsga2")
+    if smp.type not in samplers:
+        raise SpaceError(f"{where}: sampler.type must be one of {', '.join(samplers)}, got '{smp.type}'{_closest(smp.type, samplers)}")
     res = space.resources
     if res.workers < 1 or res.cpus < 0 or res.gpus < 0 or res.driver_cpus <= 0 or res.max_concurrent < 0:
         raise SpaceError(f"{where}: resources need workers >= 1, cpus >= 0, gpus >= 0, driver_cpus > 0, max_concurrent >= 0")
@@ -656,6 +760,8 @@ def make_sampler(space: SearchSpace) -> Any:
         return optuna.samplers.GridSampler(space.grid(), seed=smp.seed)
     if smp.type == "random":
         return optuna.samplers.RandomSampler(seed=smp.seed)
+    if smp.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=smp.seed)
     # multivariate + group: TPE models each strategy's parameters jointly and apart from the other
     # strategies' (the space is conditional: trials of different strategies have different keys).
     with warnings.catch_warnings():

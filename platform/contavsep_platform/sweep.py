@@ -37,10 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
 
 from contavsep import storage
-from contavsep_platform.spaces import STRATEGY_KEY, DefineByRun, SearchSpace, make_sampler
+from contavsep_platform.comparison import (
+    Comparison,
+    RunRecord,
+    compare,
+    configurations_table,
+    group_configurations,
+    pareto_front,
+    ranking_table,
+    summary_lines,
+)
+from contavsep_platform.pruning import GroupASHA
+from contavsep_platform.search import GroupedOptunaSearch, configuration_id
+from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace
 from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, ray_storage, run_trial
 
 log = logging.getLogger("contavsep.sweep")
@@ -59,7 +70,7 @@ class SweepError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------
-# Optuna: a trial stopped early is pruned, not complete
+# search and early stopping
 
 
 def reached_last_step(result: Mapping[str, Any] | None, num_steps: int) -> bool:
@@ -67,60 +78,25 @@ def reached_last_step(result: Mapping[str, Any] | None, num_steps: int) -> bool:
     return bool(result) and float(result.get(STEP_KEY, 0) or 0) >= num_steps
 
 
-class PrunedAwareOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, except that a trial which ended before the last incremental step
-    (stopped by ASHA, or by the user) reaches Optuna as PRUNED.
-
-    Ray's class tells Optuna COMPLETE with the last intermediate value, so an SDR over the first
-    classes only would compete with final SDRs over all classes, which are not comparable
-    (early steps score higher: fewer classes, no forgetting yet).
-    """
-
-    def __init__(self, *args: Any, num_steps: int, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.num_steps = num_steps
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or not result or reached_last_step(result, self.num_steps) or trial_id not in self._ot_trials:
-            super().on_trial_complete(trial_id, result=result, error=error)
-            return
-        if trial_id in self._completed_trials:
-            return
-        from optuna.trial import TrialState
-
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
-
-
-def make_searcher(space: SearchSpace) -> Any:
-    """The Optuna searcher of a space: define-by-run, starting points, the space's sampler."""
-    return PrunedAwareOptunaSearch(
-        space=DefineByRun(space),
-        metric=space.metric,
-        mode=space.mode,
-        points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-        sampler=make_sampler(space),
-        num_steps=space.num_steps,
-    )
+def make_searcher(space: SearchSpace) -> GroupedOptunaSearch:
+    """The Optuna searcher of a space: configurations as groups of repeats, deduplicated."""
+    return GroupedOptunaSearch(space)
 
 
 def make_scheduler(space: SearchSpace) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """FIFO, or ASHA on configuration-group means (rungs from ``grace_period >= 2`` steps)."""
+    from ray.tune.schedulers import FIFOScheduler
 
     sch = space.scheduler
     if sch.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr=STEP_KEY,
+    return GroupASHA(
         metric=space.metric,
         mode=space.mode,
         max_t=space.num_steps,
         grace_period=sch.grace_period,
         reduction_factor=sch.reduction_factor,
-        brackets=sch.brackets,
-        # A trial at its last step finishes by itself: stopping it there would kill its Train
-        # run while it shuts down (and leave its placement group behind).
-        stop_last_trials=False,
+        group_size=space.repeats.count,
     )
 
 
@@ -270,15 +246,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial's outcome: its sampled parameters and last reported values."""
+    """One trial's outcome: its configuration group, repeat, sampled parameters and last values."""
 
     trial_id: str
     strategy: str
-    status: str  # complete | stopped (by ASHA) | interrupted (with the sweep) | error | pending (never started)
+    status: str  # complete | stopped (by the scheduler) | interrupted (with the sweep) | error | pending (never started)
     steps: int
-    params: dict[str, Any]
+    params: dict[str, Any]  # strategy.name + sampled values (no repeat or bookkeeping keys)
     metrics: dict[str, float]
     engine_seconds: float | None = None
+    group: str = ""  # configuration id (content hash of the resolved configuration without its repeat)
+    repeat: str = ""  # e.g. s1-o0: seed 1 of the base, class order 0
 
     def value(self, key: str) -> float | None:
         v = self.metrics.get(key)
@@ -287,26 +265,30 @@ class TrialRow:
 
 @dataclass
 class SweepOutcome:
-    """What a sweep did: every trial, the best complete trial per strategy, and how it ended."""
+    """What a sweep did: every trial, the ranking of its configurations, and how it ended."""
 
     name: str
     sweep_uri: str
     metric: str
     mode: str
     trials: list[TrialRow]
-    best: list[dict[str, Any]]
+    comparison: Comparison
     interrupted: bool
     wall_seconds: float
     parent_run_id: str | None = None
     max_concurrent: int = 0
     notes: list[str] = field(default_factory=list)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective space
+    pareto: tuple[str, ...] = ()  # configuration ids on the Pareto front (multi-objective spaces)
 
 
 def _rows(result_grid: Any, space: SearchSpace) -> list[TrialRow]:
+    repeat_keys = set(space.repeats.keys())
     rows = []
     for result in result_grid:
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        params = {k: v for k, v in (result.config or {}).items()}
+        config = dict(result.config or {})
+        params = {k: v for k, v in config.items() if k not in (GROUP_KEY, REPEAT_KEY) and k not in repeat_keys}
         steps = int(metrics.get(STEP_KEY, 0) or 0)
         if result.error is not None:
             status = "error"
@@ -319,29 +301,46 @@ def _rows(result_grid: Any, space: SearchSpace) -> list[TrialRow]:
         else:
             status = "interrupted"  # the sweep stopped while the trial ran; --resume continues it
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "").name)
-        rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics, metrics.get(ENGINE_TIME_KEY)))
+        group = str(config.get(GROUP_KEY) or configuration_id(space, params))
+        rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics,
+                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, ""))))
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def best_per_strategy(rows: Sequence[TrialRow], space: SearchSpace) -> list[dict[str, Any]]:
-    """The best complete trial of each strategy by the space's metric (one dict per strategy)."""
-    best: list[dict[str, Any]] = []
-    sign = 1.0 if space.mode == "max" else -1.0
-    for strategy in space.strategies:
-        done = [r for r in rows if r.strategy == strategy and r.status == "complete" and r.value(space.metric) is not None]
-        counts = {s: sum(1 for r in rows if r.strategy == strategy and r.status == s) for s in ("complete", "stopped", "error")}
-        entry: dict[str, Any] = {"strategy": strategy, "trials": sum(1 for r in rows if r.strategy == strategy), **{f"n_{k}": v for k, v in counts.items()}}
-        if done:
-            top = max(done, key=lambda r: sign * r.value(space.metric))
-            entry.update(
-                trial_id=top.trial_id,
-                params={k: v for k, v in top.params.items() if k != STRATEGY_KEY},
-                **{k: top.value(k) for k in FINAL_COLUMNS},
-                bwt_sdr=top.value("bwt/sdr"),
-                average_incremental_sdr=top.value("average_incremental/sdr"),
-            )
-        best.append(entry)
-    return best
+def comparison_of(rows: Sequence[TrialRow], space: SearchSpace) -> Comparison:
+    """Configurations over their repeats, ranked by the space's metric (see comparison.py)."""
+    records = [
+        RunRecord(
+            run_id=r.trial_id,
+            config_id=r.group,
+            repeat=r.repeat or r.trial_id,
+            strategy=r.strategy,
+            memory=int(space.trial_config(r.params).memory.per_class) if r.strategy in space.strategies else 0,
+            params={k: v for k, v in r.params.items() if k != STRATEGY_KEY},
+            values={k: v for k in (*FINAL_COLUMNS, *(o.metric for o in space.objectives)) if (v := r.value(k)) is not None},
+            complete=r.status == "complete",
+        )
+        for r in rows
+    ]
+    columns = tuple(dict.fromkeys(["forgetting/sdr", *(o.metric for o in space.objectives[1:])]))
+    return compare(group_configurations(records), space.metric, space.mode, columns)
+
+
+def parent_summary(outcome: SweepOutcome) -> list[dict[str, Any]]:
+    """The ranking as JSON-friendly rows (the parent run's table and summary metrics)."""
+    out = []
+    for r in outcome.comparison.rows:
+        c = r.configuration
+        row: dict[str, Any] = {"rank": r.rank, "method": c.method, "strategy": c.strategy, "memory": c.memory,
+                               "configuration": c.config_id, "params": dict(c.params)}
+        for metric, e in r.estimates.items():
+            row[metric] = {"mean": e.mean, "ci95": [e.low, e.high], "n": e.n, "sd": e.sd}
+        for name, d, other in (("vs_finetune", r.vs_reference, r.reference), ("vs_next", r.vs_next, r.next_method)):
+            if d is not None:
+                row[name] = {"other": other, "mean": d.mean, "ci95": [d.low, d.high], "n": d.n, "verdict": d.verdict(outcome.mode)}
+        row["pareto"] = c.config_id in outcome.pareto
+        out.append(row)
+    return out
 
 
 def _fmt(x: Any) -> str:
@@ -359,24 +358,21 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def format_best_table(outcome: SweepOutcome) -> str:
-    """The final table: best complete trial per strategy with final SDR/SIR/SAR and forgetting."""
-    rows = [["strategy", "best trial", "SDR", "SIR", "SAR", "forgetting", "trials (done/stopped/err)", "parameters"]]
-    for b in outcome.best:
-        params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in (b.get("params") or {}).items())
-        rows.append([
-            b["strategy"], b.get("trial_id", "-"), _fmt(b.get("sdr")), _fmt(b.get("sir")), _fmt(b.get("sar")),
-            _fmt(b.get("forgetting/sdr")), f"{b['trials']} ({b['n_complete']}/{b['n_stopped']}/{b['n_error']})", params or "-",
-        ])
-    return _table(rows)
-
-
 def format_trials_table(outcome: SweepOutcome) -> str:
-    rows = [["trial", "strategy", "status", "steps", outcome.metric, "forgetting", "parameters"]]
-    for r in outcome.trials:
+    rows = [["trial", "configuration", "repeat", "strategy", "status", "steps", outcome.metric, "forgetting", "parameters"]]
+    for r in sorted(outcome.trials, key=lambda r: (r.group, r.repeat, r.trial_id)):
         params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items() if k != STRATEGY_KEY)
-        rows.append([r.trial_id, r.strategy, r.status, str(r.steps), _fmt(r.value(outcome.metric)), _fmt(r.value("forgetting/sdr")), params or "-"])
+        rows.append([r.trial_id, r.group, r.repeat or "-", r.strategy, r.status, str(r.steps), _fmt(r.value(outcome.metric)),
+                     _fmt(r.value("forgetting/sdr")), params or "-"])
     return _table(rows)
+
+
+def format_ranking(outcome: SweepOutcome) -> str:
+    """The ranking of methods (best complete configuration each) with CIs and paired differences."""
+    header, rows = ranking_table(outcome.comparison)
+    lines = [_table([header, *rows])] if rows else []
+    lines += summary_lines(outcome.comparison)
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,17 +491,19 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     cluster = _cluster_capacity()
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), space.resources.driver_resources(cluster))
     max_concurrent = space.resources.concurrent_trials(cluster)
-    log.info("sweep %s: %d trials, at most %d at once, storage %s", name, space.num_samples, max_concurrent, sweep_uri)
+    log.info("sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s", name, space.num_samples,
+             space.repeats.count, max_concurrent, sweep_uri)
     reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
+    searcher = None if resume else make_searcher(space)  # on --resume Tune restores the pickled one
     if resume:
         tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space),
+                search_alg=searcher,
                 scheduler=make_scheduler(space),
-                num_samples=space.num_samples,
+                num_samples=space.num_trials,
                 max_concurrent_trials=max_concurrent,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_dirname,
@@ -521,39 +519,76 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     with _sigterm_as_interrupt():
         result_grid = tuner.fit()
     rows = _rows(result_grid, space)
-    interrupted = any(r.status in ("pending", "interrupted") for r in rows) or len(rows) < space.num_samples
+    groups = {r.group for r in rows}
+    started_groups_incomplete = any(sum(r.group == g for r in rows) < space.repeats.count for g in groups)
+    searcher_done = searcher is None or searcher.exhausted or len(searcher.groups) >= space.num_samples
+    interrupted = any(r.status in ("pending", "interrupted") for r in rows) or started_groups_incomplete or (
+        len(rows) < space.num_trials and not searcher_done
+    )
     notes = []
     leftover = release_placement_groups()
     if leftover:
         notes.append(f"removed {leftover} placement group(s) that ended trials had left reserved")
+    if searcher is not None and searcher.exhausted and len(searcher.groups) < space.num_samples:
+        notes.append(f"the space holds {len(searcher.groups)} distinct configuration(s); each ran once per repeat"
+                     f" (num_samples {space.num_samples})")
+    comparison = comparison_of(rows, space)
+    objectives = tuple((o.metric, o.mode) for o in space.objectives)
+    pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
     outcome = SweepOutcome(
         name=name,
         sweep_uri=sweep_uri,
         metric=space.metric,
         mode=space.mode,
         trials=rows,
-        best=best_per_strategy(rows, space),
+        comparison=comparison,
         interrupted=interrupted,
         wall_seconds=time.perf_counter() - started,
         parent_run_id=parent_run_id,
         max_concurrent=max_concurrent,
         notes=notes,
+        objectives=objectives if len(objectives) > 1 else (),
+        pareto=pareto,
     )
     if tracker is not None and not interrupted:
-        tracker.finish(outcome.best)
+        pareto_trials = [r.trial_id for r in rows if r.group in pareto]
+        tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials)
     return outcome
+
+
+def ranking_markdown(outcome: SweepOutcome) -> str:
+    """The ranking and configurations tables as markdown (parent-run artifact)."""
+    from contavsep_platform.artifacts import markdown_table
+
+    parts = [f"# Sweep {outcome.name}: {outcome.metric} ({outcome.mode})", "",
+             "Means over each configuration's runs (seeds x class orders) with 95 % Student-t intervals;"
+             " differences are paired by seed and class order. A difference whose interval contains 0 is within the noise.", ""]
+    header, rows = ranking_table(outcome.comparison)
+    if rows:
+        parts += ["## Ranking (best configuration per method)", "", markdown_table(header, rows), ""]
+        parts += [f"- {line}" for line in summary_lines(outcome.comparison)] + [""]
+    header, rows = configurations_table(outcome.comparison)
+    parts += ["## Configurations", "", markdown_table(header, rows), ""]
+    if outcome.pareto:
+        parts += [f"## Pareto front ({', '.join(f'{m} {d}' for m, d in outcome.objectives)})", "",
+                  ", ".join(outcome.pareto), ""]
+    return "\n".join(parts)
 
 
 def print_outcome(outcome: SweepOutcome, out: Any = None) -> None:
     out = out or sys.stdout
-    print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials in {outcome.wall_seconds:.0f} s"
-          f" (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
+    print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials of {len(outcome.comparison.configurations)} configuration(s)"
+          f" in {outcome.wall_seconds:.0f} s (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
     print(format_trials_table(outcome), file=out)
-    print(f"\nbest trial per strategy ({outcome.metric}, {outcome.mode}; complete trials only):", file=out)
-    print(format_best_table(outcome), file=out)
+    print(f"\nranking by final {outcome.metric} ({outcome.mode}; best complete configuration per method; mean ± 95% CI"
+          f" half-width over its runs; Δ paired by seed and class order):", file=out)
+    print(format_ranking(outcome) or "no configuration completed all its runs", file=out)
+    if outcome.objectives:
+        header, rows = configurations_table(outcome.comparison)
+        marked = [[*row, "yes" if row[0] in outcome.pareto else ""] for row in rows]
+        print(f"\nconfigurations ({', '.join(f'{m} {d}' for m, d in outcome.objectives)}; Pareto = not dominated on the means):", file=out)
+        print(_table([[*header, "Pareto"], *marked]), file=out)
     for note in outcome.notes:
         print(f"note: {note}", file=out)
     if outcome.interrupted:
         print(f"\nthe sweep was interrupted; continue it with: contavsep sweep SPACE.yaml --name {outcome.name} --resume", file=out)
-
-

@@ -4,7 +4,7 @@ What lands in MLflow (names are the report's and the UI's vocabulary):
 
 - parent run (:class:`SweepTracker`), named after the sweep: tags ``contavsep.sweep``,
   ``contavsep.role=sweep`` and the caller's (data manifest hash, git commit, ...); artifacts
-  ``search_space.yaml`` and, at the end, ``best_trials.json`` / ``best_trials.md``.
+  ``search_space.yaml`` and, at the end, ``ranking.json`` / ``ranking.md`` (means with 95 % CIs, paired differences).
 - child run per trial (:class:`TrialTracker`), named after the trial id, tags
   ``mlflow.parentRunId``, ``contavsep.role=trial``, ``contavsep.trial``, ``contavsep.strategy``:
   params = the flattened dotted config; metrics with ``step=k`` after every incremental step
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -71,6 +72,7 @@ SWEEP_TAG = "contavsep.sweep"
 ROLE_TAG = "contavsep.role"  # "sweep" (parent run) | "trial" (child run)
 TRIAL_TAG = "contavsep.trial"
 STRATEGY_TAG = "contavsep.strategy"
+PARETO_TAG = "contavsep.pareto"  # "true" on child runs of configurations on a multi-objective sweep's Pareto front
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_PREFIX = "final/"
 
@@ -515,8 +517,17 @@ class SweepTracker:
             client.set_tag(run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)")
             client.set_terminated(run.info.run_id, "KILLED")
 
-    def finish(self, best_table: list[dict]) -> None:
-        """Log the sweep's best-trial table, close unfinished child runs, end the parent run.
+    def _tag_pareto_trials(self, run_log: _RunLogger, trial_ids: list[str]) -> None:
+        """Tag the child runs of Pareto-optimal configurations (``contavsep.pareto = true``)."""
+        client = run_log.client
+        parent = run_log.require_run()
+        for run in client.search_runs([run_log.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'", max_results=10000):
+            if run.data.tags.get(TRIAL_TAG) in trial_ids:
+                client.set_tag(run.info.run_id, PARETO_TAG, "true")
+
+    def finish(self, ranking: list[dict], ranking_md: str = "", pareto_trials: list[str] | None = None) -> None:
+        """Log the sweep's ranking (JSON + markdown, and per-method summary metrics: mean, 95 % CI
+        bounds and number of runs of each objective), close unfinished child runs, end the parent run.
 
         Never raises because the server is unreachable; waits up to ``flush_timeout_s``.
         """
@@ -524,15 +535,31 @@ class SweepTracker:
         if run_log is None:
             return
         if run_log.run_id is not None:
-            run_log.queue_text("best_trials.json", json.dumps(best_table, indent=2, default=str))
-            if best_table:
-                table = [dict(row) if isinstance(row, Mapping) else {"row": row} for row in best_table]
-                header = list(dict.fromkeys(k for row in table for k in row))
-                rows = [[row.get(k) for k in header] for row in table]
-                run_log.queue_text("best_trials.md", markdown_table(header, rows) + "\n")
+            run_log.queue_text("ranking.json", json.dumps(ranking, indent=2, default=str))
+            if ranking_md:
+                run_log.queue_text("ranking.md", ranking_md)
+            summary = summary_metrics(ranking)
+            if summary:
+                run_log.queue_metrics(summary, 0, "sweep summary metrics")
+            if pareto_trials:
+                run_log.outbox.add(_Op("tagging Pareto trial runs", lambda: self._tag_pareto_trials(run_log, list(pareto_trials))))
             run_log.outbox.add(_Op("closing unfinished trial runs", lambda: self._close_unfinished_trials(run_log)))
             run_log.queue_status("FINISHED")
         run_log.finish_outbox(self.flush_timeout_s, f"sweep {self.sweep_name}")
+
+
+def summary_metrics(ranking: list[dict]) -> dict[str, float]:
+    """``summary/<strategy>_mem<k>/<metric>_{mean,ci_low,ci_high,n}`` of every ranked method."""
+    out: dict[str, float] = {}
+    for row in ranking:
+        prefix = f"summary/{row['strategy']}_mem{row['memory']}"
+        for metric, value in row.items():
+            if isinstance(value, Mapping) and "ci95" in value and "other" not in value:
+                name = metric_key(metric).replace("/", "_")
+                for suffix, v in (("mean", value["mean"]), ("ci_low", value["ci95"][0]), ("ci_high", value["ci95"][1]), ("n", value["n"])):
+                    if v is not None and math.isfinite(float(v)):
+                        out[f"{prefix}/{name}_{suffix}"] = float(v)
+    return out
 
 
 # ---------------------------------------------------------------------------- a trial (child)

@@ -57,7 +57,9 @@ def test_shipped_spaces_validate_and_say_what_the_issue_asks():
     assert smoke.base["data.uri"] == f"{STORAGE}/datasets/synth-default"
 
     demo = spaces["demo"]
-    assert demo.base["preset"] == "tiny" and len(demo.strategies) >= 3 and demo.num_samples >= 6
+    assert demo.base["preset"] == "tiny" and set(demo.strategies) == {"finetune", "lwf", "contavsep", "joint"}
+    assert demo.num_samples == len(demo.points_to_evaluate) == 5 and demo.repeats.seeds >= 2
+    assert demo.scheduler.type == "fifo"  # every run of the table finishes
     assert demo.resources.concurrent_trials({"CPU": 2.0}) == 2  # both cores busy, no deadlock
 
     paper = spaces["paper"]

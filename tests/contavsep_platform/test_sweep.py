@@ -1,4 +1,4 @@
-"""Sweeps: Optuna sees ASHA-stopped trials as pruned, resource arithmetic on a real Ray cluster
+"""Sweeps: searcher and scheduler wiring, the outcome's ranking, resource arithmetic on a real Ray cluster
 with logical GPUs, and a real sweep (Ray Tune + Train V2 + S3 + MLflow) from start to resume."""
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from dataclasses import replace
 import optuna
 import pytest
 
+from contavsep_platform.pruning import GroupASHA
+from contavsep_platform.search import configuration_id
 from contavsep_platform.spaces import STRATEGY_KEY, Resources, load_space, parse_space, shipped_spaces_dir
 from contavsep_platform.sweep import (
-    PrunedAwareOptunaSearch,
     SweepError,
+    SweepOutcome,
     TrialRow,
-    best_per_strategy,
-    format_best_table,
+    comparison_of,
+    format_ranking,
+    format_trials_table,
     make_scheduler,
     make_searcher,
 )
@@ -34,84 +37,46 @@ num_samples: 4
 """
 
 
-def _result(sdr: float, step: int) -> dict:
-    return {"sdr": sdr, "step": float(step), "training_iteration": step, "num_steps": 3.0}
-
-
-def _drive(searcher, trials: dict[str, list[float]], errored: tuple[str, ...] = ()) -> None:
-    """Feed per-step SDRs as Tune would: results while running, then the completion call."""
-    for trial_id, sdrs in trials.items():
-        searcher.suggest(trial_id)
-    for trial_id, sdrs in trials.items():
-        for step, sdr in enumerate(sdrs, start=1):
-            searcher.on_trial_result(trial_id, _result(sdr, step))
-        if trial_id in errored:
-            searcher.on_trial_complete(trial_id, error=True)
-        else:
-            searcher.on_trial_complete(trial_id, result=_result(sdrs[-1], len(sdrs)))
-
-
-def test_a_trial_stopped_before_the_last_step_reaches_optuna_as_pruned():
-    space = parse_space(SPACE, storage_uri="file:///tmp")
-    # a ran all 3 steps (final SDR 4); b was stopped by ASHA after step 1 with a higher SDR over
-    # fewer classes (9); c failed.
-    trials = {"a": [6.0, 5.0, 4.0], "b": [9.0], "c": [5.0, 5.0]}
-
-    searcher = make_searcher(space)
-    assert isinstance(searcher, PrunedAwareOptunaSearch)
-    _drive(searcher, trials, errored=("c",))
-    states = {t.number: t.state for t in searcher._ot_study.trials}
-    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.PRUNED, 2: optuna.trial.TrialState.FAIL}
-    study = searcher._ot_study
-    assert study.best_trial.number == 0 and study.best_value == 4.0
-    assert study.trials[1].intermediate_values == {1: 9.0}  # its history stays for the sampler
-
-    # What Ray's own OptunaSearch does with the same events: b counts as complete with 9.0 and
-    # becomes the "best" trial, which is the bug this subclass exists for.
-    from ray.tune.search.optuna import OptunaSearch
-
-    plain = OptunaSearch(space=searcher._space, metric="sdr", mode="max")
-    _drive(plain, trials, errored=("c",))
-    assert plain._ot_study.trials[1].state == optuna.trial.TrialState.COMPLETE
-    assert plain._ot_study.best_value == 9.0
-
-
 def test_searcher_starts_from_the_points_to_evaluate_then_follows_the_space():
     space = parse_space(SPACE + "points_to_evaluate: paper_defaults\n", storage_uri="file:///tmp")
     searcher = make_searcher(space)
     first, second = searcher.suggest("t0"), searcher.suggest("t1")
-    assert first == {STRATEGY_KEY: "lwf", "strategy.lambda_dist": 0.3}
-    assert second == {STRATEGY_KEY: "contavsep", "strategy.lambda_dist": 0.3}
+    assert (first[STRATEGY_KEY], first["strategy.lambda_dist"]) == ("lwf", 0.3)
+    assert (second[STRATEGY_KEY], second["strategy.lambda_dist"]) == ("contavsep", 0.3)
     third = searcher.suggest("t2")
     assert third[STRATEGY_KEY] in ("lwf", "contavsep") and 0.1 <= third["strategy.lambda_dist"] <= 3.0
 
 
-def test_asha_counts_incremental_steps_and_lets_the_last_step_finish():
-    space = parse_space(SPACE + "scheduler: {type: asha, grace_period: 1, reduction_factor: 3}\n", storage_uri="file:///tmp")
+def test_asha_judges_groups_from_the_second_step_and_lets_the_last_step_finish():
+    space = parse_space(SPACE + "scheduler: {type: asha, grace_period: 2, reduction_factor: 3}\nrepeats: {seeds: 2}\n",
+                        storage_uri="file:///tmp")
     asha = make_scheduler(space)
-    assert (asha._time_attr, asha._max_t, asha._stop_last_trials) == ("step", 3, False)
+    assert isinstance(asha, GroupASHA) and (asha.rungs, asha.max_t, asha.group_size) == ([2], 3, 2)
     fifo = make_scheduler(replace(space, scheduler=replace(space.scheduler, type="fifo")))
     assert type(fifo).__name__ == "FIFOScheduler"
 
 
-def test_best_trial_per_strategy_ignores_stopped_and_failed_trials():
-    space = parse_space(SPACE, storage_uri="file:///tmp")
+def test_the_outcome_ranks_complete_configurations_over_their_repeats():
+    space = parse_space(SPACE + "repeats: {seeds: 2}\n", storage_uri="file:///tmp")
 
-    def row(trial_id, strategy, status, sdr, lam):
-        return TrialRow(trial_id, strategy, status, 3 if status == "complete" else 1,
-                        {STRATEGY_KEY: strategy, "strategy.lambda_dist": lam},
-                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5})
+    def row(trial_id, strategy, status, sdr, lam, repeat):
+        params = {STRATEGY_KEY: strategy, "strategy.lambda_dist": lam}
+        return TrialRow(trial_id, strategy, status, 3 if status == "complete" else 2, params,
+                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5},
+                        group=configuration_id(space, params), repeat=repeat)
 
-    rows = [row("a", "lwf", "complete", 3.0, 0.2), row("b", "lwf", "stopped", 9.0, 0.3), row("c", "lwf", "complete", 4.0, 0.4),
-            row("d", "contavsep", "error", 8.0, 1.0)]
-    best = best_per_strategy(rows, space)
-    assert best[0]["trial_id"] == "c" and best[0]["sdr"] == 4.0 and best[0]["forgetting/sdr"] == 1.5
-    assert best[0]["params"] == {"strategy.lambda_dist": 0.4} and (best[0]["n_complete"], best[0]["n_stopped"]) == (2, 1)
-    assert "trial_id" not in best[1] and best[1]["n_error"] == 1
-    from contavsep_platform.sweep import SweepOutcome
-
-    table = format_best_table(SweepOutcome("s", "file:///x", "sdr", "max", rows, best, False, 1.0))
-    assert "lwf" in table and "4.00" in table and "strategy.lambda_dist=0.4" in table
+    rows = [row("a", "lwf", "complete", 3.0, 0.2, "s0-o0"), row("b", "lwf", "complete", 5.0, 0.2, "s1-o0"),
+            row("c", "lwf", "stopped", 9.0, 0.4, "s0-o0"), row("d", "lwf", "complete", 9.0, 0.4, "s1-o0"),
+            row("e", "contavsep", "error", 8.0, 1.0, "s0-o0")]
+    comparison = comparison_of(rows, space)
+    assert [r.configuration.method for r in comparison.rows] == ["lwf (mem 1)"]  # c/d and e are incomplete groups
+    best = comparison.rows[0]
+    assert best.estimates["sdr"].mean == 4.0 and best.estimates["sdr"].n == 2
+    assert dict(best.configuration.params) == {"strategy.lambda_dist": 0.2}
+    outcome = SweepOutcome("s", "file:///x", "sdr", "max", rows, comparison, False, 1.0)
+    text = format_ranking(outcome)
+    assert "lwf (mem 1)" in text and "4.00 ± " in text and "strategy.lambda_dist=0.2" in text
+    assert "s1-o0" in format_trials_table(outcome)
 
 
 @pytest.fixture

@@ -193,7 +193,10 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
         trial.log_step(result)
     trial.log_final(steps[-1].summary, to_yaml(cfg))
     assert trial.pending == 0
-    sweep.finish([{"strategy": "contavsep", "trial": "trial_00000", "final/sdr": 4.5}])
+    ranking = [{"rank": 1, "method": "contavsep (mem 1)", "strategy": "contavsep", "memory": 1, "configuration": "c0ffee00",
+                "sdr": {"mean": 4.5, "ci95": [3.5, 5.5], "n": 3, "sd": 0.4},
+                "vs_finetune": {"other": "finetune (mem 1)", "mean": 1.0, "ci95": [0.2, 1.8], "n": 3, "verdict": "better"}}]
+    sweep.finish(ranking, "# ranking\n", pareto_trials=["trial_00000"])
     assert "View run" not in capsys.readouterr().out  # MLflow's own link printing stays off the sweep's stdout
 
     run = client.get_run(trial.run_id)
@@ -233,7 +236,11 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED" and parent_run.info.run_name == "sweep-a"
     assert parent_run.data.tags["contavsep.sweep"] == "sweep-a" and parent_run.data.tags["contavsep.data_hash"] == "abc123"
-    assert artifact_paths(client, parent) == ["best_trials.json", "best_trials.md", "search_space.yaml"]
+    assert artifact_paths(client, parent) == ["ranking.json", "ranking.md", "search_space.yaml"]
+    # the ranking's estimates as parent-run metrics; the Pareto configuration's child run is tagged
+    pm = parent_run.data.metrics
+    assert (pm["summary/contavsep_mem1/sdr_mean"], pm["summary/contavsep_mem1/sdr_ci_low"], pm["summary/contavsep_mem1/sdr_n"]) == (4.5, 3.5, 3)
+    assert client.get_run(trial.run_id).data.tags["contavsep.pareto"] == "true"
     space_back = Path(client.download_artifacts(parent, "search_space.yaml", str(tmp_path / "p")))
     assert space_back.read_text() == space
 
