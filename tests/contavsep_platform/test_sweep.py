@@ -377,3 +377,45 @@ def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path,
     assert rebuilt.metrics == pytest.approx(scores)
     again = tune_metrics(rebuilt, 2, 0.0, 1.0)
     assert again["step"] == 2 and again["forgetting/sdr"] == pytest.approx(last.summary["forgetting"]["sdr"])
+
+
+@pytest.mark.slow
+def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp_path, synth_dataset_factory, monkeypatch):
+    """Repeats through real Ray trials: 3 distinct configurations (fine-tuning has nothing to
+    search, LwF two λ values) x 2 seeds = 6 trials although num_samples asks for 5 configurations;
+    ASHA judges group means at step 2 only; the ranking stands on complete groups of 2 runs."""
+    import ray
+
+    from contavsep_platform.sweep import connect_ray, run_sweep
+
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
+    data = synth_dataset_factory(classes=6, clips_per_class=(4, 1, 2), seconds=1.6)
+    storage_uri = f"file://{tmp_path}/storage"
+    space = parse_space(
+        f'name: repeats\nbase: {{preset: tiny, data.uri: "{data}", data.num_steps: 3, data.classes_per_step: 2,'
+        " train.iters_per_step: 2, train.batch_size: 4, eval.windows_per_clip: 1, eval.pairs_per_clip: 1, eval.examples: 0}\n"
+        "strategies:\n  finetune: {}\n  lwf:\n    strategy.lambda_dist: {choice: [0.3, 1.0]}\n"
+        "num_samples: 5\nrepeats: {seeds: 2}\nsampler: {type: random, seed: 1}\n"
+        "scheduler: {type: asha, grace_period: 2, reduction_factor: 2}\n"
+        "resources: {workers: 1, cpus: 0.9, driver_cpus: 0.1}\n",
+        storage_uri=storage_uri,
+    )
+    started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
+    try:
+        outcome = run_sweep(space, storage_uri=storage_uri, name="repeats", verbose=0)
+    finally:
+        if started:
+            ray.shutdown()
+    assert not outcome.interrupted and len(outcome.trials) == 6
+    groups: dict[str, list] = {}
+    for row in outcome.trials:
+        groups.setdefault(row.group, []).append(row)
+    assert len(groups) == 3 and any("3 distinct configuration(s)" in n for n in outcome.notes)
+    for rows in groups.values():
+        assert sorted(r.repeat for r in rows) == ["s0-o0", "s1-o0"]
+        assert len({tuple(sorted(r.params.items())) for r in rows}) == 1  # the same configuration on both seeds
+        assert {r.status for r in rows} <= {"complete", "stopped"} and all(r.steps >= 2 for r in rows)  # never judged at step 1
+    for ranked in outcome.comparison.rows:
+        assert ranked.estimates["sdr"].n == 2 and ranked.configuration.complete
+    assert {r.configuration.config_id for r in outcome.comparison.rows} == {g for g, rows in groups.items()
+                                                                           if all(r.status == "complete" for r in rows)}
