@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("space", metavar="SPACE.yaml", help="search space file, e.g. search_spaces/smoke.yaml")
     p.add_argument("--name", default=None, help="sweep name (default: <space name>-<date>-<time>); needed by --resume")
-    p.add_argument("--num-samples", type=int, default=None, help="number of trials (default: the space's num_samples)")
+    p.add_argument("--num-samples", type=int, default=None, help="number of configurations (default: the space's num_samples); each runs once per repeat")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name (finished trials are kept)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--num-samples cannot change a sweep being resumed (Tune keeps its original plan)")
         space = validate_space(replace(space, num_samples=args.num_samples), args.space)
     if args.check:
-        print(f"space {space.name}: {len(space.strategies)} strategies, {space.num_samples} trials of {space.num_steps} steps,"
-              f" metric {space.metric} ({space.mode}), scheduler {space.scheduler.type}, sampler {space.sampler.type}")
+        objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
+        print(f"space {space.name}: {len(space.strategies)} strategies, {space.num_samples} configurations x {space.repeats.count}"
+              f" repeats ({space.repeats.seeds} seeds x {space.repeats.class_orders} class orders) = {space.num_trials} trials"
+              f" of {space.num_steps} steps, objective {objectives}, scheduler {space.scheduler.type}, sampler {space.sampler.type}")
         for key, value in space.base.items():
             print(f"  {key} = {value!r}")
         for name, params in space.strategies.items():
