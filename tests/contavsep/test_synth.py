@@ -171,7 +171,7 @@ def test_midi_file_structure() -> None:
 def _soundfont_available() -> bool:
     try:
         soundfont.check_soundfont_renderer()
-    except ConfigError:
+    except soundfont.RendererUnavailable:
         return False
     return True
 
