@@ -251,9 +251,14 @@ def strategy_curves_figure(
     curves: Mapping[str, Sequence[tuple[int, float]]],
     ylabel: str = "SDR over all seen classes (dB)",
     title: str = "Separation quality after each incremental step",
+    bands: Mapping[str, Sequence[tuple[int, float, float]]] | None = None,
 ) -> Figure:
     """One line per strategy (paper Fig. 3 style): ``curves[label] = [(step, value), ...]``
-    with 0-based steps, drawn as steps 1..T."""
+    with 0-based steps, drawn as steps 1..T.
+
+    ``bands[label] = [(step, low, high), ...]``: a shaded interval around that line (e.g. the
+    95 % t-interval over a configuration's repeats); steps with NaN bounds (one run) get none.
+    """
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
     ticks: set[int] = set()
@@ -263,7 +268,12 @@ def strategy_curves_figure(
             continue
         xs = [int(s) + 1 for s, _ in points]
         ticks.update(xs)
-        ax.plot(xs, [float(v) for _, v in points], marker=markers[k % len(markers)], label=label)
+        (line,) = ax.plot(xs, [float(v) for _, v in points], marker=markers[k % len(markers)], label=label)
+        band = [(int(s) + 1, float(lo), float(hi)) for s, lo, hi in (bands or {}).get(label, ())
+                if math.isfinite(float(lo)) and math.isfinite(float(hi))]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("incremental step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -275,17 +285,56 @@ def strategy_curves_figure(
     return fig
 
 
-def final_scores_figure(rows: Sequence[tuple[str, float, float, float]]) -> Figure:
-    """Grouped bars of final SDR / SIR / SAR per label: ``rows = [(label, sdr, sir, sar), ...]``."""
+def final_scores_figure(
+    rows: Sequence[tuple[str, float, float, float]],
+    errors: Sequence[tuple[float, float, float]] | None = None,
+    title: str = "Best trial per strategy: final scores",
+) -> Figure:
+    """Grouped bars of final SDR / SIR / SAR per label: ``rows = [(label, sdr, sir, sar), ...]``;
+    ``errors[i]``: half-widths of row i's intervals, drawn as error bars (NaN: none)."""
     fig = Figure(figsize=(max(5.0, 1.2 * len(rows) + 2), 4.0), layout="constrained")
     ax = fig.subplots()
     index = np.arange(len(rows))
     width = 0.27
     for k, name in enumerate(("SDR", "SIR", "SAR")):
-        ax.bar(index + (k - 1) * width, [float(r[k + 1]) for r in rows], width, label=name)
+        yerr = None
+        if errors is not None:
+            yerr = [0.0 if math.isnan(float(e[k])) else float(e[k]) for e in errors]
+        ax.bar(index + (k - 1) * width, [float(r[k + 1]) for r in rows], width, yerr=yerr, capsize=3 if yerr else 0, label=name)
     ax.set_xticks(index, [r[0] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("dB after the last step")
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.legend(fontsize=8)
-    ax.set_title("Best trial per strategy: final scores")
+    ax.set_title(title)
+    return fig
+
+
+def pareto_figure(
+    points: Sequence[tuple[str, float, float, float, float, bool]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "Configurations and their Pareto front",
+) -> Figure:
+    """Scatter of configurations on two objectives: ``points = [(label, x, x_half_width, y,
+    y_half_width, on_front), ...]`` (half-widths of 95 % intervals, NaN: no bar). Front members
+    are drawn large, labelled and joined in x order; the others small and grey."""
+    fig = Figure(figsize=(6.5, 4.6), layout="constrained")
+    ax = fig.subplots()
+
+    def bar(half: float) -> float | None:
+        return half if math.isfinite(half) else None
+
+    front = sorted((p for p in points if p[5]), key=lambda p: p[1])
+    for label, x, xh, y, yh, on_front in points:
+        ax.errorbar([x], [y], xerr=bar(xh), yerr=bar(yh), fmt="o" if on_front else ".", color="C3" if on_front else "0.55",
+                    markersize=8 if on_front else 6, capsize=2, linewidth=0.8, zorder=3 if on_front else 2)
+        if on_front:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if front:
+        ax.plot([p[1] for p in front], [p[3] for p in front], "-", color="C3", linewidth=1.2, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
     return fig

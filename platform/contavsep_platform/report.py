@@ -1,35 +1,72 @@
-"""The sweep report: tables and plots read back from MLflow (paper Table 1 / Fig. 3 style).
+"""The sweep report: configurations ranked over their repeats, read back from MLflow (paper
+Table 1 / Fig. 3 style, with 95 % confidence intervals).
 
 Reads what :mod:`contavsep_platform.tracking` logged: the sweep's parent run (found by the
-``contavsep.sweep`` tag), its child runs (one per trial: params = dotted config, ``final/...``
-metrics, per-step ``sdr`` history). Writes into one folder:
+``contavsep.sweep`` tag; its artifact ``search_space.yaml`` names the metric, the objectives and
+the repeats), its child runs (one per trial: params = dotted config, ``final/...`` metrics,
+per-step ``sdr`` history). The runs become :class:`~contavsep_platform.comparison.RunRecord`
+objects and are ranked by :mod:`contavsep_platform.comparison`, the same code that ranks the
+sweep's own Tune results, so the report and the sweep agree:
 
-- ``report.md``: trial counts; the best trial per strategy (final SDR/SIR/SAR, forgetting, BWT,
-  average incremental SDR, and the hyperparameters that were searched for that strategy); a
-  Table-1-like table (rows: strategies in the paper's order; column groups: separator x
-  with/without memory; cells: the best trial of the group); per-step SDR of the best trials;
-  every trial with its status.
-- ``step_sdr.png``: SDR over all seen classes after each step, one line per strategy (Fig. 3).
-- ``final_scores.png``: final SDR/SIR/SAR of the best trial per strategy.
+- a *configuration* is every run with the same config except the repeat keys (``train.seed``,
+  ``data.seed``, ``data.shuffle_classes``) and bookkeeping keys (:data:`NOT_HYPERPARAMETERS`);
+  its id is a hash of those params (not the sweep's Tune group id, which hashes the space's
+  overrides that MLflow does not hold; both group the same runs);
+- a *repeat* is a seed and class order (``seed0-order0``); differences between methods are
+  paired on it.
 
-A trial without ``final/...`` metrics (stopped early by ASHA, failed, still running) is listed
-but never "best": its SDR over fewer seen classes is not comparable.
+Writes into one folder:
+
+- ``report.md``: run, configuration and repeat counts; the ranking (best configuration per
+  method: mean ± 95 % CI and n, paired differences vs fine-tuning and the next method, the
+  conclusion); a Table-1-like table (rows: strategies in the paper's order; column groups:
+  separator x with/without memory; cells: the best configuration of the cell, mean ± CI (n));
+  every configuration; per-step SDR of each method's best configuration (mean ± CI per step);
+  the Pareto front of a multi-objective sweep; every run with its status.
+- ``final_scores.png`` (means with CI bars), ``step_sdr.png`` (Fig. 3 with CI bands),
+  ``pareto.png`` (multi-objective sweeps).
+
+A run without ``final/...`` metrics (stopped early by ASHA, failed, still running) is listed but
+never ranked, and neither is its configuration: a mean over fewer seen classes or fewer repeats
+is not comparable.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from contavsep_platform.artifacts import final_scores_figure, markdown_table, save_figure, strategy_curves_figure
+from contavsep_platform.artifacts import (
+    final_scores_figure,
+    markdown_table,
+    pareto_figure,
+    save_figure,
+    strategy_curves_figure,
+)
 from contavsep_platform.cli import UserError
+from contavsep_platform.comparison import (
+    CONFIDENCE,
+    Comparison,
+    Estimate,
+    RunRecord,
+    compare,
+    configurations_table,
+    group_configurations,
+    pareto_front,
+    ranking_table,
+    summary_lines,
+    t_interval,
+)
 from contavsep_platform.tracking import (
     FINAL_PREFIX,
     PARENT_TAG,
@@ -56,11 +93,42 @@ MODEL_LABELS = {"iquery": "iQuery", "coseparation": "Co-Separation"}
 # Config keys that identify a trial's group rather than being searched hyperparameters.
 _GROUP_KEYS = ("strategy.name",)
 # Keys that differ between trials for bookkeeping reasons, not as hyperparameters.
-_NOT_HYPERPARAMETERS = ("data.uri", "data.cache_dir", "train.device", "model.weights")
+NOT_HYPERPARAMETERS = ("data.uri", "data.cache_dir", "train.device", "model.weights")
+# Keys a repeat sets (spaces.RepeatSpec): the same configuration on another seed / class order.
+REPEAT_KEYS = ("train.seed", "data.seed", "data.shuffle_classes")
+# final/<prefix><m> -> <group>/<m>: the logged names of tracking.final_metrics, back to the
+# names of the engine's summary that spaces and comparisons use.
+_FINAL_GROUPS = (("forgetting_", "forgetting/"), ("bwt_", "bwt/"), ("avg_incremental_", "average_incremental/"))
+# Estimated for every ranked method (the sweep metric first, then these, then the objectives).
+RANKING_COLUMNS = ("sdr", "sir", "sar", "forgetting/sdr", "bwt/sdr")
+PARETO_FILE = "pareto.png"
+SPACE_ARTIFACT = "search_space.yaml"
 
 
 class SweepNotFoundError(UserError):
     """No parent run of that sweep name in MLflow."""
+
+
+def comparison_name(key: str) -> str:
+    """An MLflow metric key as a comparison value name: ``final/forgetting_sdr`` ->
+    ``forgetting/sdr``, ``final/sdr`` -> ``sdr``; other keys (``memory/clips``) are unchanged."""
+    if not key.startswith(FINAL_PREFIX):
+        return key
+    name = key[len(FINAL_PREFIX):]
+    for prefix, group in _FINAL_GROUPS:
+        if name.startswith(prefix):
+            return group + name[len(prefix):]
+    return name
+
+
+def _param_value(text: str) -> object:
+    """An MLflow param string back to the number it was (for display and sorting)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @dataclass(frozen=True)
@@ -98,6 +166,30 @@ class TrialRecord:
         value = self.metrics.get(FINAL_PREFIX + name)
         return math.nan if value is None else float(value)
 
+    @property
+    def config_id(self) -> str:
+        """A short hash of the configuration: every param but the repeat and bookkeeping keys."""
+        kept = {k: v for k, v in self.params.items() if k not in REPEAT_KEYS and k not in NOT_HYPERPARAMETERS}
+        return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def repeat(self) -> str:
+        """``seed<train.seed>-order<k>``: k is ``data.seed`` when the classes are shuffled, 0 for
+        the dataset's own order (what spaces.RepeatSpec sets for class order k)."""
+        shuffled = self.params.get("data.shuffle_classes", "False").lower() == "true"
+        order = self.params.get("data.seed", "0") if shuffled else "0"
+        return f"seed{self.params.get('train.seed', '0')}-order{order}"
+
+    @property
+    def values(self) -> dict[str, float]:
+        """Final values by comparison name (``sdr``, ``forgetting/sdr``, ...); a value logged only
+        per step (``memory/clips``) counts with its last step's value once the run is complete."""
+        out = {comparison_name(k): float(v) for k, v in self.metrics.items() if k.startswith(FINAL_PREFIX)}
+        if self.complete:
+            for k, v in self.metrics.items():
+                out.setdefault(k, float(v))
+        return {k: v for k, v in out.items() if not math.isnan(v)}
+
 
 @dataclass(frozen=True)
 class SweepRecord:
@@ -110,6 +202,7 @@ class SweepRecord:
     status: str
     tags: Mapping[str, str]
     trials: tuple[TrialRecord, ...]
+    space_text: str = ""  # the parent's search_space.yaml ("" when it is missing)
 
     def ui_url(self) -> str | None:
         if not self.tracking_uri.startswith("http"):
@@ -159,8 +252,17 @@ def sweep_names(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
     return sorted({r.data.tags.get(SWEEP_TAG, "") for r in runs} - {""})
 
 
+def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
+    """A run's text artifact, or "" when the run has none of that name."""
+    if path not in {a.path for a in client.list_artifacts(run_id)}:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="contavsep-report-") as tmp:
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
 def load_sweep(tracking_uri: str, sweep_name: str, experiment: str | None = None) -> SweepRecord:
-    """The sweep's parent run and all its trials (child runs), read through MlflowClient.
+    """The sweep's parent run (and its search space) and all its trials (child runs), read
+    through MlflowClient.
 
     ``experiment``: restrict to this experiment name; default: look in all active experiments.
     Raises :class:`SweepNotFoundError` (naming the closest sweep) or :class:`UserError`.
@@ -189,6 +291,7 @@ def load_sweep(tracking_uri: str, sweep_name: str, experiment: str | None = None
             raise SweepNotFoundError(f"no sweep named '{sweep_name}' in MLflow at {tracking_uri}{hint}{listing}")
         parent = parents[-1]  # the latest, if a name was ever reused across experiments
         children = _search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        space_text = _artifact_text(client, parent.info.run_id, SPACE_ARTIFACT)
     trials = tuple(
         TrialRecord(
             run_id=r.info.run_id,
@@ -208,6 +311,7 @@ def load_sweep(tracking_uri: str, sweep_name: str, experiment: str | None = None
         status=parent.info.status,
         tags=dict(parent.data.tags),
         trials=trials,
+        space_text=space_text,
     )
 
 
@@ -219,6 +323,41 @@ def step_history(client: MlflowClient, run_id: str, metric: str = "sdr") -> list
         if m.step not in latest or m.timestamp >= latest[m.step][0]:
             latest[m.step] = (m.timestamp, float(m.value))
     return [(step, latest[step][1]) for step in sorted(latest)]
+
+
+# ---------------------------------------------------------------------------- the space
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What the report needs from the sweep's search_space.yaml (all optional)."""
+
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode): ``objectives``, else ``metric``/``mode``
+    seeds: int | None = None  # repeats.seeds
+    class_orders: int | None = None  # repeats.class_orders
+    problem: str = ""  # why the file could not be read ("" when fine or absent)
+
+
+def space_info(text: str) -> SpaceInfo:
+    """Parse the parent's ``search_space.yaml`` as written (not validated: the report of an old
+    sweep must not fail on a space format that has changed since)."""
+    if not text.strip():
+        return SpaceInfo()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return SpaceInfo(problem=f"search_space.yaml is not valid YAML ({' '.join(str(exc).split())[:120]})")
+    if not isinstance(raw, Mapping):
+        return SpaceInfo()
+    objectives: tuple[tuple[str, str], ...] = ()
+    listed = raw.get("objectives")
+    if isinstance(listed, list):
+        objectives = tuple((str(o["metric"]), str(o.get("mode", "max"))) for o in listed if isinstance(o, Mapping) and "metric" in o)
+    elif raw.get("metric") is not None:
+        objectives = ((str(raw["metric"]), str(raw.get("mode", "max"))),)
+    repeats = raw.get("repeats") if isinstance(raw.get("repeats"), Mapping) else {}
+    seeds, orders = repeats.get("seeds", 1 if repeats else None), repeats.get("class_orders", 1 if repeats else None)
+    return SpaceInfo(objectives, seeds if isinstance(seeds, int) else None, orders if isinstance(orders, int) else None)
 
 
 # ---------------------------------------------------------------------------- selecting
@@ -234,43 +373,70 @@ def strategy_label(name: str) -> str:
     return STRATEGY_LABELS.get(name, name)
 
 
-def _better(a: float, b: float, mode: str) -> bool:
-    if math.isnan(b):
-        return not math.isnan(a)
-    return a > b if mode == "max" else a < b
-
-
-def best_trial(trials: Sequence[TrialRecord], metric: str = "final/sdr", mode: str = "max") -> TrialRecord | None:
-    """The complete trial with the best ``metric`` (an MLflow metric key), or None."""
-    if mode not in ("max", "min"):
-        raise UserError(f"mode must be 'max' or 'min', got '{mode}'")
-    best: TrialRecord | None = None
-    for trial in trials:
-        if not trial.complete or metric not in trial.metrics:
-            continue
-        if best is None or _better(float(trial.metrics[metric]), float(best.metrics[metric]), mode):
-            best = trial
-    return best
-
-
-def best_per_strategy(trials: Sequence[TrialRecord], metric: str = "final/sdr", mode: str = "max") -> dict[str, TrialRecord]:
-    """{strategy: its best complete trial}, in the paper's order; strategies without a
-    complete trial are left out."""
-    out: dict[str, TrialRecord] = {}
-    for name in strategy_order([t.strategy for t in trials]):
-        best = best_trial([t for t in trials if t.strategy == name], metric, mode)
-        if best is not None:
-            out[name] = best
-    return out
-
-
 def searched_keys(trials: Sequence[TrialRecord]) -> list[str]:
-    """Config keys whose value differs between the given trials (the searched ones)."""
+    """Config keys whose value differs between the given trials (the searched ones); repeat
+    and bookkeeping keys are not searched."""
     keys = sorted({k for t in trials for k in t.params})
     return [
         k for k in keys
-        if k not in _GROUP_KEYS and k not in _NOT_HYPERPARAMETERS and len({t.params.get(k) for t in trials}) > 1
+        if k not in _GROUP_KEYS and k not in NOT_HYPERPARAMETERS and k not in REPEAT_KEYS
+        and len({t.params.get(k) for t in trials}) > 1
     ]
+
+
+@dataclass(frozen=True)
+class RunTable:
+    """The sweep's runs as the comparison sees them."""
+
+    records: tuple[RunRecord, ...]  # one per (configuration, repeat): what is ranked
+    duplicates: Mapping[str, str]  # run id -> run id it repeats (same configuration and repeat; left out)
+
+
+def run_records(trials: Sequence[TrialRecord]) -> RunTable:
+    """RunRecords of the trials: strategies in the paper's order, configurations in order of
+    first run. Two runs of one configuration on one repeat are the same experiment twice
+    (an old sweep without repeats, a configuration proposed again): the first complete one
+    counts, the others would only inflate n."""
+    records: list[RunRecord] = []
+    duplicates: dict[str, str] = {}
+    kept: dict[tuple[str, str], int] = {}
+    for name in strategy_order([t.strategy for t in trials]):
+        group = [t for t in trials if t.strategy == name]
+        keys = searched_keys(group)
+        for t in group:
+            record = RunRecord(
+                run_id=t.run_id, config_id=t.config_id, repeat=t.repeat, strategy=name, memory=t.memory_per_class,
+                params={k: _param_value(t.params[k]) for k in keys if k in t.params},
+                values=t.values, complete=t.complete,
+            )
+            slot = (t.config_id, t.repeat)
+            if slot not in kept:
+                kept[slot] = len(records)
+                records.append(record)
+            elif record.complete and not records[kept[slot]].complete:
+                duplicates[records[kept[slot]].run_id] = record.run_id
+                records[kept[slot]] = record
+            else:
+                duplicates[record.run_id] = records[kept[slot]].run_id
+    return RunTable(tuple(records), duplicates)
+
+
+def _default_mode(metric: str, objectives: Sequence[tuple[str, str]]) -> str:
+    for name, mode in objectives:
+        if name == metric:
+            return mode
+    return "min" if metric.startswith("forgetting/") else "max"
+
+
+def step_estimates(histories: Sequence[Sequence[tuple[int, float]]]) -> list[tuple[int, Estimate]]:
+    """Mean and t-interval of a per-step value over runs: ``[(step, estimate)]``, ascending; a
+    step counts the runs that logged it."""
+    by_step: dict[int, list[float]] = {}
+    for history in histories:
+        for step, value in history:
+            if not math.isnan(value):
+                by_step.setdefault(int(step), []).append(float(value))
+    return [(step, t_interval(by_step[step])) for step in sorted(by_step)]
 
 
 # ---------------------------------------------------------------------------- the report
@@ -280,114 +446,150 @@ def _steps_done(history: Sequence[tuple[int, float]]) -> int:
     return history[-1][0] + 1 if history else 0
 
 
+def _with_n(e: Estimate) -> str:
+    """``mean ± half-width (n)``: how many runs stand behind the number."""
+    return "-" if e.n == 0 else f"{e.text()} ({e.n})"
+
+
+def _ranking_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """ranking_table, with ``(n=k)`` on a value that fewer runs than the row's define and the
+    number of pairs behind each paired difference."""
+    header, rows = ranking_table(comparison)
+    first = header.index("runs") + 1
+    diffs = (header.index(h) for h in header if h.startswith("Δ"))
+    vs_ref, vs_next = next(diffs), next(diffs)
+    for row, ranked in zip(rows, comparison.rows):
+        for i, metric in enumerate(comparison.columns):
+            e = ranked.estimates[metric]
+            if e.n != int(row[first - 1]):
+                row[first + i] = f"{row[first + i]} (n={e.n})"
+        for column, d in ((vs_ref, ranked.vs_reference), (vs_next, ranked.vs_next)):
+            if d is not None and row[column].endswith(")"):
+                row[column] = f"{row[column][:-1]}; {d.n} pair{'s' if d.n != 1 else ''})"
+    return header, rows
+
+
+def _objective_label(metric: str, mode: str) -> str:
+    return f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)"
+
+
 def build_report(
     sweep: SweepRecord,
     histories: Mapping[str, Sequence[tuple[int, float]]],
     out_dir: str | Path,
-    metric: str = "final/sdr",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> Report:
     """Write ``report.md`` and the PNG plots for ``sweep`` into ``out_dir``.
 
-    ``histories[run_id]`` is the per-step SDR of each trial (:func:`step_history`).
+    ``histories[run_id]`` is the per-step SDR of each trial (:func:`step_history`). ``metric``
+    ranks the methods: a comparison name (``sdr``, ``forgetting/sdr``) or an MLflow key
+    (``final/sdr``); default: the space's metric, else ``sdr``. ``mode``: default the space's
+    mode for that metric, else ``min`` for forgetting and ``max`` for the rest.
     """
+    space = space_info(sweep.space_text)
+    metric = comparison_name(metric) if metric else (space.objectives[0][0] if space.objectives else "sdr")
+    mode = mode or _default_mode(metric, space.objectives)
+    if mode not in ("max", "min"):
+        raise UserError(f"mode must be 'max' or 'min', got '{mode}'")
+    trials = list(sweep.trials)
+    table = run_records(trials)
+    logged = sorted({k for r in table.records if r.complete for k in r.values})
+    if logged and metric not in logged:
+        raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{_suggest(metric, logged)};"
+                        f" values: {', '.join(logged)}")
+    objectives = space.objectives if len(space.objectives) > 1 else ()
+    columns = tuple(dict.fromkeys([*RANKING_COLUMNS, *(m for m, _ in objectives)]))
+    configurations = group_configurations(table.records)
+    comparison = compare(configurations, metric, mode, columns)
+    trial_of = {t.run_id: t for t in trials}
+    model_of = {r.config_id: trial_of[r.run_id].model for r in table.records}
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trials = list(sweep.trials)
-    best = best_per_strategy(trials, metric, mode)
     files: list[Path] = []
     md: list[str] = [f"# Sweep `{sweep.name}`", ""]
-    complete = sum(t.complete for t in trials)
-    md.append(
-        f"{len(trials)} trials: {complete} complete, {len(trials) - complete} stopped early, failed or running."
-        f" Sweep run status: {sweep.status}. Selection: best `{metric}` ({mode}) among complete trials.  "
-    )
-    if sweep.ui_url():
-        md.append(f"MLflow: {sweep.ui_url()}  ")
-    for key, value in sorted(sweep.tags.items()):
-        # The sweep's own tags (data hash, git commit, ...), not MLflow's bookkeeping.
-        if key in (ROLE_TAG, SWEEP_TAG) or (key.startswith("mlflow.") and key != "mlflow.source.git.commit"):
-            continue
-        md.append(f"`{key}`: {value}  ")
-    md.append("")
+    md += _header_lines(sweep, table, comparison, space, metric, mode) + [""]
 
-    md += ["## Best trial per strategy", ""]
-    if best:
-        header = ["strategy", "trial", "model", "memory/class", "SDR", "SIR", "SAR", "forgetting SDR", "BWT SDR",
-                  "avg incr. SDR", "trials (complete)", "searched values"]
-        rows = []
-        for name, trial in best.items():
-            group = [t for t in trials if t.strategy == name]
-            values = ", ".join(f"{k}={trial.params.get(k)}" for k in searched_keys(group))
-            rows.append([
-                strategy_label(name), trial.name, MODEL_LABELS.get(trial.model, trial.model), trial.memory_per_class,
-                trial.final("sdr"), trial.final("sir"), trial.final("sar"), trial.final("forgetting_sdr"),
-                trial.final("bwt_sdr"), trial.final("avg_incremental_sdr"),
-                f"{len(group)} ({sum(t.complete for t in group)})", values or "-",
-            ])
+    md += ["## Ranking (best configuration per method)", ""]
+    header, rows = _ranking_rows(comparison)
+    if rows:
+        md += [f"Methods (strategy and memory size) by the mean final `{metric}` ({mode}) of their best configuration"
+               f" that completed all its runs. Values: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over"
+               " the configuration's runs; `runs` = how many runs stand behind each mean. Δ: paired by seed and class"
+               " order (run minus run on the same repeat), with the interval of those differences and how many pairs.", ""]
         md.append(markdown_table(header, rows))
-        files.append(save_figure(
-            final_scores_figure([(strategy_label(n), t.final("sdr"), t.final("sir"), t.final("sar")) for n, t in best.items()]),
-            out / "final_scores.png",
-        ))
+        md.append("")
+    md += [f"- {line}" for line in summary_lines(comparison)]
+    md.append(f"- A difference whose {CONFIDENCE:.0%} interval contains 0 is within the noise of the runs, not a win"
+              " or a loss; one without an interval (a single pair) says nothing about the noise.")
+    if rows:
+        best = [r.configuration for r in comparison.rows]
+        estimates = [{m: c.estimate(m) for m in ("sdr", "sir", "sar")} for c in best]
+        files.append(save_figure(final_scores_figure(
+            [(c.method, e["sdr"].mean, e["sir"].mean, e["sar"].mean) for c, e in zip(best, estimates)],
+            errors=[(e["sdr"].half_width, e["sir"].half_width, e["sar"].half_width) for e in estimates],
+            title=f"Best configuration per method: final scores (mean ± {CONFIDENCE:.0%} CI)",
+        ), out / "final_scores.png"))
         md += ["", "![final scores](final_scores.png)"]
-    else:
-        md.append("No trial finished its whole task sequence yet.")
     md.append("")
 
-    md += ["## Table 1 style: SDR / SIR / SAR after the last step (dB)", ""]
-    groups = sorted({(t.model, t.memory_per_class > 0) for t in trials if t.complete},
-                    key=lambda g: (list(MODEL_LABELS).index(g[0]) if g[0] in MODEL_LABELS else 99, g[0], g[1]))
-    if groups:
-        header = ["method"]
-        for model, memory in groups:
-            label = f"{MODEL_LABELS.get(model, model)} {'w/' if memory else 'w/o'} memory"
-            header += [f"{label} SDR", "SIR", "SAR"]
-        rows = []
-        for name in strategy_order([t.strategy for t in trials]):
-            row: list[object] = [strategy_label(name)]
-            for model, memory in groups:
-                cell = best_trial([t for t in trials if t.strategy == name and t.model == model
-                                   and (t.memory_per_class > 0) == memory], metric, mode)
-                row += [cell.final(m) if cell else None for m in ("sdr", "sir", "sar")]
-            rows.append(row)
-        md.append(markdown_table(header, rows))
+    md += _table1_lines(comparison, model_of, metric, mode) + [""]
+
+    md += ["## Configurations", ""]
+    if comparison.configurations:
+        header, rows = configurations_table(comparison)
+        md += ["Every configuration with how many of its runs completed; a configuration counts in the ranking only"
+               " when all its runs completed.", "", markdown_table(header, rows)]
     else:
-        md.append("No complete trials.")
+        md.append("No runs logged.")
     md.append("")
 
-    md += ["## SDR over all seen classes after each step (best trial per strategy)", ""]
-    curves = {strategy_label(n): list(histories.get(t.run_id, [])) for n, t in best.items()}
-    steps = sorted({s for points in curves.values() for s, _ in points})
+    md += [f"## SDR over all seen classes after each step (best configuration per method, mean ± {CONFIDENCE:.0%} CI (n))", ""]
+    per_step = {
+        r.configuration.method: step_estimates([histories.get(run.run_id, []) for run in r.configuration.runs if run.complete])
+        for r in comparison.rows
+    }
+    steps = sorted({s for points in per_step.values() for s, _ in points})
     if steps:
-        header = ["strategy"] + [f"step {s + 1}" for s in steps]
         rows = []
-        for label, points in curves.items():
+        for label, points in per_step.items():
             by_step = dict(points)
-            rows.append([label] + [by_step.get(s) for s in steps])
-        md.append(markdown_table(header, rows))
-        files.append(save_figure(strategy_curves_figure(curves), out / "step_sdr.png"))
-        md += ["", "![SDR after each step](step_sdr.png)"]
+            rows.append([label] + [_with_n(by_step[s]) if s in by_step else None for s in steps])
+        md.append(markdown_table(["method"] + [f"step {s + 1}" for s in steps], rows))
+        curves = {label: [(s, e.mean) for s, e in points] for label, points in per_step.items()}
+        bands = {label: [(s, e.low, e.high) for s, e in points] for label, points in per_step.items()}
+        files.append(save_figure(strategy_curves_figure(curves, bands=bands), out / "step_sdr.png"))
+        md += ["", f"![SDR after each step](step_sdr.png) (shaded: {CONFIDENCE:.0%} t-interval per step)"]
     else:
-        md.append("No per-step results.")
+        md.append("No per-step results of a ranked configuration.")
     md.append("")
 
-    md += ["## All trials", ""]
+    if objectives:
+        lines, figure = _pareto(comparison, objectives, out)
+        md += lines + [""]
+        if figure is not None:
+            files.append(figure)
+
+    md += ["## All runs", ""]
     if trials:
-        header = ["trial", "strategy", "status", "steps done", "final SDR", "forgetting SDR", "searched values"]
+        header = ["run", "configuration", "repeat", "method", "status", "steps done", "final SDR", "forgetting SDR"]
         rows = []
-        for name in strategy_order([t.strategy for t in trials]):
-            group = [t for t in trials if t.strategy == name]
-            keys = searched_keys(group)
-            for t in group:
-                rows.append([
-                    t.name, strategy_label(name), t.status if not t.complete else "complete",
-                    _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr"),
-                    ", ".join(f"{k}={t.params.get(k)}" for k in keys) or "-",
-                ])
+        counted = {r.run_id for r in table.records}
+        position = {c.config_id: i for i, c in enumerate(comparison.configurations)}
+        for record in sorted(
+            (*table.records, *(_record_of(trial_of[i]) for i in table.duplicates)),
+            key=lambda r: (position[r.config_id], r.repeat, r.run_id not in counted),
+        ):
+            t = trial_of[record.run_id]
+            status = "complete" if t.complete else t.status
+            if record.run_id not in counted:
+                status += f" (repeats {trial_of[table.duplicates[record.run_id]].name}; not counted)"
+            rows.append([t.name, record.config_id, record.repeat, f"{strategy_label(t.strategy)} (mem {t.memory_per_class})",
+                         status, _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr")])
         md.append(markdown_table(header, rows))
     else:
-        md.append("No trials logged.")
+        md.append("No runs logged.")
     text = "\n".join(md) + "\n"
     report_path = out / "report.md"
     tmp = out / "report.md.tmp"
@@ -396,13 +598,109 @@ def build_report(
     return Report(markdown=text, files=(report_path, *files))
 
 
+def _suggest(name: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _record_of(trial: TrialRecord) -> RunRecord:
+    """A left-out duplicate run as a record (for the runs table only)."""
+    return RunRecord(trial.run_id, trial.config_id, trial.repeat, trial.strategy, trial.memory_per_class, {}, trial.values,
+                     trial.complete)
+
+
+def _header_lines(sweep: SweepRecord, table: RunTable, comparison: Comparison, space: SpaceInfo, metric: str,
+                  mode: str) -> list[str]:
+    runs = len(sweep.trials)
+    complete = sum(t.complete for t in sweep.trials)
+    configs = comparison.configurations
+    lines = [f"{runs} runs: {complete} complete, {runs - complete} stopped early, failed or running."
+             f" Sweep run status: {sweep.status}.  "]
+    if configs:
+        sizes = sorted({len(c.runs) for c in configs})
+        per = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
+        ranked = sum(c.complete for c in configs)
+        lines.append(f"{len(configs)} configurations with {per} repeat(s) (seed x class order) each: {ranked} completed all"
+                     f" their runs, {len(comparison.incomplete)} did not (not ranked).  ")
+    if space.seeds is not None:
+        lines.append(f"The space asks for {space.seeds} seed(s) x {space.class_orders} class order(s) per configuration.  ")
+    if table.duplicates:
+        lines.append(f"{len(table.duplicates)} run(s) repeat another run's configuration and repeat and are not counted.  ")
+    lines.append(f"Ranking by the final `{metric}` ({mode}).  ")
+    if space.problem:
+        lines.append(f"Note: {space.problem}.  ")
+    if sweep.ui_url():
+        lines.append(f"MLflow: {sweep.ui_url()}  ")
+    for key, value in sorted(sweep.tags.items()):
+        # The sweep's own tags (data hash, git commit, ...), not MLflow's bookkeeping.
+        if key in (ROLE_TAG, SWEEP_TAG) or (key.startswith("mlflow.") and key != "mlflow.source.git.commit"):
+            continue
+        lines.append(f"`{key}`: {value}  ")
+    return lines
+
+
+def _model_order(model: str) -> tuple[int, str]:
+    return (list(MODEL_LABELS).index(model) if model in MODEL_LABELS else 99, model)
+
+
+def _table1_lines(comparison: Comparison, model_of: Mapping[str, str], metric: str, mode: str) -> list[str]:
+    """Rows: strategies; column groups: separator x with/without memory; a cell: that cell's best
+    configuration (ranked by ``metric`` among its complete configurations)."""
+    lines = [f"## Table 1 style: SDR / SIR / SAR after the last step (dB, mean ± {CONFIDENCE:.0%} CI (n))", ""]
+    complete = [c for c in comparison.configurations if c.complete]
+    groups = sorted({(model_of[c.config_id], c.memory > 0) for c in complete}, key=lambda g: (*_model_order(g[0]), g[1]))
+    if not groups:
+        return lines + ["No configuration completed all its runs."]
+    header = ["method"]
+    for model, memory in groups:
+        header += [f"{MODEL_LABELS.get(model, model)} {'w/' if memory else 'w/o'} memory SDR", "SIR", "SAR"]
+    rows = []
+    for name in strategy_order([c.strategy for c in comparison.configurations]):
+        row: list[object] = [strategy_label(name)]
+        for model, memory in groups:
+            cell = [c for c in complete if c.strategy == name and model_of[c.config_id] == model and (c.memory > 0) == memory]
+            ranked = compare(cell, metric, mode, ("sir", "sar")).rows if cell else ()
+            best = ranked[0].configuration if ranked else None
+            row += [_with_n(best.estimate(m)) if best else None for m in ("sdr", "sir", "sar")]
+        rows.append(row)
+    return lines + [markdown_table(header, rows)]
+
+
+def _pareto(comparison: Comparison, objectives: Sequence[tuple[str, str]], out: Path) -> tuple[list[str], Path | None]:
+    names = ", ".join(f"{m} {d}" for m, d in objectives)
+    lines = [f"## Pareto front ({names})", ""]
+    first, direction = objectives[0]
+    front = sorted(pareto_front(comparison.configurations, objectives),  # best on the first objective first
+                   key=lambda c: c.estimate(first).mean, reverse=direction == "max")
+    if not front:
+        return lines + ["No configuration completed all its runs with every objective defined."], None
+    lines += [f"Configurations that no other complete configuration beats on the means of all objectives. Means carry"
+              f" their {CONFIDENCE:.0%} intervals: front members whose intervals overlap are not told apart by these runs.",
+              ""]
+    header = ["configuration", "method", *[f"{m} (mean ± {CONFIDENCE:.0%} CI (n))" for m, _ in objectives], "parameters"]
+    rows = [[c.config_id, c.method, *[_with_n(c.estimate(m)) for m, _ in objectives],
+             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.params.items()) or "-"]
+            for c in front]
+    lines.append(markdown_table(header, rows))
+    (mx, dx), (my, dy) = objectives[0], objectives[1]
+    on_front = {c.config_id for c in front}
+    points = []
+    for c in comparison.configurations:
+        ex, ey = c.estimate(mx), c.estimate(my)
+        if c.complete and not math.isnan(ex.mean) and not math.isnan(ey.mean):
+            points.append((f"{c.config_id} {c.method}", ex.mean, ex.half_width, ey.mean, ey.half_width, c.config_id in on_front))
+    path = save_figure(pareto_figure(points, _objective_label(mx, dx), _objective_label(my, dy)), out / PARETO_FILE)
+    lines += ["", f"![Pareto front]({PARETO_FILE}) (first two objectives; bars: {CONFIDENCE:.0%} CI)"]
+    return lines, path
+
+
 def write_report(
     tracking_uri: str,
     sweep_name: str,
     out_dir: str | Path,
     experiment: str | None = None,
-    metric: str = "final/sdr",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
 ) -> Report:
     """Read the sweep from MLflow and write its report into ``out_dir``."""
     sweep = load_sweep(tracking_uri, sweep_name, experiment)
@@ -410,3 +708,4 @@ def write_report(
     with _talking_to(tracking_uri):
         histories = {t.run_id: step_history(client, t.run_id, "sdr") for t in sweep.trials}
     return build_report(sweep, histories, out_dir, metric, mode)
+

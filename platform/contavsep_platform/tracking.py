@@ -114,7 +114,7 @@ _env_set: dict[str, str] = {}
 
 @contextmanager
 def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
-    """Short MLflow HTTP timeouts/retries (and no URL printing) while a tracker talks to the server.
+    """Short MLflow HTTP timeouts/retries (and no URL printing or progress bars) while a tracker talks to the server.
 
     The MlflowClient reads these from the environment at every request and has no per-client
     setting. They are set only where the user has not set them, and only while at least one
@@ -128,6 +128,9 @@ def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
         # MlflowClient.set_terminated prints two "View run" lines to stdout (after one more
         # request): they would land in the middle of the sweep's tables. ui_url() gives the link.
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        # Artifact downloads (the report reads search_space.yaml) draw a tqdm bar on stderr,
+        # which would break a command's one-line error.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
     with _env_lock:
         if _env_users == 0:

@@ -16,6 +16,7 @@ from contavsep_platform.artifacts import (
     example_dirname,
     example_spectrogram_figure,
     final_scores_figure,
+    pareto_figure,
     log_magnitude_spectrogram,
     markdown_table,
     r_matrices_json,
@@ -136,6 +137,23 @@ def test_strategy_curves_and_final_scores(tmp_path):
     bars = final_scores_figure([("LwF", 4.0, 9.0, 7.0), ("EWC", math.nan, 8.0, 6.0)])
     assert len(bars.axes[0].patches) == 6
     save_figure(bars, tmp_path / "bars.png")
+
+
+def test_strategy_curves_with_interval_bands_and_pareto_scatter(tmp_path):
+    curves = {"ContAV-Sep": [(0, 6.0), (1, 5.0)], "LwF": [(0, 4.0), (1, 3.0)]}
+    bands = {"ContAV-Sep": [(0, 5.5, 6.5), (1, 4.0, 6.0)], "LwF": [(0, math.nan, math.nan), (1, math.nan, math.nan)]}
+    fig = strategy_curves_figure(curves, bands=bands)
+    shaded = fig.axes[0].collections
+    assert len(shaded) == 1  # LwF has one run: its line, no band
+    ys = shaded[0].get_paths()[0].vertices[:, 1]
+    assert min(ys) == 4.0 and max(ys) == 6.5
+    save_figure(fig, tmp_path / "bands.png")
+    points = [("a", 5.0, 1.0, 1.0, 0.5, True), ("b", 4.0, math.nan, 3.0, math.nan, False), ("c", 2.0, 0.2, 0.5, 0.1, True)]
+    scatter = pareto_figure(points, "sdr", "forgetting/sdr")
+    front = [line for line in scatter.axes[0].get_lines() if line.get_label() == "Pareto front"]
+    assert len(front) == 1 and list(front[0].get_xdata()) == [2.0, 5.0]  # joined in x order
+    assert [t.get_text() for t in scatter.axes[0].texts] == ["a", "c"]  # only front members are labelled
+    save_figure(scatter, tmp_path / "pareto.png")
 
 
 def test_markdown_table_formats_scores_params_and_gaps():

@@ -9,15 +9,19 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="tables (best trial per strategy, Table 1 style, per-step SDR) and plots of a sweep, from MLflow",
+        help="ranking of a sweep's configurations over their repeats (95% CIs, paired differences), Table 1 style,"
+             " per-step SDR, Pareto front, and plots, from MLflow",
     )
     p.add_argument("--sweep", required=True, help="sweep name (as given to `contavsep sweep --name`)")
     p.add_argument("--out", default=None, help="output folder (default: ./reports/<sweep>)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: search all experiments)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the local services started by `contavsep services up`)")
-    p.add_argument("--metric", default="final/sdr", help="MLflow metric that selects the best trial (default: final/sdr)")
-    p.add_argument("--mode", default="max", choices=("max", "min"), help="whether the metric is maximised or minimised")
+    p.add_argument("--metric", default=None,
+                   help="final value that ranks the configurations: sdr, forgetting/sdr, ... or the MLflow key final/sdr"
+                        " (default: the sweep space's metric, else sdr)")
+    p.add_argument("--mode", default=None, choices=("max", "min"),
+                   help="whether the metric is maximised or minimised (default: the space's mode for it; min for forgetting, else max)")
     p.add_argument("--quiet", action="store_true", help="do not print the report, only where it was written")
     p.set_defaults(func=run)
 
