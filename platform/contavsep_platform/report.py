@@ -67,6 +67,7 @@ from contavsep_platform.comparison import (
     summary_lines,
     t_interval,
 )
+from contavsep_platform.spaces import REPEAT_CONFIG_KEYS
 from contavsep_platform.tracking import (
     FINAL_PREFIX,
     PARENT_TAG,
@@ -95,7 +96,7 @@ _GROUP_KEYS = ("strategy.name",)
 # Keys that differ between trials for bookkeeping reasons, not as hyperparameters.
 NOT_HYPERPARAMETERS = ("data.uri", "data.cache_dir", "train.device", "model.weights")
 # Keys a repeat sets (spaces.RepeatSpec): the same configuration on another seed / class order.
-REPEAT_KEYS = ("train.seed", "data.seed", "data.shuffle_classes")
+REPEAT_KEYS = REPEAT_CONFIG_KEYS
 # final/<prefix><m> -> <group>/<m>: the logged names of tracking.final_metrics, back to the
 # names of the engine's summary that spaces and comparisons use.
 _FINAL_GROUPS = (("forgetting_", "forgetting/"), ("bwt_", "bwt/"), ("avg_incremental_", "average_incremental/"))

@@ -56,6 +56,8 @@ STORAGE_PLACEHOLDER = "{storage}"
 # content hash of the configuration, see contavsep_platform.search) and its repeat ("s0-o1").
 GROUP_KEY = "group"
 REPEAT_KEY = "repeat"
+# The config keys a repeat sets (a seed; a class order when there are several).
+REPEAT_CONFIG_KEYS = ("train.seed", "data.seed", "data.shuffle_classes")
 # Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
 # they do not exist at step 1, where ASHA already compares trials).
 OBJECTIVES = (
@@ -317,7 +319,7 @@ class RepeatSpec:
 
     def keys(self) -> tuple[str, ...]:
         """The config keys a repeat sets."""
-        return ("train.seed", "data.seed", "data.shuffle_classes") if self.class_orders > 1 else ("train.seed",)
+        return REPEAT_CONFIG_KEYS if self.class_orders > 1 else REPEAT_CONFIG_KEYS[:1]
 
     def members(self, base_seed: int = 0) -> dict[str, dict[str, Any]]:
         """``{label: dotted overrides}`` of every repeat, e.g. ``{"s0-o0": {"train.seed": 0, ...}}``."""

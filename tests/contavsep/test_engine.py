@@ -71,13 +71,16 @@ def test_reports_every_step_with_the_papers_numbers(dataset):
 
 
 def test_a_model_that_does_not_change_forgets_exactly_nothing(dataset):
-    """R[i][j] scores the same mixtures after every step: an untrained Co-Separation model (0
-    iterations; a new class embedding never touches the old ones) has R[i][j] == R[j][j], so
-    forgetting and BWT are exactly 0. (iQuery is no fixed model: its class queries attend to
-    each other, so adding queries changes the old classes' masks.)"""
+    """R[i][j] scores the same mixtures after every step: a Co-Separation model that is not
+    trained between the engine's evaluations (a new class embedding never touches the old ones)
+    has R[i][j] == R[j][j], so forgetting and BWT are exactly 0. (iQuery is no fixed model: its
+    class queries attend to each other, so adding queries changes the old classes' masks.)"""
     _, table = dataset
-    cfg = _cfg(**{"strategy.name": "finetune", "train.iters_per_step": 0, "memory.per_class": 0, "model.name": "coseparation"})
-    summary = run_sequence(cfg, table)
+    engine = Engine(_cfg(**{"strategy.name": "finetune", "memory.per_class": 0, "model.name": "coseparation"}), table)
+    for step in range(engine.scenario.num_steps):
+        engine.model.expand_classes(engine.scenario.num_seen(step))
+        engine._evaluate(step)
+    summary = engine.results.summary()
     for metric in ("sdr", "sir", "sar"):
         r = np.array(summary["R"][metric], dtype=float)
         assert r[1, 0] == r[0, 0], metric
