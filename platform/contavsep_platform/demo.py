@@ -3,11 +3,13 @@
 1. start the local services (S3-compatible server + MLflow; kept if already running);
 2. build the synthetic benchmark on the local S3 server if it is not there yet
    (``<storage>/datasets/synth-default``, the same as ``contavsep data synth`` builds);
-3. run ``search_spaces/demo.yaml`` (three strategies, six trials, tiny models) on a local Ray:
-   Optuna proposes, ASHA stops weak trials after a step, every trial is a Ray Train run that
+3. run ``search_spaces/demo.yaml`` on a local Ray: five methods (fine-tuning without and with
+   one exemplar per class, LwF and ContAV-Sep with one exemplar, joint training) at the paper's
+   hyperparameters, each on 2 seeds (tiny models); every trial is a Ray Train run that
    checkpoints each step to S3 and logs to MLflow;
-4. print the results table and where to look: the MLflow UI, the report command, and how to
-   stop the services, which keep running so the runs can be browsed.
+4. print the ranking (mean ± 95 % CI over the seeds, differences paired by seed, "within noise"
+   where the interval contains 0) and where to look: the MLflow UI, the report command, and how
+   to stop the services, which keep running so the runs can be browsed.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def main() -> int:
         build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=progress)
         _say(f"  built in {time.perf_counter() - t0:.0f} s")
 
-    _say(f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} trials of {space.num_steps} incremental steps"
-         f" ({space.base['preset']} preset) on local Ray")
+    _say(f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} configurations x {space.repeats.count} seeds"
+         f" = {space.num_trials} trials of {space.num_steps} incremental steps ({space.base['preset']} preset) on local Ray")
     outcome = run_sweep(
         space,
         storage_uri=endpoints.storage_uri,

@@ -505,8 +505,8 @@ def test_search_spaces_fit_these_clusters(cluster_name: str) -> None:
     assert {"paper", "smoke"} <= set(spaces)
     for name, space in spaces.items():
         res = space.resources
-        # Paper-size spaces train on GPUs, tiny ones on CPUs.
-        assert (res.gpus > 0) == (space.base["preset"] == "paper"), name
+        # Paper-size spaces (the paper budget or the reduced search budget) train on GPUs, tiny ones on CPUs.
+        assert (res.gpus > 0) == (space.base["preset"] in ("paper", "search")), name
 
         # All Train workers of a trial fit one node of some type (Train packs them; DDP stays
         # inside a node), CPU-only trials fit a node without GPUs.
