@@ -8,15 +8,18 @@
 2. checks the dataset and the sweep folder ``<storage>/sweeps/<name>/`` (a new sweep must not
    exist, ``resume`` needs it) before any trial starts;
 3. opens the sweep's MLflow parent run (re-used on resume) and hands its id to the trials;
-4. runs a Tuner: :class:`PrunedAwareOptunaSearch` proposes configs from the define-by-run space,
-   ASHA stops weak trials at step boundaries (``step`` is its time attribute), the driver of a
+4. runs a Tuner: :class:`~contavsep_platform.search.GroupedOptunaSearch` proposes configurations
+   from the define-by-run space and runs each once per repeat, ASHA on group means
+   (:mod:`contavsep_platform.pruning`) stops weak configurations at step boundaries from step 2
+   on (``step`` is its time attribute), the driver of a
    trial holds ``resources.driver_cpus`` and ``max_concurrent_trials`` comes from the cluster's
    resources, so a small machine never deadlocks on drivers waiting for workers;
    ``resume`` restores it (``Tuner.restore``): finished trials are not run again;
 5. on Ctrl-C or SIGTERM (``ray job stop``) stops the trials, removes what is left of their
    placement groups and says how to resume;
-6. returns every trial's last result and the best trial per strategy (final SDR/SIR/SAR and
-   forgetting), which also goes to the parent run.
+6. returns every trial's last result and the ranking of the configurations (mean ± 95 % CI over
+   their repeats, paired differences; :mod:`contavsep_platform.comparison`), which also goes to
+   the parent run.
 """
 
 from __future__ import annotations

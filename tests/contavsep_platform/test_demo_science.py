@@ -1,0 +1,51 @@
+"""The demo shows the science: the orderings the README promises, asserted on the demo space's
+own results (search_spaces/demo.yaml, unchanged: its budget, seeds and methods) from a real
+local sweep on the default synthetic benchmark. The longest test of the suite (~10 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from contavsep_platform.spaces import load_space, shipped_spaces_dir
+
+
+def _method(outcome, label: str):
+    rows = {r.configuration.method: r for r in outcome.comparison.rows}
+    assert label in rows, f"{label} did not complete all its runs: {sorted(rows)}"
+    return rows[label]
+
+
+@pytest.mark.slow
+def test_the_demo_space_shows_forgetting_memory_contavsep_and_the_upper_bound(tmp_path, synth_dataset_factory, monkeypatch):
+    import ray
+
+    from contavsep_platform.sweep import connect_ray, format_ranking, run_sweep
+
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
+    data = synth_dataset_factory()  # the default synthetic benchmark, as `make demo` builds it
+    storage_uri = f"file://{tmp_path}/storage"
+    space = load_space(shipped_spaces_dir() / "demo.yaml", storage_uri=storage_uri, overrides={"data.uri": data})
+    started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
+    try:
+        outcome = run_sweep(space, storage_uri=storage_uri, name="demo", verbose=0)
+    finally:
+        if started:
+            ray.shutdown()
+    print(format_ranking(outcome))
+    assert not outcome.interrupted and all(r.status == "complete" for r in outcome.trials)
+    seeds = space.repeats.seeds
+    finetune0, finetune1 = _method(outcome, "finetune (mem 0)"), _method(outcome, "finetune (mem 1)")
+    lwf1, contavsep1, joint = _method(outcome, "lwf (mem 1)"), _method(outcome, "contavsep (mem 1)"), _method(outcome, "joint (mem 1)")
+    for row in (finetune0, finetune1, lwf1, contavsep1, joint):
+        assert row.estimates["sdr"].n == seeds  # every number stands on all the seeds
+    sdr = {name: row.estimates["sdr"].mean for name, row in
+           (("ft0", finetune0), ("ft1", finetune1), ("lwf", lwf1), ("cav", contavsep1), ("joint", joint))}
+    # fine-tuning without memory forgets at least 1 dB
+    assert finetune0.estimates["forgetting/sdr"].mean >= 1.0
+    # one exemplar per class helps fine-tuning (paired by seed)
+    assert finetune1.vs_reference is not None and finetune1.vs_reference.mean > 0 and sdr["ft1"] > sdr["ft0"]
+    # ContAV-Sep with memory beats fine-tuning and LwF with memory
+    assert sdr["cav"] > sdr["ft1"] and sdr["cav"] > sdr["lwf"]
+    # joint training on top
+    assert sdr["joint"] == max(sdr.values())
