@@ -33,6 +33,7 @@ class Estimate:
     high: float
     n: int
     sd: float
+    values: tuple[float, ...] = ()  # the values behind it (per run, or per pair for a difference)
 
     @property
     def half_width(self) -> float:
@@ -71,10 +72,10 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Estim
         return Estimate(math.nan, math.nan, math.nan, 0, math.nan)
     mean = sum(xs) / n
     if n < 2:
-        return Estimate(mean, math.nan, math.nan, 1, math.nan)
+        return Estimate(mean, math.nan, math.nan, 1, math.nan, tuple(xs))
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half, n, sd)
+    return Estimate(mean, mean - half, mean + half, n, sd, tuple(xs))
 
 
 def paired_difference(a: Mapping[str, float], b: Mapping[str, float]) -> Estimate:
@@ -212,10 +213,20 @@ def compare(
     return Comparison(metric, mode, tuple(rows), tuple(configurations), columns, incomplete)
 
 
+# Up to this many pairs, a difference also lists its per-pair values: with few runs the interval is
+# wide (t quantile 12.7 at n = 2), and whether every pair agrees in sign is worth seeing.
+SHOW_PAIRS_UP_TO = 4
+
+
 def _diff_text(d: Estimate | None, mode: str) -> str:
     if d is None:
         return "-"
-    return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict(mode)}" if d.n >= 2 else f"{d.mean:+.2f} (n={d.n})"
+    if d.n < 2:
+        return f"{d.mean:+.2f} (n={d.n})"
+    text = f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict(mode)}"
+    if d.n <= SHOW_PAIRS_UP_TO:
+        text += " (pairs " + ", ".join(f"{v:+.2f}" for v in d.values) + ")"
+    return text
 
 
 def _params_text(params: Mapping[str, object]) -> str:
@@ -258,6 +269,10 @@ def summary_lines(comparison: Comparison) -> list[str]:
         what = {"better": "ahead of", "worse": "behind", "within noise": "not distinguishable from", "n < 2": "unpaired with"}[verdict]
         lines.append(f"{top.configuration.method} is {what} the runner-up {top.next_method}: "
                      f"Δ{comparison.metric} {_diff_text(top.vs_next, comparison.mode)} over {top.vs_next.n} paired run(s)")
+    for row in comparison.rows:
+        if row.vs_reference is not None:
+            lines.append(f"{row.configuration.method} vs {row.reference}: Δ{comparison.metric}"
+                         f" {_diff_text(row.vs_reference, comparison.mode)} over {row.vs_reference.n} paired run(s)")
     return lines
 
 

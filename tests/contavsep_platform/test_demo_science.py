@@ -41,11 +41,13 @@ def test_the_demo_space_shows_forgetting_memory_contavsep_and_the_upper_bound(tm
         assert row.estimates["sdr"].n == seeds  # every number stands on all the seeds
     sdr = {name: row.estimates["sdr"].mean for name, row in
            (("ft0", finetune0), ("ft1", finetune1), ("lwf", lwf1), ("cav", contavsep1), ("joint", joint))}
-    # fine-tuning without memory forgets at least 1 dB
+    # (a) fine-tuning without memory forgets at least 1 dB
     assert finetune0.estimates["forgetting/sdr"].mean >= 1.0
-    # one exemplar per class helps fine-tuning (paired by seed)
-    assert finetune1.vs_reference is not None and finetune1.vs_reference.mean > 0 and sdr["ft1"] > sdr["ft0"]
-    # ContAV-Sep with memory beats fine-tuning and LwF with memory
-    assert sdr["cav"] > sdr["ft1"] and sdr["cav"] > sdr["lwf"]
-    # joint training on top
+    # (b) one exemplar per class helps fine-tuning, on every seed (paired)
+    assert finetune1.reference == "finetune (mem 0)" and min(finetune1.vs_reference.values) > 0
+    # (c) ContAV-Sep with memory above fine-tuning with memory and LwF with memory (means). The gaps
+    # are smaller than the seed noise (README: "What the demo shows"); the table says so.
+    assert contavsep1.reference == "finetune (mem 1)" and contavsep1.vs_reference.mean > 0
+    assert sdr["cav"] > sdr["lwf"]
+    # (d) joint training on top
     assert sdr["joint"] == max(sdr.values())

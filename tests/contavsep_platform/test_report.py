@@ -206,19 +206,20 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
                         _text([-v for v in FORGETTING["cv1"]])]
     assert top[3] == "5.00 ± 2.48"  # sd 1 over 3 runs: t(0.975, 2) = 4.303, / sqrt(3)
     mean, half = _ci(_diff(FINAL_SDR["cv1"], FINAL_SDR["ft"]))  # 2.0, 0.5, 2.0
-    paired = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] within noise (finetune (mem 0); 3 pairs)"
-    assert paired == "+1.50 [-0.65, +3.65] within noise (finetune (mem 0); 3 pairs)"
+    pairs = ", ".join(f"{d:+.2f}" for d in _diff(FINAL_SDR["cv1"], FINAL_SDR["ft"]))
+    paired = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] within noise (pairs {pairs}) (finetune (mem 0); 3 pairs)"
+    assert paired == "+1.50 [-0.65, +3.65] within noise (pairs +2.00, +0.50, +2.00) (finetune (mem 0); 3 pairs)"
     assert top[8] == paired and top[9] == paired  # fine-tuning is also the runner-up
     assert top[10] == "strategy.lambda_ins=0.1"
     second = _row(lines, "| 2 | finetune (mem 0) |")
     assert second[3] == _text(FINAL_SDR["ft"]) == "3.50 ± 1.24"  # t_ft_s0_again (final 10) is not counted
     assert second[8] == "-"  # fine-tuning has no fine-tuning without memory to be compared with
     mean, half = _ci(_diff(FINAL_SDR["ft"], FINAL_SDR["lwf"]))  # 1.0, 1.0, 1.1: a clear gap
-    assert second[9] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] better (lwf (mem 0); 3 pairs)"
+    assert second[9] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] better (pairs +1.00, +1.00, +1.10) (lwf (mem 0); 3 pairs)"
     third = _row(lines, "| 3 | lwf (mem 0) |")
-    assert third[8].endswith("worse (finetune (mem 0); 3 pairs)") and third[9] == "-"
+    assert third[8].endswith("worse (pairs -1.00, -1.00, -1.10) (finetune (mem 0); 3 pairs)") and third[9] == "-"
     assert ("- contavsep (mem 1) is not distinguishable from the runner-up finetune (mem 0):"
-            " Δsdr +1.50 [-0.65, +3.65] within noise over 3 paired run(s)") in lines
+            " Δsdr +1.50 [-0.65, +3.65] within noise (pairs +2.00, +0.50, +2.00) over 3 paired run(s)") in lines
     assert any("interval contains 0 is within the noise" in line for line in lines)
 
     # Table 1 style: column groups separator x memory, the best configuration of each cell
