@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="ranking of a sweep's configurations over their repeats (95% CIs, paired differences), Table 1 style,"
+        help="ranking of a sweep's configurations over their repeats (95%% CIs, paired differences), Table 1 style,"
              " per-step SDR, Pareto front, and plots, from MLflow",
     )
     p.add_argument("--sweep", required=True, help="sweep name (as given to `contavsep sweep --name`)")
