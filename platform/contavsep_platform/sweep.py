@@ -76,11 +76,6 @@ class SweepError(Exception):
 # search and early stopping
 
 
-def reached_last_step(result: Mapping[str, Any] | None, num_steps: int) -> bool:
-    """Whether a Tune result is the one of the last incremental step."""
-    return bool(result) and float(result.get(STEP_KEY, 0) or 0) >= num_steps
-
-
 def make_searcher(space: SearchSpace) -> GroupedOptunaSearch:
     """The Optuna searcher of a space: configurations as groups of repeats, deduplicated."""
     return GroupedOptunaSearch(space)
