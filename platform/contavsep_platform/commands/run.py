@@ -7,9 +7,14 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from contavsep.config import PRESETS, flat, make_config, parse_overrides, to_yaml
+
+
+EXIT_FAILED = 1  # the run itself failed (traceback in <out>/error.txt)
+EXIT_INTERRUPTED = 130  # Ctrl-C; --resume with the last step checkpoint continues it
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +87,20 @@ def run(args: argparse.Namespace) -> int:
     (out / "config.yaml").write_text(to_yaml(cfg))
     reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
     started = time.perf_counter()
-    summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
+    try:
+        summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
+    except _user_errors():
+        raise  # a wrong --resume checkpoint or config: the CLI's one line, exit 2
+    except KeyboardInterrupt:
+        print(f"contavsep run: interrupted{_resume_hint(out, args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        # A failure of the run itself (not of its input): the traceback goes to a file, one line here.
+        error_log = out / "error.txt"
+        error_log.write_text(traceback.format_exc())
+        line = traceback.format_exc().strip().splitlines()[-1]
+        print(f"contavsep run: error: the run failed: {line}; log: {error_log}{_resume_hint(out, args)}", file=sys.stderr)
+        return EXIT_FAILED
     wall = time.perf_counter() - started
     print(step_table(summary))
     f = summary["forgetting"]
@@ -93,6 +111,21 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"results: {out / 'results.json'}")
     return 0
+
+
+def _resume_hint(out: Path, args: argparse.Namespace) -> str:
+    """"; continue it with ..." naming the last step checkpoint, if the run wrote one."""
+    steps = sorted((p for p in (out / "checkpoints").glob("step=*") if p.name.split("=")[1].isdigit()),
+                   key=lambda p: int(p.name.split("=")[1]))
+    if not steps:
+        return ""
+    return f"; continue it: the same command with --out {out} --resume {steps[-1]}"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from contavsep_platform.cli import _user_errors as errors
+
+    return errors()
 
 
 def list_strategies(args: argparse.Namespace) -> int:
