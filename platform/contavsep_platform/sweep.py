@@ -7,7 +7,9 @@
    trial finds S3 and MLflow the way this process does;
 2. checks the dataset and the sweep folder ``<storage>/sweeps/<name>/`` (a new sweep must not
    exist, ``resume`` needs it) before any trial starts;
-3. opens the sweep's MLflow parent run (re-used on resume) and hands its id to the trials;
+3. checks that one trial fits the cluster, then (only then: a refused sweep leaves no run)
+   opens the sweep's MLflow parent run (re-used on resume, after sending what an MLflow
+   outage kept from the previous session's final flush) and hands its id to the trials;
 4. runs a Tuner: :class:`~contavsep_platform.search.GroupedOptunaSearch` proposes configurations
    from the define-by-run space and runs each once per repeat, ASHA on group means
    (:mod:`contavsep_platform.pruning`) stops weak configurations at step boundaries from step 2
@@ -15,11 +17,14 @@
    trial holds ``resources.driver_cpus`` and ``max_concurrent_trials`` comes from the cluster's
    resources, so a small machine never deadlocks on drivers waiting for workers;
    ``resume`` restores it (``Tuner.restore``): finished trials are not run again;
-5. on Ctrl-C or SIGTERM (``ray job stop``) stops the trials, removes what is left of their
-   placement groups and says how to resume;
-6. returns every trial's last result and the ranking of the configurations (mean ± 95 % CI over
-   their repeats, paired differences; :mod:`contavsep_platform.comparison`), which also goes to
-   the parent run.
+5. on Ctrl-C or SIGTERM (``ray job stop``, within the grace period of :data:`JOB_STOP_GRACE_ENV`)
+   stops the trials, removes what is left of their placement groups, ends the MLflow runs
+   KILLED and says how to resume;
+6. returns every trial's last result (an errored trial with its error and Tune's ``error.txt``)
+   and the ranking of the configurations (mean ± 95 % CI over their repeats, paired
+   differences; :mod:`contavsep_platform.comparison`), which also goes to the parent run (ended
+   FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
+   ``<sweep>/mlflow-pending.json``).
 """
 
 from __future__ import annotations

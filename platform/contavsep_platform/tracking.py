@@ -23,9 +23,14 @@ process-global "active run" would mix up several trials in one process.
 
 A tracking server outage never fails a trial: every call goes through an ordered outbox with
 short HTTP timeouts; what fails because the server is unreachable stays queued (artifacts as
-local files) and is re-sent, in order, at the next call; ``log_final`` waits a bounded time for
-the server to come back. One warning per outage, one when it is over. What the server rejects
-(e.g. a param changed on resume) is dropped with a warning, not retried forever.
+local files) and is re-sent, in order, at the next call; ``log_final`` / ``finish`` wait a bounded
+time for the server to come back, then keep what is needed to end the run (final metrics,
+ranking, status) in the sweep's storage (``mlflow-pending.json``), which :func:`send_all_pending`
+sends later (``--resume``, ``contavsep report``). One warning per outage, one when it is over;
+urllib3's per-request retry lines are filtered out. Metric points are sent idempotently (a step
+already in a run's history is not logged again: retries, Train restarts and resumes re-run
+steps). What the server rejects (e.g. a param changed on resume) is dropped with a warning, not
+retried forever.
 """
 
 from __future__ import annotations
@@ -803,7 +808,7 @@ def _queue_trial_final(run_log: _RunLogger, summary: Mapping[str, Any], config_y
 def _write_pending(uri: str, payload: Mapping[str, Any], s3: S3Settings | None, what: str) -> None:
     try:
         storage.write_bytes_atomic(uri, json.dumps(payload, indent=1, default=_json_default).encode(), s3)
-        log.warning("MLflow: kept the final results of %s in %s; `contavsep report` or `contavsep sweep ... --resume`"
+        log.warning("MLflow: kept the final results of %s in %s; `contavsep report --sweep SWEEP` or `contavsep sweep ... --resume`"
                     " sends them once MLflow is back", what, uri)
     except Exception as exc:  # noqa: BLE001 - storage down too: say so, the results stand in Tune and the checkpoints
         log.warning("MLflow: could not keep the final results of %s in %s either: %s", what, uri, _one_line(exc))
