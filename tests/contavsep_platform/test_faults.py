@@ -135,3 +135,22 @@ def test_a_refused_sweep_leaves_no_mlflow_run(services, ray_local, synth_dataset
     err = capsys.readouterr().err
     assert "needs 1 GPU" in err and len(err.strip().splitlines()) == 1
     assert _runs(MlflowClient(services.mlflow_tracking_uri), "refused", name) == []
+
+
+def test_a_failed_run_exits_1_with_one_line_and_its_traceback_in_a_file(synth_dataset_factory, tmp_path, capsys):
+    """`contavsep run` whose checkpoint folder cannot be created (a file is in its way) fails at
+    the first step checkpoint: exit 1, one line naming error.txt, no traceback on the terminal."""
+    from contavsep_platform.cli import main
+
+    data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoints").write_text("in the way")
+    status = main(["run", "--data", data, "--preset", "tiny", "--strategy", "finetune", "--out", str(out), "--quiet",
+                   "--set", "data.num_steps=2", "--set", "data.classes_per_step=2", "--set", "train.iters_per_step=1",
+                   "--set", "train.batch_size=2", "--set", "eval.examples=0"])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.count("\n") == 1 and err.startswith("contavsep run: error: the run failed: FileExistsError") and "Traceback" not in err
+    assert err.strip().endswith(f"log: {out / 'error.txt'}")
+    assert "Traceback" in (out / "error.txt").read_text()
