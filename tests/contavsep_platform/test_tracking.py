@@ -407,11 +407,12 @@ def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_pat
     assert sum(p.startswith("examples/") and p.endswith(".wav") for p in paths) == 2 * 5  # 2 examples x (mix + 2 x 2)
 
 
-def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(mlflow_uri, gate, caplog, tmp_path):
+def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(mlflow_uri, gate, caplog, tmp_path, monkeypatch, capsys):
     """MLflow goes away at the very end of a sweep for longer than the final flush waits: the
     parent's ranking, summary metrics and status and a trial's final results are written to the
     sweep's storage and sent by send_all_pending (what `--resume` and `report` call) once it is
     back, each metric point once; the outage costs one warning, no urllib3 retry lines."""
+    from contavsep_platform import cli
     from contavsep_platform.tracking import PENDING_FILE, send_all_pending
 
     client = MlflowClient(mlflow_uri)
@@ -439,7 +440,10 @@ def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(
 
     assert send_all_pending(gate.uri, sweep_uri, timeout_s=1.0) == (0, 2)  # still down: both kept
     gate.open()
-    assert send_all_pending(gate.uri, sweep_uri) == (2, 0)
+    # `contavsep report` sends them before reading the sweep back
+    monkeypatch.setenv("CONTAVSEP_STORAGE", f"file://{tmp_path}")
+    assert cli.main(["report", "--sweep", "sweep-spooled", "--tracking-uri", gate.uri, "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert "sent 2 final flush(es) of sweep sweep-spooled" in capsys.readouterr().err
     assert send_all_pending(gate.uri, sweep_uri) == (0, 0)  # sent files are gone
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
