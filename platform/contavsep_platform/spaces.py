@@ -575,6 +575,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         metric, mode = parsed[0].metric, parsed[0].mode
         extra_objectives = tuple(parsed[1:])
 
+    num_samples = number("num_samples", 0, int)
+    if "num_samples" in raw and num_samples < 1:  # 0 below means "not given", never "no trials"
+        raise SpaceError(f"{source}: num_samples must be >= 1, got {num_samples} (leave it out for the grid size or"
+                         f" one trial per starting point)")
     name = raw.get("name") or Path(source).stem
     space = SearchSpace(
         name=str(name),
@@ -586,7 +590,7 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         mode=str(mode),
         extra_objectives=extra_objectives,
         repeats=_section(raw.get("repeats"), f"{source}: repeats", RepeatSpec),
-        num_samples=number("num_samples", 0, int),
+        num_samples=num_samples,
         scheduler=_section(raw.get("scheduler"), f"{source}: scheduler", SchedulerSpec),
         sampler=_section(raw.get("sampler"), f"{source}: sampler", SamplerSpec),
         resources=_section(raw.get("resources"), f"{source}: resources", Resources),
@@ -596,6 +600,37 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     )
     space = validate_space(space, source)
     return space.with_overrides(dict(overrides)) if overrides else space
+
+
+# Keys of a space that may change between a sweep and its --resume: where the data lives (its
+# content is compared by hash instead), where results go, and what the cluster offers.
+_RESUMABLE_KEYS = ("base.data.uri", "base.data.cache_dir")
+
+
+def fingerprint(space: SearchSpace) -> dict[str, str]:
+    """What defines a sweep's trials, as {dotted key: text}: stored with the sweep so that a
+    ``--resume`` with another space (or ``--set``) is refused naming the keys that differ."""
+    out = {f"base.{k}": repr(v) for k, v in space.base.items()}
+    for name, params in space.strategies.items():
+        out[f"strategies.{name}"] = "(searched)"
+        out.update({f"strategies.{name}.{k}": d.describe() for k, d in params.items()})
+    out.update({
+        "num_samples": str(space.num_samples),
+        "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
+        "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders",
+        "scheduler": repr(space.scheduler),
+        "sampler": repr(space.sampler),
+        "points_to_evaluate": repr(space.points_to_evaluate),
+    })
+    return {k: v for k, v in out.items() if k not in _RESUMABLE_KEYS}
+
+
+def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """The keys whose value differs between two fingerprints (missing on one side counts), each
+    as ``key: stored -> now``."""
+    missing = "(not set)"
+    return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
+            for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
 
 
 def load_space(path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None) -> SearchSpace:

@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from contavsep import storage
-from contavsep.config import Config, ConfigError, flat, to_yaml
+from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
 from contavsep_platform.spaces import SearchSpace
 
@@ -274,7 +274,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: one task sequence of the trial's config, resumed from Train's checkpoint."""
     import ray.train
 
-    from contavsep.checkpoint import load_checkpoint
+    from contavsep.checkpoint import check_resumable, load_checkpoint
     from contavsep.data.reader import open_dataset
     from contavsep.engine import run_sequence
 
@@ -297,8 +297,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 log.info("trial %s resumes from %s", trial_id, checkpoint.path)
                 state = load_checkpoint(resume_from)
                 if state.step + 1 >= context.space.num_steps:
-                    if state.config != cfg:
-                        raise ConfigError(f"checkpoint {checkpoint.path} was written with another config; resume with the same space")
+                    check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), checkpoint.path)
                     reporter.report_restored_final(restored_result(state))
                     return
             run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))

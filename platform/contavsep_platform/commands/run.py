@@ -54,6 +54,9 @@ class _ConsoleReporter:
         self.steps: list[dict] = []
 
     def report(self, result, save_checkpoint) -> None:
+        if not self.steps:  # the first step ran: only now is there something to keep
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
         self.steps.append(result.metrics)
         if self.checkpoints:
             save_checkpoint(self.out / "checkpoints" / f"step={result.step}")
@@ -77,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
+    if args.resume:  # a checkpoint of another config or dataset fails here, naming the keys that differ
+        from contavsep.checkpoint import check_resumable, load_checkpoint
+
+        check_resumable(load_checkpoint(args.resume), cfg, str(table.manifest.get("content_hash", "")), args.resume)
     out = Path(args.out or f"runs/{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
     reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
     started = time.perf_counter()
     summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)

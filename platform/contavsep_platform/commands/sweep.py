@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     endpoints = resolve_endpoints()
     space = load_space(args.space, storage_uri=endpoints.storage_uri, overrides=parse_overrides(args.overrides))
     if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
         if args.resume:
             raise UserError("--num-samples cannot change a sweep being resumed (Tune keeps its original plan)")
         space = validate_space(replace(space, num_samples=args.num_samples), args.space)
