@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # inside the try: a closed pipe must not surface at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`contavsep services status | head`): stop quietly, as a tool killed
+        # by SIGPIPE would. stdout goes to /dev/null so the exit-time flush finds no pipe either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     user_errors = _user_errors()
@@ -96,4 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m contavsep_platform.cli`: run the imported module's main, so that the UserError the
+    # commands import is the class caught here (this file runs as __main__, a second copy).
+    from contavsep_platform.cli import main as _main
+
+    sys.exit(_main())
