@@ -301,6 +301,14 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def yaml_error_line(exc: Exception) -> str:
+    """A YAML parse error in one line: where it is and what is wrong (PyYAML's own message spans
+    several lines with the offending text)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_yaml_overlay(path: str | Path) -> dict[str, Any]:
     """Read a YAML file of nested and/or dotted keys into a flat dotted dict."""
     import yaml
@@ -308,7 +316,10 @@ def load_yaml_overlay(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
     return _nest(data)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -62,8 +63,16 @@ def _local_services_env(enabled: bool) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line naming the problem and where the help is
+    (not the usage block), exit status 2. Subparsers inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="contavsep",
         description="Hyperparameter and strategy search for continual audio-visual sound separation.",
     )

@@ -554,6 +554,9 @@ def up(
     unknown = sorted(set(explicit) - set(DEFAULT_PORTS))
     if unknown:
         raise ServiceError(f"unknown port role(s) {unknown}; known: {sorted(DEFAULT_PORTS)}")
+    before = read_state(state_dir)  # before _prepare: a refused port list writes nothing
+    names = [n for n in SERVICES if n != "ray" or ray or "ray" in before.services]
+    check_ports({role: {**DEFAULT_PORTS, **before.ports, **explicit}[role] for n in names for role in SERVICE_PORTS[n]})
     _prepare(state_dir)
     with _lock(state_dir):
         state = read_state(state_dir)
@@ -566,7 +569,6 @@ def up(
         head_cpus = int(options.get("num_cpus") or os.cpu_count() or 1)
         head_temp_dir = options.get("ray_temp_dir") or None
         names = [n for n in SERVICES if n != "ray" or ray or "ray" in state.services]
-        check_ports({role: wanted[role] for name in names for role in SERVICE_PORTS[name]})
 
         # Pass 1, before anything starts: conflicts with running services and busy ports.
         for name in names:

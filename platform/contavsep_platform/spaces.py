@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from contavsep.config import Config, ConfigError, flat, make_config, valid_keys
+from contavsep.config import Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -521,7 +521,7 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpaceError(f"{source} is not valid YAML: {exc}") from None
+        raise SpaceError(f"{source} is not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(raw, Mapping):
         raise SpaceError(f"{source} must hold a mapping with at least 'base' and 'strategies'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
@@ -610,7 +610,8 @@ _RESUMABLE_KEYS = ("base.data.uri", "base.data.cache_dir")
 def fingerprint(space: SearchSpace) -> dict[str, str]:
     """What defines a sweep's trials, as {dotted key: text}: stored with the sweep so that a
     ``--resume`` with another space (or ``--set``) is refused naming the keys that differ."""
-    out = {f"base.{k}": repr(v) for k, v in space.base.items()}
+    # The resolved config of the base: a value from the YAML (3) and from --set ('3') are one value.
+    out = {f"base.{k}": repr(v) for k, v in flat(_build(space.base, "base")).items()}
     for name, params in space.strategies.items():
         out[f"strategies.{name}"] = "(searched)"
         out.update({f"strategies.{name}.{k}": d.describe() for k, d in params.items()})
