@@ -144,6 +144,24 @@ CASES = [
     Case("services-port-in-use", ["services", "up", "--s3-port", "{busy_port}"], "port {busy_port} for s3 (--s3-port) is in use"),
     # --- report
     Case("report-no-tracking", ["report", "--sweep", "smoke-1"], "no MLflow tracking server configured"),
+    Case("report-unreachable", ["report", "--sweep", "smoke-1", "--tracking-uri", "http://127.0.0.1:9"],
+         "MLflow at http://127.0.0.1:9 is unreachable"),
+    Case("report-missing-database", ["report", "--sweep", "smoke-1", "--tracking-uri", "sqlite:///{tmp}/mlflow.db"],
+         "no MLflow database at {tmp}/mlflow.db"),
+]
+
+# Cases against the real local S3 and MLflow servers (the session's `services`): nothing may
+# appear in the bucket and no MLflow run may be left RUNNING.
+SERVICE_CASES = [
+    Case("report-unknown-sweep", ["report", "--sweep", "no-such-sweep"], "no sweep named 'no-such-sweep'"),
+    Case("sweep-missing-s3-dataset", ["sweep", SMOKE, "--set", "data.uri=s3://contavsep/datasets/not-there"], "no dataset"),
+    Case("run-missing-s3-dataset", ["run", "--data", "s3://contavsep/datasets/not-there", "--preset", "tiny"], "no dataset"),
+    Case("sweep-resume-other-space-s3", ["sweep", SMOKE, "--set", "data.uri={s3_dataset}", "--set", "strategy.temperature=0.1",
+                                         "--resume", "--name", "recorded-s3"],
+         "--resume with another space than sweep 'recorded-s3' was started with: base.strategy.temperature: 0.05 -> 0.1"),
+    Case("synth-s3-bad-classes", ["data", "synth", "--out", "s3://contavsep/datasets/new", "--classes", "0"], "--classes 0"),
+    Case("wrong-secret-key", ["data", "info", "{s3_dataset}"], "refused the credentials",
+         env={"@s3": "CONTAVSEP_S3_SECRET_KEY=wrong"}),
 ]
 
 
@@ -279,8 +297,70 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: Case, world: dict[st
         assert read_state(home).services == {}, "a refused `services up` left a service recorded"
 
 
+@pytest.fixture(scope="module")
+def s3_world(services, platform_home: Path, synth_dataset_factory: Callable[..., str]) -> dict[str, str]:
+    """A small dataset on the services' S3 and a sweep 'recorded-s3' started on it (its record)."""
+    from contavsep import storage
+    from contavsep.data.manifest import read_manifest
+    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep_platform.spaces import load_space
+    from contavsep_platform.sweep import SPACE_RECORD, space_record
+
+    uri = storage.join(services.storage_uri, "datasets", "synth-bad-inputs")
+    storage.ensure_bucket(services.storage_uri, services.s3)
+    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
+        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(2, 1, 1), seconds=1.6), settings=services.s3)
+    space = load_space(SMOKE, storage_uri=services.storage_uri, overrides={"data.uri": uri})
+    record = json.dumps(space_record(space, read_manifest(uri, services.s3))).encode()
+    storage.write_bytes_atomic(storage.join(services.storage_uri, "sweeps", "recorded-s3", SPACE_RECORD), record, services.s3)
+    return {"s3_dataset": uri}
+
+
+def _running_runs(tracking_uri: str) -> set[str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return {r.info.run_id for r in client.search_runs(ids, "attributes.status = 'RUNNING'", max_results=1000)} if ids else set()
+
+
+@pytest.mark.parametrize("case", SERVICE_CASES, ids=[c.id for c in SERVICE_CASES])
+def test_bad_input_with_services_writes_nothing_and_leaves_no_run(case: Case, services, s3_world: dict[str, str], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from contavsep import storage
+    from contavsep_platform.settings import service_env
+
+    monkeypatch.chdir(tmp_path)
+    fill = {**s3_world, "tmp": str(tmp_path)}
+    for key, value in case.env.items():
+        if key == "@s3":  # the services' own settings, one of them changed
+            for name, env_value in service_env(services).items():
+                monkeypatch.setenv(name, env_value)
+            name, _, env_value = value.partition("=")
+            monkeypatch.setenv(name, env_value)
+    bucket = storage.parse_uri(services.storage_uri)
+    objects = lambda: storage.list_dir(f"s3://{bucket.bucket}", services.s3, recursive=True)  # noqa: E731
+    before_objects, before_runs = objects(), _running_runs(services.mlflow_tracking_uri)
+    code = main([a.format(**fill) for a in case.argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and code == 2, err
+    assert case.expect.format(**fill) in lines[0]
+    assert list(tmp_path.iterdir()) == []
+    assert objects() == before_objects, "the refused command wrote to the bucket"
+    assert _running_runs(services.mlflow_tracking_uri) == before_runs, "the refused command left an MLflow run RUNNING"
+
+
 def test_catalogue_is_large_enough() -> None:
-    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    cases = CASES + SERVICE_CASES
+    assert len(cases) >= 40 and len({c.id for c in cases}) == len(cases)
+
+
+def test_data_info_reads_an_ingested_dataset(world: dict[str, str], capsys: pytest.CaptureFixture) -> None:
+    """The manifest of `data ingest` records the extractor kind next to the models (it crashed `info`)."""
+    assert main(["data", "info", world["ingested"]]) == 0
+    out = capsys.readouterr().out
+    assert "extractors   kind: random-tiny; object: random-tiny/clip-vision" in out and "crops by random-tiny/owlv2" in out
 
 
 def test_closed_pipe_exits_quietly(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if not uri:
         raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
                         " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty database there (and log its migration) to find no sweep.
+        raise UserError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI")
     out = Path(args.out or Path("reports") / args.sweep).resolve()
     report = write_report(uri, args.sweep, out, experiment=args.experiment, metric=args.metric, mode=args.mode)
     if not args.quiet:
