@@ -665,6 +665,12 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     base_cfg = _build(space.base, f"{where}: base")
     if not base_cfg.data.uri:
         raise SpaceError(f"{where}: base must set data.uri (a dataset URI, or \"{STORAGE_PLACEHOLDER}/datasets/<name>\"); or pass --set data.uri=...")
+    from contavsep.storage import StorageError, parse_uri
+
+    try:
+        parse_uri(base_cfg.data.uri)  # a malformed URI fails here, not in every trial
+    except StorageError as exc:
+        raise SpaceError(f"{where}: data.uri: {exc}") from None
     for name, params in space.strategies.items():
         try:
             STRATEGIES.check(name)
@@ -741,6 +747,9 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
         raise SpaceError(f"{where}: resources: a worker needs some cpus or gpus")
     if res.gpus > 1 and not float(res.gpus).is_integer():
         raise SpaceError(f"{where}: resources.gpus above 1 must be a whole number (Ray shares a GPU only in fractions below 1), got {res.gpus}")
+    if base_cfg.train.device.startswith("cuda") and res.gpus == 0:  # Ray hides every GPU from such a trial
+        raise SpaceError(f"{where}: train.device={base_cfg.train.device} but resources.gpus is 0, so no trial would see a GPU;"
+                         f" set resources.gpus (e.g. 1) or train.device=auto")
     if base_cfg.train.batch_size % res.workers:
         raise SpaceError(f"{where}: train.batch_size ({base_cfg.train.batch_size}) must be divisible by resources.workers ({res.workers})")
     if space.max_failures < 0:

@@ -87,6 +87,8 @@ CASES = [
     Case("info-missing-dataset", ["data", "info", "file://{tmp}/nothing"], "no dataset"),
     Case("info-bad-bucket", ["data", "info", "s3://Bad_Bucket/x"], "Bad_Bucket"),
     Case("info-http-uri", ["data", "info", "https://example.org/ds"], "unknown URI scheme 'https://'"),
+    Case("info-a-file", ["data", "info", "file:///etc/hostname"], "that is a file; a dataset URI names the folder"),
+    Case("synth-negative-seed", ["data", "synth", "--out", "file://{tmp}/new", "--seed", "-1"], "--seed must be >= 0, got -1"),
     Case("info-broken-manifest", ["data", "info", "{broken_manifest}"], "manifest"),
     Case("ingest-no-root", ["data", "ingest", "--root", "{tmp}/nowhere", "--out", "file://{tmp}/new", "--extractors", "random-tiny"],
          "does not exist"),
@@ -96,6 +98,8 @@ CASES = [
          "--query-template must contain {{}}"),
     Case("ingest-ratios", ["data", "ingest", "--root", "{videos}", "--out", "file://{tmp}/new", "--split-ratios", "1,2"],
          "must be three non-negative numbers"),
+    Case("ingest-model-without-pretrained", ["data", "ingest", "--root", "{videos}", "--out", "file://{tmp}/new", "--extractors",
+                                             "random-tiny", "--image-model", "{tmp}"], "--image-model only applies to --extractors pretrained"),
     # The machine is offline (the Hub endpoint refuses connections) and the cache is empty: the
     # pre-download line comes in seconds, not after ~90 s of Hub retries.
     Case("ingest-offline-pretrained", ["data", "ingest", "--root", "{videos}", "--out", "file://{tmp}/new", "--device", "cpu",
@@ -132,6 +136,9 @@ CASES = [
     Case("sweep-missing-dataset", ["sweep", SMOKE, "--set", "data.uri=file://{tmp}/nothing"], "no dataset"),
     Case("sweep-resume-other-space", ["sweep", SMOKE, *SMOKE_ON, "--set", "train.iters_per_step=5", "--resume", "--name", "recorded"],
          "--resume with another space than sweep 'recorded' was started with: base.train.iters_per_step: 3 -> 5"),
+    Case("sweep-relative-data-uri", ["sweep", SMOKE, "--set", "data.uri=datasets/x", "--check"], "data.uri: 'datasets/x' is not a storage URI"),
+    Case("sweep-cuda-without-gpus", ["sweep", SMOKE, *SMOKE_ON, "--set", "train.device=cuda", "--check"],
+         "train.device=cuda but resources.gpus is 0"),
     # --- services
     Case("services-unknown-action", ["services", "restart"], "unknown services command 'restart'"),
     Case("services-port-range", ["services", "up", "--s3-port", "70000"], "--s3-port 70000 is not a TCP port"),
@@ -146,6 +153,8 @@ CASES = [
     Case("report-no-tracking", ["report", "--sweep", "smoke-1"], "no MLflow tracking server configured"),
     Case("report-unreachable", ["report", "--sweep", "smoke-1", "--tracking-uri", "http://127.0.0.1:9"],
          "MLflow at http://127.0.0.1:9 is unreachable"),
+    Case("report-not-a-tracking-uri", ["report", "--sweep", "smoke-1", "--tracking-uri", "mlruns"],
+         "tracking URI 'mlruns' is not an MLflow tracking server or database"),
     Case("report-missing-database", ["report", "--sweep", "smoke-1", "--tracking-uri", "sqlite:///{tmp}/mlflow.db"],
          "no MLflow database at {tmp}/mlflow.db"),
 ]

@@ -81,6 +81,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(classes=args.classes, clips_per_class=tuple(args.clips_per_class), seconds=args.seconds,
                       seed=args.seed, renderer=args.renderer)
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")

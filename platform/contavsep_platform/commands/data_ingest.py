@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.extractors not in EXTRACTOR_KINDS:
         raise UserError(f"unknown --extractors '{args.extractors}'; choose one of: {', '.join(EXTRACTOR_KINDS)}")
+    if args.extractors != "pretrained":  # flags that would silently do nothing
+        given = [flag for flag, value in (("--detector-model", args.detector_model), ("--image-model", args.image_model),
+                                          ("--motion-model", args.motion_model), ("--revision", args.revision),
+                                          ("--offline", args.offline)) if value]
+        if given:
+            raise UserError(f"{given[0]} only applies to --extractors pretrained (got --extractors {args.extractors})")
     if "{}" not in args.query_template:
         raise UserError(f"--query-template must contain {{}} where the class name goes, got '{args.query_template}'")
     classes = None
