@@ -117,6 +117,8 @@ CASES = [
     Case("run-resume-other-config", [*TINY_RUN, "--resume", "{ckpt_other_config}"],
          "was written with another config: strategy.lambda_ins: 0.5 -> 0.1"),
     Case("run-resume-other-dataset", [*TINY_RUN, "--resume", "{ckpt_other_data}"], "was trained on dataset content 0000000000000000"),
+    Case("run-out-under-a-file", [*TINY_RUN, "--out", "/etc/hostname/run"], "--out /etc/hostname/run: /etc/hostname is not a writable folder"),
+    Case("run-out-holds-a-run", [*TINY_RUN, "--out", "{finished_run}"], "already holds a run (results.json)"),
     Case("run-damaged-part", ["run", "--data", "{damaged}", "--preset", "tiny", "--set", "data.num_steps=2",
                               "--set", "data.classes_per_step=2"], "its manifest records"),
     # --- sweep
@@ -221,6 +223,8 @@ def world(platform_home: Path, synth_dataset_factory: Callable[..., str], tmp_pa
     record_uri = storage.join(f"file://{home}/storage", "sweeps", "recorded", SPACE_RECORD)
     storage.write_bytes_atomic(record_uri, json.dumps(space_record(space, read_manifest(synth))).encode())
 
+    (root / "finished-run").mkdir()
+    (root / "finished-run" / "results.json").write_text('{"complete": true}')
     (root / "broken.yaml").write_text("base: {preset: tiny\nstrategies: [")
     (root / "list.yaml").write_text("- train.batch_size: 8\n")
     (root / "typo.yaml").write_text(Path(SMOKE).read_text().replace("num_samples:", "num_sample:"))
@@ -240,7 +244,7 @@ def world(platform_home: Path, synth_dataset_factory: Callable[..., str], tmp_pa
             "ckpt_other_data": checkpoint("other-data", run_cfg, "0" * 64),
             "broken_yaml": str(root / "broken.yaml"), "list_yaml": str(root / "list.yaml"),
             "space_typo": str(root / "typo.yaml"), "space_zero": str(root / "zero.yaml"),
-            "port": str(port), "busy_port": str(busy.getsockname()[1]),
+            "finished_run": str(root / "finished-run"), "port": str(port), "busy_port": str(busy.getsockname()[1]),
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,19 @@ class _ConsoleReporter:
         tmp.replace(self.out / "results.json")
 
 
+def _check_out(out: Path, resuming: bool) -> None:
+    """Refuse, before any training, an output folder that cannot be written or that holds
+    another run's results (they would be overwritten step by step)."""
+    from contavsep_platform.cli import UserError
+
+    if (out / "results.json").exists() and not resuming:
+        raise UserError(f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
+                        f" with --resume {out}/checkpoints/step=N")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from contavsep.data.reader import open_dataset
     from contavsep.engine import run_sequence
@@ -85,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_resumable(load_checkpoint(args.resume), cfg, str(table.manifest.get("content_hash", "")), args.resume)
     out = Path(args.out or f"runs/{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    _check_out(out, resuming=bool(args.resume))
     reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
     started = time.perf_counter()
     summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
