@@ -25,7 +25,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from contavsep.data.manifest import DatasetError
     from contavsep.storage import StorageError
 
-    return (UserError, ConfigError, RegistryError, FileNotFoundError, StorageError, DatasetError, CheckpointError)
+    # The OS errors are about paths the user gave (a file where a folder should be, no permission).
+    return (UserError, ConfigError, RegistryError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, StorageError, DatasetError, CheckpointError)
 
 COMMAND_MODULES = [
     "contavsep_platform.commands.config",

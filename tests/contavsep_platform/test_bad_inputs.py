@@ -83,6 +83,7 @@ CASES = [
     Case("synth-two-counts", ["data", "synth", "--out", "file://{tmp}/new", "--clips-per-class", "2,1"], "expected three integers"),
     Case("synth-zero-workers", ["data", "synth", "--out", "file://{tmp}/new", "--workers", "0"], "--workers must be >= 1"),
     Case("synth-zero-seconds", ["data", "synth", "--out", "file://{tmp}/new", "--seconds", "0"], "--seconds"),
+    Case("synth-under-a-file", ["data", "synth", "--out", "file:///etc/hostname/ds", "--classes", "1"], "Not a directory"),
     Case("synth-over-complete", ["data", "synth", "--out", "{synth}", "--classes", "4"], "--overwrite"),
     Case("info-missing-dataset", ["data", "info", "file://{tmp}/nothing"], "no dataset"),
     Case("info-bad-bucket", ["data", "info", "s3://Bad_Bucket/x"], "Bad_Bucket"),
