@@ -157,7 +157,9 @@ CASES = [
     Case("report-unreachable", ["report", "--sweep", "smoke-1", "--tracking-uri", "http://127.0.0.1:9"],
          "MLflow at http://127.0.0.1:9 is unreachable"),
     Case("report-not-a-tracking-uri", ["report", "--sweep", "smoke-1", "--tracking-uri", "mlruns"],
-         "tracking URI 'mlruns' is not an MLflow tracking server or database"),
+         "--tracking-uri 'mlruns' is not an MLflow tracking server or database"),
+    Case("sweep-not-a-tracking-uri", ["sweep", SMOKE, *SMOKE_ON], "MLFLOW_TRACKING_URI './mlruns' is not an MLflow tracking server",
+         env={"MLFLOW_TRACKING_URI": "./mlruns"}),
     Case("report-missing-database", ["report", "--sweep", "smoke-1", "--tracking-uri", "sqlite:///{tmp}/mlflow.db"],
          "no MLflow database at {tmp}/mlflow.db"),
 ]

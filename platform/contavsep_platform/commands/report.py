@@ -26,13 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# Tracking URIs a report can read from (MLflow's file store is read-only legacy; others are typos).
-_TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", "mssql", "databricks")
-
-
 def run(args: argparse.Namespace) -> int:
     from contavsep_platform.cli import UserError
     from contavsep_platform.report import write_report
+    from contavsep_platform.settings import check_tracking_uri
 
     uri = args.tracking_uri
     if uri is None:
@@ -42,9 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not uri:
         raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
                         " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
-    if not uri.startswith(_TRACKING_SCHEMES):
-        raise UserError(f"tracking URI {uri!r} is not an MLflow tracking server or database: use http://host:port (e.g."
-                        f" `contavsep services status` shows the local one) or sqlite:///path/mlflow.db")
+    check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         # MLflow would create an empty database there (and log its migration) to find no sweep.
         raise UserError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI")

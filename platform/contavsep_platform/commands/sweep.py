@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
         return 0
 
+    from contavsep_platform.settings import check_tracking_uri
     from contavsep_platform.sweep import SweepError, print_outcome, run_sweep
+
+    if endpoints.mlflow_tracking_uri:  # before Ray starts, not when the parent run opens
+        check_tracking_uri(endpoints.mlflow_tracking_uri, "MLFLOW_TRACKING_URI")
 
     env = service_env(endpoints)
     # This process reads datasets and writes Tune's state the way its trials will.
