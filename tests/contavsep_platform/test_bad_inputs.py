@@ -63,7 +63,7 @@ CASES = [
     Case("zero-hop", ["config", "--set", "audio.hop=0"], "audio.hop must be > 0, got 0"),
     Case("zero-steps", ["config", "--set", "data.num_steps=0"], "data.num_steps must be >= 1, got 0"),
     Case("dropout-one", ["config", "--set", "model.dropout=1"], "model.dropout must be < 1"),
-    Case("unknown-strategy", ["config", "--set", "strategy.name=icarl"], "strategy.name:"),
+    Case("unknown-strategy", ["config", "--set", "strategy.name=icarl"], "strategy.name: unknown strategy 'icarl'; valid strategies: finetune"),
     Case("missing-config-file", ["config", "--config", "{tmp}/nowhere.yaml"], "config file {tmp}/nowhere.yaml does not exist"),
     Case("unreadable-yaml", ["config", "--config", "{broken_yaml}"], "is not valid YAML: line 2, column 11: expected ',' or '}}'"),
     Case("yaml-not-a-mapping", ["config", "--config", "{list_yaml}"], "must hold a mapping of keys, got list"),
