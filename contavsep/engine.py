@@ -39,7 +39,7 @@ from torch import nn
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
-from contavsep.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from contavsep.checkpoint import TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from contavsep.config import Config, ConfigError
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
 from contavsep.data.mixtures import MixtureBatch, TrainingSampler
@@ -419,6 +419,7 @@ class Engine:
             memory=self.memory.state_dict(),
             results=self.results.state_dict(),
             rng=rng_state(),
+            data_content_hash=str(self.table.manifest.get("content_hash", "")),
         )
         return save_checkpoint(state, directory)
 
@@ -435,7 +436,6 @@ def run_sequence(
     engine = Engine(cfg, table, distributed=distributed)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        if state.config != cfg:
-            raise ConfigError(f"checkpoint {resume_from} was written with another config; resume with the same settings")
+        check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), resume_from)
         engine.restore(state)
     return engine.run(reporter)

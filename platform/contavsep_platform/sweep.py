@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,7 +60,9 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
-from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace
+from contavsep_platform.spaces import (
+    GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
+)
 from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, ray_storage, run_trial
 
 log = logging.getLogger("contavsep.sweep")
@@ -417,6 +420,19 @@ def default_sweep_name(space: SearchSpace) -> str:
     return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_sweep_name(name: str) -> str:
+    """Refuse a sweep name that is not one plain path segment (it names a storage folder, an
+    MLflow tag and a report folder): letters, digits, '.', '_', '-', not starting with '.', at
+    most 100 characters."""
+    if not _NAME_RE.fullmatch(name):
+        raise SweepError(f"sweep name {name!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', not starting"
+                         f" with '.' (it names a folder)")
+    return name
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
@@ -480,12 +496,14 @@ def run_sweep(
 
     if resume and not name:
         raise SweepError("--resume needs the --name of the sweep to continue")
-    name = name or default_sweep_name(space)
+    name = check_sweep_name(name or default_sweep_name(space))
     started = time.perf_counter()
     manifest = read_manifest(str(space.base["data.uri"]), s3)  # a missing dataset fails here, not in every trial
     sweeps_uri = storage.join(storage_uri, "sweeps")
     if storage.parse_uri(storage_uri).scheme == "s3":
         storage.ensure_bucket(storage_uri, s3)
+    if resume:  # before Ray starts: a refused resume costs a second and touches nothing
+        check_resumed_space(storage.join(sweeps_uri, name), space, manifest, s3)
     started_ray = connect_ray(ray_address, dict(env or {}))
     try:
         with _sigterm_as_interrupt():
@@ -495,6 +513,31 @@ def run_sweep(
             import ray
 
             ray.shutdown()
+
+
+# Next to Tune's state: the fingerprint of the space (and dataset) a sweep was started with.
+SPACE_RECORD = "contavsep-space.json"
+
+
+def space_record(space: SearchSpace, manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The fingerprint of a sweep's space and dataset content (stored as :data:`SPACE_RECORD`)."""
+    return {**fingerprint(space), "data.content_hash": str(manifest.get("content_hash", ""))}
+
+
+def check_resumed_space(sweep_uri: str, space: SearchSpace, manifest: Mapping[str, Any],
+                        s3: storage.S3Settings | None) -> None:
+    """Refuse to ``--resume`` a sweep with a space (or ``--set`` values, or dataset content) other
+    than the one it was started with: Tune would run the rest of the old plan with the new
+    settings and `report` would mix the two. Sweeps without a record are not checked."""
+    record_uri = storage.join(sweep_uri, SPACE_RECORD)
+    if not storage.exists(record_uri, s3):
+        return
+    diff = fingerprint_differences(json.loads(storage.read_bytes(record_uri, s3)), space_record(space, manifest))
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise SweepError(f"--resume with another space than sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was"
+                         f" started with: {'; '.join(diff[:3])}{more}; resume with the original space file and --set"
+                         f" values, or start a new --name")
 
 
 def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resume: bool, tracking_uri: str | None,
@@ -550,6 +593,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
                     verbose=verbose,
                 ),
             )
+        if not resume:  # the space this sweep runs, for the check of a later --resume
+            record = json.dumps(space_record(space, manifest), indent=1).encode()
+            storage.write_bytes_atomic(storage.join(sweep_uri, SPACE_RECORD), record, s3)
         result_grid = tuner.fit()
         outcome = _outcome(space, name, sweep_uri, result_grid, searcher, parent_run_id, max_concurrent, started)
     except BaseException:

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from contavsep import storage
-from contavsep.config import Config, ConfigError, flat, to_yaml
+from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
 from contavsep_platform.spaces import SearchSpace
 
@@ -314,6 +314,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: one task sequence of the trial's config, resumed from Train's checkpoint."""
     import ray.train
 
+    from contavsep.checkpoint import check_resumable
     from contavsep.data.reader import open_dataset
     from contavsep.engine import run_sequence
 
@@ -339,8 +340,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 log.info("trial %s resumes from %s (step %d of %d; Ray Train's latest: %s)", trial_id, source, state.step + 1,
                          context.space.num_steps, known.path if known is not None else "none")
                 if state.step + 1 >= context.space.num_steps:
-                    if state.config != cfg:
-                        raise ConfigError(f"checkpoint {source} was written with another config; resume with the same space")
+                    check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), source)
                     reporter.report_restored_final(restored_result(state))
                     return
             run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from contavsep_platform.cli import UserError
     from contavsep_platform.report import write_report
+    from contavsep_platform.settings import check_tracking_uri
 
     uri = args.tracking_uri
     if uri is None:
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     if not uri:
         raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
                         " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
+    check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty database there (and log its migration) to find no sweep.
+        raise UserError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI")
     _send_pending(uri, args.sweep)
     out = Path(args.out or Path("reports") / args.sweep).resolve()
     report = write_report(uri, args.sweep, out, experiment=args.experiment, metric=args.metric, mode=args.mode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -59,6 +60,9 @@ class _ConsoleReporter:
         self.steps: list[dict] = []
 
     def report(self, result, save_checkpoint) -> None:
+        if not self.steps:  # the first step ran: only now is there something to keep
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
         self.steps.append(result.metrics)
         if self.checkpoints:
             save_checkpoint(self.out / "checkpoints" / f"step={result.step}")
@@ -66,6 +70,19 @@ class _ConsoleReporter:
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(self.out / "results.json")
+
+
+def _check_out(out: Path, resuming: bool) -> None:
+    """Refuse, before any training, an output folder that cannot be written or that holds
+    another run's results (they would be overwritten step by step)."""
+    from contavsep_platform.cli import UserError
+
+    if (out / "results.json").exists() and not resuming:
+        raise UserError(f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
+                        f" with --resume {out}/checkpoints/step=N")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not a writable folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
+    if args.resume:  # a checkpoint of another config or dataset fails here, naming the keys that differ
+        from contavsep.checkpoint import check_resumable, load_checkpoint
+
+        check_resumable(load_checkpoint(args.resume), cfg, str(table.manifest.get("content_hash", "")), args.resume)
     out = Path(args.out or f"runs/{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    _check_out(out, resuming=bool(args.resume))
     reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
     started = time.perf_counter()
     try:
