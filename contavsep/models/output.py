@@ -72,7 +72,9 @@ def check_separator_inputs(
         if motion_features is None or tuple(motion_features.shape) != expected:
             got = None if motion_features is None else tuple(motion_features.shape)
             raise ValueError(f"motion_features must be (B, N, motion_tokens, motion_dim) = {expected}, got {got}")
-    if num_classes is not None and class_ids.numel():
+    # The range check reads the ids on the host: on an accelerator that is a sync per forward,
+    # so it runs on CPU tensors only (on CUDA an out-of-range id trips one_hot's device assert).
+    if num_classes is not None and class_ids.numel() and class_ids.device.type == "cpu":
         low, high = int(class_ids.min()), int(class_ids.max())
         if low < 0 or high >= num_classes:
             raise ValueError(
