@@ -153,13 +153,18 @@ class Engine:
         if cfg.train.channels_last:
             # 4-D weights (the U-Net's convolutions) channels-last; activations follow them
             self.model.to(memory_format=torch.channels_last)
-        # The training forward, compiled on request. Adding class queries at a new step changes
-        # one dimension: dynamo recompiles once and marks it dynamic (automatic dynamic shapes),
-        # so a sequence compiles about twice, not once per step.
+        # The training forward, compiled on request (see _expand_classes for the recompiles).
         self.train_forward: Callable[..., SeparatorOutput] = self.forward
         if cfg.train.compile != "off":
-            mode = None if cfg.train.compile == "default" else cfg.train.compile
-            self.train_forward = torch.compile(self.forward, mode=mode)
+            compiled = torch.compile(self.forward, mode=None if cfg.train.compile == "default" else cfg.train.compile)
+
+            def train_forward(*args: Any) -> SeparatorOutput:
+                # dynamo keeps parameter shapes static unless told otherwise; the class-query
+                # count is the one that changes (marked by _expand_classes)
+                with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                    return compiled(*args)
+
+            self.train_forward = train_forward
         self.old_model: nn.Module | None = None
         self.strategy: Strategy = STRATEGIES.get(cfg.strategy.name).from_config(cfg.strategy)
         self.memory = ExemplarMemory(cfg.memory.per_class)
@@ -205,6 +210,24 @@ class Engine:
         clips = clips.to(self.device)  # no-op for a producer's batch (already there)
         mix, scaled = mix_sources(clips.source_wavs)
         return StepBatch(clips=clips, spectra=self.frontend.prepare(mix, scaled))
+
+    def _expand_classes(self, total: int) -> None:
+        """Add the step's class queries; under train.compile, mark the grown dimension dynamic.
+
+        Dynamo specialises on parameter shapes, so without the mark every step (every new
+        query count) would compile the forward again; with it, the second step compiles one
+        graph with a symbolic class count that every later step reuses: two compiles per
+        sequence, whatever its number of steps.
+        """
+        before = {name: p.shape for name, p in self.model.named_parameters()}
+        self.model.expand_classes(total)
+        if self.cfg.train.compile == "off":
+            return
+        for name, p in self.model.named_parameters():
+            if name in before and p.shape != before[name]:
+                for dim, (old, new) in enumerate(zip(before[name], p.shape)):
+                    if old != new:
+                        torch._dynamo.maybe_mark_dynamic(p, dim)
 
     @staticmethod
     def forward(model: nn.Module, batch: StepBatch, return_internals: bool = False) -> SeparatorOutput:
@@ -253,7 +276,7 @@ class Engine:
     def run_step(self, step: int) -> StepResult:
         cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(_seed(t.seed, step, self.dist.rank, 2))
-        self.model.expand_classes(self.scenario.num_seen(step))
+        self._expand_classes(self.scenario.num_seen(step))
         train_model = self.dist.wrap(self.model)  # re-wrapped each step: expanding adds parameters
         sampler = self._sampler(step)
         # on demand (depth 0): a strategy may stop early, and must leave the sampler where the

@@ -38,8 +38,10 @@ class BatchProducer(Iterator[MixtureBatch]):
     def __init__(self, make: Callable[[], MixtureBatch], count: int, *, device: torch.device, depth: int = 2):
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
-        self._make, self._count, self._device, self._depth = make, count, device, depth
         self._cuda = device.type == "cuda"
+        if self._cuda and device.index is None:  # set_device in the thread needs the index
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._make, self._count, self._device, self._depth = make, count, device, depth
         self._taken = 0
         self.prepare_seconds = 0.0  # host time spent in make() (and pinning): the data path's cost
         self._thread: threading.Thread | None = None

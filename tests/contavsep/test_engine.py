@@ -230,3 +230,27 @@ def test_speed_options_train_the_same_model_up_to_rounding(dataset):
         torch.testing.assert_close(weights_b[key], value, rtol=0, atol=5e-4, msg=key)
     for key in ("loss/main", "sdr", "sir", "sar"):
         assert metrics_b[key] == pytest.approx(metrics_a[key], abs=1e-4), key
+
+
+def test_a_compiled_forward_compiles_twice_per_sequence_however_many_steps(tmp_path, monkeypatch):
+    """train.compile: adding class queries changes one parameter dimension; the engine marks it
+    dynamic, so step 0 compiles, step 1 compiles a graph with a symbolic class count, and later
+    steps reuse it. (aot_eager backend: dynamo's tracing and guards, without a C++/Triton build.)"""
+    from torch._dynamo.utils import counters
+
+    uri = f"file://{tmp_path}/ds6"
+    build_synthetic(uri, SynthConfig(classes=6, clips_per_class=(2, 2, 2), seconds=1.6, seed=5))
+    table = open_dataset(uri, cache_dir=tmp_path / "cache")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend="aot_eager"))
+    torch._dynamo.reset()
+    cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 3, "train.compile": "default", "memory.per_class": 0,
+                  "eval.windows_per_clip": 1})
+    engine = Engine(cfg, table)
+    new_graphs = []
+    for step in range(engine.scenario.num_steps):
+        before = counters["stats"]["unique_graphs"]
+        result = engine.run_step(step)
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+        assert np.isfinite(result.metrics["loss/main"])
+    assert new_graphs == [1, 1, 0]
