@@ -18,9 +18,9 @@ import torch
 
 @dataclass
 class _Tally:
-    sums: torch.Tensor  # (K,) float32, sum over iterations of each term
+    sums: torch.Tensor  # (K,) float64 (as Python floats would sum), sum over iterations of each term
     first_bad: torch.Tensor  # () int64, first iteration with a non-finite term, -1 if none
-    at_bad: torch.Tensor  # (K,) float32, every term's value at that iteration
+    at_bad: torch.Tensor  # (K,) float64, every term's value at that iteration
 
 
 class LossLog:
@@ -33,10 +33,10 @@ class LossLog:
     def add(self, iteration: int, terms: dict[str, torch.Tensor]) -> None:
         """Add one iteration's terms (scalars, any dtype, with or without graph)."""
         names = tuple(terms)
-        values = torch.stack([v.detach().reshape(()).float() for v in terms.values()])
+        values = torch.stack([v.detach().reshape(()).float() for v in terms.values()]).double()
         tally = self._tallies.get(names)
         if tally is None:
-            zeros = torch.zeros(len(names), device=values.device)
+            zeros = torch.zeros(len(names), dtype=torch.float64, device=values.device)
             tally = _Tally(zeros, torch.full((), -1, dtype=torch.int64, device=values.device), zeros.clone())
             self._tallies[names] = tally
         tally.sums += values
