@@ -111,7 +111,7 @@ def build_dataset(root: Path, quick: bool) -> str:
     return uri
 
 
-def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool) -> dict[str, Any]:
+def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool, run: Run, key: str) -> dict[str, Any]:
     from contavsep.bench_engine import measure, print_breakdown
 
     if compiled:  # "all" first: the combination most likely to become the default
@@ -145,6 +145,8 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             traceback.print_exc()
             results[label] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
+            run.summary[key] = results  # on disk after every combination: a timeout keeps what was measured
+            run.write()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     ok = {k: v for k, v in results.items() if "mixtures_per_s" in v}
@@ -257,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="/tmp/contavsep-gpu-work", help="synthetic dataset and cache")
     p.add_argument("--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)")
     p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile without CUDA (slow)")
-    p.add_argument("--budget-s", type=float, default=400.0, help="sections starting after this are skipped")
-    p.add_argument("--train-budget-s", type=float, default=330.0, help="option combinations starting after this are skipped")
+    p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
+    p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
     args = p.parse_args(argv)
     args.preset = "tiny" if args.quick else "paper"
     args.iters, args.warmup = (2, 1) if args.quick else (20, 5)
@@ -281,12 +283,12 @@ def main(argv: list[str] | None = None) -> None:
 
     table = open_dataset(uri, cache_dir=work / "cache")
     # eager numbers, evaluation and correctness first: compiling takes minutes and may not fit
-    run.section("train", train_options, args, table, base, False)
+    run.section("train", train_options, args, table, base, False, run, "train")
     run.section("eval", evaluation, args, table, base, need_s=20)
     run.section("correctness", correctness, args, table, base, need_s=30)
     run.section("extrapolation_eager", extrapolate, run.summary)
     if cuda or args.compile_on_cpu:
-        run.section("train_compiled", train_options, args, table, base, True, need_s=90)
+        run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
         run.section("extrapolation", extrapolate, run.summary)
         run.section("recompiles", recompiles, args, table, base, need_s=60)
     print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
