@@ -140,6 +140,10 @@ class Engine:
         self.device = resolve_device(cfg.train.device)
         self.scenario: Scenario = make_scenario(table.classes, cfg.data)
         self.frontend = SpectralFrontEnd(cfg.audio).to(self.device)
+        if self.device.type == "cuda":
+            # training shapes never change within a step: let cuDNN time its convolution
+            # algorithms once and keep the fastest (CUDA runs are not bit-reproducible anyway)
+            torch.backends.cudnn.benchmark = True
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and cfg.train.amp else nullcontext()
         )
