@@ -1,7 +1,7 @@
 """All GPU checks of the engine in one run (issue 11): speed per option, evaluation, correctness.
 
-    PYTHONUNBUFFERED=1 python -m contavsep.bench_gpu --out "$OUT"            # on the GPU machine, < 7 min on an H100
-    python -m contavsep.bench_gpu --out /tmp/gpu-check --quick               # the same sections, tiny sizes, on a CPU
+    bash scripts/gpu_check.sh              # on the GPU machine (offline: wheels from .whl/), ~6-7 min on an H100
+    bash scripts/gpu_check.sh --quick      # the same sections at tiny sizes, on a CPU (~20 s)
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
 a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
