@@ -78,6 +78,15 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     num_workers: int = 0  # DataLoader worker processes for mixture building
     seed: int = 0  # seed of model init, sampling and training
+    # Speed only (results do not depend on them, except compile/channels_last/fused within float rounding):
+    prefetch_batches: int = 2  # batches prepared ahead on a background thread (pinned, copied on a side stream on CUDA); 0 = on the training thread
+    channels_last: bool = False  # U-Net convolutions in channels-last memory format (tensor cores on CUDA)
+    compile: str = "off"  # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    fused_optimizer: bool = False  # fused Adam/AdamW kernels (one launch per parameter group)
+
+
+# train.compile: "off" or a torch.compile mode.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -436,6 +445,10 @@ def validate(cfg: Config) -> None:
     from contavsep.budget import check as check_budget
 
     check_budget(cfg.train)
+    if cfg.train.compile not in COMPILE_MODES:
+        raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.train.compile}'")
+    if cfg.train.prefetch_batches < 0:
+        raise ConfigError("train.prefetch_batches must be >= 0 (0 = prepare batches on the training thread)")
     if cfg.train.select not in ("last", "best_val"):
         raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
     if cfg.eval.backend not in ("mir_eval", "fast"):
