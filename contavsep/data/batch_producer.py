@@ -45,6 +45,7 @@ class BatchProducer(Iterator[MixtureBatch]):
         self._taken = 0
         self.prepare_seconds = 0.0  # host time spent in make() (and pinning): the data path's cost
         self._thread: threading.Thread | None = None
+        self._stream: torch.cuda.Stream | None = None  # the producer's copy stream (CUDA, depth > 0)
         if depth > 0 and count > 0:
             self._queue: queue.Queue = queue.Queue(maxsize=depth)
             self._stop = threading.Event()

@@ -1,0 +1,180 @@
+"""Which kernels a training iteration spends its device time in, and how throughput scales with the batch.
+
+    python -m contavsep.bench_profile --data file:///abs/synth --preset paper [--set train.compile=default]
+
+``bench_engine`` says how long an iteration takes; this says why. Three measurements of one
+fine-tuning iteration at step 0, after a warm-up:
+
+- **phases**: device time of the front end (mix, STFT, log-frequency warp, targets), the
+  separator's forward, the loss, backward and the optimizer, from CUDA events around each
+  (``torch.cuda.Event`` pairs read once at the end: no sync between phases).
+- **kernels**: ``torch.profiler`` over a few pipelined iterations; the operators with the most
+  device time, and their shares grouped by kind (convolution, matrix products, elementwise,
+  normalisation, resampling, FFT, copies), so "13 % MFU" becomes "x % of the time in kernels
+  that do no tensor-core work".
+- **batch scaling**: pipelined mixtures/s and MFU at several batch sizes: if throughput grows
+  with the batch, the iteration is latency/launch bound at the paper's batch, not compute bound.
+
+On a CPU the phases and scaling still print (wall clock); the kernel table needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from contavsep.bench_engine import Bench, device_peak
+from contavsep.config import parse_overrides
+from contavsep.data.reader import open_dataset
+
+# Operator-name fragments -> kind, first match wins (aten names as the profiler reports them).
+KINDS = (
+    ("convolution", ("conv", "cudnn")),
+    ("matmul", ("mm", "matmul", "linear", "addmm", "bmm", "baddbmm", "gemm", "scaled_dot_product", "attention")),
+    ("normalisation", ("norm", "batch_norm", "layer_norm")),
+    ("resampling", ("grid_sampler", "upsample", "interpolate", "max_pool", "avg_pool", "max_unpool")),
+    ("fft", ("fft", "stft")),
+    ("copy", ("copy_", "to_copy", "contiguous", "clone", "cat", "stack", "index", "gather", "scatter")),
+    ("optimizer", ("adam", "foreach", "_fused")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, fragments in KINDS:
+        if any(f in low for f in fragments):
+            return kind
+    return "elementwise/other"
+
+
+def phases(bench: Bench, iters: int, warmup: int) -> dict[str, float]:
+    """Milliseconds per iteration of front end / forward / loss / backward / optimizer (device time on CUDA)."""
+    e = bench.engine
+    cuda = bench.device.type == "cuda"
+    names = ("frontend", "forward", "loss", "backward", "optimizer")
+    totals = dict.fromkeys(names, 0.0)
+    clips_all = [bench.sampler.sample(bench.batch).to(bench.device) for _ in range(2)]
+    for i in range(warmup + iters):
+        clips = clips_all[i % 2]
+        marks: list[Any] = []
+
+        def mark() -> None:
+            if cuda:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                marks.append(ev)
+            else:
+                marks.append(time.perf_counter())
+
+        mark()
+        batch = e._to_step_batch(clips)
+        mark()
+        with e.autocast:
+            out = e.train_forward(e.model, batch)
+            mark()
+            loss = e.main_loss(out, batch)
+        mark()
+        loss.backward()
+        mark()
+        bench._optimize()
+        mark()
+        if i >= warmup:
+            if cuda:
+                torch.cuda.synchronize(bench.device)
+                spans = [a.elapsed_time(b) for a, b in zip(marks, marks[1:])]
+            else:
+                spans = [(b - a) * 1e3 for a, b in zip(marks, marks[1:])]
+            for name, ms in zip(names, spans):
+                totals[name] += ms / iters
+    totals["sum"] = sum(totals[n] for n in names)
+    return totals
+
+
+def kernels(bench: Bench, iters: int, top: int) -> dict[str, Any]:
+    """Device time by operator and by kind over ``iters`` pipelined iterations (CUDA only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bench.pipelined(2, 1)  # warm
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        bench.pipelined(iters, 0)
+        torch.cuda.synchronize(bench.device)
+    rows = []
+    for evt in prof.key_averages():
+        device_us = float(getattr(evt, "self_device_time_total", 0.0) or getattr(evt, "self_cuda_time_total", 0.0))
+        if device_us > 0:
+            rows.append((evt.key, device_us / iters, evt.count // max(iters, 1)))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows) or 1.0
+    by_kind: dict[str, float] = {}
+    for name, us, _ in rows:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
+    print(f"  device time per iteration: {total / 1e3:.2f} ms over {sum(r[2] for r in rows)} operator calls")
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"    {kind:20s} {us / 1e3:8.2f} ms  {100 * us / total:5.1f} %")
+    print(f"  top {top} operators (self device time, ms/iter, calls/iter):")
+    for name, us, calls in rows[:top]:
+        print(f"    {us / 1e3:8.3f}  {calls:5d}  {name[:110]}")
+    return {"device_ms": total / 1e3, "by_kind_ms": {k: v / 1e3 for k, v in by_kind.items()},
+            "top": [{"op": n, "ms": us / 1e3, "calls": c} for n, us, c in rows[:top]]}
+
+
+def scaling(table: Any, preset: str, overrides: dict[str, Any], batches: list[int], iters: int, warmup: int) -> dict[str, Any]:
+    """Pipelined mixtures/s and MFU per batch size."""
+    out: dict[str, Any] = {}
+    for b in batches:
+        try:
+            bench = Bench(table, preset, {**overrides, "train.batch_size": b})
+            s_iter = bench.pipelined(iters, warmup)
+            flops = bench.flops()
+            peak = device_peak(bench.device)
+            mfu = flops / s_iter / peak if peak else None
+            out[str(b)] = {"ms_per_iter": s_iter * 1e3, "mixtures_per_s": b / s_iter, "mfu": mfu}
+            mfu_text = f", MFU {100 * mfu:.1f} %" if mfu is not None else ""
+            print(f"  batch {b:4d}: {s_iter * 1e3:8.1f} ms/iter, {b / s_iter:8.1f} mixtures/s{mfu_text}", flush=True)
+            del bench
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except torch.OutOfMemoryError as exc:
+            out[str(b)] = {"error": f"out of memory: {exc}"[:200]}
+            print(f"  batch {b:4d}: out of memory", flush=True)
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="dataset URI")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--batches", default="32,64,128", help="comma-separated batch sizes for the scaling table")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--json", default="", help="write the numbers here")
+    args = p.parse_args(argv)
+    overrides = parse_overrides(args.set)
+    table = open_dataset(args.data, cache_dir=overrides.get("data.cache_dir"))
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    result: dict[str, Any] = {"overrides": {k: str(v) for k, v in overrides.items()}}
+    bench = Bench(table, args.preset, overrides)
+    print(f"== phases ({args.preset}, batch {bench.batch}, {bench.device})", flush=True)
+    result["phases_ms"] = phases(bench, args.iters, args.warmup)
+    print("  " + "  ".join(f"{k} {v:.2f}" for k, v in result["phases_ms"].items()) + "  (ms/iter)", flush=True)
+    if bench.device.type == "cuda":
+        print("== kernels", flush=True)
+        result["kernels"] = kernels(bench, max(2, args.iters // 2), args.top)
+    del bench
+    print("== batch scaling", flush=True)
+    result["scaling"] = scaling(table, args.preset, overrides, [int(b) for b in args.batches.split(",")], args.iters, args.warmup)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
