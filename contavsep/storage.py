@@ -202,8 +202,14 @@ def join(uri: str, *parts: str) -> str:
 # filesystems and clients (cached per settings; built on first use, never at import)
 
 
+def s3_filesystem(settings: S3Settings, retry_attempts: int | None = None) -> pafs.S3FileSystem:
+    """The pyarrow S3 filesystem of ``settings`` (cached); ``retry_attempts`` sets the AWS SDK's
+    default retry strategy (exponential backoff from 25 ms) instead of its standard 3 attempts."""
+    return _s3_filesystem(settings, retry_attempts)
+
+
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+def _s3_filesystem(settings: S3Settings, retry_attempts: int | None = None) -> pafs.S3FileSystem:
     # The AWS C++ SDK reads these when a client is created; see the module docstring.
     os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
@@ -213,12 +219,20 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         "allow_bucket_creation": False,
         "allow_bucket_deletion": False,
     }
+    if retry_attempts is not None:
+        kwargs["retry_strategy"] = pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts)
     if settings.access_key is not None:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
     if settings.endpoint_url is not None:
         parsed = urlparse(settings.endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"), scheme=parsed.scheme)
     return pafs.S3FileSystem(**kwargs)
+
+
+def s3_client(settings: S3Settings) -> Any:
+    """The boto3 S3 client of ``settings`` (cached; for calls pyarrow's filesystem has no
+    equivalent of, or must not make from its own IO threads)."""
+    return _s3_client(settings)
 
 
 @functools.lru_cache(maxsize=8)

@@ -14,24 +14,26 @@ Three things the plain pyarrow ``S3FileSystem`` does not do:
   named by ``CONTAVSEP_S3_KEYS_FILE`` or the local services' state, else the node's credential
   chain: instance role, workload identity, K8s Secret in the pod's env).
 - **retries through short outages**: a transient error (connection refused/reset, timeout, HTTP
-  5xx, SlowDown) of an upload, copy, move, listing or open is retried with exponential backoff
-  for up to :data:`OUTAGE_S` seconds, with one log line per outage (not per retry). Uploads are
-  buffered (memory, then a temp file) and sent whole at ``close()``, so a retry re-sends the
-  complete object: an outage while Train uploads a checkpoint delays it instead of failing the
-  trial. Reads of an opened stream are not retried (Tune re-reads whole files).
+  5xx, SlowDown) of a listing, open, copy, move or delete is retried with exponential backoff for
+  up to :data:`OUTAGE_S` seconds, with one log line per outage (not per retry). Uploads (Train's
+  step checkpoints, Tune's state) are pyarrow's own S3 streams whose requests the AWS SDK retries
+  with exponential backoff for up to ~3.4 min (:data:`UPLOAD_ATTEMPTS`), silently: they run on
+  pyarrow's IO threads inside ``copy_files``, which drops errors raised by a Python stream's
+  ``close()`` and deadlocks when such a ``close()`` opens another pyarrow S3 stream, so a
+  buffering Python stream with its own retries would lose a failed upload or hang the sweep
+  (both seen here). An outage longer than that fails the trial, which ``--resume`` continues
+  from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from contavsep import storage
@@ -43,7 +45,8 @@ T = TypeVar("T")
 OUTAGE_S = 180.0  # how long one call keeps retrying a storage outage before it fails
 FIRST_RETRY_S = 0.5  # first backoff; doubled per retry up to MAX_RETRY_S
 MAX_RETRY_S = 15.0
-SPOOL_BYTES = 64 * 1024**2  # an upload is buffered in memory up to this size, then in a temp file
+# Attempts of the AWS SDK's default retry strategy for uploads: 25 ms x (2^0 + ... + 2^12) = 205 s.
+UPLOAD_ATTEMPTS = 13
 
 # Markers of transient failures in pyarrow's (AWS C++ SDK) and botocore's error texts.
 _TRANSIENT = (
@@ -55,10 +58,20 @@ _TRANSIENT = (
 )
 
 
+_TRANSIENT_BOTO = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                   "ConnectionError", "ProxyConnectionError")
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage error looks like an outage (worth retrying), not a refusal or a bad path."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    if type(exc).__name__ in _TRANSIENT_BOTO:
+        return True
+    response = getattr(exc, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        return status >= 500 or str((response.get("Error") or {}).get("Code")) in ("SlowDown", "ServiceUnavailable")
     text = str(exc)
     return isinstance(exc, OSError) and any(marker in text for marker in _TRANSIENT)
 
@@ -91,6 +104,7 @@ class S3Storage(pafs.FileSystemHandler):
         self.settings = settings  # this process's, keys included; never pickled (see __reduce__)
         self.outage_s = outage_s
         self._fs: pafs.S3FileSystem | None = None
+        self._upload_fs: pafs.S3FileSystem | None = None
         self._lock = threading.Lock()
         self._outage_logged = False  # one log line per outage, shared by the threads of a copy
 
@@ -104,6 +118,14 @@ class S3Storage(pafs.FileSystemHandler):
             self._fs, _ = storage.resolve("s3://bucket", self.settings)
         return self._fs
 
+    @property
+    def upload_fs(self) -> pafs.S3FileSystem:
+        """The same S3 with the AWS SDK retrying each request (part uploads, the final PUT) for
+        up to ~3.4 min: 25 ms x 2^k backoff over UPLOAD_ATTEMPTS attempts."""
+        if self._upload_fs is None:
+            self._upload_fs = storage.s3_filesystem(self.settings, retry_attempts=UPLOAD_ATTEMPTS)
+        return self._upload_fs
+
     def retry(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried through transient errors for up to ``outage_s`` seconds."""
         deadline = time.monotonic() + self.outage_s
@@ -111,7 +133,7 @@ class S3Storage(pafs.FileSystemHandler):
         while True:
             try:
                 result = call()
-            except OSError as exc:
+            except Exception as exc:  # only outages are retried; anything else is raised as is
                 if not is_transient(exc) or time.monotonic() + delay > deadline:
                     raise
                 with self._lock:
@@ -176,47 +198,11 @@ class S3Storage(pafs.FileSystemHandler):
         return self.retry("open", lambda: self.fs.open_input_file(path))
 
     def open_output_stream(self, path: str, metadata: Any) -> Any:
-        return pa.PythonFile(_Upload(self, path, metadata), mode="w")
+        # pyarrow's own stream (see the module docstring): its requests retry in the AWS SDK.
+        return self.retry("open", lambda: self.upload_fs.open_output_stream(path, metadata=metadata))
 
     def open_append_stream(self, path: str, metadata: Any) -> Any:
         raise OSError("S3 objects cannot be appended to")
-
-
-class _Upload:
-    """A write-only file that buffers its bytes and uploads them whole, with retries, at close."""
-
-    def __init__(self, handler: S3Storage, path: str, metadata: Any):
-        self.handler = handler
-        self.path = path
-        self.metadata = metadata
-        self.buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, prefix="contavsep-upload-")
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        return self.buffer.write(data)
-
-    def tell(self) -> int:
-        return self.buffer.tell()
-
-    def flush(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def _put(self) -> None:
-        self.buffer.seek(0)
-        with self.handler.fs.open_output_stream(self.path, metadata=self.metadata) as out:
-            shutil.copyfileobj(self.buffer, out, 8 * 1024**2)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.handler.retry(f"upload of {self.path}", self._put)
-        finally:
-            self.buffer.close()
 
 
 def ray_storage(uri: str, settings: storage.S3Settings | None = None) -> tuple[str, Any]:

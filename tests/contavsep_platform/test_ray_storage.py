@@ -118,41 +118,91 @@ class _Outage(logging.Handler):
         self.seen.set()
 
 
+def _in_thread(call) -> tuple[threading.Thread, list[BaseException]]:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # reported by the caller's assertion
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, failures
+
+
+def test_storage_calls_retry_through_a_storage_outage_with_one_log_line(rclone):
+    """The server stops; Tune's listing of the sweep waits for it (one log line, not one per
+    retry) and answers once it is back."""
+    _, fs = ray_storage("s3://bucket/sweeps", rclone.settings())
+    storage.write_bytes_atomic("s3://bucket/sweeps/s1/state.json", b"{}", rclone.settings())
+    outage = _Outage()
+    logger = logging.getLogger("contavsep.storage")
+    logger.addHandler(outage)
+    try:
+        rclone.stop()
+        infos: list = []
+        lister, failures = _in_thread(lambda: infos.extend(fs.get_file_info(pafs.FileSelector("bucket/sweeps", recursive=True))))
+        assert outage.seen.wait(timeout=120), "the listing never reported the outage"
+        assert lister.is_alive()  # still retrying, not failed
+        rclone.start()
+        lister.join(timeout=240)
+        assert not lister.is_alive() and not failures, failures
+    finally:
+        logger.removeHandler(outage)
+    assert "bucket/sweeps/s1/state.json" in [i.path for i in infos]
+    assert len(outage.lines) == 1, outage.lines
+    assert rclone.endpoint in outage.lines[0] and rclone.secret not in outage.lines[0]
+
+
 def test_checkpoint_uploads_retry_through_a_storage_outage(rclone, tmp_path):
-    """The server stops before Train-style ``copy_files`` of a checkpoint folder (3 files, threads)
-    and comes back while it waits: the checkpoint lands complete, one log line for the outage."""
+    """Train uploads a checkpoint folder (copy_files on pyarrow's IO threads) while the server is
+    down: a listener on its port drops every connection, and once the uploads have come back
+    twice per file, the server returns; the checkpoint lands
+    complete and copy_files returns without error."""
     checkpoint = tmp_path / "ckpt" / "step=0"
     checkpoint.mkdir(parents=True)
     payloads = {name: os.urandom(size) for name, size in (("state.pt", 3 * 1024**2), ("config.yaml", 100), ("results.json", 10))}
     for name, data in payloads.items():
         (checkpoint / name).write_bytes(data)
     _, fs = ray_storage("s3://bucket/sweeps", rclone.settings())
-    outage = _Outage()
-    logger = logging.getLogger("contavsep.storage")
-    logger.addHandler(outage)
-    failures: list[BaseException] = []
-
-    def upload() -> None:
-        try:
-            pafs.copy_files(str(checkpoint), "bucket/sweeps/t1/step=0", destination_filesystem=fs, use_threads=True)
-        except BaseException as exc:  # reported by the assertion below
-            failures.append(exc)
-
+    fs.get_file_info("bucket/sweeps/t1")  # the client is built while the server is up
+    rclone.stop()
+    dropper = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dropper.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    dropper.bind(("127.0.0.1", rclone.port))
+    dropper.listen(16)
+    dropper.settimeout(120)
+    uploader, failures = _in_thread(
+        lambda: pafs.copy_files(str(checkpoint), "bucket/sweeps/t1/step=0", destination_filesystem=fs, use_threads=True))
     try:
-        rclone.stop()
-        uploader = threading.Thread(target=upload)
-        uploader.start()
-        assert outage.seen.wait(timeout=120), "the upload never reported the outage"
-        assert uploader.is_alive()  # still retrying, not failed
-        rclone.start()
-        uploader.join(timeout=240)
-        assert not uploader.is_alive() and not failures, failures
+        for _ in range(2 * len(payloads)):
+            connection, _ = dropper.accept()  # a request of the upload, refused by closing it
+            connection.close()
     finally:
-        logger.removeHandler(outage)
+        dropper.close()
+    assert uploader.is_alive() and not failures, failures  # still retrying
+    rclone.start()
+    uploader.join(timeout=300)
+    assert not uploader.is_alive() and not failures, failures
     for name, data in payloads.items():
         assert storage.read_bytes(f"s3://bucket/sweeps/t1/step=0/{name}", rclone.settings()) == data
-    assert len(outage.lines) == 1, outage.lines
-    assert rclone.endpoint in outage.lines[0] and rclone.secret not in outage.lines[0]
+
+
+def test_a_folder_of_many_files_uploads_through_pyarrows_io_threads(rclone, tmp_path):
+    """Tune syncs its experiment folder with copy_files on pyarrow's IO pool (8 threads): more
+    files than threads must not deadlock the uploads closing on those threads."""
+    import pyarrow
+
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    count = 4 * pyarrow.io_thread_count()
+    for i in range(count):
+        (folder / f"f{i}.json").write_text(str(i))
+    _, fs = ray_storage("s3://bucket/sweeps", rclone.settings())
+    pafs.copy_files(str(folder), "bucket/sweeps/exp", destination_filesystem=fs, use_threads=True)
+    assert len(storage.list_dir("s3://bucket/sweeps/exp", rclone.settings())) == count
 
 
 def test_a_refusal_is_not_retried(rclone):
