@@ -2,7 +2,8 @@
 
 Every command finds its endpoints through :func:`resolve_endpoints`, in this order, per service:
 
-1. explicit environment settings win: ``CONTAVSEP_S3_*`` / ``AWS_*`` (S3 endpoint and keys, see
+1. explicit environment settings win: ``CONTAVSEP_S3_*`` / ``AWS_*`` (S3 endpoint and keys, or
+   ``CONTAVSEP_S3_KEYS_FILE``, the path of a 0600 keys file; see
    :class:`contavsep.storage.S3Settings`), ``CONTAVSEP_STORAGE`` (storage root URI),
    ``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``;
 2. else the services that ``contavsep services up`` recorded in the state file

@@ -85,14 +85,14 @@ def _wait(predicate, timeout_s: float, what: str, pause: float = 2.0):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def _encodings(secret: str) -> list[bytes]:
-    """``secret`` as it could sit in a file: raw, hex (cloudpickles in Tune's JSON state), base64
-    at each of the three alignments."""
+def _encodings(secret: str) -> list[tuple[str, bytes]]:
+    """``secret`` as it could sit in a file, named: raw, hex (cloudpickles in Tune's JSON state),
+    base64 at each of the three alignments."""
     raw = secret.encode()
-    found = [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    found = [("raw", raw), ("hex", raw.hex().encode()), ("HEX", raw.hex().upper().encode())]
     for shift in range(3):
         encoded = base64.b64encode(b"\0" * shift + raw)[4 if shift else 0:]
-        found.append(encoded[: len(encoded) - 4])  # the stable middle, padding dropped
+        found.append((f"base64+{shift}", encoded[: len(encoded) - 4]))  # the stable middle, padding dropped
     return found
 
 
@@ -103,7 +103,7 @@ def assert_no_secret(ray_head, platform_home: Path) -> int:
     from contavsep_platform.settings import CLIENT_KEYS_FILE, KEYS_FILE, read_state
 
     keys = [ray_head.s3.access_key, ray_head.s3.secret_key]
-    needles = [(key, enc) for key in keys for enc in _encodings(key)]
+    needles = [(which, label, enc) for which, key in zip(("access", "secret"), keys) for label, enc in _encodings(key)]
     roots = [platform_home, Path(read_state(platform_home).options["ray_temp_dir"])]
     read = 0
     hits = []
@@ -116,12 +116,12 @@ def assert_no_secret(ray_head, platform_home: Path) -> int:
             except OSError:  # a file Ray removed meanwhile
                 continue
             read += 1
-            hits += [f"{path} ({'secret' if key == keys[1] else 'access'} key as {enc[:6]!r}...)" for key, enc in needles if enc in data]
+            hits += [f"{path} ({which} key, {label})" for which, label, enc in needles if enc in data]
     request = urllib.request.Request(f"{ray_head.ray_dashboard_url}/api/jobs/", headers=ray_auth_headers())
     with urllib.request.urlopen(request, timeout=30) as reply:
         jobs = reply.read()
     assert json.loads(jobs), "the job API lists the submitted jobs"
-    hits += [f"GET /api/jobs/ ({enc[:6]!r}...)" for _, enc in needles if enc in jobs]
+    hits += [f"GET /api/jobs/ ({which} key, {label})" for which, label, enc in needles if enc in jobs]
     assert not hits, hits
     return read
 
