@@ -1,68 +1,213 @@
-"""Training throughput of the incremental loop: mixtures per second at a preset on this machine.
+"""Where a training iteration's time goes, and how fast evaluation scores, at a preset on this machine.
 
-    python -m contavsep.bench_engine --data file:///abs/synth --preset tiny --iters 30
+    python -m contavsep.bench_engine --data file:///abs/synth --preset paper --iters 20 [--set train.compile=default] [--eval]
 
-Runs one step of fine-tuning (sampling, STFT/warp, forward, backward, optimizer) after a short
-warm-up and prints mixtures/s and seconds per iteration; evaluation is not included.
+For one step of fine-tuning, after a warm-up, two measurements:
+
+- **breakdown** (phases run one after the other, the device synchronised after each): host
+  batch preparation (crop and gather), transfer to the device, forward+backward (STFT front end,
+  model, loss, backward), optimizer; their sum is what an unoverlapped loop would cost.
+- **pipelined**: the engine's own loop body (producer thread preparing ``train.prefetch_batches``
+  ahead, losses summed on the device, no host sync): seconds per iteration and mixtures/s.
+
+MFU = FLOPs of one iteration (forward+backward, counted by ``torch.utils.flop_counter``) /
+seconds per iteration / the device's dense bf16 peak (``--peak-tflops``, or known for H100/H200/
+A100; none on a CPU). ``--eval`` times the evaluation of task 0's fixed test set (the preset's
+windows and pairs) with each metrics backend and prints scored mixtures/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from contavsep.config import make_config, parse_overrides
-from contavsep.data.reader import open_dataset
+from contavsep.data.reader import ClipTable, open_dataset
 from contavsep.engine import Engine, make_optimizers
+from contavsep.loss_log import LossLog
+
+# Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 
 
-def measure(data: str, preset: str, iters: int, warmup: int, overrides: dict[str, str]) -> dict[str, float]:
-    cfg = make_config(preset, {"strategy.name": "finetune", "memory.per_class": 0, **overrides})
-    engine = Engine(cfg, open_dataset(data, cache_dir=cfg.data.cache_dir or None))
-    engine.model.expand_classes(engine.scenario.num_seen(0))
-    sampler = engine._sampler(0)
-    opts, _ = make_optimizers(engine.model, cfg, engine.plan(0, sampler))
-    engine.model.train()
+def device_peak(device: torch.device) -> float | None:
+    """The dense bf16 peak of a CUDA device we know, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name and "PCIe" in name:
+        return 756e12
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
 
-    def one() -> None:
-        batch = engine._to_step_batch(sampler.sample(cfg.train.batch_size))
-        with engine.autocast:
-            loss = engine.main_loss(engine.forward(engine.model, batch), batch)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Bench:
+    """One engine at step 0 with its sampler and optimizers, for timing training iterations."""
+
+    def __init__(self, table: ClipTable, preset: str, overrides: dict[str, Any]):
+        self.cfg = make_config(preset, {"strategy.name": "finetune", "memory.per_class": 0, **overrides})
+        self.engine = Engine(self.cfg, table)
+        self.engine.model.expand_classes(self.engine.scenario.num_seen(0))
+        self.sampler = self.engine._sampler(0)
+        self.optimizers, _ = make_optimizers(self.engine.model, self.cfg, self.engine.plan(0, self.sampler))
+        self.engine.model.train()
+        self.device = self.engine.device
+        self.batch = self.cfg.train.batch_size
+
+    def _loss(self, clips: Any, forward: Callable | None = None) -> torch.Tensor:
+        e = self.engine
+        batch = e._to_step_batch(clips)
+        with e.autocast:
+            return e.main_loss((forward or e.train_forward)(e.model, batch), batch)
+
+    def _optimize(self) -> None:
+        for o in self.optimizers:
             o.step()
+            o.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        one()
-    started = time.perf_counter()
-    for _ in range(iters):
-        one()
-    seconds = time.perf_counter() - started
+    def breakdown(self, iters: int, warmup: int) -> dict[str, float]:
+        """Seconds per iteration of each phase, run in sequence with a device sync after each."""
+        phases = dict.fromkeys(("prepare", "transfer", "forward_backward", "optimizer"), 0.0)
+        for i in range(warmup + iters):
+            t0 = time.perf_counter()
+            clips = self.sampler.sample(self.batch)
+            if self.device.type == "cuda":
+                clips = clips.pin_memory()
+            t1 = time.perf_counter()
+            clips = clips.to(self.device)
+            _sync(self.device)
+            t2 = time.perf_counter()
+            self._loss(clips).backward()
+            _sync(self.device)
+            t3 = time.perf_counter()
+            self._optimize()
+            _sync(self.device)
+            t4 = time.perf_counter()
+            if i >= warmup:
+                for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    phases[key] += dt / iters
+        phases["sum"] = sum(phases.values())
+        return phases
+
+    def pipelined(self, iters: int, warmup: int) -> float:
+        """Seconds per iteration of the engine's loop body: producer on, no host sync."""
+        losses = LossLog(self.device)
+        with self.engine.batches(self.sampler, warmup + iters) as produced:
+            for i, clips in enumerate(produced):
+                if i == warmup:
+                    _sync(self.device)
+                    started = time.perf_counter()
+                loss = self._loss(clips)
+                loss.backward()
+                self._optimize()
+                losses.add(i, {"total": loss})
+        losses.check("bench", f"0..{warmup + iters - 1}")
+        _sync(self.device)
+        return (time.perf_counter() - started) / iters
+
+    def flops(self) -> float:
+        """FLOPs of one training iteration (forward + backward), counted on the eager model."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        clips = self.sampler.sample(self.batch).to(self.device)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self._loss(clips, self.engine.forward).backward()
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+
+
+def measure(table: ClipTable, preset: str, iters: int, warmup: int, overrides: dict[str, Any],
+            peak: float | None = None) -> dict[str, Any]:
+    """Breakdown, pipelined iteration time, mixtures/s, FLOPs and MFU of one configuration."""
+    bench = Bench(table, preset, overrides)
+    phases = bench.breakdown(iters, warmup)
+    s_iter = bench.pipelined(iters, warmup)
+    flops = bench.flops()
+    peak = peak or device_peak(bench.device)
     return {
-        "mixtures_per_s": iters * cfg.train.batch_size / seconds,
-        "s_per_iter": seconds / iters,
-        "batch": cfg.train.batch_size,
+        "preset": preset,
+        "batch": bench.batch,
+        "device": str(bench.device),
+        "threads": torch.get_num_threads(),
+        **{f"{k}_s": v for k, v in phases.items()},
+        "prepare_ms_per_mixture": 1e3 * phases["prepare"] / bench.batch,
+        "iteration_s": s_iter,
+        "mixtures_per_s": bench.batch / s_iter,
+        "gflop_per_mixture": flops / bench.batch / 1e9,
+        "achieved_tflops": flops / s_iter / 1e12,
+        "mfu": flops / s_iter / peak if peak else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def main() -> None:
+def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repeats: int = 1) -> dict[str, Any]:
+    """Evaluation of task 0's fixed test set: separation + scoring, scored mixtures/s.
+
+    The first pass also scores the unprocessed mixtures (once per task in a real run); the
+    following ``repeats`` passes are the steady state every later step pays.
+    """
+    cfg = make_config(preset, {"strategy.name": "finetune", "memory.per_class": 0, **overrides})
+    engine = Engine(cfg, table)
+    engine.model.expand_classes(engine.scenario.num_seen(0))
+    mixtures = len(engine._test_set(0))
+    started = time.perf_counter()
+    engine._evaluate(0)
+    _sync(engine.device)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(repeats):
+        engine._evaluate(0)
+    _sync(engine.device)
+    again = (time.perf_counter() - started) / repeats
+    return {"backend": cfg.eval.backend, "device": str(engine.device), "eval_batch": cfg.eval.batch_size,
+            "mixtures": mixtures, "first_s": first, "steady_s": again, "mixtures_per_s": mixtures / again}
+
+
+def print_breakdown(label: str, r: dict[str, Any]) -> None:
+    ms = {k: 1e3 * r[f"{k}_s"] for k in ("prepare", "transfer", "forward_backward", "optimizer", "sum")}
+    mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (no known peak)"
+    print(f"{label}: batch {r['batch']} on {r['device']}\n"
+          f"  in sequence, ms/iter: prepare {ms['prepare']:.1f} ({r['prepare_ms_per_mixture']:.3f}/mixture)"
+          f"  transfer {ms['transfer']:.1f}  forward+backward {ms['forward_backward']:.1f}  optimizer {ms['optimizer']:.1f}"
+          f"  = {ms['sum']:.1f}\n"
+          f"  pipelined (producer, no syncs): {1e3 * r['iteration_s']:.1f} ms/iter, {r['mixtures_per_s']:.1f} mixtures/s;"
+          f" {r['gflop_per_mixture']:.1f} GFLOP/mixture, {r['achieved_tflops']:.2f} TFLOP/s, MFU {mfu}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--preset", action="append", default=None, help="repeatable (default: tiny and small)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
+    p.add_argument("--eval", action="store_true", help="also time the evaluation of task 0's test set (fast and mir_eval)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    args = p.parse_args()
-    print(f"torch threads: {torch.get_num_threads()}")
+    args = p.parse_args(argv)
+    overrides = parse_overrides(args.overrides)
+    print(f"torch threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     for preset in args.preset or ["tiny", "small"]:
-        r = measure(args.data, preset, args.iters, args.warmup, parse_overrides(args.overrides))
-        print(f"{preset:6s} batch {r['batch']:3d}: {r['mixtures_per_s']:7.1f} mixtures/s  ({r['s_per_iter']:.3f} s/iter, peak RSS {r['peak_rss_mib']:.0f} MiB)")
+        table = open_dataset(args.data, cache_dir=make_config(preset, overrides).data.cache_dir or None)
+        r = measure(table, preset, args.iters, args.warmup, overrides, args.peak_tflops and args.peak_tflops * 1e12)
+        print_breakdown(preset, r)
+        if args.eval:
+            for backend in ("fast", "mir_eval"):
+                e = measure_eval(table, preset, {**overrides, "eval.backend": backend})
+                print(f"  eval ({backend} on {e['device']}, eval batch {e['eval_batch']}): {e['mixtures']} mixtures,"
+                      f" first pass {e['first_s']:.1f} s, then {e['steady_s']:.1f} s = {e['mixtures_per_s']:.1f} scored mixtures/s",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class TrainingState:
     memory: dict[str, Any]
     results: dict[str, Any]
     rng: dict[str, Any]
+    data_content_hash: str = ""  # the dataset's manifest content hash ("" = checkpoints older than it)
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,6 +75,7 @@ def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
             "memory": state.memory,
             "results": state.results,
             "rng": state.rng,
+            "data_content_hash": state.data_content_hash,
         }
         torch.save(payload, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(to_yaml(state.config))
@@ -105,4 +107,24 @@ def load_checkpoint(directory: str | Path) -> TrainingState:
         memory=payload["memory"],
         results=payload["results"],
         rng=payload["rng"],
+        data_content_hash=str(payload.get("data_content_hash", "")),
     )
+
+
+# Where the data lives, not what it is: a checkpoint may resume against a copy of its dataset
+# elsewhere (the content hash is compared instead).
+LOCATION_KEYS = ("data.uri", "data.cache_dir")
+
+
+def check_resumable(state: TrainingState, cfg: Config, data_content_hash: str, where: str | Path) -> None:
+    """Refuse to resume ``state`` under ``cfg``, naming the dotted keys that differ (locations in
+    :data:`LOCATION_KEYS` excepted), or a dataset whose content differs from the checkpoint's."""
+    stored, now = flat(state.config), flat(cfg)
+    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in now if k not in LOCATION_KEYS and stored.get(k) != now.get(k)]
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise CheckpointError(f"checkpoint {where} was written with another config: {'; '.join(diff[:3])}{more};"
+                              f" resume with the same settings")
+    if state.data_content_hash and data_content_hash and state.data_content_hash != data_content_hash:
+        raise CheckpointError(f"checkpoint {where} was trained on dataset content {state.data_content_hash[:16]}, but"
+                              f" data.uri {cfg.data.uri} holds {data_content_hash[:16]}; resume with the same dataset")

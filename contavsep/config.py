@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -77,6 +78,15 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
     num_workers: int = 0  # DataLoader worker processes for mixture building
     seed: int = 0  # seed of model init, sampling and training
+    # Speed only (results do not depend on them, except compile/channels_last/fused within float rounding):
+    prefetch_batches: int = 2  # batches prepared ahead on a background thread (pinned, copied on a side stream on CUDA); 0 = on the training thread
+    channels_last: bool = False  # U-Net convolutions in channels-last memory format (tensor cores on CUDA)
+    compile: str = "off"  # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    fused_optimizer: bool = False  # fused Adam/AdamW kernels (one launch per parameter group)
+
+
+# train.compile: "off" or a torch.compile mode.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -300,6 +310,14 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def yaml_error_line(exc: Exception) -> str:
+    """A YAML parse error in one line: where it is and what is wrong (PyYAML's own message spans
+    several lines with the offending text)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
 def load_yaml_overlay(path: str | Path) -> dict[str, Any]:
     """Read a YAML file of nested and/or dotted keys into a flat dotted dict."""
     import yaml
@@ -307,7 +325,10 @@ def load_yaml_overlay(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
     return _nest(data)
@@ -349,9 +370,52 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     return out
 
 
+# The valid range of every numeric key: (bound, lower limit); ">" = strictly above, ">=" = at
+# least. Upper limits and cross-field constraints are checked in :func:`validate`.
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (">", 0), (">=", 0), (">=", 1)
+RANGES: dict[str, tuple[str, float]] = {
+    "audio.sample_rate": _POSITIVE, "audio.clip_samples": _POSITIVE, "audio.n_fft": _POSITIVE, "audio.hop": _POSITIVE,
+    "audio.warp_bins": _NON_NEGATIVE, "audio.mask_max": _POSITIVE, "audio.weight_min": _NON_NEGATIVE,
+    "audio.weight_max": _POSITIVE,
+    "model.unet_channels": _AT_LEAST_ONE, "model.unet_depth": _AT_LEAST_ONE, "model.mask_channels": _AT_LEAST_ONE,
+    "model.d_model": _AT_LEAST_ONE, "model.n_heads": _AT_LEAST_ONE, "model.ffn_dim": _AT_LEAST_ONE,
+    "model.encoder_layers": _NON_NEGATIVE, "model.decoder_layers": _AT_LEAST_ONE, "model.dropout": _NON_NEGATIVE,
+    "model.object_dim": _AT_LEAST_ONE, "model.motion_tokens": _AT_LEAST_ONE, "model.motion_dim": _AT_LEAST_ONE,
+    "model.feature_dim": _AT_LEAST_ONE,
+    "train.iters_per_step": _NON_NEGATIVE, "train.epochs_per_step": _AT_LEAST_ONE, "train.dup_trainset": _AT_LEAST_ONE,
+    "train.batch_size": _AT_LEAST_ONE, "train.lr_unet": _POSITIVE, "train.lr_transformer": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE, "train.lr_decay_gamma": _POSITIVE, "train.grad_clip": _NON_NEGATIVE,
+    "train.val_every": _NON_NEGATIVE, "train.num_workers": _NON_NEGATIVE, "train.seed": _NON_NEGATIVE,
+    "strategy.lambda_ins": _NON_NEGATIVE, "strategy.lambda_cls": _NON_NEGATIVE, "strategy.lambda_dist": _NON_NEGATIVE,
+    "strategy.temperature": _POSITIVE, "strategy.lambda_att": _NON_NEGATIVE, "strategy.lambda_ewc": _NON_NEGATIVE,
+    "strategy.ewc_decay": _NON_NEGATIVE, "strategy.fisher_batches": _AT_LEAST_ONE, "strategy.lambda_pod": _NON_NEGATIVE,
+    "strategy.pod_scales": _AT_LEAST_ONE, "strategy.ewf_alpha": _NON_NEGATIVE,
+    "memory.per_class": _NON_NEGATIVE, "memory.oversample": _POSITIVE,
+    "eval.windows_per_clip": _AT_LEAST_ONE, "eval.pairs_per_clip": _AT_LEAST_ONE, "eval.batch_size": _AT_LEAST_ONE,
+    "eval.seed": _NON_NEGATIVE, "eval.examples": _NON_NEGATIVE,
+    "data.classes_per_step": _AT_LEAST_ONE, "data.num_steps": _AT_LEAST_ONE, "data.seed": _NON_NEGATIVE,
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Refuse non-finite floats and values below their key's lower limit (:data:`RANGES`)."""
+    for key, value in flat(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if key in RANGES:
+            op, limit = RANGES[key]
+            if (op == ">" and not value > limit) or (op == ">=" and not value >= limit):
+                raise ConfigError(f"{key} must be {op} {limit:g}, got {value}")
+
+
 def validate(cfg: Config) -> None:
-    """Check cross-field constraints that types alone cannot express."""
+    """Check the value ranges (:data:`RANGES`) and the cross-field constraints types cannot express."""
+    _check_ranges(cfg)
     a, m = cfg.audio, cfg.model
+    if a.weight_min > a.weight_max:
+        raise ConfigError(f"audio.weight_min ({a.weight_min}) must not exceed audio.weight_max ({a.weight_max})")
+    if m.dropout >= 1:
+        raise ConfigError(f"model.dropout must be < 1, got {m.dropout}")
     if a.hop > a.n_fft:
         raise ConfigError(f"audio.hop ({a.hop}) must not exceed audio.n_fft ({a.n_fft})")
     frames = 1 + a.clip_samples // a.hop
@@ -381,20 +445,16 @@ def validate(cfg: Config) -> None:
     from contavsep.budget import check as check_budget
 
     check_budget(cfg.train)
+    if cfg.train.compile not in COMPILE_MODES:
+        raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.train.compile}'")
+    if cfg.train.prefetch_batches < 0:
+        raise ConfigError("train.prefetch_batches must be >= 0 (0 = prepare batches on the training thread)")
     if cfg.train.select not in ("last", "best_val"):
         raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
     if cfg.eval.backend not in ("mir_eval", "fast"):
         raise ConfigError(f"eval.backend must be 'mir_eval' or 'fast', got '{cfg.eval.backend}'")
-    if cfg.eval.windows_per_clip < 1 or cfg.eval.pairs_per_clip < 1:
-        raise ConfigError("eval.windows_per_clip and eval.pairs_per_clip must be >= 1")
-    if cfg.memory.per_class < 0:
-        raise ConfigError("memory.per_class must be >= 0 (0 = without memory)")
     if cfg.memory.share > 1:
         raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")
-    if cfg.data.classes_per_step < 1 or cfg.data.num_steps < 1:
-        raise ConfigError("data.classes_per_step and data.num_steps must be >= 1")
-    if cfg.strategy.temperature <= 0:
-        raise ConfigError("strategy.temperature must be > 0")
     from contavsep.losses import CROSS_SDC_FORMS
 
     if cfg.strategy.crosssdc_form not in CROSS_SDC_FORMS:

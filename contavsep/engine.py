@@ -39,11 +39,13 @@ from torch import nn
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
-from contavsep.checkpoint import TrainingState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from contavsep.checkpoint import TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from contavsep.config import Config, ConfigError
+from contavsep.data.batch_producer import BatchProducer
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
 from contavsep.data.mixtures import MixtureBatch, TrainingSampler
 from contavsep.data.reader import ClipTable
+from contavsep.loss_log import LossLog
 from contavsep.losses import weighted_l1_mask_loss
 from contavsep.memory import ExemplarMemory
 from contavsep.metrics import ContinualResults, separation_scores
@@ -117,9 +119,11 @@ def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan) -> tuple[list
     """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; each with the
     plan's lr drops (schedulers step once per iteration)."""
     t = cfg.train
+    # fused: one kernel per group instead of a foreach chain (same update up to rounding)
+    fused = {"fused": True} if t.fused_optimizer else {}
     opts: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet),
-        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay),
+        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, **fused),
+        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, **fused),
     ]
     drops = (plan.lr_drops_unet, plan.lr_drops_transformer)
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)]
@@ -136,6 +140,10 @@ class Engine:
         self.device = resolve_device(cfg.train.device)
         self.scenario: Scenario = make_scenario(table.classes, cfg.data)
         self.frontend = SpectralFrontEnd(cfg.audio).to(self.device)
+        if self.device.type == "cuda":
+            # training shapes never change within a step: let cuDNN time its convolution
+            # algorithms once and keep the fastest (CUDA runs are not bit-reproducible anyway)
+            torch.backends.cudnn.benchmark = True
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and cfg.train.amp else nullcontext()
         )
@@ -146,6 +154,21 @@ class Engine:
 
         torch.manual_seed(_seed(cfg.train.seed, 0xC0FFEE))
         self.model = build_model(cfg, self.scenario.classes_per_step).to(self.device)
+        if cfg.train.channels_last:
+            # 4-D weights (the U-Net's convolutions) channels-last; activations follow them
+            self.model.to(memory_format=torch.channels_last)
+        # The training forward, compiled on request (see _expand_classes for the recompiles).
+        self.train_forward: Callable[..., SeparatorOutput] = self.forward
+        if cfg.train.compile != "off":
+            compiled = torch.compile(self.forward, mode=None if cfg.train.compile == "default" else cfg.train.compile)
+
+            def train_forward(*args: Any) -> SeparatorOutput:
+                # dynamo keeps parameter shapes static unless told otherwise; the class-query
+                # count is the one that changes (marked by _expand_classes)
+                with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+                    return compiled(*args)
+
+            self.train_forward = train_forward
         self.old_model: nn.Module | None = None
         self.strategy: Strategy = STRATEGIES.get(cfg.strategy.name).from_config(cfg.strategy)
         self.memory = ExemplarMemory(cfg.memory.per_class)
@@ -188,9 +211,27 @@ class Engine:
         return old
 
     def _to_step_batch(self, clips: MixtureBatch) -> StepBatch:
-        clips = clips.to(self.device)
+        clips = clips.to(self.device)  # no-op for a producer's batch (already there)
         mix, scaled = mix_sources(clips.source_wavs)
         return StepBatch(clips=clips, spectra=self.frontend.prepare(mix, scaled))
+
+    def _expand_classes(self, total: int) -> None:
+        """Add the step's class queries; under train.compile, mark the grown dimension dynamic.
+
+        Dynamo specialises on parameter shapes, so without the mark every step (every new
+        query count) would compile the forward again; with it, the second step compiles one
+        graph with a symbolic class count that every later step reuses: two compiles per
+        sequence, whatever its number of steps.
+        """
+        before = {name: p.shape for name, p in self.model.named_parameters()}
+        self.model.expand_classes(total)
+        if self.cfg.train.compile == "off":
+            return
+        for name, p in self.model.named_parameters():
+            if name in before and p.shape != before[name]:
+                for dim, (old, new) in enumerate(zip(before[name], p.shape)):
+                    if old != new:
+                        torch._dynamo.maybe_mark_dynamic(p, dim)
 
     @staticmethod
     def forward(model: nn.Module, batch: StepBatch, return_internals: bool = False) -> SeparatorOutput:
@@ -200,6 +241,11 @@ class Engine:
     @staticmethod
     def main_loss(out: SeparatorOutput, batch: StepBatch) -> torch.Tensor:
         return weighted_l1_mask_loss(out.masks, batch.spectra.target_masks, batch.spectra.weight)
+
+    def batches(self, sampler: TrainingSampler, count: int) -> BatchProducer:
+        """``count`` training batches of ``sampler`` on the device, prepared ahead (train.prefetch_batches)."""
+        return BatchProducer(lambda: sampler.sample(self.local_batch), count, device=self.device,
+                             depth=self.cfg.train.prefetch_batches)
 
     def plan(self, step: int, sampler: TrainingSampler) -> StepPlan:
         """The step's budget, from the pool its sampler draws from."""
@@ -234,11 +280,14 @@ class Engine:
     def run_step(self, step: int) -> StepResult:
         cfg, t = self.cfg, self.cfg.train
         torch.manual_seed(_seed(t.seed, step, self.dist.rank, 2))
-        self.model.expand_classes(self.scenario.num_seen(step))
+        self._expand_classes(self.scenario.num_seen(step))
         train_model = self.dist.wrap(self.model)  # re-wrapped each step: expanding adds parameters
         sampler = self._sampler(step)
+        # on demand (depth 0): a strategy may stop early, and must leave the sampler where the
+        # training thread would have
         batches_of_step: Callable[[int], Iterator[StepBatch]] = lambda n: (
-            self._to_step_batch(sampler.sample(self.local_batch)) for _ in range(n)
+            self._to_step_batch(clips)
+            for clips in BatchProducer(lambda: sampler.sample(self.local_batch), n, device=self.device, depth=0)
         )
         ctx = StepContext(
             step=step,
@@ -261,43 +310,45 @@ class Engine:
                  list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
 
         best = (-math.inf, None)
-        sums: dict[str, float] = {}
+        losses = LossLog(self.device)
+        log_every = max(1, plan.iterations // 5)
+        checked = 0  # iterations whose losses were checked to be finite
         self.model.train()
         started = time.perf_counter()
-        for it in range(plan.iterations):
-            batch = self.strategy.transform_batch(self._to_step_batch(sampler.sample(self.local_batch)), ctx)
-            with self.autocast:
-                out = self.forward(train_model, batch, self.strategy.needs_internals)
-                main = self.main_loss(out, batch)
-                terms = self.strategy.loss_terms(batch, out, ctx)
-            loss = main + sum(terms.values()) if terms else main
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"step {step} iteration {it}: loss is {loss.item()} (main {main.item():.4g}, "
-                    + ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
-                    + "); lower the learning rates or the strategy weights"
-                )
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            self.strategy.after_backward(ctx)
-            if t.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            for o in optimizers:
-                o.step()
-            for s in schedulers:
-                s.step()
-            for name, value in (("main", main), *terms.items(), ("total", loss)):
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if t.select == "best_val" and ((it + 1) % plan.val_every == 0 or it + 1 == plan.iterations):
-                # The reference keeps the checkpoint with the best validation SDR over ALL seen
-                # classes, which peeks at old-class data a continual learner should not have.
-                val_sdr = self._validate(step)
-                if val_sdr > best[0]:
-                    best = (val_sdr, copy.deepcopy(self.model.state_dict()))
-                self.model.train()
-            if (it + 1) % max(1, plan.iterations // 5) == 0:
-                log.info("  iter %d/%d  loss %.4f", it + 1, plan.iterations, sums["total"] / (it + 1))
+        # No host sync in this loop (the device runs ahead): losses stay on the device, checked
+        # and read every log_every iterations and at the end.
+        with self.batches(sampler, plan.iterations) as produced:
+            for it, clips in enumerate(produced):
+                batch = self.strategy.transform_batch(self._to_step_batch(clips), ctx)
+                with self.autocast:
+                    out = self.train_forward(train_model, batch, self.strategy.needs_internals)
+                    main = self.main_loss(out, batch)
+                    terms = self.strategy.loss_terms(batch, out, ctx)
+                loss = main + sum(terms.values()) if terms else main
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                self.strategy.after_backward(ctx)
+                if t.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                for o in optimizers:
+                    o.step()
+                for s in schedulers:
+                    s.step()
+                losses.add(it, {"main": main, **terms, "total": loss})
+                validate = t.select == "best_val" and ((it + 1) % plan.val_every == 0 or it + 1 == plan.iterations)
+                if validate or (it + 1) % log_every == 0 or it + 1 == plan.iterations:
+                    losses.check(f"step {step}", f"{checked}..{it}")
+                    checked = it + 1
+                if validate:
+                    # The reference keeps the checkpoint with the best validation SDR over ALL seen
+                    # classes, which peeks at old-class data a continual learner should not have.
+                    val_sdr = self._validate(step)
+                    if val_sdr > best[0]:
+                        best = (val_sdr, copy.deepcopy(self.model.state_dict()))
+                    self.model.train()
+                if (it + 1) % log_every == 0:
+                    log.info("  iter %d/%d  loss %.4f", it + 1, plan.iterations, losses.means(it + 1)["total"])
         train_seconds = time.perf_counter() - started
         if best[1] is not None:
             self.model.load_state_dict(best[1])
@@ -321,8 +372,7 @@ class Engine:
             for j in range(step + 1):
                 metrics[f"task_sdr/{j}"] = float(r[step, j])
             summary = self.results.summary(step)
-        iters = max(1, plan.iterations)
-        metrics.update({f"loss/{k}": v / iters for k, v in sums.items()})
+        metrics.update({f"loss/{k}": v for k, v in losses.means(plan.iterations).items()})
         metrics.update(
             {
                 "step": float(step),
@@ -419,6 +469,7 @@ class Engine:
             memory=self.memory.state_dict(),
             results=self.results.state_dict(),
             rng=rng_state(),
+            data_content_hash=str(self.table.manifest.get("content_hash", "")),
         )
         return save_checkpoint(state, directory)
 
@@ -435,7 +486,6 @@ def run_sequence(
     engine = Engine(cfg, table, distributed=distributed)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        if state.config != cfg:
-            raise ConfigError(f"checkpoint {resume_from} was written with another config; resume with the same settings")
+        check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), resume_from)
         engine.restore(state)
     return engine.run(reporter)

@@ -36,7 +36,8 @@ class Registry:
         if name not in self._entries:
             close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RegistryError(f"unknown {self.kind} '{name}'{hint}; valid {self.kind}s: {', '.join(self.names())}")
+            plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
+            raise RegistryError(f"unknown {self.kind} '{name}'{hint}; valid {plural}: {', '.join(self.names())}")
 
     def get(self, name: str) -> Any:
         """The registered object (class or function) for ``name``."""

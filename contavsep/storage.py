@@ -104,6 +104,11 @@ class S3Settings:
         access, access_var = pick("CONTAVSEP_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
         secret, secret_var = pick("CONTAVSEP_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
         region, _ = pick("CONTAVSEP_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+        if (access is None) != (secret is None):  # name the missing one, not "None"
+            given, missing = (access_var, "CONTAVSEP_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)") if access else (
+                secret_var, "CONTAVSEP_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)")
+            raise StorageError(f"{given} is set but {missing} is not: set both S3 keys, or neither for the AWS"
+                               f" default credentials")
         keys_from = (
             f"{access_var} / {secret_var}"
             if access_var or secret_var

@@ -474,8 +474,31 @@ def offline_requested(flag: bool = False) -> bool:
     return flag or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _missing_weights(role: str, model_id: str, local_files_only: bool, exc: BaseException) -> ExtractorLoadError:
+def hub_endpoint() -> str:
+    """The Hugging Face Hub the loaders talk to (``HF_ENDPOINT``, else huggingface.co)."""
+    return os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether the Hub answers at all (any HTTP status counts), within ``timeout_s``: without it
+    huggingface_hub retries every file for about 90 s before saying it is offline."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(hub_endpoint(), method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return True
+
+
+def _missing_weights(role: str, model_id: str, local_files_only: bool, exc: BaseException,
+                     hub_down: bool = False) -> ExtractorLoadError:
     where = "in the local Hugging Face cache" if local_files_only else "locally, and the Hugging Face Hub could not be reached"
+    if hub_down:
+        where = f"in the local Hugging Face cache, and the Hugging Face Hub ({hub_endpoint()}) cannot be reached"
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ExtractorLoadError(
@@ -541,6 +564,10 @@ def load_pretrained_extractors(
         ("image", ids.image, CLIPVisionModelWithProjection),
         ("motion", ids.motion, VideoMAEModel),
     ]
+    # Offline without HF_HUB_OFFLINE: read the local cache only, so that missing weights fail in
+    # seconds with the pre-download line instead of after minutes of Hub retries.
+    hub_down = not offline and not all(os.path.isdir(m) for _, m, _ in plan) and not hub_reachable()
+    offline = offline or hub_down
     for role, model_id, cls in plan:
         try:
             revision, commit = _resolve(model_id, ids.revision, offline, cache_dir)
@@ -550,7 +577,7 @@ def load_pretrained_extractors(
             if role == "detector":
                 tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, local_files_only=offline, cache_dir=cache_dir)
         except OSError as exc:  # huggingface_hub's "not found locally / cannot connect" errors are OSErrors
-            raise _missing_weights(role, model_id, offline, exc) from exc
+            raise _missing_weights(role, model_id, offline, exc, hub_down) from exc
         except ValueError as exc:  # e.g. a folder or repo holding another model type
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExtractorLoadError(f"cannot load the {role} '{model_id}' as {cls.__name__}: {reason}") from exc

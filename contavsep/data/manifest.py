@@ -49,8 +49,13 @@ def read_manifest(uri: str, settings: storage.S3Settings | None = None) -> dict[
     manifest_uri = storage.join(uri, MANIFEST_NAME)
     try:
         raw = storage.read_bytes(manifest_uri, settings)
-    except FileNotFoundError:
-        if storage.list_dir(uri, settings):
+    except (FileNotFoundError, NotADirectoryError):
+        try:
+            listed = storage.list_dir(uri, settings)
+        except NotADirectoryError:
+            raise DatasetError(f"no dataset at {uri}: that is a file; a dataset URI names the folder holding"
+                               f" {MANIFEST_NAME}") from None
+        if listed:
             raise DatasetError(
                 f"{uri} is an incomplete dataset: {manifest_uri} is missing (a write that did not finish);"
                 f" rebuild it (contavsep data synth --overwrite) or resume the ingestion"

@@ -47,25 +47,41 @@ class MixtureBatch:
     motion_features: torch.Tensor
 
     def to(self, device: torch.device | str) -> "MixtureBatch":
+        """Copy to ``device``; asynchronous from pinned memory (:meth:`pin_memory`) to CUDA."""
         return MixtureBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+
+    def pin_memory(self) -> "MixtureBatch":
+        """The batch in page-locked host memory, so a copy to CUDA can overlap computation."""
+        return MixtureBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        """Tell the CUDA allocator these tensors (copied on another stream) are used on ``stream``."""
+        for f in fields(self):
+            getattr(self, f.name).record_stream(stream)
 
     def __len__(self) -> int:
         return self.source_wavs.shape[0]
 
 
-def crop(audio: np.ndarray, length: int, start: int | None) -> np.ndarray:
+def crop(audio: np.ndarray, length: int, start: int | None, out: np.ndarray | None = None) -> np.ndarray:
     """``length`` samples of int16 ``audio`` from ``start`` (None = centre), zero-padded if short.
+
+    Written into ``out`` when given (a row of a batch array: no temporary per clip).
 
     Shape: :math:`(S,)` int16 -> :math:`(length,)` float32 in [-1, 1].
     """
-    out = np.zeros(length, dtype=np.float32)
+    if out is None:
+        out = np.empty(length, dtype=np.float32)
     if len(audio) <= length:
-        out[: len(audio)] = audio
+        piece = audio
+        out[len(audio) :] = 0.0
     else:
         if start is None:
             start = (len(audio) - length) // 2
-        out[:] = audio[start : start + length]
-    return out / 32768.0
+        piece = audio[start : start + length]
+    # int16 -> float32 and the scaling in one pass; x * 2**-15 is exactly x / 32768.
+    np.multiply(piece, np.float32(1.0 / 32768.0), out=out[: len(piece)], casting="unsafe")
+    return out
 
 
 def collate_clips(
@@ -82,29 +98,45 @@ def collate_clips(
     Shape: ``rows``, ``is_memory``: :math:`(B, N)`; ``starts``, ``frames``: B lists of N.
     """
     B, N = rows.shape
-    wavs = np.empty((B, N, length), dtype=np.float32)
-    objects = []
-    motions = []
-    for b in range(B):
-        for n in range(N):
-            r = int(rows[b, n])
-            wavs[b, n] = crop(table.audio(r), length, starts[b][n])
-            per_frame = table.object_features(r)
-            f = frames[b][n]
-            objects.append(per_frame[len(per_frame) // 2 if f is None else f])
-            motions.append(table.motion_features(r))
+    flat_rows = rows.reshape(-1)
+    flat_starts = [s for per_mixture in starts for s in per_mixture]
+    flat_frames = [f for per_mixture in frames for f in per_mixture]
+    # Every output is one preallocated array filled in place: the clips are views of the
+    # memory-mapped cache, so a source costs one crop-and-scale pass and two row copies.
+    wavs = np.empty((B * N, length), dtype=np.float32)
+    objects = np.empty((B * N, table.object_features(int(flat_rows[0])).shape[-1]), dtype=np.float32)
+    motions = np.empty((B * N, *table.motion_features(int(flat_rows[0])).shape), dtype=np.float32)
+    for i, r in enumerate(flat_rows.tolist()):
+        crop(table.audio(r), length, flat_starts[i], out=wavs[i])
+        per_frame = table.object_features(r)
+        f = flat_frames[i]
+        objects[i] = per_frame[len(per_frame) // 2 if f is None else f]
+        motions[i] = table.motion_features(r)
     class_ids = table.class_ids[rows]
-    labels = np.vectorize(scenario.label_of, otypes=[np.int64])(class_ids)
+    labels = scenario_labels(scenario, len(table.classes))[class_ids]
+    if (labels < 0).any():
+        raise ValueError(f"classes {sorted(set(class_ids[labels < 0].tolist()))} are not in the scenario's class order")
     return MixtureBatch(
-        source_wavs=torch.from_numpy(wavs),
+        source_wavs=torch.from_numpy(wavs.reshape(B, N, length)),
         labels=torch.from_numpy(labels),
         class_ids=torch.from_numpy(class_ids.astype(np.int64)),
         tasks=torch.from_numpy(labels // scenario.classes_per_step),
         rows=torch.from_numpy(rows.astype(np.int64)),
-        is_memory=torch.from_numpy(is_memory),
-        object_features=torch.from_numpy(np.stack(objects).reshape(B, N, -1).astype(np.float32, copy=False)),
-        motion_features=torch.from_numpy(np.stack(motions).reshape(B, N, *motions[0].shape).astype(np.float32, copy=False)),
+        is_memory=torch.from_numpy(np.ascontiguousarray(is_memory)),
+        object_features=torch.from_numpy(objects.reshape(B, N, -1)),
+        motion_features=torch.from_numpy(motions.reshape(B, N, *motions.shape[1:])),
     )
+
+
+def scenario_labels(scenario: Scenario, num_classes: int) -> np.ndarray:
+    """Query index of every dataset class id (-1 for classes outside the scenario).
+
+    Shape: :math:`(C,)` int64, indexed by dataset class id.
+    """
+    table = np.full(num_classes, -1, dtype=np.int64)
+    for label, class_id in enumerate(scenario.class_order):
+        table[class_id] = label
+    return table
 
 
 class TrainingSampler:
@@ -151,6 +183,9 @@ class TrainingSampler:
                 f"mixtures of {num_sources} different classes need at least {num_sources} classes in the pool, "
                 f"got {len(np.unique(self.row_classes))}: raise data.classes_per_step or set data.different_classes=false"
             )
+        # Lengths of every pool row, so drawing a crop does not touch the clip data.
+        self._samples = np.array([len(table.audio(int(r))) for r in self.rows], dtype=np.int64)
+        self._frames = np.array([len(table.object_features(int(r))) for r in self.rows], dtype=np.int64)
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -173,13 +208,17 @@ class TrainingSampler:
     def sample(self, batch_size: int) -> MixtureBatch:
         idx = np.stack([self._draw_rows() for _ in range(batch_size)])
         rows = self.rows[idx]
+        # One scalar draw per source, start then frame, in mixture order: this order is the
+        # seeded batch sequence (a vectorised draw would consume the generator differently).
+        crop_ends = np.maximum(1, self._samples[idx] - self.clip_samples + 1).tolist()
+        frame_counts = self._frames[idx].tolist()
+        integers = self.rng.integers
         starts, frames = [], []
-        for b in range(batch_size):
+        for ends_b, counts_b in zip(crop_ends, frame_counts):
             s_row, f_row = [], []
-            for r in rows[b]:
-                n_samples = len(self.table.audio(int(r)))
-                s_row.append(int(self.rng.integers(0, max(1, n_samples - self.clip_samples + 1))))
-                f_row.append(int(self.rng.integers(0, len(self.table.object_features(int(r))))))
+            for end, count in zip(ends_b, counts_b):
+                s_row.append(int(integers(0, end)))
+                f_row.append(int(integers(0, count)))
             starts.append(s_row)
             frames.append(f_row)
         return collate_clips(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples)

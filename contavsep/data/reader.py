@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from filelock import FileLock
 
@@ -88,8 +89,13 @@ def open_dataset(
     """
     uri = str(storage.parse_uri(uri))
     manifest = read_manifest(uri, settings)
+    check_part_sizes(uri, manifest, settings)  # a cache built earlier must not hide a damaged dataset
     path = cache_path(manifest, cache_dir)
     built = False
+    if path.exists() and not _cache_intact(path, manifest):
+        with FileLock(str(path) + ".lock"):
+            if path.exists() and not _cache_intact(path, manifest):  # not rebuilt while we waited
+                path.unlink()  # truncated or foreign: rebuilt below from the verified parts
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
@@ -97,6 +103,36 @@ def open_dataset(
                 _build_cache(uri, manifest, path, settings)
                 built = True
     return ClipTable(path, manifest, uri=uri, built=built)
+
+
+def check_part_sizes(uri: str, manifest: dict[str, Any], settings: storage.S3Settings | None = None) -> None:
+    """Compare every Parquet part's size in storage with the manifest's record (one metadata call;
+    the SHA-256 is checked whenever a part is downloaded). Raises :class:`DatasetError` naming the
+    first missing or resized part."""
+    fs, root = storage.resolve(uri, settings)
+    parts = manifest["parts"]
+    with storage.storage_errors(uri, settings):
+        infos = fs.get_file_info([f"{root.rstrip('/')}/{p['path']}" for p in parts])
+    for part, info in zip(parts, infos):
+        part_uri = storage.join(uri, part["path"])
+        if info.type != pafs.FileType.File:
+            raise DatasetError(f"{part_uri} is missing (the manifest lists it): restore it, or rebuild the dataset"
+                               f" with --overwrite")
+        if info.size != part["bytes"]:
+            raise DatasetError(f"{part_uri} is {info.size} bytes, its manifest records {part['bytes']} (changed or"
+                               f" damaged after commit): restore it, or rebuild the dataset with --overwrite")
+
+
+def _cache_intact(path: Path, manifest: dict[str, Any]) -> bool:
+    """Whether a cache file's Arrow footer reads and its row count is the manifest's (a cheap check:
+    a truncated or half-copied file fails it; the parts' SHA-256 was checked when it was built)."""
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            reader = pa.ipc.open_file(source)
+            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except (pa.ArrowInvalid, OSError):
+        return False
+    return rows == sum(int(n) for n in manifest["totals"].values())
 
 
 class ClipTable:

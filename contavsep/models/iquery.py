@@ -123,7 +123,9 @@ class IQuerySeparator(nn.Module):
         objects = self.object_proj(object_features.reshape(b * n, -1))  # (BN, D)
         motion = self.motion_proj(motion_features.reshape(b * n, cfg.motion_tokens, -1))  # (BN, T_m, D)
         # Decoder content: zero everywhere except the object feature on the source's class row.
-        rows = F.one_hot(ids, self.num_classes).to(objects.dtype)  # (BN, Q)
+        # (a comparison rather than one_hot(ids, Q): Q stays symbolic under torch.compile, so
+        # adding the next step's queries does not compile the forward again)
+        rows = (ids[:, None] == torch.arange(self.class_queries.shape[0], device=ids.device)).to(objects.dtype)  # (BN, Q)
         content = rows[:, :, None] * objects[:, None, :]
         query_pos = self.class_queries.to(objects.dtype).expand(b * n, -1, -1)
         decoded, weights = self.transformer(audio, content, query_pos, motion, need_weights=return_internals)

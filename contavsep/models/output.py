@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -72,7 +73,11 @@ def check_separator_inputs(
         if motion_features is None or tuple(motion_features.shape) != expected:
             got = None if motion_features is None else tuple(motion_features.shape)
             raise ValueError(f"motion_features must be (B, N, motion_tokens, motion_dim) = {expected}, got {got}")
-    if num_classes is not None and class_ids.numel():
+    # The range check reads the ids on the host: on an accelerator that is a sync per forward
+    # and under torch.compile a graph break, so it runs eagerly on CPU tensors only (elsewhere an
+    # out-of-range id trips one_hot's device assert).
+    on_host = class_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    if num_classes is not None and class_ids.numel() and on_host:
         low, high = int(class_ids.min()), int(class_ids.max())
         if low < 0 or high >= num_classes:
             raise ValueError(

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +25,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from contavsep.data.manifest import DatasetError
     from contavsep.storage import StorageError
 
-    return (UserError, ConfigError, RegistryError, FileNotFoundError, StorageError, DatasetError, CheckpointError)
+    # The OS errors are about paths the user gave (a file where a folder should be, no permission).
+    return (UserError, ConfigError, RegistryError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, StorageError, DatasetError, CheckpointError)
 
 COMMAND_MODULES = [
     "contavsep_platform.commands.config",
@@ -62,8 +65,16 @@ def _local_services_env(enabled: bool) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line naming the problem and where the help is
+    (not the usage block), exit status 2. Subparsers inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="contavsep",
         description="Hyperparameter and strategy search for continual audio-visual sound separation.",
     )
@@ -81,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # inside the try: a closed pipe must not surface at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`contavsep services status | head`): stop quietly, as a tool killed
+        # by SIGPIPE would. stdout goes to /dev/null so the exit-time flush finds no pipe either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     user_errors = _user_errors()
@@ -96,4 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m contavsep_platform.cli`: run the imported module's main, so that the UserError the
+    # commands import is the class caught here (this file runs as __main__, a second copy).
+    from contavsep_platform.cli import main as _main
+
+    sys.exit(_main())

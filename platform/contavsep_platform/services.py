@@ -90,6 +90,8 @@ SERVICE_PORTS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
     "ray": ("ray", "dashboard", "ray_client", "dashboard_agent"),
 }
+# `ray start`'s default --min-worker-port / --max-worker-port: Ray refuses its own ports in there.
+RAY_WORKER_PORTS = range(10002, 19999 + 1)
 # Seconds to the first healthy answer. MLflow's first start migrates its database and measured
 # 60+ s on 2 busy cores; a Ray head ~45 s there.
 STARTUP_TIMEOUT_S: dict[str, float] = {"s3": 60.0, "mlflow": 300.0, "ray": 300.0}
@@ -515,6 +517,23 @@ def _url(name: str, ports: Mapping[str, int]) -> str:
 # up / down / status
 
 
+def check_ports(ports: Mapping[str, int]) -> None:
+    """Refuse, before anything starts, a port outside 1-65535, one port given to two roles (the
+    second server would fail after the first started), or a Ray head port inside Ray's
+    worker-port range (:data:`RAY_WORKER_PORTS`; Ray would refuse it with a vague message)."""
+    seen: dict[int, str] = {}
+    for role, port in ports.items():
+        if not 1 <= port <= 65535:
+            raise ServiceError(f"{PORT_FLAGS[role]} {port} is not a TCP port (1-65535)")
+        if port in seen:
+            raise ServiceError(f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[role]} are both {port}: every service needs"
+                               f" its own port; nothing was started")
+        seen[port] = role
+        if role in SERVICE_PORTS["ray"] and port in RAY_WORKER_PORTS:
+            raise ServiceError(f"{PORT_FLAGS[role]} {port} is inside Ray's worker-port range {RAY_WORKER_PORTS.start}-"
+                               f"{RAY_WORKER_PORTS.stop - 1}: choose a port outside it; nothing was started")
+
+
 def up(
     state_dir: Path | None = None,
     *,
@@ -536,6 +555,9 @@ def up(
     unknown = sorted(set(explicit) - set(DEFAULT_PORTS))
     if unknown:
         raise ServiceError(f"unknown port role(s) {unknown}; known: {sorted(DEFAULT_PORTS)}")
+    before = read_state(state_dir)  # before _prepare: a refused port list writes nothing
+    names = [n for n in SERVICES if n != "ray" or ray or "ray" in before.services]
+    check_ports({role: {**DEFAULT_PORTS, **before.ports, **explicit}[role] for n in names for role in SERVICE_PORTS[n]})
     _prepare(state_dir)
     with _lock(state_dir):
         state = read_state(state_dir)
@@ -567,8 +589,8 @@ def up(
             for role, port in mine.items():
                 if not _port_free(port):
                     raise ServiceError(
-                        f"port {port} ({role}) is in use by another program: choose a free one with "
-                        f"{PORT_FLAGS[role]} PORT, or stop that program"
+                        f"port {port} for {name} ({PORT_FLAGS[role]}) is in use by another program: choose a free"
+                        f" one with {PORT_FLAGS[role]} PORT, or stop that program; nothing was started"
                     )
 
         # Pass 2: start in dependency order.

@@ -290,6 +290,18 @@ def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
     )
 
 
+# MLflow tracking URIs contavsep can log to and read from (MLflow 3's file store is legacy,
+# read-only; anything else is a typo).
+TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str, setting: str) -> None:
+    """Refuse a tracking URI MLflow cannot serve runs from, naming the ``setting`` it came from."""
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise SettingsError(f"{setting} {uri!r} is not an MLflow tracking server or database: use http://host:port"
+                            f" (`contavsep services status` shows the local one) or sqlite:///path/mlflow.db")
+
+
 def service_env(endpoints: Endpoints) -> dict[str, str]:
     """Environment variables that give another process of this machine (Ray workers, a submitted
     job, the Ray head of ``services up --ray``) the same view of the services: ``CONTAVSEP_*``,

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from contavsep.config import Config, ConfigError, flat, make_config, valid_keys
+from contavsep.config import Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -521,7 +521,7 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpaceError(f"{source} is not valid YAML: {exc}") from None
+        raise SpaceError(f"{source} is not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(raw, Mapping):
         raise SpaceError(f"{source} must hold a mapping with at least 'base' and 'strategies'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
@@ -575,6 +575,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         metric, mode = parsed[0].metric, parsed[0].mode
         extra_objectives = tuple(parsed[1:])
 
+    num_samples = number("num_samples", 0, int)
+    if "num_samples" in raw and num_samples < 1:  # 0 below means "not given", never "no trials"
+        raise SpaceError(f"{source}: num_samples must be >= 1, got {num_samples} (leave it out for the grid size or"
+                         f" one trial per starting point)")
     name = raw.get("name") or Path(source).stem
     space = SearchSpace(
         name=str(name),
@@ -586,7 +590,7 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         mode=str(mode),
         extra_objectives=extra_objectives,
         repeats=_section(raw.get("repeats"), f"{source}: repeats", RepeatSpec),
-        num_samples=number("num_samples", 0, int),
+        num_samples=num_samples,
         scheduler=_section(raw.get("scheduler"), f"{source}: scheduler", SchedulerSpec),
         sampler=_section(raw.get("sampler"), f"{source}: sampler", SamplerSpec),
         resources=_section(raw.get("resources"), f"{source}: resources", Resources),
@@ -596,6 +600,38 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     )
     space = validate_space(space, source)
     return space.with_overrides(dict(overrides)) if overrides else space
+
+
+# Keys of a space that may change between a sweep and its --resume: where the data lives (its
+# content is compared by hash instead), where results go, and what the cluster offers.
+_RESUMABLE_KEYS = ("base.data.uri", "base.data.cache_dir")
+
+
+def fingerprint(space: SearchSpace) -> dict[str, str]:
+    """What defines a sweep's trials, as {dotted key: text}: stored with the sweep so that a
+    ``--resume`` with another space (or ``--set``) is refused naming the keys that differ."""
+    # The resolved config of the base: a value from the YAML (3) and from --set ('3') are one value.
+    out = {f"base.{k}": repr(v) for k, v in flat(_build(space.base, "base")).items()}
+    for name, params in space.strategies.items():
+        out[f"strategies.{name}"] = "(searched)"
+        out.update({f"strategies.{name}.{k}": d.describe() for k, d in params.items()})
+    out.update({
+        "num_samples": str(space.num_samples),
+        "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
+        "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders",
+        "scheduler": repr(space.scheduler),
+        "sampler": repr(space.sampler),
+        "points_to_evaluate": repr(space.points_to_evaluate),
+    })
+    return {k: v for k, v in out.items() if k not in _RESUMABLE_KEYS}
+
+
+def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """The keys whose value differs between two fingerprints (missing on one side counts), each
+    as ``key: stored -> now``."""
+    missing = "(not set)"
+    return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
+            for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
 
 
 def load_space(path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
@@ -629,6 +665,12 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     base_cfg = _build(space.base, f"{where}: base")
     if not base_cfg.data.uri:
         raise SpaceError(f"{where}: base must set data.uri (a dataset URI, or \"{STORAGE_PLACEHOLDER}/datasets/<name>\"); or pass --set data.uri=...")
+    from contavsep.storage import StorageError, parse_uri
+
+    try:
+        parse_uri(base_cfg.data.uri)  # a malformed URI fails here, not in every trial
+    except StorageError as exc:
+        raise SpaceError(f"{where}: data.uri: {exc}") from None
     for name, params in space.strategies.items():
         try:
             STRATEGIES.check(name)
@@ -705,6 +747,9 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
         raise SpaceError(f"{where}: resources: a worker needs some cpus or gpus")
     if res.gpus > 1 and not float(res.gpus).is_integer():
         raise SpaceError(f"{where}: resources.gpus above 1 must be a whole number (Ray shares a GPU only in fractions below 1), got {res.gpus}")
+    if base_cfg.train.device.startswith("cuda") and res.gpus == 0:  # Ray hides every GPU from such a trial
+        raise SpaceError(f"{where}: train.device={base_cfg.train.device} but resources.gpus is 0, so no trial would see a GPU;"
+                         f" set resources.gpus (e.g. 1) or train.device=auto")
     if base_cfg.train.batch_size % res.workers:
         raise SpaceError(f"{where}: train.batch_size ({base_cfg.train.batch_size}) must be divisible by resources.workers ({res.workers})")
     if space.max_failures < 0:

@@ -7,7 +7,9 @@
    trial finds S3 and MLflow the way this process does;
 2. checks the dataset and the sweep folder ``<storage>/sweeps/<name>/`` (a new sweep must not
    exist, ``resume`` needs it) before any trial starts;
-3. opens the sweep's MLflow parent run (re-used on resume) and hands its id to the trials;
+3. checks that one trial fits the cluster, then (only then: a refused sweep leaves no run)
+   opens the sweep's MLflow parent run (re-used on resume, after sending what an MLflow
+   outage kept from the previous session's final flush) and hands its id to the trials;
 4. runs a Tuner: :class:`~contavsep_platform.search.GroupedOptunaSearch` proposes configurations
    from the define-by-run space and runs each once per repeat, ASHA on group means
    (:mod:`contavsep_platform.pruning`) stops weak configurations at step boundaries from step 2
@@ -15,11 +17,14 @@
    trial holds ``resources.driver_cpus`` and ``max_concurrent_trials`` comes from the cluster's
    resources, so a small machine never deadlocks on drivers waiting for workers;
    ``resume`` restores it (``Tuner.restore``): finished trials are not run again;
-5. on Ctrl-C or SIGTERM (``ray job stop``) stops the trials, removes what is left of their
-   placement groups and says how to resume;
-6. returns every trial's last result and the ranking of the configurations (mean ± 95 % CI over
-   their repeats, paired differences; :mod:`contavsep_platform.comparison`), which also goes to
-   the parent run.
+5. on Ctrl-C or SIGTERM (``ray job stop``, within the grace period of :data:`JOB_STOP_GRACE_ENV`)
+   stops the trials, removes what is left of their placement groups, ends the MLflow runs
+   KILLED and says how to resume;
+6. returns every trial's last result (an errored trial with its error and Tune's ``error.txt``)
+   and the ranking of the configurations (mean ± 95 % CI over their repeats, paired
+   differences; :mod:`contavsep_platform.comparison`), which also goes to the parent run (ended
+   FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
+   ``<sweep>/mlflow-pending.json``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,8 +60,10 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
-from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace
 from contavsep_platform.ray_storage import ray_storage
+from contavsep_platform.spaces import (
+    GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
+)
 from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, run_trial
 
 log = logging.getLogger("contavsep.sweep")
@@ -63,6 +71,12 @@ log = logging.getLogger("contavsep.sweep")
 # The Train V2 API (Tune driver + TorchTrainer) on every process of the job (Ray 2.60's default,
 # stated so an older cluster default cannot switch trials to the V1 API).
 TRAIN_V2_ENV = {"RAY_TRAIN_V2_ENABLED": "1"}
+# `ray job stop` sends SIGTERM, and Ray's job supervisor SIGKILLs the entrypoint
+# RAY_JOB_STOP_WAIT_TIME_S later (default 3 s; read from the supervisor's env, i.e. the job's
+# runtime env or the head's env): too short for Tune to stop the trials and save its state and
+# for the sweep to close its MLflow runs and print how to resume (measured: 25 s for a 2-trial
+# sweep on a loaded 2-core machine). Submit sweeps with this env (README "Submitting a sweep").
+JOB_STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "90"}
 # A local Ray start can lose a race against its own agents on a busy machine (the raylet gives
 # them a fixed 15 s); the next attempt finds the imports in the page cache.
 LOCAL_RAY_ATTEMPTS = 3
@@ -297,6 +311,8 @@ class TrialRow:
     engine_seconds: float | None = None
     group: str = ""  # configuration id (content hash of the resolved configuration without its repeat)
     repeat: str = ""  # e.g. s1-o0: seed 1 of the base, class order 0
+    error: str = ""  # status error: the error's last line
+    error_log: str = ""  # status error: Tune's error.txt of the trial (full traceback), as a storage URI
 
     def value(self, key: str) -> float | None:
         v = self.metrics.get(key)
@@ -321,8 +337,19 @@ class SweepOutcome:
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective space
     pareto: tuple[str, ...] = ()  # configuration ids on the Pareto front (multi-objective spaces)
 
+    @property
+    def errored(self) -> list[TrialRow]:
+        """Trials that ended in an error (``--resume`` retries them from their last intact checkpoint)."""
+        return [r for r in self.trials if r.status == "error"]
 
-def _rows(result_grid: Any, space: SearchSpace) -> list[TrialRow]:
+
+def _error_line(error: BaseException) -> str:
+    """The last non-empty line of an error (Tune wraps the trial's exception in its own)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "") -> list[TrialRow]:
     repeat_keys = set(space.repeats.keys())
     rows = []
     for result in result_grid:
@@ -340,10 +367,13 @@ def _rows(result_grid: Any, space: SearchSpace) -> list[TrialRow]:
             status = "stopped"  # by the scheduler (Tune marks its last result done)
         else:
             status = "interrupted"  # the sweep stopped while the trial ran; --resume continues it
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path or "").name)
+        folder = Path(result.path or "").name  # tune-<trial id> (see _trial_dirname)
+        trial_id = str((result.metrics or {}).get("trial_id") or folder.removeprefix("tune-"))
         group = str(config.get(GROUP_KEY) or configuration_id(space, params))
+        error = _error_line(result.error) if result.error is not None else ""
+        error_log = storage.join(sweep_uri, folder, "error.txt") if result.error is not None and sweep_uri and folder else ""
         rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics,
-                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, ""))))
+                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, "")), error, error_log))
     return sorted(rows, key=lambda r: r.trial_id)
 
 
@@ -432,6 +462,19 @@ def default_sweep_name(space: SearchSpace) -> str:
     return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_sweep_name(name: str) -> str:
+    """Refuse a sweep name that is not one plain path segment (it names a storage folder, an
+    MLflow tag and a report folder): letters, digits, '.', '_', '-', not starting with '.', at
+    most 100 characters."""
+    if not _NAME_RE.fullmatch(name):
+        raise SweepError(f"sweep name {name!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', not starting"
+                         f" with '.' (it names a folder)")
+    return name
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
@@ -495,15 +538,18 @@ def run_sweep(
 
     if resume and not name:
         raise SweepError("--resume needs the --name of the sweep to continue")
-    name = name or default_sweep_name(space)
+    name = check_sweep_name(name or default_sweep_name(space))
     started = time.perf_counter()
     manifest = read_manifest(str(space.base["data.uri"]), s3)  # a missing dataset fails here, not in every trial
     sweeps_uri = storage.join(storage_uri, "sweeps")
     if storage.parse_uri(storage_uri).scheme == "s3":
         storage.ensure_bucket(storage_uri, s3)
+    if resume:  # before Ray starts: a refused resume costs a second and touches nothing
+        check_resumed_space(storage.join(sweeps_uri, name), space, manifest, s3)
     started_ray = connect_ray(ray_address, dict(env or {}))
     try:
-        return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest, callbacks, verbose, started)
+        with _sigterm_as_interrupt():
+            return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest, callbacks, verbose, started)
     finally:
         if started_ray:
             import ray
@@ -511,10 +557,34 @@ def run_sweep(
             ray.shutdown()
 
 
+# Next to Tune's state: the fingerprint of the space (and dataset) a sweep was started with.
+SPACE_RECORD = "contavsep-space.json"
+
+
+def space_record(space: SearchSpace, manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The fingerprint of a sweep's space and dataset content (stored as :data:`SPACE_RECORD`)."""
+    return {**fingerprint(space), "data.content_hash": str(manifest.get("content_hash", ""))}
+
+
+def check_resumed_space(sweep_uri: str, space: SearchSpace, manifest: Mapping[str, Any],
+                        s3: storage.S3Settings | None) -> None:
+    """Refuse to ``--resume`` a sweep with a space (or ``--set`` values, or dataset content) other
+    than the one it was started with: Tune would run the rest of the old plan with the new
+    settings and `report` would mix the two. Sweeps without a record are not checked."""
+    record_uri = storage.join(sweep_uri, SPACE_RECORD)
+    if not storage.exists(record_uri, s3):
+        return
+    diff = fingerprint_differences(json.loads(storage.read_bytes(record_uri, s3)), space_record(space, manifest))
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise SweepError(f"--resume with another space than sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was"
+                         f" started with: {'; '.join(diff[:3])}{more}; resume with the original space file and --set"
+                         f" values, or start a new --name")
+
+
 def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resume: bool, tracking_uri: str | None,
          s3: storage.S3Settings | None, manifest: Mapping[str, Any], callbacks: Sequence[Any], verbose: int,
          started: float) -> SweepOutcome:
-    import ray
     from ray import tune
 
     sweeps_path, filesystem = ray_storage(sweeps_uri, s3)
@@ -525,40 +595,73 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         raise SweepError(f"no sweep '{name}' to resume at {sweep_uri}; check --name (and the storage root)")
     if not resume and exists:
         raise SweepError(f"sweep '{name}' already exists at {sweep_uri}; continue it with --resume or pick another --name")
-
-    tracker, parent_run_id = _open_parent_run(space, name, tracking_uri, manifest)
-    context = TrialContext(sweep_name=name, storage_uri=storage_uri, space=space, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     cluster = _cluster_capacity()
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), space.resources.driver_resources(cluster))
-    max_concurrent = space.resources.concurrent_trials(cluster)
-    log.info("sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s", name, space.num_samples,
-             space.repeats.count, max_concurrent, sweep_uri)
-    reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
-    searcher = None if resume else make_searcher(space)  # on --resume Tune restores the pickled one
-    if resume:
-        tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=make_scheduler(space),
-                num_samples=space.num_trials,
-                max_concurrent_trials=max_concurrent,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=sweeps_path,
-                storage_filesystem=filesystem,
-                callbacks=[reaper, *callbacks],
-                verbose=verbose,
-            ),
-        )
-    with _sigterm_as_interrupt():
+    driver_resources = space.resources.driver_resources(cluster)
+    max_concurrent = space.resources.concurrent_trials(cluster)  # refuses a trial the cluster cannot hold
+    if resume and tracking_uri:
+        # A previous session's final flush that MLflow missed (outage): send it before anything else.
+        from contavsep_platform.tracking import send_all_pending
+
+        send_all_pending(tracking_uri, sweep_uri, s3)
+
+    # Every check passed: only now does the sweep get an MLflow run (a refused sweep leaves none).
+    tracker, parent_run_id = _open_parent_run(space, name, tracking_uri, manifest)
+    pending_uri = storage.join(sweep_uri, "mlflow-pending.json")  # tracking.PENDING_FILE (mlflow is imported only with tracking)
+    try:
+        context = TrialContext(sweep_name=name, storage_uri=storage_uri, space=space, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), driver_resources)
+        log.info("sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s", name, space.num_samples,
+                 space.repeats.count, max_concurrent, sweep_uri)
+        reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
+        searcher = None if resume else make_searcher(space)  # on --resume Tune restores the pickled one
+        if resume:
+            tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=make_scheduler(space),
+                    num_samples=space.num_trials,
+                    max_concurrent_trials=max_concurrent,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=sweeps_path,
+                    storage_filesystem=filesystem,
+                    callbacks=[reaper, *callbacks],
+                    verbose=verbose,
+                ),
+            )
+        if not resume:  # the space this sweep runs, for the check of a later --resume
+            record = json.dumps(space_record(space, manifest), indent=1).encode()
+            storage.write_bytes_atomic(storage.join(sweep_uri, SPACE_RECORD), record, s3)
         result_grid = tuner.fit()
-    rows = _rows(result_grid, space)
+        outcome = _outcome(space, name, sweep_uri, result_grid, searcher, parent_run_id, max_concurrent, started)
+    except BaseException:
+        # Ctrl-C / SIGTERM outside Tune's own handling, or a failure of the sweep itself: the
+        # runs must not stay RUNNING (KILLED: --resume re-opens them).
+        if tracker is not None:
+            tracker.flush_timeout_s = min(tracker.flush_timeout_s, 10.0)
+            tracker.finish([], status="KILLED", pending_uri=pending_uri, s3=s3)
+        raise
+    if tracker is not None:
+        if outcome.interrupted:
+            # Stopped (Ctrl-C, `ray job stop`): inside the job's grace period, so a short flush.
+            tracker.flush_timeout_s = min(tracker.flush_timeout_s, 10.0)
+            tracker.finish([], status="KILLED", pending_uri=pending_uri, s3=s3)
+        else:
+            pareto_trials = [r.trial_id for r in outcome.trials if r.group in outcome.pareto]
+            tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
+                           status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
+    return outcome
+
+
+def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, searcher: GroupedOptunaSearch | None,
+             parent_run_id: str | None, max_concurrent: int, started: float) -> SweepOutcome:
+    rows = _rows(result_grid, space, sweep_uri)
     groups = {r.group for r in rows}
     started_groups_incomplete = any(sum(r.group == g for r in rows) < space.repeats.count for g in groups)
     searcher_done = searcher is None or searcher.exhausted or len(searcher.groups) >= space.num_samples
@@ -575,7 +678,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     comparison = comparison_of(rows, space)
     objectives = tuple((o.metric, o.mode) for o in space.objectives)
     pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
-    outcome = SweepOutcome(
+    return SweepOutcome(
         name=name,
         sweep_uri=sweep_uri,
         metric=space.metric,
@@ -590,10 +693,6 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         objectives=objectives if len(objectives) > 1 else (),
         pareto=pareto,
     )
-    if tracker is not None and not interrupted:
-        pareto_trials = [r.trial_id for r in rows if r.group in pareto]
-        tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials)
-    return outcome
 
 
 def ranking_markdown(outcome: SweepOutcome) -> str:
@@ -615,6 +714,12 @@ def ranking_markdown(outcome: SweepOutcome) -> str:
     return "\n".join(parts)
 
 
+def error_lines(outcome: SweepOutcome) -> list[str]:
+    """One line per errored trial: its id, how far it got, the error, where the full log is."""
+    return [f"trial {r.trial_id} ({r.strategy}) failed after {r.steps} step(s): {r.error}; log: {r.error_log or outcome.sweep_uri}"
+            for r in outcome.errored]
+
+
 def print_outcome(outcome: SweepOutcome, out: Any = None) -> None:
     out = out or sys.stdout
     print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials of {len(outcome.comparison.configurations)} configuration(s)"
@@ -630,5 +735,8 @@ def print_outcome(outcome: SweepOutcome, out: Any = None) -> None:
         print(_table([[*header, "Pareto"], *marked]), file=out)
     for note in outcome.notes:
         print(f"note: {note}", file=out)
-    if outcome.interrupted:
-        print(f"\nthe sweep was interrupted; continue it with: contavsep sweep SPACE.yaml --name {outcome.name} --resume", file=out)
+    errored = outcome.errored
+    if outcome.interrupted or errored:
+        what = "was interrupted" if outcome.interrupted else "has errored trials"
+        print(f"\nthe sweep {what}; continue it with: contavsep sweep SPACE.yaml --name {outcome.name} --resume"
+              + (" (errored trials restart from their last intact step checkpoint)" if errored else ""), file=out)

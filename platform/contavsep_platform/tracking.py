@@ -23,9 +23,14 @@ process-global "active run" would mix up several trials in one process.
 
 A tracking server outage never fails a trial: every call goes through an ordered outbox with
 short HTTP timeouts; what fails because the server is unreachable stays queued (artifacts as
-local files) and is re-sent, in order, at the next call; ``log_final`` waits a bounded time for
-the server to come back. One warning per outage, one when it is over. What the server rejects
-(e.g. a param changed on resume) is dropped with a warning, not retried forever.
+local files) and is re-sent, in order, at the next call; ``log_final`` / ``finish`` wait a bounded
+time for the server to come back, then keep what is needed to end the run (final metrics,
+ranking, status) in the sweep's storage (``mlflow-pending.json``), which :func:`send_all_pending`
+sends later (``--resume``, ``contavsep report``). One warning per outage, one when it is over;
+urllib3's per-request retry lines are filtered out. Metric points are sent idempotently (a step
+already in a run's history is not logged again: retries, Train restarts and resumes re-run
+steps). What the server rejects (e.g. a param changed on resume) is dropped with a warning, not
+retried forever.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from contavsep import storage
+from contavsep.storage import S3Settings
 from contavsep_platform.artifacts import (
     example_dirname,
     markdown_table,
@@ -112,6 +119,17 @@ _env_users = 0
 _env_set: dict[str, str] = {}
 
 
+class _NoRetryLines(logging.Filter):
+    """Drops urllib3's "Retrying (Retry(total=...)) after connection broken" warnings: during an
+    outage every request would add one; the outbox says once that the server is unreachable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying (")
+
+
+_no_retry_lines = _NoRetryLines()
+
+
 @contextmanager
 def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
     """Short MLflow HTTP timeouts/retries (and no URL printing or progress bars) while a tracker talks to the server.
@@ -138,6 +156,7 @@ def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
                 if key not in os.environ:
                     os.environ[key] = value
                     _env_set[key] = value
+            logging.getLogger("urllib3.connectionpool").addFilter(_no_retry_lines)
         _env_users += 1
     try:
         yield
@@ -149,6 +168,7 @@ def short_http_requests(timeout_s: int, max_retries: int) -> Iterator[None]:
                     if os.environ.get(key) == value:
                         del os.environ[key]
                 _env_set.clear()
+                logging.getLogger("urllib3.connectionpool").removeFilter(_no_retry_lines)
 
 
 # ---------------------------------------------------------------------------- outbox
@@ -358,7 +378,22 @@ class _RunLogger:
         # The timestamp is taken now, not at send time: buffered points keep their real time.
         timestamp_ms = int(time.time() * 1000)
         for batch in _metrics_batches(values, step, timestamp_ms):
-            self.outbox.add(_Op(label, lambda b=batch: self.client.log_batch(self.require_run(), metrics=b)))
+            self.outbox.add(_Op(label, lambda b=batch: self.log_metrics_once(b)))
+
+    def log_metrics_once(self, batch: list[Metric]) -> None:
+        """Log ``batch`` (one step) unless its first metric already has a point at that step.
+
+        MLflow appends every point it is sent: a request that reached the server although its
+        reply was lost, a Train restart or a ``--resume`` re-running a step, and a spooled final
+        flush sent again would all duplicate the step. One history read makes each send
+        idempotent; the first values logged for a step are kept.
+        """
+        run_id = self.require_run()
+        first = batch[0]
+        if any(m.step == first.step for m in self.client.get_metric_history(run_id, first.key)):
+            log.info("MLflow run %s has step %d of %s already; not logged again", run_id, first.step, first.key)
+            return
+        self.client.log_batch(run_id, metrics=batch)
 
     def queue_tags(self, tags: Mapping[str, str], label: str) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -528,27 +563,54 @@ class SweepTracker:
             if run.data.tags.get(TRIAL_TAG) in trial_ids:
                 client.set_tag(run.info.run_id, PARETO_TAG, "true")
 
-    def finish(self, ranking: list[dict], ranking_md: str = "", pareto_trials: list[str] | None = None) -> None:
+    def finish(self, ranking: list[dict], ranking_md: str = "", pareto_trials: list[str] | None = None, *,
+               status: str = "FINISHED", pending_uri: str | None = None, s3: S3Settings | None = None) -> bool:
         """Log the sweep's ranking (JSON + markdown, and per-method summary metrics: mean, 95 % CI
-        bounds and number of runs of each objective), close unfinished child runs, end the parent run.
+        bounds and number of runs of each objective), close unfinished child runs (KILLED), end
+        the parent run with ``status`` (FINISHED; FAILED when trials errored; KILLED when the
+        sweep was stopped, with an empty ranking).
 
-        Never raises because the server is unreachable; waits up to ``flush_timeout_s``.
+        Never raises because the server is unreachable: waits up to ``flush_timeout_s``, then
+        writes what was not sent to ``pending_uri`` (the sweep's storage, see
+        :func:`send_pending`) so that ``--resume`` or ``contavsep report`` sends it later.
+        Returns whether everything was sent.
         """
         run_log = self._log
-        if run_log is None:
-            return
-        if run_log.run_id is not None:
-            run_log.queue_text("ranking.json", json.dumps(ranking, indent=2, default=str))
-            if ranking_md:
-                run_log.queue_text("ranking.md", ranking_md)
-            summary = summary_metrics(ranking)
-            if summary:
-                run_log.queue_metrics(summary, 0, "sweep summary metrics")
-            if pareto_trials:
-                run_log.outbox.add(_Op("tagging Pareto trial runs", lambda: self._tag_pareto_trials(run_log, list(pareto_trials))))
-            run_log.outbox.add(_Op("closing unfinished trial runs", lambda: self._close_unfinished_trials(run_log)))
-            run_log.queue_status("FINISHED")
-        run_log.finish_outbox(self.flush_timeout_s, f"sweep {self.sweep_name}")
+        if run_log is None or run_log.run_id is None:
+            return True
+        payload = {
+            "format": PENDING_FORMAT, "experiment": self.experiment, "sweep": self.sweep_name,
+            "experiment_id": run_log.experiment_id, "run_id": run_log.run_id, "status": status,
+            "ranking": ranking, "ranking_md": ranking_md, "pareto_trials": list(pareto_trials or []),
+        }
+        _queue_end(self, run_log, payload)
+        if run_log.finish_outbox(self.flush_timeout_s, f"sweep {self.sweep_name}"):
+            return True
+        if pending_uri:
+            _write_pending(pending_uri, {**payload, "role": "sweep"}, s3, f"sweep {self.sweep_name}")
+        return False
+
+
+PENDING_FORMAT = 1
+PENDING_FILE = "mlflow-pending.json"  # under <storage>/sweeps/<name>/: a final flush MLflow did not get
+
+
+def _queue_end(tracker: SweepTracker, run_log: _RunLogger, payload: Mapping[str, Any]) -> None:
+    """Queue the parent run's end from ``payload`` (what :meth:`SweepTracker.finish` writes to a
+    pending file); every op is safe to repeat, so a re-send after a partial flush is harmless."""
+    ranking = list(payload.get("ranking") or [])
+    if ranking:
+        run_log.queue_text("ranking.json", json.dumps(ranking, indent=2, default=str))
+    if payload.get("ranking_md"):
+        run_log.queue_text("ranking.md", str(payload["ranking_md"]))
+    summary = summary_metrics(ranking)
+    if summary:
+        run_log.queue_metrics(summary, 0, "sweep summary metrics")
+    pareto = list(payload.get("pareto_trials") or [])
+    if pareto:
+        run_log.outbox.add(_Op("tagging Pareto trial runs", lambda: tracker._tag_pareto_trials(run_log, pareto)))
+    run_log.outbox.add(_Op("closing unfinished trial runs", lambda: tracker._close_unfinished_trials(run_log)))
+    run_log.queue_status(str(payload.get("status") or "FINISHED"))
 
 
 def summary_metrics(ranking: list[dict]) -> dict[str, float]:
@@ -584,6 +646,9 @@ class TrialTracker:
         http_timeout_s / max_retries: per-request limits while talking to the server.
         flush_timeout_s: how long :meth:`log_final` / :meth:`close` wait for an unreachable server.
         examples_every_step: log example separations after every step, not only the last.
+        pending_uri: where :meth:`log_final` keeps the final results if MLflow stays
+            unreachable (``<trial folder>/mlflow-pending.json``; :func:`send_pending`).
+        s3: storage settings for ``pending_uri``.
     """
 
     def __init__(
@@ -598,8 +663,12 @@ class TrialTracker:
         max_retries: int = 1,
         flush_timeout_s: float = 60.0,
         examples_every_step: bool = False,
+        pending_uri: str | None = None,
+        s3: S3Settings | None = None,
     ):
         self.experiment = experiment
+        self.pending_uri = pending_uri
+        self.s3 = s3
         self.parent_run_id = parent_run_id
         self.trial_name = trial_name
         self.params = _flatten(params)
@@ -693,26 +762,19 @@ class TrialTracker:
             self._queue_examples(result.examples, result.step)
         self._log.outbox.flush()
 
-    def _queue_plot(self, name: str, draw: Callable[[], Any]) -> None:
-        assert self._log is not None
-        self._log.queue_files(lambda d: save_figure(draw(), d / name), "plots", f"plot {name}")
-
     def log_final(self, summary: dict, config_yaml: str) -> None:
         """Final metrics, R matrices (JSON + heatmap), per-step curves, the resolved config;
-        then the run ends FINISHED. Waits up to ``flush_timeout_s`` for an unreachable server."""
+        then the run ends FINISHED. Waits up to ``flush_timeout_s`` for an unreachable server,
+        then keeps the summary and config in ``pending_uri`` to be sent later."""
         if self._log is None:
             return
         run_log = self._log
-        if summary:
-            run_log.queue_metrics(final_metrics(summary), int(summary.get("last_step", 0)), "final metrics")
-            run_log.queue_text("R.json", r_matrices_json(summary), "results")
-            run_log.queue_text("summary.json", json.dumps(summary, indent=2, default=_json_default), "results")
-            self._queue_plot("R_matrices.png", lambda: r_matrix_figure(summary))
-            self._queue_plot("step_curves.png", lambda: step_curves_figure(summary))
-        run_log.queue_text("config.yaml", config_yaml)
-        run_log.queue_tags({"contavsep.complete": "true"}, "completion tag")
-        run_log.queue_status("FINISHED")
-        run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
+        _queue_trial_final(run_log, summary, config_yaml)
+        if run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}") or not self.pending_uri or run_log.run_id is None:
+            return
+        payload = {"format": PENDING_FORMAT, "role": "trial", "trial": self.trial_name, "experiment_id": run_log.experiment_id,
+                   "run_id": run_log.run_id, "summary": summary, "config_yaml": config_yaml}
+        _write_pending(self.pending_uri, payload, self.s3, f"trial {self.trial_name}")
 
     def close(self, status: str = "FAILED") -> None:
         """End the run without final results (``FAILED`` or ``KILLED``), sending what is queued."""
@@ -728,3 +790,58 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         return value.tolist()
     return str(value)
+
+
+def _queue_trial_final(run_log: _RunLogger, summary: Mapping[str, Any], config_yaml: str) -> None:
+    """Queue a trial run's end (what :meth:`TrialTracker.log_final` sends; repeatable)."""
+    if summary:
+        run_log.queue_metrics(final_metrics(summary), int(summary.get("last_step", 0)), "final metrics")
+        run_log.queue_text("R.json", r_matrices_json(summary), "results")
+        run_log.queue_text("summary.json", json.dumps(summary, indent=2, default=_json_default), "results")
+        for name, draw in (("R_matrices.png", r_matrix_figure), ("step_curves.png", step_curves_figure)):
+            run_log.queue_files(lambda d, n=name, f=draw: save_figure(f(summary), d / n), "plots", f"plot {name}")
+    run_log.queue_text("config.yaml", config_yaml)
+    run_log.queue_tags({"contavsep.complete": "true"}, "completion tag")
+    run_log.queue_status("FINISHED")
+
+
+def _write_pending(uri: str, payload: Mapping[str, Any], s3: S3Settings | None, what: str) -> None:
+    try:
+        storage.write_bytes_atomic(uri, json.dumps(payload, indent=1, default=_json_default).encode(), s3)
+        log.warning("MLflow: kept the final results of %s in %s; `contavsep report --sweep SWEEP` or `contavsep sweep ... --resume`"
+                    " sends them once MLflow is back", what, uri)
+    except Exception as exc:  # noqa: BLE001 - storage down too: say so, the results stand in Tune and the checkpoints
+        log.warning("MLflow: could not keep the final results of %s in %s either: %s", what, uri, _one_line(exc))
+
+
+def send_pending(tracking_uri: str, pending_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0) -> bool | None:
+    """Send a final flush that MLflow missed (a sweep's or a trial's pending file), then delete
+    the file. Returns None when nothing was pending, else whether it was sent."""
+    if not storage.exists(pending_uri, s3):
+        return None
+    payload = json.loads(storage.read_bytes(pending_uri, s3))
+    run_log = _RunLogger(tracking_uri, 5, 1, "contavsep-mlflow-pending-")
+    run_log.run_id, run_log.experiment_id = str(payload["run_id"]), payload.get("experiment_id")
+    if payload.get("role") == "trial":
+        what = f"trial {payload.get('trial')}"
+        _queue_trial_final(run_log, payload.get("summary") or {}, str(payload.get("config_yaml", "")))
+    else:
+        what = f"sweep {payload.get('sweep')}"
+        _queue_end(SweepTracker(tracking_uri, str(payload["experiment"]), str(payload["sweep"])), run_log, payload)
+    if not run_log.finish_outbox(timeout_s, f"the pending results of {what}"):
+        return False
+    storage.delete_prefix(pending_uri, s3)
+    log.warning("MLflow: sent the final results of %s kept in %s", what, pending_uri)
+    return True
+
+
+def send_all_pending(tracking_uri: str, sweep_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0) -> tuple[int, int]:
+    """Send every pending final flush of the sweep at ``sweep_uri`` (its own and its trials');
+    returns (sent, still pending)."""
+    sent = left = 0
+    for rel in storage.list_dir(sweep_uri, s3, recursive=True):
+        if rel == PENDING_FILE or rel.endswith("/" + PENDING_FILE) and rel.count("/") == 1:
+            ok = send_pending(tracking_uri, storage.join(sweep_uri, rel), s3, timeout_s)
+            sent += ok is True
+            left += ok is False
+    return sent, left

@@ -21,7 +21,6 @@ MLflow keeps the engine's 0-based ``step=k``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from contavsep import storage
-from contavsep.config import Config, ConfigError, flat, to_yaml
+from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import SearchSpace
@@ -185,16 +184,57 @@ def restored_result(state: Any) -> StepResult:
 def _tracker(context: TrialContext, trial_id: str, cfg: Config) -> Any | None:
     if not context.tracking_uri:
         return None
-    from contavsep_platform.tracking import TrialTracker  # imports mlflow: only where tracking is on
+    from contavsep_platform.tracking import PENDING_FILE, TrialTracker  # imports mlflow: only where tracking is on
 
-    return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg))
+    pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)
+    return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg),
+                        pending_uri=pending, s3=s3_settings())
+
+
+def _step_index(name: str) -> int | None:
+    """k of a ``step=<k>`` checkpoint folder name, else None."""
+    prefix, _, k = name.partition("=")
+    return int(k) if prefix == "step" and k.isdigit() else None
+
+
+def latest_intact_checkpoint(uri: str, into: Path, settings: storage.S3Settings | None = None) -> tuple[str, Path, Any] | None:
+    """The newest step checkpoint under a trial folder that loads, copied into ``into``:
+    ``(its uri, local folder, TrainingState)``, or None when the trial has none.
+
+    Ray Train restores a restarted run from the checkpoints it registered, but a fault between
+    a checkpoint's upload and its registration (S3 down during the report: Train does not retry
+    that) leaves an intact ``step=k`` that Train does not know, and an interrupted upload leaves
+    a ``step=k`` whose ``state.pt`` is cut short. So the folder itself is the truth: newest
+    first, a checkpoint counts when its state loads and names its own step. An unreachable
+    storage raises (no silent restart from an older step).
+    """
+    from contavsep.checkpoint import load_checkpoint
+
+    names = sorted((n for n in storage.list_dir(uri, settings) if _step_index(n) is not None), key=_step_index, reverse=True)
+    for name in names:
+        source = storage.join(uri, name)
+        local = into / name
+        local.mkdir(parents=True, exist_ok=True)
+        try:
+            for rel in storage.list_dir(source, settings, recursive=True):
+                (local / rel).parent.mkdir(parents=True, exist_ok=True)
+                (local / rel).write_bytes(storage.read_bytes(storage.join(source, rel), settings))
+            state = load_checkpoint(local)
+            if state.step != _step_index(name):
+                raise ValueError(f"it holds step {state.step}")
+            return source, local, state
+        except storage.StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch.load of a cut file raises anything from EOFError to RuntimeError
+            log.warning("checkpoint %s is not intact (%s); trying the one before", source, " ".join(str(exc).split())[:200])
+    return None
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: one task sequence of the trial's config, resumed from Train's checkpoint."""
     import ray.train
 
-    from contavsep.checkpoint import load_checkpoint
+    from contavsep.checkpoint import check_resumable
     from contavsep.data.reader import open_dataset
     from contavsep.engine import run_sequence
 
@@ -208,17 +248,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
     tracker = _tracker(context, trial_id, cfg) if rank == 0 else None
     reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric, started)
-    checkpoint = ray.train.get_checkpoint()
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:
             resume_from = None
-            if checkpoint is not None:
-                resume_from = Path(checkpoint.to_directory(os.path.join(tmp, "checkpoint")))
-                log.info("trial %s resumes from %s", trial_id, checkpoint.path)
-                state = load_checkpoint(resume_from)
+            # Train's own checkpoint (a restart within the trial) or one it never registered
+            # (a Tune restart after an upload fault): the trial folder's newest intact one.
+            found = latest_intact_checkpoint(trial_uri(context.storage_uri, context.sweep_name, trial_id), Path(tmp), s3_settings())
+            if found is not None:
+                source, resume_from, state = found
+                known = ray.train.get_checkpoint()
+                log.info("trial %s resumes from %s (step %d of %d; Ray Train's latest: %s)", trial_id, source, state.step + 1,
+                         context.space.num_steps, known.path if known is not None else "none")
                 if state.step + 1 >= context.space.num_steps:
-                    if state.config != cfg:
-                        raise ConfigError(f"checkpoint {checkpoint.path} was written with another config; resume with the same space")
+                    check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), source)
                     reporter.report_restored_final(restored_result(state))
                     return
             run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))

@@ -209,6 +209,27 @@ def test_unknown_schema_version_and_tampering_are_refused(tmp_path) -> None:
     assert not list((tmp_path / "cache" / "datasets").glob("*.arrow"))  # no half-built cache file
 
 
+def test_a_cache_does_not_hide_a_damaged_part_and_a_damaged_cache_is_rebuilt(tmp_path) -> None:
+    """Opening a cached dataset still compares each part's size with the manifest (a truncated
+    part is named even though the cache holds its rows); a truncated cache file is rebuilt."""
+    uri = f"file://{tmp_path}/ds"
+    write(uri, None, records(6))
+    first = open_dataset(uri, cache_dir=tmp_path / "cache")
+    assert first.built and len(first) == 6
+    cache_file = first.path
+    del first
+    cache_file.write_bytes(cache_file.read_bytes()[:-64])  # e.g. a disk filled up while copying
+    again = open_dataset(uri, cache_dir=tmp_path / "cache")
+    assert again.built and len(again) == 6 and np.array_equal(again.audio(0), make_record(0).audio)
+    part = tmp_path / "ds" / "split=train" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match=r"part-00000.parquet is \d+ bytes, its manifest records \d+"):
+        open_dataset(uri, cache_dir=tmp_path / "cache")
+    part.unlink()
+    with pytest.raises(DatasetError, match="part-00000.parquet is missing"):
+        open_dataset(uri, cache_dir=tmp_path / "cache")
+
+
 def test_refused_s3_keys_on_open(s3_server, s3_bucket, tmp_path) -> None:
     uri = storage.join(s3_bucket, "ds")
     write(uri, s3_server.settings, records(4))

@@ -1,6 +1,7 @@
 """The incremental loop: step results, checkpoints, exact resume, selection, clear errors."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,8 @@ def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
     engine = Engine(cfg, table)
     engine.run_step(0)
     engine.save(tmp_path / "step=0", 0)
-    with pytest.raises(ConfigError, match="another config"):
+    # The refusal names the keys that differ, in dotted form.
+    with pytest.raises(CheckpointError, match="another config: strategy.name: 'finetune' -> 'lwf'; resume with"):
         run_sequence(_cfg(**{"strategy.name": "lwf"}), table, resume_from=tmp_path / "step=0")
     with pytest.raises(CheckpointError, match="not a contavsep checkpoint"):
         run_sequence(cfg, table, resume_from=tmp_path / "nothing-here")
@@ -174,3 +176,82 @@ def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
     bad = subprocess.run([str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwff", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "did you mean 'lwf'" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_batches_prepared_ahead_give_the_same_run_as_batches_drawn_on_demand(dataset):
+    """train.prefetch_batches is speed only: EWC (which draws Fisher batches from the step's
+    sampler after the loop) ends with bit-identical weights and metrics with the producer on or off."""
+    _, table = dataset
+    runs = []
+    for depth in (0, 3):
+        cfg = _cfg(**{"strategy.name": "ewc", "strategy.fisher_batches": 2, "train.prefetch_batches": depth})
+        engine = Engine(cfg, table)
+        results = [engine.run_step(step) for step in range(engine.scenario.num_steps)]
+        runs.append((engine.model.state_dict(), [r.metrics for r in results]))
+    (weights_a, metrics_a), (weights_b, metrics_b) = runs
+    for key, value in weights_a.items():
+        assert torch.equal(value, weights_b[key]), key
+    drop = ("time/train_s", "time/eval_s", "throughput/mixtures_per_s")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in metrics_a] == [
+        {k: v for k, v in m.items() if k not in drop} for m in metrics_b
+    ]
+
+
+def test_a_non_finite_loss_names_the_step_iteration_and_term(dataset):
+    """Losses are checked on the device and read every log interval (here 2 iterations), yet the
+    error still names the exact iteration and the terms."""
+    _, table = dataset
+    engine = Engine(_cfg(**{"strategy.name": "finetune", "train.iters_per_step": 10, "data.num_steps": 1}), table)
+    real, calls = engine.main_loss, []
+
+    def diverging(out, batch):
+        calls.append(None)
+        loss = real(out, batch)
+        return loss * torch.tensor(math.inf) if len(calls) == 5 else loss
+
+    engine.main_loss = diverging
+    with pytest.raises(FloatingPointError, match=r"step 0: non-finite loss at iteration 4 \(checked over iterations 4\.\.5\)"
+                       r".*main inf, total inf; non-finite: main, total; lower the learning rates"):
+        engine.run_step(0)
+    assert len(calls) == 6  # raised at the check after iteration 5, not later
+
+
+def test_speed_options_train_the_same_model_up_to_rounding(dataset):
+    """Fused Adam/AdamW and channels-last convolutions (both usable on a CPU) change only rounding:
+    3 Adam steps at lr 1e-3 move a weight by up to 3e-3; the options differ by ~1e-4 (Adam
+    normalises tiny gradient differences up), losses and SDR by < 1e-4."""
+    _, table = dataset
+    runs = []
+    for options in ({}, {"train.fused_optimizer": True, "train.channels_last": True}):
+        engine = Engine(_cfg(**{"strategy.name": "finetune", "data.num_steps": 1, **options}), table)
+        result = engine.run_step(0)
+        runs.append((engine.model.state_dict(), result.metrics))
+    (weights_a, metrics_a), (weights_b, metrics_b) = runs
+    for key, value in weights_a.items():
+        torch.testing.assert_close(weights_b[key], value, rtol=0, atol=5e-4, msg=key)
+    for key in ("loss/main", "sdr", "sir", "sar"):
+        assert metrics_b[key] == pytest.approx(metrics_a[key], abs=1e-4), key
+
+
+def test_a_compiled_forward_compiles_twice_per_sequence_however_many_steps(tmp_path, monkeypatch):
+    """train.compile: adding class queries changes one parameter dimension; the engine marks it
+    dynamic, so step 0 compiles, step 1 compiles a graph with a symbolic class count, and later
+    steps reuse it. (aot_eager backend: dynamo's tracing and guards, without a C++/Triton build.)"""
+    from torch._dynamo.utils import counters
+
+    uri = f"file://{tmp_path}/ds6"
+    build_synthetic(uri, SynthConfig(classes=6, clips_per_class=(2, 2, 2), seconds=1.6, seed=5))
+    table = open_dataset(uri, cache_dir=tmp_path / "cache")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend="aot_eager"))
+    torch._dynamo.reset()
+    cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 3, "train.compile": "default", "memory.per_class": 0,
+                  "eval.windows_per_clip": 1})
+    engine = Engine(cfg, table)
+    new_graphs = []
+    for step in range(engine.scenario.num_steps):
+        before = counters["stats"]["unique_graphs"]
+        result = engine.run_step(step)
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+        assert np.isfinite(result.metrics["loss/main"])
+    assert new_graphs == [1, 1, 0]

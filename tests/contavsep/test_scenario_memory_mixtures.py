@@ -146,3 +146,66 @@ def test_crop_pads_short_clips():
     audio = (np.arange(10) * 1000).astype(np.int16)
     out = crop(audio, 16, None)
     assert out.shape == (16,) and np.allclose(out[:10], audio / 32768.0) and not out[10:].any()
+
+
+def _fields(batch):
+    return {k: getattr(batch, k) for k in batch.__dataclass_fields__}
+
+
+def test_batches_prepared_ahead_are_the_seeded_sequence_and_leave_the_sampler_where_on_demand_would(table):
+    """The producer thread draws exactly `count` batches in order: same batches as drawing them on
+    the training thread, and the sampler ends in the same state (later draws, e.g. EWC's Fisher
+    batches, are unchanged)."""
+    import torch
+
+    from contavsep.data.batch_producer import BatchProducer
+
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    runs = []
+    for depth in (0, 3):
+        sampler = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=4000, seed=5)
+        with BatchProducer(lambda: sampler.sample(4), 7, device=torch.device("cpu"), depth=depth) as produced:
+            batches = list(produced)
+        runs.append((batches, sampler.sample(2)))
+    (on_demand, after_a), (ahead, after_b) = runs
+    assert len(on_demand) == len(ahead) == 7
+    for x, y in zip([*on_demand, after_a], [*ahead, after_b]):
+        for key, value in _fields(x).items():
+            assert torch.equal(value, _fields(y)[key]), key
+
+
+def test_a_producer_error_is_raised_in_order_and_leaving_early_stops_the_thread(table):
+    import torch
+
+    from contavsep.data.batch_producer import BatchProducer
+
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    sampler = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=4000, seed=5)
+    calls = []
+
+    def make():
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise OSError("cache file vanished")
+        return sampler.sample(2)
+
+    producer = BatchProducer(make, 5, device=torch.device("cpu"), depth=2)
+    assert len(next(producer)) == 2 and len(next(producer)) == 2
+    with pytest.raises(OSError, match="cache file vanished"):
+        next(producer)
+    producer.close()
+    # leaving after one batch: the thread stops although its queue is full
+    producer = BatchProducer(lambda: sampler.sample(2), 1000, device=torch.device("cpu"), depth=2)
+    next(producer)
+    thread = producer._thread
+    producer.close()
+    assert thread is not None and not thread.is_alive()
+
+
+def test_collated_batches_reject_classes_outside_the_scenario(table):
+    from contavsep.data.mixtures import collate_clips
+
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=2))  # 4 of the 6 classes
+    outside = [r for r in table.rows("train") if table.class_id(r) not in sc.class_order][:2]
+    with pytest.raises(ValueError, match="not in the scenario"):
+        collate_clips(table, sc, np.array([outside]), np.zeros((1, 2), bool), [[0, 0]], [[0, 0]], 1000)

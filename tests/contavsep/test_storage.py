@@ -157,5 +157,7 @@ def test_settings_from_env_precedence() -> None:
     assert "secret" not in repr(ours) and "'s'" not in repr(ours)  # the secret is not in reprs/logs
     with pytest.raises(StorageError, match="CONTAVSEP_S3_ENDPOINT"):
         S3Settings.from_env({"CONTAVSEP_S3_ENDPOINT": "localhost:9000"})
-    with pytest.raises(StorageError, match="together"):
+    with pytest.raises(StorageError, match=r"CONTAVSEP_S3_ACCESS_KEY is set but CONTAVSEP_S3_SECRET_KEY \(or AWS_SECRET_ACCESS_KEY\) is not"):
         S3Settings.from_env({"CONTAVSEP_S3_ACCESS_KEY": "only-the-key"})
+    with pytest.raises(StorageError, match=r"CONTAVSEP_S3_SECRET_KEY is set but CONTAVSEP_S3_ACCESS_KEY \(or AWS_ACCESS_KEY_ID\) is not"):
+        S3Settings.from_env({"CONTAVSEP_S3_SECRET_KEY": "only-the-secret"})

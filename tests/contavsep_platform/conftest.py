@@ -43,6 +43,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(roles: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """One distinct free port per role (all held open while choosing: `up` refuses a port twice)."""
+    socks = []
+    try:
+        for _ in roles:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            socks.append(sock)
+        return {role: int(sock.getsockname()[1]) for role, sock in zip(roles, socks)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.fixture(scope="session")
 def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """This session's ``CONTAVSEP_HOME`` (the services' state, keys, data and logs)."""
@@ -58,7 +72,7 @@ def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def services(platform_home: Path) -> Iterator[Endpoints]:
     """Real S3 + MLflow servers for the session (free ports, temp state folder)."""
-    ports = {"s3": free_port(), "mlflow": free_port()}
+    ports = free_ports(["s3", "mlflow"])
     try:
         local_services.up(platform_home, ports=ports)
         yield resolve_endpoints()
@@ -88,7 +102,7 @@ def ray_local(_ray_local_session: None) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def ray_head(services: Endpoints, platform_home: Path) -> Iterator[Endpoints]:
     """A real local Ray head (``ray start --head --block``) with the services' env, on free ports."""
-    ports = {role: free_port() for role in local_services.SERVICE_PORTS["ray"]}
+    ports = free_ports(local_services.SERVICE_PORTS["ray"])
     # A short temp dir: Ray's socket paths under it must stay below the 107-byte AF_UNIX limit.
     temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
     try:

@@ -170,7 +170,15 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
 
 
 def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset, platform_home):
+    """... and within the grace period the submission gives it (README: RAY_JOB_STOP_WAIT_TIME_S;
+    Ray's default SIGKILLs 3 s after the SIGTERM) the stopped sweep closes its MLflow runs
+    (KILLED, none left RUNNING) and prints how to resume."""
+    import json
+
+    from mlflow import MlflowClient
+
     from contavsep import storage
+    from contavsep_platform.sweep import JOB_STOP_GRACE_ENV
     from contavsep_platform.trial import trial_uri
 
     dashboard = ray_head.ray_dashboard_url
@@ -178,7 +186,8 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     job_id = f"sweep-{name}"
     # More iterations per step than smoke.yaml: the stop lands while trials still train.
     slow = ("--set", "train.iters_per_step=40")
-    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait",
+    grace = ("--runtime-env-json", json.dumps({"env_vars": JOB_STOP_GRACE_ENV}))
+    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait", *grace,
                          *_sweep_entrypoint(name, job_dataset, *slow))
     assert submitted.returncode == 0, submitted.stderr
     sweep_uri = storage.join(ray_head.storage_uri, "sweeps", name)
@@ -189,9 +198,19 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
 
     _wait(first_checkpoint, 900, "a first step checkpoint", pause=3)
     assert _reserved_groups(dashboard)  # the running trials hold placement groups
-    stopped = _ray_job("stop", "--address", dashboard, job_id, timeout=120)
+    signalled = time.monotonic()
+    stopped = _ray_job("stop", "--address", dashboard, job_id, timeout=int(JOB_STOP_GRACE_ENV["RAY_JOB_STOP_WAIT_TIME_S"]) + 60)
     assert stopped.returncode == 0, stopped.stderr
     assert _status(dashboard, job_id) == "STOPPED"
+    print(f"`ray job stop` returned after {time.monotonic() - signalled:.0f} s")
+    logs = _logs(dashboard, job_id)
+    assert f"continue it with: contavsep sweep SPACE.yaml --name {name} --resume" in logs, logs[-3000:]
+    client = MlflowClient(ray_head.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name("smoke")
+    (parent,) = client.search_runs([experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "KILLED" and children
+    assert [c.info.status for c in children if c.info.status == "RUNNING"] == []
     _wait(lambda: not _reserved_groups(dashboard), 120, "placement groups to be released after `ray job stop`")
 
     from ray.job_submission import JobSubmissionClient

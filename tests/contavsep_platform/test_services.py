@@ -160,7 +160,7 @@ def test_port_in_use_is_one_clear_line_and_starts_nothing(tmp_path: Path, monkey
         port = squatter.getsockname()[1]
         assert main(["services", "up", "--s3-port", str(port)]) == 2
     err = one_error_line(capsys)
-    assert f"port {port} (s3) is in use by another program" in err and "--s3-port" in err
+    assert f"port {port} for s3 (--s3-port) is in use by another program" in err
     assert read_state(tmp_path / "home").services == {}
 
 

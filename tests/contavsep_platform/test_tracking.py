@@ -405,3 +405,52 @@ def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_pat
     paths = artifact_paths(client, trial.run_id)
     assert {"config.yaml", "results/R.json", "plots/R_matrices.png", "plots/step_curves.png"} <= set(paths)
     assert sum(p.startswith("examples/") and p.endswith(".wav") for p in paths) == 2 * 5  # 2 examples x (mix + 2 x 2)
+
+
+def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(mlflow_uri, gate, caplog, tmp_path, monkeypatch, capsys):
+    """MLflow goes away at the very end of a sweep for longer than the final flush waits: the
+    parent's ranking, summary metrics and status and a trial's final results are written to the
+    sweep's storage and sent by send_all_pending (what `--resume` and `report` call) once it is
+    back, each metric point once; the outage costs one warning, no urllib3 retry lines."""
+    from contavsep_platform import cli
+    from contavsep_platform.tracking import PENDING_FILE, send_all_pending
+
+    client = MlflowClient(mlflow_uri)
+    sweep_uri = f"file://{tmp_path}/sweeps/sweep-spooled"
+    steps = make_step_results(2, seed=4)
+    gate.open()
+    sweep = SweepTracker(gate.uri, "track-test", "sweep-spooled", flush_timeout_s=1.0)
+    parent = sweep.start("a: 1\n", {})
+    trial = TrialTracker(gate.uri, "track-test", parent, "trial_spooled", {"strategy.name": "finetune"}, flush_timeout_s=1.0,
+                         pending_uri=f"{sweep_uri}/trial_spooled/{PENDING_FILE}")
+    for step in steps:
+        trial.log_step(step)
+    ranking = [{"rank": 1, "strategy": "finetune", "memory": 0, "sdr": {"mean": 4.0, "ci95": [3.0, 5.0], "n": 2, "sd": 0.5}}]
+
+    caplog.set_level(logging.INFO)
+    gate.close()  # the server is down for the final flush
+    trial.log_final(steps[-1].summary, "x: 1\n")
+    assert sweep.finish(ranking, "# ranking\n", pending_uri=f"{sweep_uri}/{PENDING_FILE}") is False
+    assert (tmp_path / "sweeps/sweep-spooled" / PENDING_FILE).is_file()
+    assert (tmp_path / "sweeps/sweep-spooled/trial_spooled" / PENDING_FILE).is_file()
+    assert client.get_run(parent).info.status == "RUNNING" and client.get_run(trial.run_id).info.status == "RUNNING"
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("Retrying (")], messages  # urllib3's per-request lines
+    assert sum("is unreachable" in m for m in messages) == 2  # one per tracker (each has its own outbox)
+
+    assert send_all_pending(gate.uri, sweep_uri, timeout_s=1.0) == (0, 2)  # still down: both kept
+    gate.open()
+    # `contavsep report` sends them before reading the sweep back
+    monkeypatch.setenv("CONTAVSEP_STORAGE", f"file://{tmp_path}")
+    assert cli.main(["report", "--sweep", "sweep-spooled", "--tracking-uri", gate.uri, "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert "sent 2 final flush(es) of sweep sweep-spooled" in capsys.readouterr().err
+    assert send_all_pending(gate.uri, sweep_uri) == (0, 0)  # sent files are gone
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["summary/finetune_mem0/sdr_mean"] == 4.0 and run.data.metrics["summary/finetune_mem0/sdr_n"] == 2
+    assert {"ranking.json", "ranking.md"} <= {a.path for a in client.list_artifacts(parent)}
+    child = client.get_run(trial.run_id)
+    assert child.info.status == "FINISHED" and "final/sdr" in child.data.metrics
+    assert "plots/R_matrices.png" in artifact_paths(client, trial.run_id)
+    assert len(client.get_metric_history(parent, "summary/finetune_mem0/sdr_mean")) == 1
+    assert [m.step for m in client.get_metric_history(trial.run_id, "final/sdr")] == [1]

@@ -81,6 +81,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(classes=args.classes, clips_per_class=tuple(args.clips_per_class), seconds=args.seconds,
                       seed=args.seed, renderer=args.renderer)
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -110,11 +112,16 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extractor_line(name: str, entry: dict) -> str:
+def _extractor_line(name: str, entry: object) -> str:
+    # Not every entry describes a model: `data ingest` also records e.g. "kind": "random-tiny".
+    if not isinstance(entry, dict):
+        return f"{name}: {entry}"
     pretrained = "pretrained" if entry.get("pretrained") else "not pretrained"
     revision = f"@{entry['revision']}" if entry.get("revision") else ""
     simulated = ", simulated" if entry.get("simulated") else ""
-    return f"{name}: {entry.get('name')}{revision} ({pretrained}{simulated})"
+    detector = entry.get("detector")
+    crops = f", crops by {_extractor_line('detector', detector).split(': ', 1)[1]}" if isinstance(detector, dict) else ""
+    return f"{name}: {entry.get('name')}{revision} ({pretrained}{simulated}{crops})"
 
 
 def run_info(args: argparse.Namespace) -> int:

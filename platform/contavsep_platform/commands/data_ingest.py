@@ -11,7 +11,9 @@ Exit status: 0 committed with no problem; 1 some files failed (listed; committed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from contavsep_platform.cli import UserError
 
@@ -81,6 +83,15 @@ def _positive(name: str, value: float | int | None, allow_none: bool = False) ->
         raise UserError(f"{name} must be > 0, got {value}")
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse an output folder whose nearest existing ancestor this user cannot write."""
+    from contavsep.storage import StorageError
+
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write {path}: {existing} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from contavsep.data.extractors import EXTRACTOR_KINDS, ExtractorLoadError, PretrainedModelIds, build_extractors
     from contavsep.data.ingest import IngestError, IngestSettings, check_layout, discover, ingest, iter_lines, open_writer
@@ -93,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.extractors not in EXTRACTOR_KINDS:
         raise UserError(f"unknown --extractors '{args.extractors}'; choose one of: {', '.join(EXTRACTOR_KINDS)}")
+    if args.extractors != "pretrained":  # flags that would silently do nothing
+        given = [flag for flag, value in (("--detector-model", args.detector_model), ("--image-model", args.image_model),
+                                          ("--motion-model", args.motion_model), ("--revision", args.revision),
+                                          ("--offline", args.offline)) if value]
+        if given:
+            raise UserError(f"{given[0]} only applies to --extractors pretrained (got --extractors {args.extractors})")
     if "{}" not in args.query_template:
         raise UserError(f"--query-template must contain {{}} where the class name goes, got '{args.query_template}'")
     classes = None
@@ -117,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         # Cheap before the models load: a refused key or unreachable endpoint fails in seconds.
-        ensure_bucket(args.out)
+        # A local folder is only checked (created by the writer): a refusal below leaves nothing.
+        out = parse_uri(args.out)
+        if out.scheme == "s3":
+            ensure_bucket(args.out)
+        else:
+            _check_writable(Path(out.path))
     except StorageError as exc:
         raise UserError(f"{exc}; nothing was written") from None
 

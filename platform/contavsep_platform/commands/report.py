@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from contavsep_platform.cli import UserError
     from contavsep_platform.report import write_report
+    from contavsep_platform.settings import check_tracking_uri
 
     uri = args.tracking_uri
     if uri is None:
@@ -38,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if not uri:
         raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
                         " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
+    check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty database there (and log its migration) to find no sweep.
+        raise UserError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI")
+    _send_pending(uri, args.sweep)
     out = Path(args.out or Path("reports") / args.sweep).resolve()
     report = write_report(uri, args.sweep, out, experiment=args.experiment, metric=args.metric, mode=args.mode)
     if not args.quiet:
@@ -46,3 +52,27 @@ def run(args: argparse.Namespace) -> int:
     for path in report.files[1:]:
         print(f"plot:   {path}")
     return 0
+
+
+def _send_pending(tracking_uri: str, sweep: str) -> None:
+    """Send what an MLflow outage kept from the sweep's final flush (its storage's
+    ``mlflow-pending.json`` files) before reading the sweep back; without storage, nothing."""
+    import sys
+
+    from contavsep import storage
+    from contavsep_platform.settings import resolve_endpoints
+    from contavsep_platform.tracking import send_all_pending
+
+    endpoints = resolve_endpoints()
+    if not endpoints.storage_uri or "/" in sweep:
+        return
+    try:
+        sent, left = send_all_pending(tracking_uri, storage.join(endpoints.storage_uri, "sweeps", sweep), endpoints.s3)
+    except storage.StorageError as exc:
+        print(f"contavsep report: note: could not look for results kept from an MLflow outage: {exc}", file=sys.stderr)
+        return
+    if sent:
+        print(f"sent {sent} final flush(es) of sweep {sweep} that MLflow had missed (kept in its storage)", file=sys.stderr)
+    if left:
+        print(f"contavsep report: note: {left} final flush(es) of sweep {sweep} still wait for MLflow; the report may lack them",
+              file=sys.stderr)

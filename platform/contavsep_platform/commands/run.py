@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from contavsep.config import PRESETS, flat, make_config, parse_overrides, to_yaml
+
+
+EXIT_FAILED = 1  # the run itself failed (traceback in <out>/error.txt)
+EXIT_INTERRUPTED = 130  # Ctrl-C; --resume with the last step checkpoint continues it
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +60,9 @@ class _ConsoleReporter:
         self.steps: list[dict] = []
 
     def report(self, result, save_checkpoint) -> None:
+        if not self.steps:  # the first step ran: only now is there something to keep
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(self.cfg))
         self.steps.append(result.metrics)
         if self.checkpoints:
             save_checkpoint(self.out / "checkpoints" / f"step={result.step}")
@@ -61,6 +70,19 @@ class _ConsoleReporter:
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         tmp.replace(self.out / "results.json")
+
+
+def _check_out(out: Path, resuming: bool) -> None:
+    """Refuse, before any training, an output folder that cannot be written or that holds
+    another run's results (they would be overwritten step by step)."""
+    from contavsep_platform.cli import UserError
+
+    if (out / "results.json").exists() and not resuming:
+        raise UserError(f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
+                        f" with --resume {out}/checkpoints/step=N")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not a writable folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +99,28 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
+    if args.resume:  # a checkpoint of another config or dataset fails here, naming the keys that differ
+        from contavsep.checkpoint import check_resumable, load_checkpoint
+
+        check_resumable(load_checkpoint(args.resume), cfg, str(table.manifest.get("content_hash", "")), args.resume)
     out = Path(args.out or f"runs/{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    _check_out(out, resuming=bool(args.resume))
     reporter = _ConsoleReporter(out, cfg, checkpoints=not args.no_checkpoints)
     started = time.perf_counter()
-    summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
+    try:
+        summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
+    except _user_errors():
+        raise  # a wrong --resume checkpoint or config: the CLI's one line, exit 2
+    except KeyboardInterrupt:
+        print(f"contavsep run: interrupted{_resume_hint(out, args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        # A failure of the run itself (not of its input): the traceback goes to a file, one line here.
+        error_log = out / "error.txt"
+        error_log.write_text(traceback.format_exc())
+        line = traceback.format_exc().strip().splitlines()[-1]
+        print(f"contavsep run: error: the run failed: {line}; log: {error_log}{_resume_hint(out, args)}", file=sys.stderr)
+        return EXIT_FAILED
     wall = time.perf_counter() - started
     print(step_table(summary))
     f = summary["forgetting"]
@@ -93,6 +131,21 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"results: {out / 'results.json'}")
     return 0
+
+
+def _resume_hint(out: Path, args: argparse.Namespace) -> str:
+    """"; continue it with ..." naming the last step checkpoint, if the run wrote one."""
+    steps = sorted((p for p in (out / "checkpoints").glob("step=*") if p.name.split("=")[1].isdigit()),
+                   key=lambda p: int(p.name.split("=")[1]))
+    if not steps:
+        return ""
+    return f"; continue it: the same command with --out {out} --resume {steps[-1]}"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from contavsep_platform.cli import _user_errors as errors
+
+    return errors()
 
 
 def list_strategies(args: argparse.Namespace) -> int:

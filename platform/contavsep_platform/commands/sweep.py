@@ -7,6 +7,10 @@ import os
 import sys
 
 
+EXIT_TRIAL_ERRORED = 1  # some trial ended in an error (named on stderr); --resume retries it
+EXIT_INTERRUPTED = 130  # stopped (Ctrl-C, `ray job stop`) before every trial ended; --resume continues it
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     endpoints = resolve_endpoints()
     space = load_space(args.space, storage_uri=endpoints.storage_uri, overrides=parse_overrides(args.overrides))
     if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
         if args.resume:
             raise UserError("--num-samples cannot change a sweep being resumed (Tune keeps its original plan)")
         space = validate_space(replace(space, num_samples=args.num_samples), args.space)
@@ -51,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
         return 0
 
-    from contavsep_platform.sweep import SweepError, print_outcome, run_sweep
+    from contavsep_platform.settings import check_tracking_uri
+    from contavsep_platform.sweep import SweepError, error_lines, print_outcome, run_sweep
+
+    if endpoints.mlflow_tracking_uri:  # before Ray starts, not when the parent run opens
+        check_tracking_uri(endpoints.mlflow_tracking_uri, "MLFLOW_TRACKING_URI")
 
     env = service_env(endpoints)
     # This process reads datasets and writes Tune's state the way its trials will.
@@ -76,4 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if endpoints.mlflow_tracking_uri:
         print(f"MLflow: {endpoints.mlflow_tracking_uri} (experiment '{space.experiment_name}', parent run {outcome.parent_run_id})")
     sys.stdout.flush()
-    return 130 if outcome.interrupted else 0
+    for line in error_lines(outcome):
+        print(f"contavsep sweep: error: {line}", file=sys.stderr)
+    # Exit statuses (README "Exit statuses"): 1 = a trial errored, 130 = stopped, resumable.
+    if outcome.errored:
+        return EXIT_TRIAL_ERRORED
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+

@@ -1,0 +1,300 @@
+"""All GPU checks of the engine in one run (issue 11): speed per option, evaluation, correctness.
+
+    bash scripts/gpu_check.sh              # on the GPU machine (offline: wheels from .whl/), ~6-7 min on an H100
+    bash scripts/gpu_check.sh --quick      # the same sections at tiny sizes, on a CPU (~20 s)
+
+Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
+a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
+guarded (an error is printed and recorded, the next section runs), results written to
+``OUT/gpu_summary.json`` after every section:
+
+1. device and versions; the dataset;
+2. training iteration at the paper preset, batch 32, bf16, per eager option combination
+   (baseline, no prefetch, channels_last, fused Adam, both): breakdown + pipelined time,
+   mixtures/s, MFU (:mod:`contavsep.bench_engine`);
+3. evaluation of one task's fixed test set (paper windows/pairs) with the fast backend on the
+   device, at two eval batch sizes: scored mixtures/s;
+4. correctness: a two-step ContAV-Sep sequence on the device gives finite losses and scores, and
+   SDR/SIR/SAR of the same estimates agree between the device and the CPU (and mir_eval if
+   installed);
+5. extrapolation to the reference budget (5.76 M training mixtures + the 4-step evaluation);
+6. (CUDA, or --compile-on-cpu) torch.compile combinations (all options; compile alone), the
+   extrapolation again, and the graphs compiled per step while class queries are added.
+
+Eager numbers come first because compiling takes minutes; ``--budget-s`` skips sections that
+would start too late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REFERENCE_MIXTURES = 5.76e6  # training mixtures of the reference budget per sequence (issue 11)
+PAPER_STEPS = 4  # evaluations: after step t the test sets of tasks 0..t
+
+
+class Run:
+    """Sections with a time budget; results kept in one JSON written after every section."""
+
+    def __init__(self, out: Path, budget_s: float):
+        self.out, self.budget_s, self.started = out, budget_s, time.perf_counter()
+        self.summary: dict[str, Any] = {"errors": {}, "skipped": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def section(self, name: str, fn: Any, *args: Any, need_s: float = 0.0) -> Any:
+        if self.elapsed() + need_s > self.budget_s:
+            print(f"== {name}: skipped ({self.elapsed():.0f} s used of {self.budget_s:.0f})", flush=True)
+            self.summary["skipped"].append(name)
+            self.write()
+            return None
+        print(f"== {name} (t={self.elapsed():.0f} s)", flush=True)
+        try:
+            result = fn(*args)
+            self.summary[name] = result
+            return result
+        except Exception as exc:  # noqa: BLE001 - every section guards itself, the run goes on
+            traceback.print_exc()
+            self.summary["errors"][name] = f"{type(exc).__name__}: {exc}"
+            return None
+        finally:
+            self.write()
+
+    def write(self) -> None:
+        self.summary["elapsed_s"] = self.elapsed()
+        (self.out / "gpu_summary.json").write_text(json.dumps(self.summary, indent=2, default=str))
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+                            "host": platform.node(), "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(device=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}", memory_gib=p.total_memory / 2**30,
+                    cuda_version=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    from importlib import metadata
+
+    for module in ("fast_bss_eval", "mir_eval", "pyarrow", "scipy"):
+        try:
+            __import__(module)
+            info[module] = metadata.version(module.replace("_", "-"))
+        except Exception as exc:  # noqa: BLE001
+            info[module] = f"missing ({type(exc).__name__})"
+    print(json.dumps(info, indent=2), flush=True)
+    return info
+
+
+def build_dataset(root: Path, quick: bool) -> str:
+    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
+
+    uri = f"file://{root}/synth"
+    if (root / "synth" / "manifest.json").exists():
+        return uri
+    cfg = SynthConfig(classes=10, clips_per_class=(3, 1, 1) if quick else (6, 5, 5), seconds=1.6 if quick else 6.5, seed=3)
+    started = time.perf_counter()
+    build_synthetic(uri, cfg, workers=max(1, min(8, (os.cpu_count() or 1))) if not quick else default_workers())
+    print(f"synthetic dataset {uri}: {cfg.classes} classes x {cfg.clips_per_class} clips of {cfg.seconds} s"
+          f" in {time.perf_counter() - started:.1f} s", flush=True)
+    return uri
+
+
+def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool, run: Run, key: str) -> dict[str, Any]:
+    from contavsep.bench_engine import measure, print_breakdown
+
+    if compiled:  # "all" first: the combination most likely to become the default
+        combos: list[tuple[str, dict[str, Any]]] = [
+            ("all", {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "default"}),
+            ("compile", {"train.compile": "default"}),
+        ]
+    else:
+        combos = [
+            ("baseline", {}),
+            ("no_prefetch", {"train.prefetch_batches": 0}),
+            ("channels_last", {"train.channels_last": True}),
+            ("fused_adam", {"train.fused_optimizer": True}),
+            ("channels_last+fused", {"train.channels_last": True, "train.fused_optimizer": True}),
+        ]
+    results: dict[str, Any] = {}
+    for label, extra in combos:
+        if time.perf_counter() - args.started > args.train_budget_s:
+            print(f"  {label}: skipped (train budget {args.train_budget_s:.0f} s used)", flush=True)
+            continue
+        try:
+            if "train.compile" in extra:
+                torch._dynamo.reset()  # each combination compiles afresh (and stays under the recompile limit)
+            started = time.perf_counter()
+            r = measure(table, args.preset, args.iters, args.warmup + (5 if "compile" in label or label == "all" else 0),
+                        {**base, **extra})
+            r["wall_s"] = time.perf_counter() - started
+            print_breakdown(f"{label} [{r['wall_s']:.0f} s]", r)
+            results[label] = r
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results[label] = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            run.summary[key] = results  # on disk after every combination: a timeout keeps what was measured
+            run.write()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    ok = {k: v for k, v in results.items() if "mixtures_per_s" in v}
+    if ok:
+        best = max(ok, key=lambda k: ok[k]["mixtures_per_s"])
+        results["best"] = best
+        print(f"  best: {best} at {ok[best]['mixtures_per_s']:.1f} mixtures/s", flush=True)
+    return results
+
+
+def evaluation(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
+    from contavsep.bench_engine import measure_eval
+
+    out = {}
+    for eval_batch in args.eval_batches:
+        e = measure_eval(table, args.preset, {**base, "eval.backend": "fast", "eval.batch_size": eval_batch}, repeats=1)
+        print(f"  fast backend on {e['device']}, eval batch {eval_batch}: {e['mixtures']} mixtures; first pass (with mixture SDR)"
+              f" {e['first_s']:.2f} s, then {e['steady_s']:.2f} s = {e['mixtures_per_s']:.1f} scored mixtures/s", flush=True)
+        out[f"eval_batch_{eval_batch}"] = e
+    return out
+
+
+def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
+    from contavsep.config import make_config
+    from contavsep.engine import Engine
+    from contavsep.metrics import separation_scores
+
+    cfg = make_config(args.preset, {**base, "strategy.name": "contavsep", "memory.per_class": 1, "train.iters_per_step": 6,
+                                    "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
+                                    "eval.backend": "fast"})
+    engine = Engine(cfg, table)
+    steps = []
+    for step in range(engine.scenario.num_steps):
+        r = engine.run_step(step)
+        engine.next_step = step + 1
+        losses = {k: v for k, v in r.metrics.items() if k.startswith("loss/")}
+        steps.append({"step": step, "sdr": r.metrics["sdr"], **losses})
+        print(f"  step {step}: SDR {r.metrics['sdr']:.2f}, losses {losses}", flush=True)
+    finite = all(np.isfinite(v) for s in steps for v in s.values())
+    # Same estimates scored on the device and on the CPU (and by mir_eval when installed).
+    _, _, mix, refs, ests = next(iter(engine._separate(engine._test_set(0))))
+    on_device = separation_scores(refs, ests, "fast", mixture=mix)
+    on_cpu = separation_scores(refs.cpu(), ests.cpu(), "fast", mixture=mix.cpu())
+    diff = {m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(on_cpu, m)))) for m in ("sdr", "sir", "sar", "sdr_mix")}
+    out: dict[str, Any] = {"steps": steps, "all_finite": bool(finite), "device_vs_cpu_max_abs_db": diff}
+    try:
+        reference = separation_scores(refs.cpu(), ests.cpu(), "mir_eval")
+        out["device_vs_mir_eval_max_abs_db"] = {m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(reference, m))))
+                                                for m in ("sdr", "sir", "sar")}
+    except ImportError as exc:
+        out["mir_eval"] = f"not installed: {exc}"
+    print(f"  all losses and scores finite: {finite}; device vs CPU max |diff| dB: {diff};"
+          f" mir_eval: {out.get('device_vs_mir_eval_max_abs_db', out.get('mir_eval'))}", flush=True)
+    return out
+
+
+def recompiles(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
+    """Graphs compiled per step while the class queries grow (tiny model: compile cost, not speed)."""
+    from torch._dynamo.utils import counters
+
+    from contavsep.config import make_config
+    from contavsep.engine import Engine
+
+    cfg = make_config("tiny", {**base, "strategy.name": "finetune", "memory.per_class": 0, "train.iters_per_step": 3,
+                               "data.num_steps": 3, "data.classes_per_step": 3, "train.compile": "default",
+                               "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1})
+    torch._dynamo.reset()
+    engine = Engine(cfg, table)
+    per_step = []
+    for step in range(engine.scenario.num_steps):
+        before = counters["stats"]["unique_graphs"]
+        started = time.perf_counter()
+        engine.run_step(step)
+        engine.next_step = step + 1
+        per_step.append({"step": step, "classes": engine.model.num_classes, "new_graphs": counters["stats"]["unique_graphs"] - before,
+                         "seconds": time.perf_counter() - started})
+        print(f"  step {step}: {per_step[-1]}", flush=True)
+    return {"per_step": per_step}
+
+
+def extrapolate(summary: dict[str, Any]) -> dict[str, Any]:
+    ev = summary.get("eval") or {}
+    train = {k: v for part in ("train", "train_compiled") for k, v in (summary.get(part) or {}).items()
+             if isinstance(v, dict) and "mixtures_per_s" in v}
+    best = max(train, key=lambda k: train[k]["mixtures_per_s"]) if train else None
+    if best is None:
+        raise RuntimeError("no training measurement to extrapolate from")
+    mps = train[best]["mixtures_per_s"]
+    evals = [v for v in ev.values() if isinstance(v, dict) and "steady_s" in v]
+    e = min(evals, key=lambda v: v["steady_s"]) if evals else None
+    train_h = REFERENCE_MIXTURES / mps / 3600
+    out: dict[str, Any] = {"best_option": best, "mixtures_per_s": mps, "train_h": train_h,
+                           "mfu": train[best].get("mfu")}
+    if e is not None:
+        # after step t: the sets of tasks 0..t (a new task's first pass also scores its mixtures)
+        task_sets = sum(range(1, PAPER_STEPS + 1))
+        eval_s = task_sets * e["steady_s"] + PAPER_STEPS * max(0.0, e["first_s"] - e["steady_s"])
+        out.update(eval_h=eval_s / 3600, last_step_eval_s=PAPER_STEPS * e["steady_s"] + max(0.0, e["first_s"] - e["steady_s"]),
+                   eval_mixtures_per_set=e["mixtures"])
+    out["total_h"] = train_h + out.get("eval_h", 0.0)
+    print(f"  reference budget ({REFERENCE_MIXTURES / 1e6:.2f} M mixtures) with '{best}' at {mps:.0f} mixtures/s:"
+          f" training {train_h:.2f} h, evaluation {out.get('eval_h', float('nan')):.3f} h"
+          f" (last step's evaluation {out.get('last_step_eval_s', float('nan')):.1f} s), total {out['total_h']:.2f} h", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/contavsep-gpu-check"))
+    p.add_argument("--work", default="/tmp/contavsep-gpu-work", help="synthetic dataset and cache")
+    p.add_argument("--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)")
+    p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile without CUDA (slow)")
+    p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
+    p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
+    args = p.parse_args(argv)
+    args.preset = "tiny" if args.quick else "paper"
+    args.iters, args.warmup = (2, 1) if args.quick else (20, 5)
+    args.eval_batches = (4,) if args.quick else (8, 32)
+    cuda = torch.cuda.is_available()
+    run = Run(Path(args.out), args.budget_s)
+    args.started = run.started
+    work = Path(args.work)
+    base: dict[str, Any] = {"data.num_steps": 2, "data.cache_dir": str(work / "cache"), "train.device": "cuda" if cuda else "cpu"}
+    if not args.quick:
+        base["train.batch_size"] = 32  # the paper's batch, bf16 autocast (train.amp, on by default on CUDA)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
+
+    run.section("environment", environment)
+    uri = run.section("dataset", build_dataset, work, args.quick)
+    if uri is None:
+        return
+    from contavsep.data.reader import open_dataset
+
+    table = open_dataset(uri, cache_dir=work / "cache")
+    # eager numbers, evaluation and correctness first: compiling takes minutes and may not fit
+    run.section("train", train_options, args, table, base, False, run, "train")
+    run.section("eval", evaluation, args, table, base, need_s=20)
+    run.section("correctness", correctness, args, table, base, need_s=30)
+    run.section("extrapolation_eager", extrapolate, run.summary)
+    if cuda or args.compile_on_cpu:
+        run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
+        run.section("extrapolation", extrapolate, run.summary)
+        run.section("recompiles", recompiles, args, table, base, need_s=60)
+    print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
+          flush=True)
+    print(f"summary: {Path(args.out) / 'gpu_summary.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
