@@ -96,11 +96,19 @@ def assert_loopback_only(sockets: dict[int, list[tuple[str, int]]]) -> set[int]:
 @pytest.mark.slow
 def test_the_services_head_listens_on_127_0_0_1_only(ray_head, platform_home):
     record = read_state(platform_home).services["ray"]
-    pids = local_services.service_pids(record)
-    assert len(pids) >= 5  # ray start, GCS, raylet, dashboard, agents...
-    ports = assert_loopback_only(listening_sockets(pids))
-    # The sockets checked are the head's: its recorded ports are among them.
+    # `up` returns once the dashboard, the node and the job API answer; the client server may
+    # still be binding: wait until every recorded port listens (the sockets checked are the head's).
+    deadline = time.monotonic() + 120
+    while True:
+        pids = local_services.service_pids(record)
+        sockets = listening_sockets(pids)
+        ports = {port for socks in sockets.values() for _, port in socks}
+        if set(record.ports.values()) <= ports or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(record.ports.values()) <= ports, (record.ports, ports)
+    assert len(pids) >= 5  # ray start, GCS, raylet, dashboard, agents...
+    assert_loopback_only(sockets)
     assert len(ports) >= 8  # GCS, raylet, object manager, dashboard + agent, client server, runtime env agent, metrics
 
 
