@@ -30,6 +30,7 @@ standard ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import secrets
@@ -83,7 +84,13 @@ class S3Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
-        """Settings from ``CONTAVSEP_S3_*``, falling back to the standard ``AWS_*`` variables."""
+        """Settings from ``CONTAVSEP_S3_*``, falling back to the standard ``AWS_*`` variables.
+
+        Without key variables, ``CONTAVSEP_S3_KEYS_FILE`` may name a JSON file
+        ``{"access_key": ..., "secret_key": ...}`` (0600) holding them: processes are told where
+        the keys are, not the keys (environment variables travel in Ray's runtime env, job records
+        and logs). A file that does not exist on this machine leaves the AWS default chain.
+        """
         env = os.environ if environ is None else environ
 
         def pick(*names: str) -> tuple[str | None, str | None]:
@@ -107,6 +114,13 @@ class S3Settings:
             if access_var or secret_var
             else "CONTAVSEP_S3_ACCESS_KEY / CONTAVSEP_S3_SECRET_KEY (unset: AWS default credentials)"
         )
+        keys_file = env.get(KEYS_FILE_ENV)
+        if not (access_var or secret_var) and keys_file:
+            if os.path.isfile(keys_file):
+                access, secret = _read_keys_file(keys_file)
+                keys_from = f"the S3 keys file {keys_file} ({KEYS_FILE_ENV})"
+            else:
+                keys_from = f"{KEYS_FILE_ENV} ({keys_file}: not on this machine, so AWS default credentials)"
         return cls(
             endpoint_url=endpoint,
             access_key=access,
@@ -119,6 +133,18 @@ class S3Settings:
     @property
     def endpoint_label(self) -> str:
         return self.endpoint_url or "AWS S3"
+
+
+KEYS_FILE_ENV = "CONTAVSEP_S3_KEYS_FILE"  # path of a 0600 JSON keys file (see S3Settings.from_env)
+
+
+def _read_keys_file(path: str) -> tuple[str, str]:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return str(doc["access_key"]), str(doc["secret_key"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StorageError(f"the S3 keys file {path} ({KEYS_FILE_ENV}) is unreadable: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -181,8 +207,14 @@ def join(uri: str, *parts: str) -> str:
 # filesystems and clients (cached per settings; built on first use, never at import)
 
 
+def s3_filesystem(settings: S3Settings, retry_attempts: int | None = None) -> pafs.S3FileSystem:
+    """The pyarrow S3 filesystem of ``settings`` (cached); ``retry_attempts`` sets the AWS SDK's
+    default retry strategy (exponential backoff from 25 ms) instead of its standard 3 attempts."""
+    return _s3_filesystem(settings, retry_attempts)
+
+
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+def _s3_filesystem(settings: S3Settings, retry_attempts: int | None = None) -> pafs.S3FileSystem:
     # The AWS C++ SDK reads these when a client is created; see the module docstring.
     os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
@@ -192,12 +224,20 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         "allow_bucket_creation": False,
         "allow_bucket_deletion": False,
     }
+    if retry_attempts is not None:
+        kwargs["retry_strategy"] = pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts)
     if settings.access_key is not None:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
     if settings.endpoint_url is not None:
         parsed = urlparse(settings.endpoint_url)
         kwargs.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"), scheme=parsed.scheme)
     return pafs.S3FileSystem(**kwargs)
+
+
+def s3_client(settings: S3Settings) -> Any:
+    """The boto3 S3 client of ``settings`` (cached; for calls pyarrow's filesystem has no
+    equivalent of, or must not make from its own IO threads)."""
+    return _s3_client(settings)
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,9 +8,11 @@
 - **mlflow**: ``mlflow server`` with a SQLite store (``<state_dir>/mlflow/mlflow.db``), artifacts
   proxied (``--serve-artifacts``) to ``s3://mlflow-artifacts`` on the local S3 server, bound to
   127.0.0.1, one worker, job execution off (otherwise it forks a job runner: ~3 GB RSS).
-- **ray** (``up --ray``): ``ray start --head --block`` bound to 127.0.0.1 with the dashboard on
-  8265, started with :func:`contavsep_platform.settings.service_env` in its environment, so every
-  worker and every ``ray job submit`` job finds S3 and MLflow without flags.
+- **ray** (``up --ray``): ``ray start --head --block`` with every port on 127.0.0.1 (Ray's
+  single-machine mode, see :func:`_ray_command`), the dashboard on 8265, its temp dir under the
+  state folder, started with :func:`contavsep_platform.settings.service_env` in its environment
+  (where the S3 keys are, not the keys), so every worker and every ``ray job submit`` job finds
+  S3 and MLflow without flags.
 
 Every service is started in a new session (``sid == pid`` of the started process) and recorded
 in ``<state_dir>/services.json`` (pid, exact argv, ports, log, startup time). ``down`` stops
@@ -52,10 +54,12 @@ from contavsep_platform.settings import (
     ServicesState,
     default_state_dir,
     local_s3_settings,
+    private_ray_temp_dir,
     read_s3_keys,
     read_state,
     resolve_endpoints,
     service_env,
+    write_private,
 )
 
 if TYPE_CHECKING:  # pyarrow-backed; imported where used so the CLI parser stays cheap to build
@@ -232,23 +236,8 @@ def stop_record(record: ServiceRecord, grace_s: float | None = None) -> int:
 # files in the state folder
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomic write of a 0600 file (temp + rename; the temp file is 0600 from its creation)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_state(state_dir: Path, state: ServicesState) -> None:
-    _write_private(state_dir / STATE_FILE, json.dumps(state.to_json(), indent=2) + "\n")
+    write_private(state_dir / STATE_FILE, json.dumps(state.to_json(), indent=2) + "\n")
 
 
 def _ensure_keys(state_dir: Path) -> None:
@@ -258,7 +247,7 @@ def _ensure_keys(state_dir: Path) -> None:
         os.chmod(path, 0o600)
         return
     keys = {"access_key": "contavsep-" + secrets.token_hex(8), "secret_key": secrets.token_hex(24)}
-    _write_private(path, json.dumps(keys, indent=2) + "\n")
+    write_private(path, json.dumps(keys, indent=2) + "\n")
 
 
 def _lock(state_dir: Path) -> Any:
@@ -481,10 +470,15 @@ def _mlflow_command(state_dir: Path, port: int, s3: S3Settings) -> tuple[list[st
     return cmd, env
 
 
+# Credentials a caller's environment may hold: the head does not inherit them (its workers and
+# jobs are told where keys are, CONTAVSEP_S3_KEYS_FILE of service_env, not the keys).
+_CREDENTIAL_ENV = ("CONTAVSEP_S3_ACCESS_KEY", "CONTAVSEP_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_SESSION_TOKEN")
 def _ray_command(state_dir: Path, ports: Mapping[str, int], num_cpus: int, temp_dir: str | None,
                  services_env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     cmd = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        "--node-ip-address", HOST,
         "--port", str(ports["ray"]),
         "--dashboard-host", HOST,
         "--dashboard-port", str(ports["dashboard"]),
@@ -493,10 +487,17 @@ def _ray_command(state_dir: Path, ports: Mapping[str, int], num_cpus: int, temp_
         "--num-cpus", str(num_cpus),
         "--disable-usage-stats",
     ]
+    temp_dir = temp_dir or private_ray_temp_dir(state_dir)
     if temp_dir:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         cmd += ["--temp-dir", temp_dir]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in _CREDENTIAL_ENV}
     env.update(services_env)
+    # A closed head: Ray's single-machine mode (its default on macOS and Windows) keeps the node
+    # IP at 127.0.0.1 instead of resolving `--node-ip-address 127.0.0.1` to the machine's network
+    # address, so GCS, raylet, object manager, agents, metrics, client server and workers all
+    # listen on 127.0.0.1 only, and no other machine's node can join.
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # Ray 2.60 turns token auth on for `ray start` as soon as ~/.ray/auth_token exists (any
     # ray.init() writes one), but `ray job submit` only sends the token with RAY_AUTH_MODE=token,
     # so the documented `ray job submit --address http://127.0.0.1:8265 ...` would get 401. This

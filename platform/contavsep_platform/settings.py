@@ -2,7 +2,8 @@
 
 Every command finds its endpoints through :func:`resolve_endpoints`, in this order, per service:
 
-1. explicit environment settings win: ``CONTAVSEP_S3_*`` / ``AWS_*`` (S3 endpoint and keys, see
+1. explicit environment settings win: ``CONTAVSEP_S3_*`` / ``AWS_*`` (S3 endpoint and keys, or
+   ``CONTAVSEP_S3_KEYS_FILE``, the path of a 0600 keys file; see
    :class:`contavsep.storage.S3Settings`), ``CONTAVSEP_STORAGE`` (storage root URI),
    ``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``;
 2. else the services that ``contavsep services up`` recorded in the state file
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,10 @@ if TYPE_CHECKING:  # contavsep.storage pulls in pyarrow: imported where used, ke
 
 STATE_FILE = "services.json"  # records of the running local services (0600)
 KEYS_FILE = "s3-keys.json"  # the local S3 server's random keys (0600), kept across restarts
+# Explicit S3 keys of the environment (CONTAVSEP_S3_* / AWS_*), copied here (0600) for the Ray
+# processes of this machine, which are told this file's path (KEYS_FILE_ENV), never the keys.
+CLIENT_KEYS_FILE = "s3-client-keys.json"
+KEYS_FILE_ENV = "CONTAVSEP_S3_KEYS_FILE"  # = contavsep.storage.KEYS_FILE_ENV (not imported: pyarrow)
 STATE_VERSION = 1
 
 DATA_BUCKET = "contavsep"  # datasets/ and sweeps/ of the local services
@@ -48,6 +54,7 @@ _S3_ENV = (
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
+    KEYS_FILE_ENV,
 )
 
 
@@ -174,13 +181,20 @@ def read_state(state_dir: Path) -> ServicesState:
 def read_s3_keys(state_dir: Path) -> tuple[str, str]:
     """The local S3 server's (access key, secret key) from its 0600 keys file."""
     path = state_dir / KEYS_FILE
+    if not path.exists():
+        raise SettingsError(f"the local S3 keys file {path} is missing: run `contavsep services up` again")
+    return read_keys_file(path)
+
+
+def read_keys_file(path: Path) -> tuple[str, str]:
+    """(access key, secret key) from a 0600 keys file (``{"access_key": ..., "secret_key": ...}``)."""
     try:
         doc = json.loads(path.read_text())
         return str(doc["access_key"]), str(doc["secret_key"])
     except FileNotFoundError as exc:
-        raise SettingsError(f"the local S3 keys file {path} is missing: run `contavsep services up` again") from exc
+        raise SettingsError(f"the S3 keys file {path} is missing") from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(f"the local S3 keys file {path} is unreadable ({exc}); remove it and the S3 data, or restore it") from exc
+        raise SettingsError(f"the S3 keys file {path} is unreadable ({exc}); remove it, or restore it") from exc
 
 
 def local_s3_settings(state_dir: Path, endpoint_url: str) -> S3Settings:
@@ -196,6 +210,36 @@ def local_s3_settings(state_dir: Path, endpoint_url: str) -> S3Settings:
         endpoint_from=f"the local services state {state_dir / STATE_FILE} (`contavsep services status`)",
         keys_from=f"the local S3 keys file {state_dir / KEYS_FILE}",
     )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomic write of a 0600 file (temp + rename; the temp file is 0600 from its creation)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# Ray's sockets live at <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store: 65
+# characters past the temp dir, within the 107-byte AF_UNIX limit.
+_RAY_TEMP_DIR_MAX = 40
+
+
+def private_ray_temp_dir(state_dir: Path) -> str | None:
+    """Temp dir of the Ray instances this state folder's commands start (the `services up --ray`
+    head, a sweep's private local Ray): ``<state_dir>/ray``, private like the folder (Ray's
+    session logs and Tune's local copies of its state are 0644 files), and Ray's discovery file
+    ``ray_current_cluster`` written there leads no other ``ray.init()`` of the machine to them.
+    ``None`` (Ray's own ``/tmp/ray``) when that path is too long for Ray's socket paths."""
+    path = state_dir / "ray"
+    return str(path) if len(str(path)) <= _RAY_TEMP_DIR_MAX else None
 
 
 def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:
@@ -259,12 +303,20 @@ def check_tracking_uri(uri: str, setting: str) -> None:
 
 
 def service_env(endpoints: Endpoints) -> dict[str, str]:
-    """Environment variables that give another process (Ray workers, a submitted job, the MLflow
-    server) the same view of the services: ``CONTAVSEP_*`` for contavsep, the standard ``AWS_*``
-    for pyarrow/boto3 users that only read those (e.g. Ray Tune's ``s3://`` storage path),
+    """Environment variables that give another process of this machine (Ray workers, a submitted
+    job, the Ray head of ``services up --ray``) the same view of the services: ``CONTAVSEP_*``,
     ``MLFLOW_TRACKING_URI``, and the Train V2 switch the trials are written for.
 
-    Contains secrets (S3 keys) when S3 has keys: hand it to processes, do not log it.
+    It names where credentials are, never their values, so it may travel in a Ray runtime env
+    (which Ray logs, shows in its job API and keeps in Tune's state). ``CONTAVSEP_S3_KEYS_FILE``
+    is the path of a 0600 file with the keys:
+
+    - the local services' keys: their keys file ``<state_dir>/s3-keys.json``;
+    - other keys this process was given (``CONTAVSEP_S3_*`` / ``AWS_*`` variables): a copy in the
+      0600 file ``<state_dir>/s3-client-keys.json`` (:func:`share_keys`); a process of another
+      machine finds no such file and uses its own credential chain;
+    - no keys (AWS instance roles, workload identity, K8s Secrets in the pod's env): no file;
+      every process uses its own chain.
     """
     env: dict[str, str] = {
         "CONTAVSEP_HOME": str(endpoints.state_dir),
@@ -274,19 +326,40 @@ def service_env(endpoints: Endpoints) -> dict[str, str]:
     }
     s3 = endpoints.s3
     if s3 is not None:
-        env["CONTAVSEP_S3_REGION"] = s3.region
-        env["AWS_DEFAULT_REGION"] = s3.region
         # Small S3 servers answer recent SDKs' streaming checksums with 411 (see contavsep.storage).
         env["AWS_REQUEST_CHECKSUM_CALCULATION"] = "when_required"
         env["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"
+        env["CONTAVSEP_S3_REGION"] = s3.region
         if s3.endpoint_url:
             env["CONTAVSEP_S3_ENDPOINT"] = s3.endpoint_url
-            env["AWS_ENDPOINT_URL_S3"] = s3.endpoint_url  # S3 only: other AWS services unaffected
         if s3.access_key is not None and s3.secret_key is not None:
-            env["CONTAVSEP_S3_ACCESS_KEY"] = s3.access_key
-            env["CONTAVSEP_S3_SECRET_KEY"] = s3.secret_key
-            env["AWS_ACCESS_KEY_ID"] = s3.access_key
-            env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
+            env[KEYS_FILE_ENV] = str(keys_file_of(endpoints.state_dir, s3))
     if endpoints.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = endpoints.mlflow_tracking_uri
     return env
+
+
+def keys_file_of(state_dir: Path, s3: S3Settings) -> Path:
+    """A 0600 file holding ``s3``'s keys: the local services' keys file when they are its keys,
+    else :func:`share_keys`'s copy."""
+    local = state_dir / KEYS_FILE
+    try:
+        if read_keys_file(local) == (s3.access_key, s3.secret_key):
+            return local
+    except SettingsError:
+        pass
+    return share_keys(state_dir, str(s3.access_key), str(s3.secret_key))
+
+
+def share_keys(state_dir: Path, access_key: str, secret_key: str) -> Path:
+    """The 0600 file ``<state_dir>/s3-client-keys.json`` holding these keys (written if it holds
+    others or none): what ``CONTAVSEP_S3_KEYS_FILE`` points this machine's Ray processes to."""
+    path = state_dir / CLIENT_KEYS_FILE
+    try:
+        if read_keys_file(path) == (access_key, secret_key):
+            return path
+    except SettingsError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, json.dumps({"access_key": access_key, "secret_key": secret_key}, indent=2) + "\n")
+    return path

