@@ -302,10 +302,20 @@ def check_tracking_uri(uri: str, setting: str) -> None:
                             f" (`contavsep services status` shows the local one) or sqlite:///path/mlflow.db")
 
 
+# `ray job stop` sends SIGTERM, and Ray's job supervisor SIGKILLs the entrypoint
+# RAY_JOB_STOP_WAIT_TIME_S later (default 3 s; read from the supervisor's env, i.e. the head's env
+# or the job's runtime env): too short for Tune to stop the trials and save its state and for the
+# sweep to close its MLflow runs and print how to resume (measured: 25 s for a 2-trial sweep on a
+# loaded 2-core machine). The head of `services up --ray` and `services env --runtime-env-json`
+# carry it (service_env), so a plain `ray job submit` gets it.
+JOB_STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "90"}
+
+
 def service_env(endpoints: Endpoints) -> dict[str, str]:
     """Environment variables that give another process of this machine (Ray workers, a submitted
     job, the Ray head of ``services up --ray``) the same view of the services: ``CONTAVSEP_*``,
-    ``MLFLOW_TRACKING_URI``, and the Train V2 switch the trials are written for.
+    ``MLFLOW_TRACKING_URI``, the Train V2 switch the trials are written for, and the
+    ``ray job stop`` grace period (:data:`JOB_STOP_GRACE_ENV`).
 
     It names where credentials are, never their values, so it may travel in a Ray runtime env
     (which Ray logs, shows in its job API and keeps in Tune's state). ``CONTAVSEP_S3_KEYS_FILE``
@@ -323,6 +333,10 @@ def service_env(endpoints: Endpoints) -> dict[str, str]:
         "CONTAVSEP_STORAGE": endpoints.storage_uri,
         # Train V2 (Tune trial = driver running a TorchTrainer) is the pattern trials use.
         "RAY_TRAIN_V2_ENABLED": "1",
+        # Time for a sweep to stop its trials, save Tune's state, close its MLflow runs and print
+        # the resume line after `ray job stop` (Ray's job supervisor reads it from its own env:
+        # the head's, or the job's runtime env; see JOB_STOP_GRACE_ENV).
+        **JOB_STOP_GRACE_ENV,
     }
     s3 = endpoints.s3
     if s3 is not None:

@@ -61,6 +61,7 @@ from contavsep_platform.comparison import (
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
 from contavsep_platform.ray_storage import ray_storage
+from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
 from contavsep_platform.spaces import (
     GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
 )
@@ -71,12 +72,7 @@ log = logging.getLogger("contavsep.sweep")
 # The Train V2 API (Tune driver + TorchTrainer) on every process of the job (Ray 2.60's default,
 # stated so an older cluster default cannot switch trials to the V1 API).
 TRAIN_V2_ENV = {"RAY_TRAIN_V2_ENABLED": "1"}
-# `ray job stop` sends SIGTERM, and Ray's job supervisor SIGKILLs the entrypoint
-# RAY_JOB_STOP_WAIT_TIME_S later (default 3 s; read from the supervisor's env, i.e. the job's
-# runtime env or the head's env): too short for Tune to stop the trials and save its state and
-# for the sweep to close its MLflow runs and print how to resume (measured: 25 s for a 2-trial
-# sweep on a loaded 2-core machine). Submit sweeps with this env (README "Submitting a sweep").
-JOB_STOP_GRACE_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "90"}
+# `ray job stop`'s grace period: settings.JOB_STOP_GRACE_ENV (the head and every job carry it).
 # A local Ray start can lose a race against its own agents on a busy machine (the raylet gives
 # them a fixed 15 s); the next attempt finds the imports in the page cache.
 LOCAL_RAY_ATTEMPTS = 3

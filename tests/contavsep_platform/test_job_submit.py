@@ -170,9 +170,10 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
 
 
 def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset, platform_home):
-    """... and within the grace period the submission gives it (README: RAY_JOB_STOP_WAIT_TIME_S;
-    Ray's default SIGKILLs 3 s after the SIGTERM) the stopped sweep closes its MLflow runs
-    (KILLED, none left RUNNING) and prints how to resume."""
+    """... and within the grace period the head of `services up --ray` gives every job (its env
+    carries RAY_JOB_STOP_WAIT_TIME_S; Ray's default SIGKILLs 3 s after the SIGTERM), with the
+    README's plain `ray job submit`, the stopped sweep closes its MLflow runs (KILLED, none left
+    RUNNING) and prints how to resume."""
     import json
 
     from mlflow import MlflowClient
@@ -186,8 +187,7 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     job_id = f"sweep-{name}"
     # More iterations per step than smoke.yaml: the stop lands while trials still train.
     slow = ("--set", "train.iters_per_step=40")
-    grace = ("--runtime-env-json", json.dumps({"env_vars": JOB_STOP_GRACE_ENV}))
-    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait", *grace,
+    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait",
                          *_sweep_entrypoint(name, job_dataset, *slow))
     assert submitted.returncode == 0, submitted.stderr
     sweep_uri = storage.join(ray_head.storage_uri, "sweeps", name)
