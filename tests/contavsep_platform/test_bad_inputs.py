@@ -357,6 +357,10 @@ def test_bad_input_with_services_writes_nothing_and_leaves_no_run(case: Case, se
         if key == "@s3":  # the services' own settings, one of them changed
             for name, env_value in service_env(services).items():
                 monkeypatch.setenv(name, env_value)
+            # service_env names the keys file, never the keys: a changed key comes as an
+            # explicit pair, the other one right
+            monkeypatch.setenv("CONTAVSEP_S3_ACCESS_KEY", services.s3.access_key)
+            monkeypatch.setenv("CONTAVSEP_S3_SECRET_KEY", services.s3.secret_key)
             name, _, env_value = value.partition("=")
             monkeypatch.setenv(name, env_value)
     bucket = storage.parse_uri(services.storage_uri)
