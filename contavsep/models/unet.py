@@ -11,6 +11,20 @@ At ``channels=64, depth=7, out_channels=32`` this has 30,274,178 parameters.
 
 Nearest upsampling (the reference's deterministic upsample) is used instead of the bilinear one
 of the original Sound-of-Pixels code: same parameters, deterministic backward on CUDA.
+
+Two pieces compute the reference's function by cheaper means on a GPU (same parameters, same
+state_dict; equal to the ``F.interpolate`` / ``nn.BatchNorm2d`` computation up to float rounding,
+``tests/contavsep/test_models.py`` checks forward and gradients against it):
+
+- :func:`upsample_nearest2x` copies each value into a 2x2 block with expand + reshape. CUDA
+  autocast runs ``upsample_nearest2d`` in float32 (it is on autocast's fp32 list), so under bf16
+  the reference path cast every decoder map to float32, upsampled it, and the next conv cast it
+  back: three full-size copies forward and three backward per level, and an index scatter as the
+  backward. Copying is exact in any dtype, so here the map stays in the conv's dtype and the
+  backward is a 2x2 sum.
+- :class:`_InputNorm` is ``BatchNorm2d(1)`` of the input spectrogram computed with plain
+  reductions in training mode: cuDNN's one-channel batch-norm kernels took ~2.8 ms per paper
+  iteration on an H100 for a 2 M-value tensor (more than all the U-Net's forward convolutions).
 """
 
 from __future__ import annotations
@@ -42,6 +56,58 @@ class UNetDecoding:
     decoder_maps: tuple[Tensor, ...]
 
 
+def upsample_nearest2x(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling, ``F.interpolate(x, scale_factor=2.0, mode="nearest")``.
+
+    Every value is copied into a 2x2 block (exact in any dtype, so no autocast float32 round
+    trip); the backward sums each 2x2 block of the gradient. The memory format of ``x``
+    (contiguous or channels_last) is kept.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`
+        - output: :math:`(B, C, 2H, 2W)`
+    """
+    b, c, h, w = x.shape
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+    # channels_last: build the (B, 2H, 2W, C) block copy, then view it back as NCHW
+    nhwc = x.permute(0, 2, 3, 1)
+    up = nhwc[:, :, None, :, None, :].expand(b, h, 2, w, 2, c).reshape(b, 2 * h, 2 * w, c)
+    return up.permute(0, 3, 1, 2)
+
+
+class _InputNorm(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training-mode forward is computed with plain reductions.
+
+    Same parameters, buffers and running-statistics update (``momentum``, cumulative average
+    when ``momentum`` is None, unbiased running variance) as ``nn.BatchNorm2d``; statistics in
+    float32 (float64 for a float64 input). Used for the 1-channel input, where cuDNN's batch-norm kernels are slow; evaluation
+    mode (running statistics) is the parent's forward.
+
+    Shape:
+        - x: :math:`(B, C, H, W)`; output: same shape and dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and self.track_running_stats and self.affine) or x.dim() != 4:
+            return super().forward(x)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
+        var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0, keepdim=True)
+        with torch.no_grad():
+            assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+                factor = 1.0 / float(self.num_batches_tracked)
+            else:
+                factor = self.momentum
+            n = xf.numel() // xf.shape[1]
+            self.running_mean.copy_(factor * mean.flatten() + (1.0 - factor) * self.running_mean)
+            self.running_var.copy_(factor * var.flatten() * (n / max(n - 1, 1)) + (1.0 - factor) * self.running_var)
+        normalised = (xf - mean) * torch.rsqrt(var + self.eps)
+        out = normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out.to(x.dtype)
+
+
 class _Down(nn.Module):
     """[LeakyReLU] -> 4x4 stride-2 conv -> [BatchNorm]: halves both grid sides."""
 
@@ -64,8 +130,7 @@ class _Up(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(F.relu(x), scale_factor=2.0, mode="nearest")
-        return self.norm(self.conv(x))
+        return self.norm(self.conv(upsample_nearest2x(F.relu(x))))
 
 
 class UNet(nn.Module):
@@ -90,7 +155,7 @@ class UNet(nn.Module):
         self.depth = depth
         self.condition_channels = condition_channels
         widths = level_channels(channels, depth)
-        self.input_norm = nn.BatchNorm2d(1)
+        self.input_norm = _InputNorm(1)
         ins = [1] + widths[:-1]
         self.down = nn.ModuleList(
             _Down(ins[i], widths[i], activation=i > 0, norm=0 < i < depth - 1) for i in range(depth)
