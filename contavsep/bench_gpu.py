@@ -129,8 +129,11 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("fused_adam", {"train.fused_optimizer": True}),
             ("channels_last+fused", {"train.channels_last": True, "train.fused_optimizer": True}),
         ]
-    if args.short:  # the MFU check: baseline, the best eager options, everything compiled
+    if args.short:  # the MFU check: baseline, the best eager options, everything compiled; each also
+        # with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
         combos = [c for c in combos if c[0] in ("baseline", "channels_last+fused", "all")]
+        combos += [(f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
+                   for label, extra in combos if label != "baseline"]
     results: dict[str, Any] = {}
     for label, extra in combos:
         if time.perf_counter() - args.started > args.train_budget_s:
@@ -140,7 +143,7 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             if "train.compile" in extra:
                 torch._dynamo.reset()  # each combination compiles afresh (and stays under the recompile limit)
             started = time.perf_counter()
-            r = measure(table, args.preset, args.iters, args.warmup + (5 if "compile" in label or label == "all" else 0),
+            r = measure(table, args.preset, args.iters, args.warmup + (5 if "train.compile" in extra else 0),
                         {**base, **extra})
             r["wall_s"] = time.perf_counter() - started
             print_breakdown(f"{label} [{r['wall_s']:.0f} s]", r)
@@ -264,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)")
     p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile without CUDA (slow)")
     p.add_argument("--short", action="store_true",
-                   help="training MFU only: baseline, channels_last+fused, compiled with both (no eval/correctness/recompiles)")
+                   help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
+                        " train.decoder_conv=upsample (no eval/correctness/recompiles)")
     p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
     p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
     args = p.parse_args(argv)

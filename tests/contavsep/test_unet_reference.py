@@ -1,7 +1,8 @@
 """The U-Net's cheaper computations equal the straightforward one (F.interpolate, nn.BatchNorm2d).
 
-``contavsep.models.unet`` upsamples by expand + reshape and normalises the 1-channel input with
-plain reductions (both for GPU speed). These tests run the reference computation on a copy of
+``contavsep.models.unet`` upsamples by expand + reshape or merges "upsample + 3x3 conv" into one
+transposed conv (``train.decoder_conv``), and normalises the 1-channel input with plain
+reductions (all for GPU speed). These tests run the reference computation on a copy of
 the same module and require equal outputs, parameter gradients and BatchNorm running statistics,
 so an optimisation cannot silently change the model's function.
 """
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contavsep.models.unet import UNet, upsample_nearest2x
+from contavsep.models.unet import DECODER_CONVS, UNet, set_decoder_conv, upsample_conv3x3, upsample_nearest2x
 
 
 def reference_forward(unet: UNet, spec: Tensor) -> Tensor:
@@ -38,9 +39,11 @@ def relative(a: Tensor, b: Tensor) -> float:
     return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-30))
 
 
-def run_both(dtype: torch.dtype, channels_last: bool, iterations: int = 2) -> tuple[UNet, UNet, list[tuple[Tensor, Tensor]]]:
+def run_both(dtype: torch.dtype, channels_last: bool, decoder_conv: str,
+             iterations: int = 2) -> tuple[UNet, UNet, list[tuple[Tensor, Tensor]]]:
     torch.manual_seed(0)
     ours = UNet(channels=8, depth=5, out_channels=8).to(dtype)
+    set_decoder_conv(ours, decoder_conv)
     ref = copy.deepcopy(ours)
     gen = torch.Generator().manual_seed(1)
     outputs = []
@@ -57,9 +60,10 @@ def run_both(dtype: torch.dtype, channels_last: bool, iterations: int = 2) -> tu
     return ours, ref, outputs
 
 
+@pytest.mark.parametrize("decoder_conv", DECODER_CONVS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_unet_equals_the_reference_computation_in_float64(channels_last):
-    ours, ref, outputs = run_both(torch.float64, channels_last)
+def test_unet_equals_the_reference_computation_in_float64(channels_last, decoder_conv):
+    ours, ref, outputs = run_both(torch.float64, channels_last, decoder_conv)
     for a, b in outputs:
         assert relative(a, b) < 1e-12
         if channels_last:
@@ -78,8 +82,9 @@ def test_unet_equals_the_reference_computation_in_float64(channels_last):
         assert relative(ours(spec).mask_features, reference_forward(ref, spec)) < 1e-12
 
 
-def test_unet_equals_the_reference_computation_in_float32():
-    ours, ref, outputs = run_both(torch.float32, channels_last=False)
+@pytest.mark.parametrize("decoder_conv", DECODER_CONVS)
+def test_unet_equals_the_reference_computation_in_float32(decoder_conv):
+    ours, ref, outputs = run_both(torch.float32, channels_last=False, decoder_conv=decoder_conv)
     for a, b in outputs:
         assert relative(a, b) < 1e-5
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
@@ -115,3 +120,31 @@ def test_upsample_is_exact_and_keeps_dtype_and_memory_format(dtype):
     grad = torch.randn(1, 2, 6, 8, dtype=torch.float64)
     upsample_nearest2x(leaf).backward(grad)
     assert torch.allclose(leaf.grad, grad.view(1, 2, 3, 2, 4, 2).sum(dim=(3, 5)))
+
+
+def test_transposed_decoder_conv_equals_upsample_then_conv():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, 10, 14, generator=gen, dtype=torch.float64)
+    merged = upsample_conv3x3(x, w)
+    literal = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, padding=1)
+    assert merged.shape == literal.shape and relative(merged, literal) < 1e-13
+    gx, gw = torch.autograd.grad(merged, (x, w), grad)
+    rx, rw = torch.autograd.grad(literal, (x, w), grad)
+    assert relative(gx, rx) < 1e-13 and relative(gw, rw) < 1e-13
+    layout = upsample_conv3x3(x.detach().contiguous(memory_format=torch.channels_last), w.detach())
+    assert relative(layout, literal) < 1e-13
+
+
+def test_bad_decoder_conv_is_refused():
+    with pytest.raises(ValueError, match="decoder_conv must be one of"):
+        set_decoder_conv(UNet(channels=4, depth=4, out_channels=4), "bilinear")
+
+
+def test_config_refuses_an_unknown_decoder_conv():
+    from contavsep.config import ConfigError, make_config
+
+    assert make_config("tiny").train.decoder_conv == "transposed"
+    with pytest.raises(ConfigError, match="train.decoder_conv must be one of"):
+        make_config("tiny", {"train.decoder_conv": "bilinear"})
