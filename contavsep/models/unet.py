@@ -93,6 +93,7 @@ def _phase_kernel(weight: Tensor) -> Tensor:
         - weight: :math:`(C_{out}, C_{in}, 3, 3)`; output: :math:`(C_{in}, C_{out}, 4, 4)`.
     """
 
+    # plain adds (no autocast op): the sums are in the weight's dtype, rounded once by the conv's cast
     def taps(w: Tensor, dim: int) -> Tensor:
         w0, w1, w2 = w.unbind(dim)
         return torch.stack([w2, w1 + w2, w0 + w1, w0], dim=dim)
@@ -114,6 +115,12 @@ def upsample_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
 
 
 DECODER_CONVS = ("transposed", "upsample")
+# "transposed" merges the taps on every call (~9x the weight's bytes, forward + backward, whatever
+# the batch), and saves 20 of 36 multiply-adds per input pixel and channel pair plus the upsampled
+# map's traffic (both per pixel of the batch). Below this many input pixels (batch x H x W) the
+# weights outweigh the activations (the inner levels: 512-1024 channels on 2x2..8x8 grids) and
+# the level is computed literally. At the paper preset, batch 32: levels from 8x8 inputs merge.
+TRANSPOSED_MIN_PIXELS = 1024
 
 
 class _InputNorm(nn.BatchNorm2d):
@@ -165,29 +172,33 @@ class _Up(nn.Module):
     """ReLU -> nearest 2x upsampling -> 3x3 conv -> [BatchNorm]: doubles both grid sides.
 
     ``decoder_conv``: "transposed" computes upsampling + conv as one transposed conv
-    (:func:`upsample_conv3x3`), "upsample" literally; same parameters either way.
+    (:func:`upsample_conv3x3`) when the input has at least ``min_pixels`` pixels (batch x
+    H x W), else literally; "upsample" always literally. Same parameters and function either way.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool, decoder_conv: str = "transposed"):
+    def __init__(self, in_channels: int, out_channels: int, norm: bool, decoder_conv: str = "transposed",
+                 min_pixels: int = TRANSPOSED_MIN_PIXELS):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
         self.decoder_conv = decoder_conv
+        self.min_pixels = min_pixels
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(x)
-        if self.decoder_conv == "transposed":
+        if self.decoder_conv == "transposed" and x.shape[0] * x.shape[2] * x.shape[3] >= self.min_pixels:
             return self.norm(upsample_conv3x3(x, self.conv.weight))
         return self.norm(self.conv(upsample_nearest2x(x)))
 
 
-def set_decoder_conv(model: nn.Module, decoder_conv: str) -> None:
+def set_decoder_conv(model: nn.Module, decoder_conv: str, min_pixels: int = TRANSPOSED_MIN_PIXELS) -> None:
     """How every U-Net decoder level in ``model`` computes upsampling + 3x3 conv (see :class:`_Up`)."""
     if decoder_conv not in DECODER_CONVS:
         raise ValueError(f"decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{decoder_conv}'")
     for module in model.modules():
         if isinstance(module, _Up):
             module.decoder_conv = decoder_conv
+            module.min_pixels = min_pixels
 
 
 class UNet(nn.Module):
