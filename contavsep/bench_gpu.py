@@ -2,6 +2,8 @@
 
     bash scripts/gpu_check.sh              # on the GPU machine (offline: wheels from .whl/), ~6-7 min on an H100
     bash scripts/gpu_check.sh --quick      # the same sections at tiny sizes, on a CPU (~20 s)
+    bash scripts/gpu_mfu.sh                # --short: training MFU only (baseline, channels_last+fused,
+                                           # compiled), then the kernel profiles; < 4 min on an H100
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
 a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
@@ -127,6 +129,11 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("fused_adam", {"train.fused_optimizer": True}),
             ("channels_last+fused", {"train.channels_last": True, "train.fused_optimizer": True}),
         ]
+    if args.short:  # the MFU check: baseline, the best eager options, everything compiled; each also
+        # with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
+        combos = [c for c in combos if c[0] in ("baseline", "channels_last+fused", "all")]
+        combos += [(f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
+                   for label, extra in combos if label != "baseline"]
     results: dict[str, Any] = {}
     for label, extra in combos:
         if time.perf_counter() - args.started > args.train_budget_s:
@@ -136,7 +143,7 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             if "train.compile" in extra:
                 torch._dynamo.reset()  # each combination compiles afresh (and stays under the recompile limit)
             started = time.perf_counter()
-            r = measure(table, args.preset, args.iters, args.warmup + (5 if "compile" in label or label == "all" else 0),
+            r = measure(table, args.preset, args.iters, args.warmup + (5 if "train.compile" in extra else 0),
                         {**base, **extra})
             r["wall_s"] = time.perf_counter() - started
             print_breakdown(f"{label} [{r['wall_s']:.0f} s]", r)
@@ -259,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="/tmp/contavsep-gpu-work", help="synthetic dataset and cache")
     p.add_argument("--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)")
     p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile without CUDA (slow)")
+    p.add_argument("--short", action="store_true",
+                   help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
+                        " train.decoder_conv=upsample (no eval/correctness/recompiles)")
     p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
     p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
     args = p.parse_args(argv)
@@ -284,13 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     table = open_dataset(uri, cache_dir=work / "cache")
     # eager numbers, evaluation and correctness first: compiling takes minutes and may not fit
     run.section("train", train_options, args, table, base, False, run, "train")
-    run.section("eval", evaluation, args, table, base, need_s=20)
-    run.section("correctness", correctness, args, table, base, need_s=30)
-    run.section("extrapolation_eager", extrapolate, run.summary)
+    if not args.short:
+        run.section("eval", evaluation, args, table, base, need_s=20)
+        run.section("correctness", correctness, args, table, base, need_s=30)
+        run.section("extrapolation_eager", extrapolate, run.summary)
     if cuda or args.compile_on_cpu:
         run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
         run.section("extrapolation", extrapolate, run.summary)
-        run.section("recompiles", recompiles, args, table, base, need_s=60)
+        if not args.short:
+            run.section("recompiles", recompiles, args, table, base, need_s=60)
     print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
           flush=True)
     print(f"summary: {Path(args.out) / 'gpu_summary.json'}", flush=True)

@@ -83,6 +83,7 @@ class TrainConfig:
     channels_last: bool = False  # U-Net convolutions in channels-last memory format (tensor cores on CUDA)
     compile: str = "off"  # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     fused_optimizer: bool = False  # fused Adam/AdamW kernels (one launch per parameter group)
+    decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | upsample (literally)
 
 
 # train.compile: "off" or a torch.compile mode.
@@ -447,6 +448,10 @@ def validate(cfg: Config) -> None:
     check_budget(cfg.train)
     if cfg.train.compile not in COMPILE_MODES:
         raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.train.compile}'")
+    from contavsep.models.unet import DECODER_CONVS
+
+    if cfg.train.decoder_conv not in DECODER_CONVS:
+        raise ConfigError(f"train.decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{cfg.train.decoder_conv}'")
     if cfg.train.prefetch_batches < 0:
         raise ConfigError("train.prefetch_batches must be >= 0 (0 = prepare batches on the training thread)")
     if cfg.train.select not in ("last", "best_val"):
