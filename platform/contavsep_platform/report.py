@@ -24,7 +24,14 @@ Writes into one folder:
   every configuration; per-step SDR of each method's best configuration (mean ± CI per step);
   the Pareto front of a multi-objective sweep; every run with its status.
 - ``final_scores.png`` (means with CI bars), ``step_sdr.png`` (Fig. 3 with CI bands),
-  ``pareto.png`` (multi-objective sweeps).
+  ``pareto.png`` (multi-objective sweeps), and the views of the search
+  (:mod:`contavsep_platform.search_views`): ``importance.png``, ``parallel_coordinates.png``,
+  ``r_matrices.png``;
+- ``report.html``: the ranking and every view on one page a browser opens from disk
+  (:mod:`contavsep_platform.report_html`); a view that does not apply says why.
+
+:func:`log_report` writes the same folder as artifacts of the sweep's parent run (``report/``),
+which the sweep does when it ends.
 
 A run without ``final/...`` metrics (stopped early by ASHA, failed, still running) is listed but
 never ranked, and neither is its configuration: a mean over fewer seen classes or fewer repeats
@@ -36,12 +43,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -67,6 +77,8 @@ from contavsep_platform.comparison import (
     summary_lines,
     t_interval,
 )
+from contavsep_platform.report_html import HTML_FILE, write_html
+from contavsep_platform.search_views import View, importance_view, parallel_coordinates_view, r_matrices_view
 from contavsep_platform.spaces import REPEAT_CONFIG_KEYS
 from contavsep_platform.tracking import (
     FINAL_PREFIX,
@@ -103,7 +115,12 @@ _FINAL_GROUPS = (("forgetting_", "forgetting/"), ("bwt_", "bwt/"), ("avg_increme
 # Estimated for every ranked method (the sweep metric first, then these, then the objectives).
 RANKING_COLUMNS = ("sdr", "sir", "sar", "forgetting/sdr", "bwt/sdr")
 PARETO_FILE = "pareto.png"
+STEP_FILE = "step_sdr.png"
 SPACE_ARTIFACT = "search_space.yaml"
+R_ARTIFACT = "results/R.json"  # a trial's R matrices (tracking: results/R.json)
+REPORT_ARTIFACTS = "report"  # the parent run's folder of the report (log_report)
+
+log = logging.getLogger("contavsep.report")
 
 
 class SweepNotFoundError(UserError):
@@ -255,7 +272,8 @@ def sweep_names(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
 
 def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
     """A run's text artifact, or "" when the run has none of that name."""
-    if path not in {a.path for a in client.list_artifacts(run_id)}:
+    folder = path.rpartition("/")[0]
+    if path not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
         return ""
     with tempfile.TemporaryDirectory(prefix="contavsep-report-") as tmp:
         return Path(client.download_artifacts(run_id, path, tmp)).read_text()
@@ -480,10 +498,12 @@ def build_report(
     out_dir: str | Path,
     metric: str | None = None,
     mode: str | None = None,
+    r_document: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> Report:
-    """Write ``report.md`` and the PNG plots for ``sweep`` into ``out_dir``.
+    """Write ``report.md``, ``report.html`` and the PNG plots for ``sweep`` into ``out_dir``.
 
-    ``histories[run_id]`` is the per-step SDR of each trial (:func:`step_history`). ``metric``
+    ``histories[run_id]`` is the per-step SDR of each trial (:func:`step_history`);
+    ``r_document(run_id)`` its ``results/R.json`` (None: not logged; default: no R matrices). ``metric``
     ranks the methods: a comparison name (``sdr``, ``forgetting/sdr``) or an MLflow key
     (``final/sdr``); default: the space's metric, else ``sdr``. ``mode``: default the space's
     mode for that metric, else ``min`` for forgetting and ``max`` for the rest.
@@ -560,17 +580,29 @@ def build_report(
         md.append(markdown_table(["method"] + [f"step {s + 1}" for s in steps], rows))
         curves = {label: [(s, e.mean) for s, e in points] for label, points in per_step.items()}
         bands = {label: [(s, e.low, e.high) for s, e in points] for label, points in per_step.items()}
-        files.append(save_figure(strategy_curves_figure(curves, bands=bands), out / "step_sdr.png"))
-        md += ["", f"![SDR after each step](step_sdr.png) (shaded: {CONFIDENCE:.0%} t-interval per step)"]
+        files.append(save_figure(strategy_curves_figure(curves, bands=bands), out / STEP_FILE))
+        md += ["", f"![SDR after each step]({STEP_FILE}) (shaded: {CONFIDENCE:.0%} t-interval per step)"]
     else:
         md.append("No per-step results of a ranked configuration.")
     md.append("")
 
+    pareto_view = View("Pareto front", None, "Not drawn: the space has a single objective"
+                       f" ({metric}); a Pareto front needs two (space `objectives`).")
     if objectives:
         lines, figure = _pareto(comparison, objectives, out)
         md += lines + [""]
         if figure is not None:
             files.append(figure)
+        pareto_view = View(lines[0].removeprefix("## "), figure, f"Means with {CONFIDENCE:.0%} CI bars of the first two"
+                           " objectives; front members marked." if figure else " ".join(lines[2:]))
+
+    views = _views(comparison, space, metric, mode, per_step, out, pareto_view, trials, r_document)
+    files += [v.file for v in views if v.file is not None and v.file not in files]
+    md += ["## Views of the search", "", f"The page [{HTML_FILE}]({HTML_FILE}) shows them together.", ""]
+    for view in views:
+        md.append(f"- **{view.title}**: " + (f"[{view.file.name}]({view.file.name})" if view.file else view.caption))
+        md += [f"  - {finding}" for finding in view.findings]
+    md.append("")
 
     md += ["## All runs", ""]
     if trials:
@@ -596,7 +628,44 @@ def build_report(
     tmp = out / "report.md.tmp"
     tmp.write_text(text)
     tmp.replace(report_path)
-    return Report(markdown=text, files=(report_path, *files))
+    page = write_html(out, f"Sweep {sweep.name}", [line.strip() for line in _header_lines(sweep, table, comparison, space, metric,
+                                                                                          mode)], _ranking_rows(comparison), views)
+    return Report(markdown=text, files=(report_path, page, *files))
+
+
+def _views(comparison: Comparison, space: SpaceInfo, metric: str, mode: str,
+           per_step: Mapping[str, Sequence[tuple[int, Estimate]]], out: Path, pareto_view: View,
+           trials: Sequence[TrialRecord], r_document: Callable[[str], Mapping[str, Any] | None] | None) -> list[View]:
+    """Importance, parallel coordinates, step curves, Pareto front and R matrices, in that order."""
+    objectives = list(space.objectives) if len(space.objectives) > 1 else [(metric, mode)]
+    if not any(m == "forgetting/sdr" for m, _ in objectives):
+        objectives.append(("forgetting/sdr", "min"))  # what every method trades its SDR against
+    views = [importance_view(comparison, objectives, out), parallel_coordinates_view(comparison, objectives, out)]
+
+    step_title = f"SDR after each step (best configuration per method, mean ± {CONFIDENCE:.0%} CI)"
+    if (out / STEP_FILE).exists() and per_step:
+        most = max((e.n for points in per_step.values() for _, e in points), default=0)
+        caption = (f"Shaded: the {CONFIDENCE:.0%} t-interval over each configuration's repeats." if most > 1 else
+                   "One run per configuration: no interval (a space with `repeats` draws the bands).")
+        views.append(View(step_title, out / STEP_FILE, caption))
+    else:
+        views.append(View(step_title, None, "Not drawn: no ranked configuration has per-step results."))
+    views.append(pareto_view)
+
+    name_of = {t.run_id: t.name for t in trials}
+    best_runs: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
+    for row in comparison.rows:  # best method first: each strategy's first row is its best configuration
+        c = row.configuration
+        if c.strategy in best_runs:
+            continue
+        values = c.per_repeat(metric)
+        run = max((r for r in c.runs if r.repeat in values), key=lambda r: values[r.repeat] * (1 if mode == "max" else -1),
+                  default=None)
+        if run is not None:
+            label = f"{name_of.get(run.run_id, run.run_id)} ({c.method}, {metric} {values[run.repeat]:.2f})"
+            best_runs[c.strategy] = (label, r_document(run.run_id) if r_document else None)
+    views.append(r_matrices_view({s: best_runs[s] for s in strategy_order(list(best_runs))}, out))
+    return views
 
 
 def _suggest(name: str, options: Sequence[str]) -> str:
@@ -708,5 +777,26 @@ def write_report(
     client = MlflowClient(tracking_uri)
     with _talking_to(tracking_uri):
         histories = {t.run_id: step_history(client, t.run_id, "sdr") for t in sweep.trials}
-    return build_report(sweep, histories, out_dir, metric, mode)
+
+        def r_document(run_id: str) -> Mapping[str, Any] | None:
+            text = _artifact_text(client, run_id, R_ARTIFACT)
+            return json.loads(text) if text else None
+
+        return build_report(sweep, histories, out_dir, metric, mode, r_document)
+
+
+def log_report(tracking_uri: str, sweep_name: str, run_id: str) -> bool:
+    """Write the sweep's report and log it as artifacts of the parent run ``run_id`` (under
+    ``report/``). Never raises: a sweep that ended must not fail on its report; returns whether
+    it was logged."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="contavsep-report-") as tmp:
+            write_report(tracking_uri, sweep_name, tmp)
+            with _talking_to(tracking_uri):
+                MlflowClient(tracking_uri).log_artifacts(run_id, tmp, REPORT_ARTIFACTS)
+        return True
+    except Exception as exc:  # noqa: BLE001 - reported, and `contavsep report` writes it again
+        log.warning("the report of sweep %s was not logged to MLflow (%s); `contavsep report --sweep %s` writes it",
+                    sweep_name, " ".join(str(exc).split())[:300], sweep_name)
+        return False
 

@@ -17,8 +17,14 @@ and Optuna is asked again. When it keeps proposing existing configurations, the 
 exhausted and the searcher says FINISHED, so a strategy with nothing to search runs once per
 repeat however large ``num_samples`` is.
 
-Tune checkpoints the searcher with the sweep (``save``/``restore``: the whole object, Optuna's
-in-memory study included), so ``--resume`` continues the same study and groups.
+The study is persistent when the searcher gets a :class:`~contavsep_platform.study.StudyJournal`
+(what a sweep passes): Optuna's journal in the sweep's folder, named after the sweep, which
+``optuna-dashboard`` and ``optuna.load_study`` open during and after the sweep. Tune checkpoints
+the searcher with the sweep (``save``/``restore``: its groups and the journal's location; without
+a journal, Optuna's in-memory study too), so ``--resume`` continues the same study and groups. A
+journal can be ahead of Tune's last checkpoint (a sweep killed hard): a trial it shows running
+that the restored searcher never handed out is told FAIL, so that the study has no trial
+running forever; a group told twice keeps its first outcome.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, DefineByRun, SearchSpace, make_sampler
+from contavsep_platform.study import StudyJournal
 
 log = logging.getLogger("contavsep.search")
 
@@ -56,7 +63,7 @@ class Group:
 
     config_id: str
     params: dict[str, Any]  # strategy.name + sampled values
-    optuna_trials: list[Any]  # the Optuna trial that proposed it, then its aliases
+    optuna_trials: list[int]  # numbers of the Optuna trial that proposed it, then of its aliases
     members: dict[str, str] = field(default_factory=dict)  # repeat label -> Tune trial id
     outcomes: dict[str, str] = field(default_factory=dict)  # repeat label -> complete | pruned | error
     values: dict[str, list[float]] = field(default_factory=dict)  # repeat label -> objective values
@@ -66,21 +73,15 @@ class Group:
 class GroupedOptunaSearch(Searcher):
     """Optuna define-by-run search over configurations, each run as a group of repeats."""
 
-    def __init__(self, space: SearchSpace):
-        import optuna
-
+    def __init__(self, space: SearchSpace, journal: StudyJournal | None = None):
         objectives = space.objectives
         super().__init__(metric=objectives[0].metric, mode=objectives[0].mode)
         self.space = space
         self.objectives = objectives
         self.repeats = space.repeat_members()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(
-            sampler=make_sampler(space),
-            directions=["maximize" if o.mode == "max" else "minimize" for o in objectives],
-        )
-        for point in space.points_to_evaluate:
-            self.study.enqueue_trial(dict(point))
+        self.journal = journal  # None: the study lives in memory (and in Tune's pickle of this object)
+        self._study: Any = None
+        self._open_study()
         self.define_by_run = DefineByRun(space)
         self.groups: dict[str, Group] = {}  # config id -> group, in proposal order
         self.queue: list[tuple[str, str]] = []  # (config id, repeat label) not yet handed to Tune
@@ -123,12 +124,72 @@ class GroupedOptunaSearch(Searcher):
             self._tell(group)
 
     def save(self, checkpoint_path: str) -> None:
+        if self.journal is not None:
+            self.journal.sync()
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__setstate__(pickle.load(f))
+        self._orphans_failed()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # With a journal, the study is on storage: pickle where it is, not the study.
+        return {k: v for k, v in self.__dict__.items() if not (k == "_study" and self.journal is not None)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "study" in state:  # pickled before the study had a journal (it was then always in memory)
+            state = {**state, "_study": state["study"]}
+            del state["study"]
+        self.__dict__.update(state)
+        self.__dict__.setdefault("journal", None)
+        if self.journal is not None:
+            self._study = None  # opened on first use, in the process that resumes
+
+    # ------------------------------------------------------------------ the study
+    @property
+    def study(self) -> Any:
+        """The Optuna study (opened from the journal on first use after a restore)."""
+        if self._study is None:
+            self._open_study()
+        return self._study
+
+    def _open_study(self) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        directions = ["maximize" if o.mode == "max" else "minimize" for o in self.objectives]
+        if self.journal is None:
+            self._study, created = optuna.create_study(sampler=make_sampler(self.space), directions=directions), True
+        else:
+            self._study, created = self.journal.open(directions, make_sampler(self.space))
+        if created:
+            for point in self.space.points_to_evaluate:
+                self._study.enqueue_trial(dict(point))
+            self._sync()
+
+    def _orphans_failed(self) -> None:
+        """Tell FAIL every trial the study shows running that no group of this searcher holds
+        (asked after Tune's last checkpoint of a sweep that was killed)."""
+        from optuna.trial import TrialState
+
+        held = {n for g in self.groups.values() for n in g.optuna_trials}
+        lost = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in held]
+        for number in lost:
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        if lost:
+            log.info("Optuna trial(s) %s were asked after the sweep's last checkpoint: told FAIL", lost)
+            self._sync()
+
+    def _sync(self) -> None:
+        if self.journal is not None:
+            self.journal.sync()
+
+    def close(self) -> None:
+        """Upload the study a last time (an S3 journal) and drop its local copy."""
+        if self.journal is not None:
+            self.journal.close()
 
     # ------------------------------------------------------------------ groups
     def _propose(self) -> bool:
@@ -141,14 +202,18 @@ class GroupedOptunaSearch(Searcher):
             params = {**trial.params, **fixed}
             config_id = configuration_id(self.space, params)
             existing = self.groups.get(config_id)
+            # Shown by optuna-dashboard next to each trial: which configuration (group) it is.
+            trial.set_user_attr("configuration", config_id)
+            trial.set_user_attr("repeats", len(self.repeats))
             if existing is None:
-                self.groups[config_id] = Group(config_id, dict(trial.params), [trial])
+                self.groups[config_id] = Group(config_id, dict(trial.params), [trial.number])
                 self.queue.extend((config_id, label) for label in self.repeats)
                 return True
             # Same configuration again: no new trial; this Optuna trial shares the group's outcome.
-            existing.optuna_trials.append(trial)
+            trial.set_user_attr("same_as_trial", existing.optuna_trials[0])
+            existing.optuna_trials.append(trial.number)
             if existing.told is not None:
-                self._tell_one(trial, *existing.told)
+                self._tell_one(trial.number, *existing.told)
             log.info("Optuna proposed configuration %s again (%s); not run twice", config_id, params.get(STRATEGY_KEY))
         self.exhausted = True
         log.info("the space has no configuration left that was not run: %d configurations", len(self.groups))
@@ -168,17 +233,19 @@ class GroupedOptunaSearch(Searcher):
         else:
             told = (TrialState.PRUNED.name, None)
         group.told = told
-        for trial in group.optuna_trials:
-            self._tell_one(trial, *told)
+        for number in group.optuna_trials:
+            self._tell_one(number, *told)
+        self._sync()
 
-    def _tell_one(self, trial: Any, state_name: str, values: list[float] | None) -> None:
+    def _tell_one(self, number: int, state_name: str, values: list[float] | None) -> None:
         from optuna.trial import TrialState
 
         state = TrialState[state_name]
+        # skip_if_finished: a journal ahead of Tune's checkpoint may have this outcome already.
         if state == TrialState.COMPLETE:
-            self.study.tell(trial, values if len(values) > 1 else values[0])
+            self.study.tell(number, values if len(values) > 1 else values[0], skip_if_finished=True)
         else:
-            self.study.tell(trial, state=state)
+            self.study.tell(number, state=state, skip_if_finished=True)
 
 
 def _as_float(value: Any) -> float | None:

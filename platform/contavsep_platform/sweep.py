@@ -60,6 +60,7 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
+from contavsep_platform.study import StudyJournal, journal_uri
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
 from contavsep_platform.spaces import (
@@ -87,9 +88,10 @@ class SweepError(Exception):
 # search and early stopping
 
 
-def make_searcher(space: SearchSpace) -> GroupedOptunaSearch:
-    """The Optuna searcher of a space: configurations as groups of repeats, deduplicated."""
-    return GroupedOptunaSearch(space)
+def make_searcher(space: SearchSpace, journal: StudyJournal | None = None) -> GroupedOptunaSearch:
+    """The Optuna searcher of a space: configurations as groups of repeats, deduplicated; its
+    study persists in ``journal`` (the sweep's ``optuna-journal.log``) when given."""
+    return GroupedOptunaSearch(space, journal)
 
 
 def make_scheduler(space: SearchSpace) -> Any:
@@ -609,7 +611,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         log.info("sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s", name, space.num_samples,
                  space.repeats.count, max_concurrent, sweep_uri)
         reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
-        searcher = None if resume else make_searcher(space)  # on --resume Tune restores the pickled one
+        # The study persists next to Tune's state, named after the sweep (on --resume Tune restores
+        # the pickled searcher, which reopens the same study from that journal).
+        searcher = None if resume else make_searcher(space, StudyJournal(journal_uri(sweep_uri), name, s3))
         if resume:
             tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
         else:
@@ -650,8 +654,12 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
             tracker.finish([], status="KILLED", pending_uri=pending_uri, s3=s3)
         else:
             pareto_trials = [r.trial_id for r in outcome.trials if r.group in outcome.pareto]
-            tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
-                           status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
+            sent = tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
+                                  status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
+            if sent and tracking_uri and parent_run_id:
+                from contavsep_platform.report import log_report
+
+                log_report(tracking_uri, name, parent_run_id)
     return outcome
 
 

@@ -192,9 +192,11 @@ def _row(lines: list[str], start: str) -> list[str]:
 
 def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep, tmp_path):
     report = write_report(logged_sweep, SWEEP, tmp_path / "out")
-    assert sorted(p.name for p in report.files) == ["final_scores.png", "pareto.png", "report.md", "step_sdr.png"]
-    for path in report.files[1:]:
-        assert matplotlib.image.imread(path).shape[0] > 200
+    assert sorted(p.name for p in report.files) == ["final_scores.png", "parallel_coordinates.png", "pareto.png", "r_matrices.png",
+                                                    "report.html", "report.md", "step_sdr.png"]
+    for path in report.files:
+        if path.suffix == ".png":
+            assert matplotlib.image.imread(path).shape[0] > 200
     text = (tmp_path / "out" / "report.md").read_text()
     assert text == report.markdown
     lines = text.splitlines()
@@ -253,6 +255,22 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert front[0].endswith(f"| {_cell(cv)} | {_cell(FORGETTING['cv1'])} | strategy.lambda_ins=0.1 |")
     assert front[1].endswith(f"| {_cell(FINAL_SDR['lwf'])} | {_cell(FORGETTING['lwf'])} | - |")
     assert "![Pareto front](pareto.png)" in section
+
+    # the views: importance does not apply (one searched key per strategy) and says why; the
+    # parallel coordinates and each strategy's best run's R matrix (read back from results/R.json)
+    views = text[text.index("## Views of the search"):text.index("## All runs")]
+    assert ("- **Hyperparameter importance (Optuna fANOVA)**: Not drawn: all strategies: 1 searched key(s) vary (strategy);"
+            in views)
+    assert "contavsep: 1 searched key(s) vary (strategy.lambda_ins)" in views and "finetune: 0 searched key(s)" in views
+    assert f"  - best final sdr: contavsep (mem 1) with strategy.lambda_ins=0.1 ({_text(cv)})" in views
+    # task 1 after step 1 (6.0, 6.0, 1.5) and after step 2: the seed-2 runs are each strategy's best
+    assert [line for line in views.splitlines() if "task 1" in line] == [
+        "  - finetune: task 1 6.00 dB after step 1, 3.00 dB after the last step (-3.00)",
+        "  - lwf: task 1 1.50 dB after step 1, 1.80 dB after the last step (+0.30)",
+        "  - contavsep: task 1 6.00 dB after step 1, 7.00 dB after the last step (+1.00)"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert all(f'<img src="{name}"' in page for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png"))
+    assert '<p class="missing">Not drawn: all strategies' in page and "t_cv1_s2 (contavsep (mem 1), sdr 6.00)" in page
 
     # every run, the duplicate marked as not counted
     run = _row(lines, "| t_cv9_s0 |")
@@ -315,7 +333,8 @@ def test_report_of_a_sweep_without_complete_trials(tmp_path):
         sweep = SweepRecord(name="empty", tracking_uri="http://127.0.0.1:1", experiment_id="1", parent_run_id="p",
                             status="RUNNING", tags={}, trials=trials, space_text=SPACE_YAML)
         report = build_report(sweep, {"r1": [(0, 3.0)]}, tmp_path / str(len(trials)))
-        assert [p.name for p in report.files] == ["report.md"]  # nothing to plot
+        assert [p.name for p in report.files] == ["report.md", "report.html"]  # nothing to plot
+        assert report.markdown.count("Not drawn:") == 5  # every view says why it is missing
         assert "- no configuration completed all its runs: nothing to rank" in report.markdown
         assert "No configuration completed all its runs." in report.markdown
     lines = report.markdown.splitlines()
