@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "contavsep_platform.commands.services",
     "contavsep_platform.commands.report",
     "contavsep_platform.commands.sweep",
+    "contavsep_platform.commands.study",
 ]
 
 

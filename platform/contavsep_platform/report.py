@@ -594,7 +594,7 @@ def build_report(
         if figure is not None:
             files.append(figure)
         pareto_view = View(lines[0].removeprefix("## "), figure, f"Means with {CONFIDENCE:.0%} CI bars of the first two"
-                           " objectives; front members marked." if figure else " ".join(lines[2:]))
+                           " objectives; front members marked." if figure else f"Not drawn: {' '.join(lines[2:])}")
 
     views = _views(comparison, space, metric, mode, per_step, out, pareto_view, trials, r_document)
     files += [v.file for v in views if v.file is not None and v.file not in files]

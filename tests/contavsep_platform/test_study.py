@@ -4,14 +4,16 @@ searcher is driven as Tune drives it, pickled and restored as Tune does)."""
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
+import signal
+from dataclasses import replace
 from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune import Callback
 
 from contavsep_platform.search import GroupedOptunaSearch
 from contavsep_platform.spaces import GROUP_KEY, parse_space
@@ -101,3 +103,89 @@ def test_a_journal_with_other_objectives_is_refused(tmp_path):
     two = SPACE + "objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgetting/sdr, mode: min}\n"
     with pytest.raises(ValueError, match="other objectives"):
         GroupedOptunaSearch(parse_space(two, storage_uri="file:///tmp"), StudyJournal(uri, "sweep-a"))
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(services):
+    """A small synthetic dataset on the services' S3 storage (the one test_sweep uses)."""
+    from contavsep import storage
+    from contavsep.data.synth import SynthConfig, build_synthetic
+
+    uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
+    storage.ensure_bucket(services.storage_uri, services.s3)
+    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
+        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=services.s3)
+    return uri
+
+
+class _StopAfterFirstTrial(Callback):
+    """Presses Ctrl-C when the first trial ends (Tune stops cleanly; --resume continues)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_run_holds_the_report(services, s3_dataset, tmp_path, capsys):
+    """smoke.yaml, one trial at a time, on the local S3 and MLflow servers: stopped after its first
+    trial, the study on S3 holds that trial; --resume adds the second to the same study, which
+    optuna.load_study, `contavsep study` and optuna-dashboard's app open; the parent run holds
+    the report page and its views."""
+    import time
+
+    import ray
+    from mlflow import MlflowClient
+
+    from contavsep_platform import cli
+    from contavsep_platform.settings import service_env
+    from contavsep_platform.spaces import load_space, shipped_spaces_dir
+    from contavsep_platform.sweep import connect_ray, run_sweep
+
+    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset})
+    space = replace(space, resources=replace(space.resources, max_concurrent=1))  # the second trial waits for the first
+    env = service_env(services)
+    started = connect_ray(None, env) if not ray.is_initialized() else False
+    name = f"study-test-{int(time.time())}"
+    kwargs = dict(storage_uri=services.storage_uri, name=name, tracking_uri=services.mlflow_tracking_uri, s3=services.s3,
+                  env=env, verbose=0)
+    try:
+        stopped = run_sweep(space, callbacks=[_StopAfterFirstTrial()], **kwargs)
+        assert stopped.interrupted and stopped.max_concurrent == 1
+        first = fetch_journal(journal_uri(stopped.sweep_uri), tmp_path / "first", services.s3)
+        study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(first))))
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert len(done) == 1 and done[0].params["strategy.name"] == "contavsep"  # the point to evaluate
+
+        resumed = run_sweep(space, resume=True, **kwargs)
+    finally:
+        if started:
+            ray.shutdown()
+    assert not resumed.interrupted and len(resumed.trials) == 2
+
+    # `contavsep study NAME` fetches the journal from S3 and prints how to open it.
+    assert cli.main(["study", name, "--out", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    path = tmp_path / "cli" / JOURNAL_FILE
+    assert f"open it with: optuna-dashboard {path}" in printed
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))))
+    complete = {t.user_attrs["configuration"]: t for t in study.trials if t.state == TrialState.COMPLETE}
+    assert done[0].number in {t.number for t in complete.values()}  # the first session's trial, kept
+    rows = {r.group: r for r in resumed.trials if r.status == "complete"}
+    assert set(complete) == set(rows) and len(rows) == 2
+    for group, trial in complete.items():
+        assert trial.value == pytest.approx(rows[group].metrics["sdr"])  # one repeat: the group mean is its value
+
+    from optuna_dashboard._storage_url import get_storage
+
+    status, listing = dashboard_get(get_storage(str(path)), "/api/studies")
+    assert status.startswith("200") and [s["study_name"] for s in listing["study_summaries"]] == [name]
+
+    # The parent run holds the report: the page and the views that apply.
+    client = MlflowClient(services.mlflow_tracking_uri)
+    artifacts = {a.path for a in client.list_artifacts(resumed.parent_run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/parallel_coordinates.png", "report/r_matrices.png",
+            "report/step_sdr.png"} <= artifacts
+    page = client.download_artifacts(resumed.parent_run_id, "report/report.html", str(tmp_path / "page"))
+    assert "Hyperparameter importance" in open(page).read()
