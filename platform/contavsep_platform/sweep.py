@@ -16,7 +16,9 @@
    on (``step`` is its time attribute), the driver of a
    trial holds ``resources.driver_cpus`` and ``max_concurrent_trials`` comes from the cluster's
    resources, so a small machine never deadlocks on drivers waiting for workers;
-   ``resume`` restores it (``Tuner.restore``): finished trials are not run again;
+   ``resume`` restores it (``Tuner.restore``): finished trials are not run again; the Optuna
+   study is kept in the sweep's folder (``optuna-journal.log``, :mod:`contavsep_platform.study`)
+   and ``resume`` continues it;
 5. on Ctrl-C or SIGTERM (``ray job stop``, within the grace period of :data:`JOB_STOP_GRACE_ENV`)
    stops the trials, removes what is left of their placement groups, ends the MLflow runs
    KILLED and says how to resume;
@@ -24,7 +26,8 @@
    and the ranking of the configurations (mean ± 95 % CI over their repeats, paired
    differences; :mod:`contavsep_platform.comparison`), which also goes to the parent run (ended
    FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
-   ``<sweep>/mlflow-pending.json``).
+   ``<sweep>/mlflow-pending.json``), followed by the report and its views (``report/``,
+   :func:`~contavsep_platform.report.log_report`).
 """
 
 from __future__ import annotations
