@@ -628,8 +628,8 @@ def build_report(
     tmp = out / "report.md.tmp"
     tmp.write_text(text)
     tmp.replace(report_path)
-    page = write_html(out, f"Sweep {sweep.name}", [line.strip() for line in _header_lines(sweep, table, comparison, space, metric,
-                                                                                          mode)], _ranking_rows(comparison), views)
+    intro = [line.strip().replace("`", "") for line in _header_lines(sweep, table, comparison, space, metric, mode)]
+    page = write_html(out, f"Sweep {sweep.name}", intro, _ranking_rows(comparison), views)
     return Report(markdown=text, files=(report_path, page, *files))
 
 

@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="ranking of a sweep's configurations over their repeats (95%% CIs, paired differences), Table 1 style,"
-             " per-step SDR, Pareto front, and plots, from MLflow",
+             " per-step SDR, Pareto front, hyperparameter importance, parallel coordinates and R matrices, as markdown"
+             " and one HTML page, from MLflow",
     )
     p.add_argument("--sweep", required=True, help="sweep name (as given to `contavsep sweep --name`)")
     p.add_argument("--out", default=None, help="output folder (default: ./reports/<sweep>)")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(report.markdown, end="")
     print(f"report: {report.files[0]}")
     for path in report.files[1:]:
-        print(f"plot:   {path}")
+        print(f"{'page' if path.suffix == '.html' else 'plot'}:   {path}")
     return 0
 
 
