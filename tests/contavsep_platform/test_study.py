@@ -189,3 +189,20 @@ def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_r
             "report/step_sdr.png"} <= artifacts
     page = client.download_artifacts(resumed.parent_run_id, "report/report.html", str(tmp_path / "page"))
     assert "Hyperparameter importance" in open(page).read()
+
+
+def test_a_searcher_pickled_before_studies_were_kept_still_resumes(tmp_path):
+    """A sweep started before the journal existed: its pickle holds the in-memory study under
+    its old name and no journal; the restored searcher continues that study."""
+    space = parse_space(SPACE, storage_uri="file:///tmp")
+    old = GroupedOptunaSearch(space)
+    old.suggest("t0"), old.suggest("t1")
+    old.on_trial_complete("t0", _final(2.0))
+    state = old.__getstate__()
+    state["study"] = state.pop("_study")
+    del state["journal"]
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(state))
+    restored = GroupedOptunaSearch(space)
+    restored.restore(str(tmp_path / "old.pkl"))
+    restored.on_trial_complete("t1", _final(4.0))
+    assert restored.journal is None and restored.study.trials[0].value == 3.0
