@@ -206,3 +206,22 @@ def test_a_searcher_pickled_before_studies_were_kept_still_resumes(tmp_path):
     restored.restore(str(tmp_path / "old.pkl"))
     restored.on_trial_complete("t1", _final(4.0))
     assert restored.journal is None and restored.study.trials[0].value == 3.0
+
+
+def test_the_study_command_refuses_an_unknown_sweep_or_a_bad_name_in_one_line(tmp_path, monkeypatch, capsys):
+    from contavsep_platform import cli
+
+    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
+    for name in ("MLFLOW_TRACKING_URI", "CONTAVSEP_STORAGE", "CONTAVSEP_S3_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    for argv, message in ((["study", "nope"], "no Optuna study journal at file://"), (["study", "../x"], "is not valid")):
+        assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing written
+
+    # a file-storage sweep's journal is used in place
+    sweep = tmp_path / "home" / "storage" / "sweeps" / "local"
+    GroupedOptunaSearch(parse_space(SPACE, storage_uri="file:///tmp"), StudyJournal(journal_uri(f"file://{sweep}"), "local"))
+    assert cli.main(["study", "local", "--out", str(tmp_path / "out")]) == 0
+    assert f"open it with: optuna-dashboard {sweep / JOURNAL_FILE}" in capsys.readouterr().out
