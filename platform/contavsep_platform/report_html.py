@@ -1,5 +1,6 @@
-"""The report as one HTML page that a browser opens from disk: the views' PNGs next to it
-(relative links), the ranking table, and for a view that does not apply, the reason.
+"""The report as one self-contained HTML page: the ranking table and the views' PNGs embedded
+(data URIs, so the page shows whole wherever it is opened: from disk, or as an MLflow artifact,
+whose viewer resolves no relative links), and for a view that does not apply, the reason.
 
 The page marks on ``<body>`` whether its images loaded (``data-images="loaded"`` when every
 ``<img>`` has decoded with a non-zero width, else ``data-images="missing: <files>"``): a headless
@@ -8,6 +9,7 @@ browser's rendered DOM then says whether the page is whole, without a screenshot
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ _IMAGE_CHECK = """<script>
 window.addEventListener("load", function () {
   var broken = Array.prototype.filter.call(document.images, function (img) {
     return !(img.complete && img.naturalWidth > 0);
-  }).map(function (img) { return img.getAttribute("src"); });
+  }).map(function (img) { return img.getAttribute("data-file"); });
   document.body.setAttribute("data-images", broken.length ? "missing: " + broken.join(" ") : "loaded");
 });
 </script>"""
@@ -44,13 +46,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _view(view: View, out: Path) -> str:
+def _view(view: View) -> str:
     parts = [f"<section><h2>{html.escape(view.title)}</h2>"]
     if view.file is None:
         parts.append(f'<p class="missing">{html.escape(view.caption)}</p>')
     else:
-        src = view.file.relative_to(out).as_posix() if view.file.is_relative_to(out) else view.file.name
-        parts.append(f'<img src="{html.escape(src)}" alt="{html.escape(view.title)}">')
+        data = base64.b64encode(view.file.read_bytes()).decode("ascii")
+        parts.append(f'<img src="data:image/png;base64,{data}" data-file="{html.escape(view.file.name)}"'
+                     f' alt="{html.escape(view.title)}">')
         parts.append(f'<p class="caption">{html.escape(view.caption)}</p>')
     if view.findings:
         parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in view.findings) + "</ul>")
@@ -67,7 +70,7 @@ def write_html(out: Path, title: str, intro: Sequence[str], ranking: tuple[Seque
     body.append("<section><h2>Ranking (best configuration per method)</h2>")
     body.append(_table(header, rows) if rows else '<p class="missing">No configuration completed all its runs.</p>')
     body.append('<p class="caption">Full tables: <a href="report.md">report.md</a>.</p></section>')
-    body += [_view(v, out) for v in views]
+    body += [_view(v) for v in views]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title>{_STYLE}{_IMAGE_CHECK}</head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
     path = out / HTML_FILE

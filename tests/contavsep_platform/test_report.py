@@ -269,7 +269,7 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
         "  - lwf: task 1 1.50 dB after step 1, 1.80 dB after the last step (+0.30)",
         "  - contavsep: task 1 6.00 dB after step 1, 7.00 dB after the last step (+1.00)"]
     page = (tmp_path / "out" / "report.html").read_text()
-    assert all(f'<img src="{name}"' in page for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png"))
+    assert all(f'data-file="{name}"' in page for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png"))
     assert '<p class="missing">Not drawn: all strategies' in page and "t_cv1_s2 (contavsep (mem 1), sdr 6.00)" in page
 
     # every run, the duplicate marked as not counted

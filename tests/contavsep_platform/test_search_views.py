@@ -13,7 +13,8 @@ import pytest
 
 from contavsep_platform.comparison import RunRecord, compare, group_configurations
 from contavsep_platform.report import SweepRecord, TrialRecord, build_report
-from contavsep_platform.search_views import importance_panels, importance_view, parallel_coordinates_view
+from contavsep_platform.report_html import write_html
+from contavsep_platform.search_views import View, importance_panels, importance_view, parallel_coordinates_view
 
 # lwf: 8 configurations of (a, b) x 2 seeds; the final SDR follows a, the forgetting follows b.
 GRID = [(0.1, 2.0), (0.9, 1.0), (0.5, 3.0), (0.3, 0.5), (0.7, 2.5), (0.2, 1.5), (0.8, 0.2), (0.4, 2.2)]
@@ -99,10 +100,13 @@ def test_the_report_page_opens_in_a_browser_with_every_image_loaded(tmp_path):
     r_doc = {"R": {"sdr": [[5.0, None], [4.0, 6.0]]}}
     report = build_report(sweep, histories, tmp_path / "out", r_document=lambda run_id: r_doc)
     page = tmp_path / "out" / "report.html"
-    images = re.findall(r'<img src="([^"]+)"', page.read_text())
+    images = re.findall(r'<img src="data:image/png;base64,[^"]+" data-file="([^"]+)"', page.read_text())
     assert sorted(images) == sorted(p.name for p in report.files if p.suffix == ".png" and p.name != "final_scores.png")
     assert "importance.png" in images
-    assert rendered_images_state(page) == "loaded"
+    shutil.copytree(tmp_path / "out", tmp_path / "moved", ignore=shutil.ignore_patterns("*.png"))
+    assert rendered_images_state(tmp_path / "moved" / "report.html") == "loaded"  # self-contained: no PNG needed
 
-    (tmp_path / "out" / "importance.png").unlink()  # the check can fail: a missing image is named
+    # The check can fail: an image that does not decode is named.
+    (tmp_path / "out" / "importance.png").write_bytes(b"not a png")
+    write_html(tmp_path / "out", "broken", [], ([], []), [View("importance", tmp_path / "out" / "importance.png", "")])
     assert rendered_images_state(page) == "missing: importance.png"
