@@ -7,8 +7,8 @@ the mean of each final value over a configuration's repeats), the same numbers t
 - **hyperparameter importance**: Optuna's fANOVA evaluator (a random forest over the searched
   values, the variance of each objective each key explains) on an in-memory Optuna study with
   one trial per complete configuration; one panel per strategy (a strategy's keys exist only
-  for it: a conditional space has no key common to all), and one across strategies when keys
-  are shared. A panel needs >= 2 searched keys (one key explains everything by construction)
+  for it: a conditional space has no key common to all), and one across strategies over the
+  strategy, the memory size and any key they share. A panel needs >= 2 searched keys (one key explains everything by construction)
   and >= 3 complete configurations (fANOVA on two points says nothing).
 - **parallel coordinates**: one line per complete configuration through the strategy, every
   searched key and the final objectives, coloured by the first objective; a key a strategy
@@ -23,7 +23,7 @@ the report page shows instead of an image.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ MIN_IMPORTANCE_CONFIGURATIONS = 3
 # A float key whose values span more than this ratio is read on a log axis (λ values span decades).
 LOG_SPAN = 20.0
 STRATEGY_AXIS = "strategy"
+# Every configuration has a memory size (a method is a strategy with one), searched or fixed.
+MEMORY_KEY = "memory.per_class"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,20 @@ def _complete(comparison: Comparison, objectives: Sequence[tuple[str, str]]) -> 
             if c.complete and all(not math.isnan(c.estimate(m).mean) for m, _ in objectives)]
 
 
+def _value(c: Configuration, key: str) -> object:
+    """A configuration's value of a view's key: its strategy, its memory size, or a searched key
+    (None where the strategy has no such key)."""
+    if key == STRATEGY_AXIS:
+        return c.strategy
+    if key == MEMORY_KEY:
+        return c.memory
+    return c.params.get(key)
+
+
+def _varying(configs: Sequence[Configuration], key: str) -> bool:
+    return len({str(_value(c, key)) for c in configs}) > 1
+
+
 def _numeric(values: Sequence[object]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -81,17 +97,16 @@ def _distribution(values: Sequence[object]) -> Any:
     return CategoricalDistribution(sorted({str(v) for v in values}))
 
 
-def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectives: Sequence[tuple[str, str]],
-                 param_of: Callable[[Configuration, str], object]) -> list[dict[str, float]]:
+def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectives: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
     """fANOVA importance of ``keys`` for each objective, over one Optuna trial per configuration."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
 
-    distributions = {k: _distribution([param_of(c, k) for c in configs]) for k in keys}
+    distributions = {k: _distribution([_value(c, k) for c in configs]) for k in keys}
     trials = []
     for c in configs:
-        params = {k: param_of(c, k) if _numeric([param_of(c, k)]) else str(param_of(c, k)) for k in keys}
+        params = {k: _value(c, k) if _numeric([_value(c, k)]) else str(_value(c, k)) for k in keys}
         trials.append(create_trial(params=params, distributions=distributions,
                                    values=[c.estimate(m).mean for m, _ in objectives]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -111,14 +126,14 @@ def importance_panels(comparison: Comparison, objectives: Sequence[tuple[str, st
     panels: list[tuple[str, list[str], list[dict[str, float]]]] = []
     missing: list[str] = []
     strategies = list(dict.fromkeys(c.strategy for c in configs))
-    # Across strategies: the strategy and the keys every configuration has.
-    shared = sorted(set.intersection(*(set(c.params) for c in configs))) if configs else []
-    across = ([STRATEGY_AXIS] if len(strategies) > 1 else []) + [k for k in shared if len({str(c.params[k]) for c in configs}) > 1]
+    # Across strategies: the strategy, the memory size and the keys every configuration has.
+    shared = set.intersection(*(set(c.params) for c in configs)) | {MEMORY_KEY} if configs else set()
+    across = [STRATEGY_AXIS] + sorted(k for k in shared if _varying(configs, k))
     groups = [("all strategies", configs, across)] if len(strategies) > 1 else []
     for name in strategies:
         members = [c for c in configs if c.strategy == name]
         keys = sorted(k for k in set().union(*(c.params for c in members))
-                      if all(k in c.params for c in members) and len({str(c.params[k]) for c in members}) > 1)
+                      if all(k in c.params for c in members) and _varying(members, k))
         groups.append((name, members, keys))
     for title, members, keys in groups:
         if len(keys) < 2:
@@ -128,11 +143,15 @@ def importance_panels(comparison: Comparison, objectives: Sequence[tuple[str, st
             missing.append(f"{title}: {len(members)} complete configuration(s); importance needs at least"
                            f" {MIN_IMPORTANCE_CONFIGURATIONS}")
         else:
-            def param_of(c: Configuration, k: str) -> object:
-                return c.strategy if k == STRATEGY_AXIS else c.params[k]
-
-            panels.append((title, keys, _importances(members, keys, objectives, param_of)))
+            panels.append((title, keys, _importances(members, keys, objectives)))
     return panels, missing
+
+
+def _determines(configs: Sequence[Configuration], a: str, b: str) -> bool:
+    """Whether each value of key ``a`` comes with one value of ``b`` only (``b`` nested in ``a``,
+    e.g. a memory size fixed per strategy): fANOVA then splits one effect between the two."""
+    pairs = {(str(_value(c, a)), str(_value(c, b))) for c in configs}
+    return len(pairs) == len({p[0] for p in pairs})
 
 
 def importance_view(comparison: Comparison, objectives: Sequence[tuple[str, str]], out: Path) -> View:
@@ -142,6 +161,7 @@ def importance_view(comparison: Comparison, objectives: Sequence[tuple[str, str]
     why = "; ".join(missing)
     if not panels:
         return View(title, None, f"Not drawn: {why or 'no complete configuration'}.")
+    configs = _complete(comparison, objectives)
     fig = Figure(figsize=(4.8 * len(objectives), 0.6 + 2.0 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), len(objectives), squeeze=False)
     findings = []
@@ -157,6 +177,10 @@ def importance_view(comparison: Comparison, objectives: Sequence[tuple[str, str]
             top = order[-1]
             findings.append(f"{name}, {metric}: {top} explains {score[top]:.0%}"
                             f" ({', '.join(f'{k} {score[k]:.0%}' for k in reversed(order[:-1]))})")
+        members = [c for c in configs if name == "all strategies" or c.strategy == name]
+        findings += [f"{name}: {b} follows from {a} in these configurations (one {b} per {a}): their shares are not"
+                     " separable" for a in keys for b in keys if a != b and _determines(members, a, b)
+                     and not (a > b and _determines(members, b, a))]
     path = save_figure(fig, out / IMPORTANCE_FILE)
     caption = ("Share of each objective's variance over the complete configurations (means over their repeats) that"
                " each searched key explains, fANOVA (Optuna's FanovaImportanceEvaluator, seed 0).")
@@ -172,7 +196,7 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     """The searched keys and the final objectives as parallel axes, a line per configuration."""
     title = "Parallel coordinates: searched keys vs final objectives"
     configs = _complete(comparison, objectives)
-    keys = sorted({k for c in configs for k in c.params if len({str(d.params.get(k)) for d in configs}) > 1})
+    keys = sorted(k for k in {MEMORY_KEY}.union(*(c.params for c in configs)) if _varying(configs, k))
     if len(configs) < 2 or not keys:
         return View(title, None, f"Not drawn: {len(configs)} complete configuration(s) and {len(keys)} searched key(s)"
                                  " that vary; the view needs at least 2 configurations and 1 key.")
@@ -180,11 +204,7 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     axes_names = [STRATEGY_AXIS, *keys, *(m for m, _ in objectives)]
 
     def raw(c: Configuration, name: str) -> object:
-        if name == STRATEGY_AXIS:
-            return c.strategy
-        if name in keys:
-            return c.params.get(name)
-        return c.estimate(name).mean
+        return _value(c, name) if name == STRATEGY_AXIS or name in keys else c.estimate(name).mean
 
     columns: list[tuple[np.ndarray, list[str], list[float]]] = []  # (positions in [0, 1], tick labels, tick positions)
     for name in axes_names:

@@ -192,8 +192,8 @@ def _row(lines: list[str], start: str) -> list[str]:
 
 def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep, tmp_path):
     report = write_report(logged_sweep, SWEEP, tmp_path / "out")
-    assert sorted(p.name for p in report.files) == ["final_scores.png", "parallel_coordinates.png", "pareto.png", "r_matrices.png",
-                                                    "report.html", "report.md", "step_sdr.png"]
+    assert sorted(p.name for p in report.files) == ["final_scores.png", "importance.png", "parallel_coordinates.png", "pareto.png",
+                                                    "r_matrices.png", "report.html", "report.md", "step_sdr.png"]
     for path in report.files:
         if path.suffix == ".png":
             assert matplotlib.image.imread(path).shape[0] > 200
@@ -256,21 +256,27 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert front[1].endswith(f"| {_cell(FINAL_SDR['lwf'])} | {_cell(FORGETTING['lwf'])} | - |")
     assert "![Pareto front](pareto.png)" in section
 
-    # the views: importance does not apply (one searched key per strategy) and says why; the
-    # parallel coordinates and each strategy's best run's R matrix (read back from results/R.json)
+    # the views: importance across strategies (strategy and memory size; no strategy searched two
+    # keys, which the page says), the parallel coordinates and each strategy's best run's R matrix
+    # (read back from results/R.json)
     views = text[text.index("## Views of the search"):text.index("## All runs")]
-    assert ("- **Hyperparameter importance (Optuna fANOVA)**: Not drawn: all strategies: 1 searched key(s) vary (strategy);"
-            in views)
-    assert "contavsep: 1 searched key(s) vary (strategy.lambda_ins)" in views and "finetune: 0 searched key(s)" in views
+    importance = [line for line in views.splitlines() if line.startswith("  - all strategies")]
+    assert [line.split(":")[0] for line in importance] == ["  - all strategies, sdr", "  - all strategies, forgetting/sdr",
+                                                           "  - all strategies"]
+    assert importance[0].startswith("  - all strategies, sdr: strategy explains") and "memory.per_class" in importance[0]
+    # every contavsep configuration has memory 1, the others 0: memory adds nothing the strategy does not say
+    assert importance[2] == ("  - all strategies: memory.per_class follows from strategy in these configurations (one"
+                             " memory.per_class per strategy): their shares are not separable")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "contavsep: 1 searched key(s) vary (strategy.lambda_ins)" in page and "finetune: 0 searched key(s)" in page
     assert f"  - best final sdr: contavsep (mem 1) with strategy.lambda_ins=0.1 ({_text(cv)})" in views
     # task 1 after step 1 (6.0, 6.0, 1.5) and after step 2: the seed-2 runs are each strategy's best
     assert [line for line in views.splitlines() if "task 1" in line] == [
         "  - finetune: task 1 6.00 dB after step 1, 3.00 dB after the last step (-3.00)",
         "  - lwf: task 1 1.50 dB after step 1, 1.80 dB after the last step (+0.30)",
         "  - contavsep: task 1 6.00 dB after step 1, 7.00 dB after the last step (+1.00)"]
-    page = (tmp_path / "out" / "report.html").read_text()
     assert all(f'data-file="{name}"' in page for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png"))
-    assert '<p class="missing">Not drawn: all strategies' in page and "t_cv1_s2 (contavsep (mem 1), sdr 6.00)" in page
+    assert 'class="missing"' not in page and "t_cv1_s2 (contavsep (mem 1), sdr 6.00)" in page
 
     # every run, the duplicate marked as not counted
     run = _row(lines, "| t_cv9_s0 |")
