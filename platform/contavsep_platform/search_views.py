@@ -151,7 +151,9 @@ def _determines(configs: Sequence[Configuration], a: str, b: str) -> bool:
     """Whether each value of key ``a`` comes with one value of ``b`` only (``b`` nested in ``a``,
     e.g. a memory size fixed per strategy): fANOVA then splits one effect between the two."""
     pairs = {(str(_value(c, a)), str(_value(c, b))) for c in configs}
-    return len(pairs) == len({p[0] for p in pairs})
+    levels = {p[0] for p in pairs}
+    # Only a key whose values repeat says something: a value seen once "determines" everything.
+    return len(levels) < len(configs) and len(pairs) == len(levels)
 
 
 def importance_view(comparison: Comparison, objectives: Sequence[tuple[str, str]], out: Path) -> View:

@@ -110,3 +110,14 @@ def test_the_report_page_opens_in_a_browser_with_every_image_loaded(tmp_path):
     (tmp_path / "out" / "importance.png").write_bytes(b"not a png")
     write_html(tmp_path / "out", "broken", [], ([], []), [View("importance", tmp_path / "out" / "importance.png", "")])
     assert rendered_images_state(page) == "missing: importance.png"
+
+
+def test_a_key_nested_in_another_is_named_and_continuous_keys_are_not():
+    from contavsep_platform.search_views import _determines
+
+    configs = _comparison().configurations
+    lwf = [c for c in configs if c.strategy == "lwf"]
+    # every value of a continuous key is seen once: no claim about nesting
+    assert not _determines(lwf, "strategy.lambda_dist", "strategy.temperature")
+    # one memory size per strategy: the strategy determines it, not the other way round
+    assert _determines(configs, "strategy", "memory.per_class") and not _determines(configs, "memory.per_class", "strategy")
