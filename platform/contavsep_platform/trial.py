@@ -32,6 +32,7 @@ from typing import Any
 from contavsep import storage
 from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
+from contavsep.first_step import FIRST_STEPS_DIR, FirstStepStore
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import SearchSpace
 
@@ -263,7 +264,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), source)
                     reporter.report_restored_final(restored_result(state))
                     return
-            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))
+            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size),
+                         first_steps=FirstStepStore(storage.join(context.sweep_uri, FIRST_STEPS_DIR), s3_settings()))
     except Exception:
         if tracker is not None:  # a Train restart re-opens the run (RUNNING again) by its name
             tracker.close("FAILED")
