@@ -141,6 +141,7 @@ class Engine:
                  first_steps: first_step.FirstStepStore | None = None):
         self.cfg = cfg
         self.first_steps = first_steps  # a sweep's shared step-0 states (None: every step trained here)
+        self.first_step_shared: bool | None = None  # whether step 0 was loaded (None: not keyed, or resumed)
         self.table = table
         self.dist = distributed or Distributed()
         self.device = resolve_device(cfg.train.device)
@@ -354,7 +355,9 @@ class Engine:
         if shared is None:
             metrics["throughput/mixtures_per_s"] = plan.mixtures / max(train_seconds, 1e-9)
         if first_key is not None:
-            metrics["first_step/shared"] = float(shared is not None)  # 1: step 0 loaded, not trained
+            self.first_step_shared = shared is not None
+        if self.first_step_shared is not None:  # a property of the sequence: in every step's metrics
+            metrics[first_step.SHARED_KEY] = float(self.first_step_shared)
         if self.dist.is_main:
             log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f  [train %.1fs, eval %.1fs]", step + 1,
                      metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-", metrics.get("sdr_new", math.nan),

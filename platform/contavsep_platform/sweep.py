@@ -48,6 +48,7 @@ from typing import Any
 from ray.tune import Callback
 
 from contavsep import storage
+from contavsep.first_step import FIRST_STEPS_DIR, SHARED_KEY as FIRST_STEP_SHARED_KEY
 from contavsep_platform.comparison import (
     Comparison,
     RunRecord,
@@ -671,6 +672,11 @@ def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, se
     if searcher is not None and searcher.exhausted and len(searcher.groups) < space.num_samples:
         notes.append(f"the space holds {len(searcher.groups)} distinct configuration(s); each ran once per repeat"
                      f" (num_samples {space.num_samples})")
+    shared = [r.metrics.get(FIRST_STEP_SHARED_KEY) for r in rows]
+    if any(v == 1.0 for v in shared):
+        trained = sum(1 for v in shared if v == 0.0)
+        notes.append(f"shared first steps: {sum(1 for v in shared if v == 1.0)} trial(s) loaded step 0 instead of training it"
+                     f" ({trained} trained it; {storage.join(sweep_uri, FIRST_STEPS_DIR)})")
     comparison = comparison_of(rows, space)
     objectives = tuple((o.metric, o.mode) for o in space.objectives)
     pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()

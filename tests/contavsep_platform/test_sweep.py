@@ -419,3 +419,11 @@ def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp
         assert ranked.estimates["sdr"].n == 2 and ranked.configuration.complete
     assert {r.configuration.config_id for r in outcome.comparison.rows} == {g for g, rows in groups.items()
                                                                            if all(r.status == "complete" for r in rows)}
+    # Shared first steps: fine-tuning and LwF train the same step 0 per seed, so the sweep keeps
+    # one step-0 state per seed; trials that started after another of their seed had finished
+    # loaded it (2 at a time: trials 3..6 start after some trial ended, so at least one did)
+    states = sorted((tmp_path / "storage" / "sweeps" / "repeats" / "first-steps").glob("*.pt"))
+    assert len(states) == 2
+    shared = [r.metrics["first_step/shared"] for r in outcome.trials]
+    assert set(shared) <= {0.0, 1.0} and shared.count(1.0) >= 1 and shared.count(0.0) >= 2
+    assert any(n.startswith(f"shared first steps: {shared.count(1.0)} trial(s) loaded step 0") for n in outcome.notes)

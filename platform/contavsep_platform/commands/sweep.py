@@ -55,6 +55,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key} = {value!r}")
         for name, params in space.strategies.items():
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
+        if space.sampler.type == "grid":
+            from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
+            from contavsep_platform.first_step_plan import describe
+
+            # budgets counted on MUSIC-21's training lists (what a paper-preset space trains on)
+            cfg = space.trial_config({"strategy.name": next(iter(space.strategies))})
+            for line in describe(space, train_clips_per_class(MUSIC21, cfg)):
+                print(line)
         return 0
 
     from contavsep_platform.settings import check_tracking_uri
