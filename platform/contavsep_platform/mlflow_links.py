@@ -5,9 +5,15 @@ experiment opens on an Overview of traces) and "Machine learning" (an experiment
 runs table). The UI takes the workflow from the ``workflowType`` URL parameter before the
 browser's saved choice, so the links name it: they open on the runs table in any browser.
 
-The runs-table link filters on the sweep's tag (parent and child runs carry it). With a filter
-the table lists the child runs as rows of their own instead of folding them under a collapsed
-parent row, so the trials are visible by name without a click.
+The runs-table link filters on the sweep's tag (parent and child runs carry it) and sorts by
+the trials' final SDR, best first. Filtered and sorted by anything but the creation time, the
+table lists the child runs as rows of their own instead of folding them under a collapsed
+parent row (MLflow 3.17 nests only the unfiltered, date-sorted table), so the trials are
+visible by name without a click; the parent run, which has no final SDR, comes last.
+
+The experiment's ``mlflow.experimentKind`` tag (set by the tracking module) does not choose the
+page in MLflow 3.17's open-source UI, the workflow does: a bare ``#/experiments/<id>`` link opens
+the GenAI Overview in a fresh browser.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from urllib.parse import quote, urlencode
 WORKFLOW_PARAM = "workflowType"  # the UI's URL parameter (values "genai" | "machine_learning")
 MACHINE_LEARNING = "machine_learning"  # the workflow whose experiment page is the runs table
 SWEEP_TAG = "contavsep.sweep"  # tracking.SWEEP_TAG (not imported: this module must not import mlflow)
+ORDER_BY = "metrics.`final/sdr`"  # the runs table's sort: the trials' final SDR (tracking.final_metrics), descending
 
 
 def _base(tracking_uri: str) -> str | None:
@@ -32,13 +39,15 @@ def sweep_filter(sweep_name: str) -> str:
 
 
 def runs_table_url(tracking_uri: str, experiment_id: str, sweep_name: str | None = None) -> str | None:
-    """The experiment's runs table (machine-learning workflow), filtered to ``sweep_name``'s runs if given."""
+    """The experiment's runs table (machine-learning workflow) sorted by final SDR, filtered to
+    ``sweep_name``'s runs if given."""
     base = _base(tracking_uri)
     if base is None:
         return None
     query = {WORKFLOW_PARAM: MACHINE_LEARNING}
     if sweep_name:
         query["searchFilter"] = sweep_filter(sweep_name)
+    query.update(orderByKey=ORDER_BY, orderByAsc="false")
     return f"{base}/#/experiments/{quote(str(experiment_id))}/runs?{urlencode(query, quote_via=quote)}"
 
 

@@ -314,8 +314,9 @@ def trial_run_name(params: Mapping[str, str], trial_id: str) -> str:
 def dataset_input(uri: str, manifest: Mapping[str, Any]) -> DatasetInput:
     """The dataset at ``uri`` as an MLflow dataset input (the runs table's Dataset column).
 
-    name = the dataset folder's name; digest = the manifest's content hash, cut to the 36
-    characters MLflow stores (the full hash is in the profile and an input tag); source = the
+    name = the dataset folder's name; digest = the manifest's content hash cut to 12 hex digits
+    (MLflow stores at most 36 and the runs table prints it next to the name; the full hash is in
+    the profile and an input tag); source = the
     normalised storage URI (storage URIs hold no credentials); profile = classes and clip
     counts; input tags = the context ("train") and each feature extractor's name and revision.
     """
@@ -329,7 +330,7 @@ def dataset_input(uri: str, manifest: Mapping[str, Any]) -> DatasetInput:
     }
     dataset = Dataset(
         name=normalised.rstrip("/").rsplit("/", 1)[-1] or normalised,
-        digest=full_hash[:36] or "unknown",
+        digest=full_hash[:12] or "unknown",
         source_type="s3" if normalised.startswith("s3://") else "local",
         source=json.dumps({"uri": normalised}),
         profile=json.dumps(profile),

@@ -506,7 +506,7 @@ def test_model_training_experiment_named_trials_dataset_lineage_and_system_metri
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert len(inputs) == 1, inputs
         ds, tags = inputs[0].dataset, {t.key: t.value for t in inputs[0].tags}
-        assert (ds.name, ds.digest, ds.source_type) == ("synth-default", manifest["content_hash"][:36], "s3")
+        assert (ds.name, ds.digest, ds.source_type) == ("synth-default", manifest["content_hash"][:12], "s3")
         assert json.loads(ds.source) == {"uri": "s3://bucket/datasets/synth-default"}
         assert json.loads(ds.profile)["content_hash"] == manifest["content_hash"]
         assert tags == {"mlflow.data.context": "train", "contavsep.content_hash": manifest["content_hash"],
@@ -521,7 +521,8 @@ def test_model_training_experiment_named_trials_dataset_lineage_and_system_metri
     experiment = run.info.experiment_id
     runs_line, parent_line = sweep_link_lines(mlflow_uri, "sweep-lineage", parent)
     assert runs_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs?workflowType=machine_learning"
-                              "&searchFilter=tags.%60contavsep.sweep%60%20%3D%20%27sweep-lineage%27")
+                              "&searchFilter=tags.%60contavsep.sweep%60%20%3D%20%27sweep-lineage%27"
+                              "&orderByKey=metrics.%60final%2Fsdr%60&orderByAsc=false")
     assert parent_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning")
     assert sweep.link_lines() == [runs_line, parent_line]
     assert sweep_link_lines(None, "sweep-lineage", parent) == []
