@@ -316,9 +316,9 @@ def dataset_input(uri: str, manifest: Mapping[str, Any]) -> DatasetInput:
 
     name = the dataset folder's name; digest = the manifest's content hash cut to 12 hex digits
     (MLflow stores at most 36 and the runs table prints it next to the name; the full hash is in
-    the profile and an input tag); source = the
-    normalised storage URI (storage URIs hold no credentials); profile = classes and clip
-    counts; input tags = the context ("train") and each feature extractor's name and revision.
+    the profile and an input tag); source = the normalised storage URI (storage URIs hold no
+    credentials: keys live in their 0600 file); profile = classes and clip counts; input tags =
+    the context ("train"), the full content hash and each feature extractor's name@revision.
     """
     normalised = str(storage.parse_uri(uri))
     full_hash = str(manifest.get("content_hash", ""))
