@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import psutil
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 log = logging.getLogger("contavsep_platform.system_metrics")
@@ -43,12 +44,17 @@ class RunSystemMetrics(SystemMetricsMonitor):
         self._publish = publish
         self._pending_samples = 0  # samples collected since the last published point
 
+    def start(self) -> None:
+        """Start sampling; the first point comes one interval from now."""
+        # psutil's CPU share is measured from one call to the next: this call is the baseline,
+        # so every sample is the mean over the interval before it (the first would read 0 otherwise).
+        psutil.cpu_percent()
+        super().start()
+
     def monitor(self) -> None:
-        """The sampling loop: collect every interval, publish every ``samples_before_logging`` samples."""
-        while not self._shutdown_event.is_set():
+        """The sampling loop: collect at the end of every interval, publish every ``samples_before_logging`` samples."""
+        while not self._shutdown_event.wait(self.sampling_interval):
             self._sample()
-            if self._shutdown_event.wait(self.sampling_interval):
-                return  # stop() publishes what this sample collected
             if self._pending_samples >= self.samples_before_logging:
                 self._publish_now()
 
@@ -85,6 +91,5 @@ class RunSystemMetrics(SystemMetricsMonitor):
         stuck, self._process = self._process.is_alive(), None
         if stuck:  # still inside publish (the server hangs): no second writer next to it
             return
-        if not self._pending_samples:
-            self._sample()
+        self._sample()  # the time since the last sample
         self._publish_now()
