@@ -1,9 +1,11 @@
 """Deep links into the MLflow UI (MLflow 3.17's hash routes) for a sweep: its runs table and its parent run.
 
 MLflow 3's UI has two workflows, "GenAI apps & agents" (the default of a fresh browser: an
-experiment opens on an Overview of traces) and "Machine learning" (an experiment opens on its
-runs table). The UI takes the workflow from the ``workflowType`` URL parameter before the
-browser's saved choice, so the links name it: they open on the runs table in any browser.
+experiment opens on an Overview of traces, its runs are a "Training runs" page among GenAI
+ones) and "Machine learning" (an experiment opens on its runs table, next to models and the
+model registry). The links name the runs page itself, and the workflow in the ``workflowType``
+URL parameter, which the UI reads before the browser's saved choice: any browser shows the
+runs table with the model-training navigation.
 
 The runs-table link filters on the sweep's tag (parent and child runs carry it) and sorts by
 the trials' final SDR, best first. Filtered and sorted by anything but the creation time, the

@@ -66,6 +66,7 @@ def test_the_printed_runs_table_link_lists_the_trials_by_name_with_their_dataset
     # the runs table (not the GenAI overview the UI opens by default), with a Dataset column
     assert re.search(r"<title>Runs - ", dom), text[:500]
     assert "Token Usage" not in text and "Run Name" in text and "Dataset" in text
+    assert "Model registry" in text and "Observability" not in text  # the model-training workflow's navigation
     # every trial as a row of its own, by its new name, next to the dataset (name and digest)
     for name, _ in final_sdr.values():
         assert name in text, text[:2000]
