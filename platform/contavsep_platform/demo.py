@@ -8,8 +8,9 @@
    hyperparameters, each on 2 seeds (tiny models); every trial is a Ray Train run that
    checkpoints each step to S3 and logs to MLflow;
 4. print the ranking (mean ± 95 % CI over the seeds, differences paired by seed, "within noise"
-   where the interval contains 0) and where to look: the MLflow UI, the report command, and how
-   to stop the services, which keep running so the runs can be browsed.
+   where the interval contains 0) and where to look: the report command, how to stop the
+   services (they keep running so the runs can be browsed) and, last, the MLflow UI links to
+   the sweep's runs table (trials by name, sorted by final SDR) and to its parent run.
 """
 
 from __future__ import annotations
@@ -75,9 +76,13 @@ def main() -> int:
     print()
     _say(f"done in {wall / 60:.1f} min")
     if endpoints.mlflow_tracking_uri:
-        _say(f"MLflow UI: {endpoints.mlflow_tracking_uri}  (experiment '{space.experiment_name}', sweep run '{outcome.name}')")
-        _say(f"report:    contavsep report --sweep {outcome.name}")
+        _say(f"report: contavsep report --sweep {outcome.name}")
     _say(f"checkpoints and Tune state: {outcome.sweep_uri}")
     _say("the services keep running for browsing; stop them with: contavsep services down")
+    if endpoints.mlflow_tracking_uri:  # last: the links to open, sorted by final SDR, trials by name
+        from contavsep_platform.tracking import sweep_link_lines
+
+        for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
+            _say(line)
     sys.stdout.flush()
     return 130 if outcome.interrupted else 0

@@ -483,7 +483,7 @@ def _git_commit() -> str:
 def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, manifest: Mapping[str, Any]) -> tuple[Any, str | None]:
     if not tracking_uri:
         return None, None
-    from contavsep_platform.tracking import SweepTracker
+    from contavsep_platform.tracking import SweepTracker, dataset_input
 
     tracker = SweepTracker(tracking_uri, space.experiment_name, name)
     tags = {
@@ -493,7 +493,7 @@ def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, ma
         "data_content_hash": str(manifest.get("content_hash", "")),
         "git_commit": _git_commit(),
     }
-    return tracker, tracker.start(space.source_text, tags)
+    return tracker, tracker.start(space.source_text, tags, dataset_input(str(space.base["data.uri"]), manifest))
 
 
 def _cluster_capacity() -> dict[str, float]:

@@ -225,7 +225,13 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
         assert parent.data.tags["contavsep.sweep"] == name and parent.info.status == "FINISHED"
         assert parent.data.tags["data_content_hash"]
         children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
-        assert sorted(c.info.run_name for c in children) == sorted(r.trial_id for r in outcome.trials)
+        assert sorted(c.info.run_name for c in children) == sorted(f"{r.strategy}-mem1-{r.trial_id}" for r in outcome.trials)
+        # the dataset as an MLflow input of the parent and every trial; MLflow's system metrics per trial
+        digest = parent.data.tags["data_content_hash"][:12]
+        for run in [parent, *children]:
+            assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("synth-sweep-test", digest)]
+        assert all("system/cpu_utilization_percentage" in c.data.metrics for c in children)
+        assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
         for row in outcome.trials:
             # Tune got one result per incremental step (progress of the trial's Tune folder)
@@ -236,7 +242,7 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
             files = storage.list_dir(storage.join(trial_uri(services.storage_uri, name, row.trial_id), f"step={row.steps - 1}"), services.s3)
             assert "state.pt" in files and "config.yaml" in files
             # MLflow: per-step metric history with step=k, the sampled params, final artifacts
-            child = next(c for c in children if c.info.run_name == row.trial_id)
+            child = next(c for c in children if c.data.tags["contavsep.trial"] == row.trial_id)
             history = client.get_metric_history(child.info.run_id, "sdr")
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(row.steps))
             assert child.data.params["strategy.name"] == row.strategy and child.data.params["preset"] == "tiny"

@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     print_outcome(outcome)
     if endpoints.mlflow_tracking_uri:
-        print(f"MLflow: {endpoints.mlflow_tracking_uri} (experiment '{space.experiment_name}', parent run {outcome.parent_run_id})")
+        from contavsep_platform.tracking import sweep_link_lines  # imports mlflow: only where tracking is on
+
+        for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
+            print(line)
     sys.stdout.flush()
     for line in error_lines(outcome):
         print(f"contavsep sweep: error: {line}", file=sys.stderr)
