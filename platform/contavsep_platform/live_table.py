@@ -114,6 +114,15 @@ class LiveTable(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.close()
 
+    def say(self, line: str) -> None:
+        """A line for the console outside the table (on a terminal: above it)."""
+        if self.stream is None:
+            return
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False, emoji=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         """Stop refreshing (the last frame stays on the terminal)."""
         if self._live is not None:
@@ -148,7 +157,7 @@ class LiveTable(Callback):
             print(self.format_line(line, what), file=self.stream, flush=True)
 
     def format_line(self, line: TrialLine, what: str = "") -> str:
-        """One plain console line, e.g. ``trial 1a2b3c4d  contavsep (mem 1)  step 2/3  sdr 4.21  35 s``
+        """One plain console line, e.g. ``trial 1a2b3c4d  contavsep (mem 1)  step 2/3  sdr 4.21  0:35``
         (``what`` follows: ``complete``, ``stopped``, ...; a start is ``trial ...  started``)."""
         parts = [f"trial {line.trial_id}", line.method]
         if what != "started":
@@ -156,14 +165,16 @@ class LiveTable(Callback):
         return "  ".join(parts + ([what] if what else []))
 
     def _render(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         lines = sorted(self.trials.values(), key=lambda t: (t.ended is not None, -(t.ended or 0.0), t.started))
         counts = {s: sum(t.status == s for t in self.trials.values()) for s in ("running", "complete", "stopped", "error")}
         waiting = max(0, self.space.num_trials - len(self.trials))
-        caption = (f"{counts['running']} running, {counts['complete']} complete, {counts['stopped']} stopped,"
+        summary = (f"{counts['running']} running, {counts['complete']} complete, {counts['stopped']} stopped,"
                    f" {counts['error']} errored, {waiting} waiting  |  {_seconds(time.monotonic() - self._started)}")
-        table = Table(caption=caption, caption_justify="left", box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
         for column in ("trial", "method", "step", self.metric, "status", "elapsed"):
             table.add_column(column, justify="right" if column in ("step", self.metric, "elapsed") else "left")
         for line in lines[:MAX_ROWS]:
@@ -171,7 +182,7 @@ class LiveTable(Callback):
                           line.status, _elapsed(line))
         if len(lines) > MAX_ROWS:
             table.add_row(f"... {len(lines) - MAX_ROWS} more", "", "", "", "", "")
-        return table
+        return Group(table, Text(summary, style="dim"))
 
 
 def _value(x: float | None) -> str:
@@ -179,8 +190,9 @@ def _value(x: float | None) -> str:
 
 
 def _seconds(s: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
     s = int(s)
-    return f"{s} s" if s < 120 else f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 60}:{s % 60:02d}" if s < 3600 else f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _elapsed(line: TrialLine) -> str:

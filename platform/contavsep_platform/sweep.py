@@ -25,6 +25,10 @@
    differences; :mod:`contavsep_platform.comparison`), which also goes to the parent run (ended
    FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
    ``<sweep>/mlflow-pending.json``).
+
+While it runs, the console shows the trials (:mod:`contavsep_platform.live_table`) and Ray's and
+Tune's own output goes to the sweep's log file (:mod:`contavsep_platform.sweep_log`), unless
+``verbose`` asks for Tune's output.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +67,7 @@ from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
-from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, sweep_log_path
+from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
     GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
 )
@@ -550,11 +554,13 @@ def run_sweep(
         storage.ensure_bucket(storage_uri, s3)
     if resume:  # before Ray starts: a refused resume costs a second and touches nothing
         check_resumed_space(storage.join(sweeps_uri, name), space, manifest, s3)
-    with _console(name, verbose) as console:
+    with _console(name, verbose) as console, ExitStack() as stack:
+        live = LiveTable(space, console) if progress and console is not None else None
+        if console is not None:
+            stack.enter_context(project_warnings_to(live.say if live else lambda line: print(line, file=console, flush=True)))
         started_ray = connect_ray(ray_address, dict(env or {}))
         if console is not None and started_ray:
             note_ray_logs(sys.stdout)  # sys.stdout is the log file here
-        live = LiveTable(space, console) if progress and console is not None else None
         try:
             with _sigterm_as_interrupt():
                 return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest,

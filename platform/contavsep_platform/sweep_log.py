@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -84,6 +84,33 @@ def _stream_handlers() -> list[logging.StreamHandler]:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 found[id(h)] = h
     return list(found.values())
+
+
+class _Say(logging.Handler):
+    """A logging handler that hands each record to ``say`` as one line."""
+
+    def __init__(self, say: Callable[[str], None], level: int):
+        super().__init__(level)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.say(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - logging must never break the sweep
+            self.handleError(record)
+
+
+@contextmanager
+def project_warnings_to(say: Callable[[str], None]) -> Iterator[None]:
+    """The project's own warnings (an MLflow outage, a storage retry, a Ray start retried) stay
+    on the console while the rest goes to the log: ``say`` gets each as one line."""
+    project = logging.getLogger(PROJECT_LOGGER)
+    handler = _Say(say, logging.WARNING)
+    project.addHandler(handler)
+    try:
+        yield
+    finally:
+        project.removeHandler(handler)
 
 
 def note_ray_logs(log_file: TextIO) -> None:

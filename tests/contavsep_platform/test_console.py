@@ -11,6 +11,7 @@ own output again. The terminal mode (a table refreshed in place) is checked on i
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import subprocess
@@ -69,8 +70,8 @@ def test_the_console_shows_trials_and_results_and_the_log_file_keeps_ray_and_tun
     # One line per event: started, each step but the last, then the end line with the last step.
     (trial,) = set(re.findall(r"^trial (\w+)  finetune", quiet.stdout, re.M))
     events = [line.split("  ", 2)[2] for line in quiet.stdout.splitlines() if line.startswith(f"trial {trial}  finetune (mem ")]
-    assert events[:2] == ["started", events[1]] and re.fullmatch(r"step 1/2  sdr -?\d+\.\d\d  .+ s", events[1]), quiet.stdout
-    assert len(events) == 3 and re.fullmatch(r"step 2/2  sdr -?\d+\.\d\d  .+ s  complete", events[2]), quiet.stdout
+    assert events[:2] == ["started", events[1]] and re.fullmatch(r"step 1/2  sdr -?\d+\.\d\d  \d+:\d\d", events[1]), quiet.stdout
+    assert len(events) == 3 and re.fullmatch(r"step 2/2  sdr -?\d+\.\d\d  \d+:\d\d  complete", events[2]), quiet.stdout
     assert "ranking by final sdr" in quiet.stdout and re.search(r"^1 +finetune \(mem \d+\)", quiet.stdout, re.M), quiet.stdout
 
     # --verbose: Tune's own output (and Ray's log lines) on the console, no log file named.
@@ -89,6 +90,7 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
     from ray.tune.experiment import Trial
 
     from contavsep_platform.live_table import LiveTable
+    from contavsep_platform.sweep_log import project_warnings_to
     from contavsep_platform.spaces import parse_space
 
     space = parse_space(
@@ -108,6 +110,8 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
         table.on_trial_result(2, [a, b], a, {"step": 3.0, "sdr": 4.5})
         table.on_trial_complete(3, [a, b], a)
         table.on_trial_error(3, [a, b], b)
+        with project_warnings_to(table.say):  # the project's own warnings: above the table
+            logging.getLogger("contavsep.tracking").warning("MLflow at %s is unreachable", "http://x")
     finally:
         table.close()
     drawn = screen.getvalue()
@@ -116,3 +120,4 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
     assert "finetune (mem 1)" in last and "3/3" in last and "4.50" in last and "complete" in last
     assert "contavsep (mem " in last and "error" in last and "2 waiting" in last
     assert "started" not in drawn  # no appended event lines on a terminal
+    assert "warning: MLflow at http://x is unreachable" in drawn.rsplit("trial", 1)[0]
