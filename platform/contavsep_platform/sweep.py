@@ -537,10 +537,10 @@ def run_sweep(
     ``s3`` is for this process (dataset check, Tune's storage); ``env`` (``settings.service_env``)
     goes to every Ray process of the sweep, whose trials resolve their endpoints from it.
 
-    The console: with ``verbose=0`` Ray's and Tune's own output goes to the sweep's log file
-    (:mod:`~contavsep_platform.sweep_log`, its path printed first) and ``progress`` shows the
-    trials as a :class:`~contavsep_platform.live_table.LiveTable`; ``verbose >= 1`` is Tune's
-    verbosity, with its tables and Ray's messages on the console as Ray prints them.
+    The console: with ``verbose=0`` Ray's and Tune's own output (Tune at its default verbosity)
+    goes to the sweep's log file (:mod:`~contavsep_platform.sweep_log`, its path printed first)
+    and ``progress`` shows the trials as a :class:`~contavsep_platform.live_table.LiveTable`;
+    ``verbose >= 1`` is Tune's verbosity, with its tables and Ray's messages on the console.
     """
     from contavsep.data.manifest import read_manifest
 
@@ -563,8 +563,9 @@ def run_sweep(
             note_ray_logs(sys.stdout)  # sys.stdout is the log file here
         try:
             with _sigterm_as_interrupt():
+                # Quiet, Tune still reports at its default verbosity: into the log, nothing lost.
                 return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest,
-                            [*([live] if live else []), *callbacks], verbose, started)
+                            [*([live] if live else []), *callbacks], max(verbose, 1), started)
         finally:
             if live is not None:
                 live.close()

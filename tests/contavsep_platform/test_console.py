@@ -22,11 +22,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# What Ray and Tune print by themselves (Ray 2.60): Tune's experiment box and TensorBoard hint
-# (every run), the token-auth warning (every local Ray start without RAY_AUTH_MODE), the
-# raylet's worker-pool warning (when fractional-CPU actors pile up: not every run).
-ALWAYS_NOISE = ("Configuration for experiment", "To visualize your results with TensorBoard", "Token authentication is")
-SOMETIMES_NOISE = ("PYTHON worker processes have been started", "Trial status:", "View detailed results here")
+# What Ray and Tune print by themselves (Ray 2.60): Tune's experiment box, TensorBoard hint,
+# status tables and result boxes (every run), the token-auth warning (every local Ray start
+# without RAY_AUTH_MODE), the raylet's worker-pool warning (when fractional-CPU actors pile up:
+# not every run).
+ALWAYS_NOISE = ("Configuration for experiment", "To visualize your results with TensorBoard", "Trial status:",
+                "completed after 2 iterations", "Token authentication is")
+SOMETIMES_NOISE = ("PYTHON worker processes have been started",)
 
 
 def _space(tmp_path: Path, data: str) -> Path:
