@@ -25,6 +25,10 @@
    differences; :mod:`contavsep_platform.comparison`), which also goes to the parent run (ended
    FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
    ``<sweep>/mlflow-pending.json``).
+
+While it runs, the console shows the trials (:mod:`contavsep_platform.live_table`) and Ray's and
+Tune's own output goes to the sweep's log file (:mod:`contavsep_platform.sweep_log`), unless
+``verbose`` asks for Tune's output.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,10 +63,12 @@ from contavsep_platform.comparison import (
     ranking_table,
     summary_lines,
 )
+from contavsep_platform.live_table import LiveTable
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
+from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
     GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
 )
@@ -524,12 +530,18 @@ def run_sweep(
     s3: storage.S3Settings | None = None,
     env: Mapping[str, str] | None = None,
     callbacks: Sequence[Any] = (),
-    verbose: int = 1,
+    verbose: int = 0,
+    progress: bool = False,
 ) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep ``name`` of ``space``; see the module docstring.
 
     ``s3`` is for this process (dataset check, Tune's storage); ``env`` (``settings.service_env``)
     goes to every Ray process of the sweep, whose trials resolve their endpoints from it.
+
+    The console: with ``verbose=0`` Ray's and Tune's own output (Tune at its default verbosity)
+    goes to the sweep's log file (:mod:`~contavsep_platform.sweep_log`, its path printed first)
+    and ``progress`` shows the trials as a :class:`~contavsep_platform.live_table.LiveTable`;
+    ``verbose >= 1`` is Tune's verbosity, with its tables and Ray's messages on the console.
     """
     from contavsep.data.manifest import read_manifest
 
@@ -543,15 +555,38 @@ def run_sweep(
         storage.ensure_bucket(storage_uri, s3)
     if resume:  # before Ray starts: a refused resume costs a second and touches nothing
         check_resumed_space(storage.join(sweeps_uri, name), space, manifest, s3)
-    started_ray = connect_ray(ray_address, dict(env or {}))
-    try:
-        with _sigterm_as_interrupt():
-            return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest, callbacks, verbose, started)
-    finally:
-        if started_ray:
-            import ray
+    with _console(name, verbose) as console, ExitStack() as stack:
+        live = LiveTable(space, console) if progress and console is not None else None
+        if console is not None:
+            stack.enter_context(project_warnings_to(live.say if live else lambda line: print(line, file=console, flush=True)))
+        started_ray = connect_ray(ray_address, dict(env or {}))
+        if console is not None and started_ray:
+            note_ray_logs(sys.stdout)  # sys.stdout is the log file here
+        try:
+            with _sigterm_as_interrupt():
+                # Quiet, Tune still reports at its default verbosity: into the log, nothing lost.
+                return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest,
+                            [*([live] if live else []), *callbacks], max(verbose, 1), started)
+        finally:
+            if live is not None:
+                live.close()
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+
+
+@contextmanager
+def _console(name: str, verbose: int) -> Iterator[Any]:
+    """Quiet (``verbose == 0``): Ray's and Tune's output to the sweep's log file for the block,
+    which gets the console stream; verbose: everything stays on the console (``None``)."""
+    if verbose:
+        yield None
+        return
+    path = sweep_log_path(name)
+    print(f"sweep {name}: Ray's and Tune's output go to {path} (--verbose shows them here)", flush=True)
+    with noise_to_log(path) as console:
+        yield console
 
 
 # Next to Tune's state: the fingerprint of the space (and dataset) a sweep was started with.
@@ -613,6 +648,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         searcher = None if resume else make_searcher(space)  # on --resume Tune restores the pickled one
         if resume:
             tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+            _use_console(tuner, verbose, callbacks)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -654,6 +690,15 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
             tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
                            status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
     return outcome
+
+
+def _use_console(tuner: Any, verbose: int, callbacks: Sequence[Any]) -> None:
+    """A restored Tuner runs with the RunConfig pickled with the sweep: this session's console
+    (verbosity, and a live table in place of the silent copy read back) replaces that one's."""
+    run_config = tuner._local_tuner.get_run_config()  # private in Ray 2.60; Tuner.restore takes no RunConfig
+    run_config.verbose = verbose
+    live = [cb for cb in callbacks if isinstance(cb, LiveTable)]
+    run_config.callbacks = [*live, *(cb for cb in run_config.callbacks or [] if not isinstance(cb, LiveTable))]
 
 
 def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, searcher: GroupedOptunaSearch | None,
@@ -722,11 +767,14 @@ def error_lines(outcome: SweepOutcome) -> list[str]:
             for r in outcome.errored]
 
 
-def print_outcome(outcome: SweepOutcome, out: Any = None) -> None:
+def print_outcome(outcome: SweepOutcome, out: Any = None, trials_table: bool = True) -> None:
+    """The sweep's final console: the trials (unless ``trials_table`` is off: the demo's live
+    table showed each already), the ranking, notes and how to resume."""
     out = out or sys.stdout
     print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials of {len(outcome.comparison.configurations)} configuration(s)"
           f" in {outcome.wall_seconds:.0f} s (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
-    print(format_trials_table(outcome), file=out)
+    if trials_table:
+        print(format_trials_table(outcome), file=out)
     print(f"\nranking by final {outcome.metric} ({outcome.mode}; best complete configuration per method; mean ± 95% CI"
           f" half-width over its runs; Δ paired by seed and class order):", file=out)
     print(format_ranking(outcome) or "no configuration completed all its runs", file=out)

@@ -26,8 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
     p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress tables, only the final tables")
+    add_console_flags(p)
     p.set_defaults(func=run)
+
+
+def add_console_flags(p: argparse.ArgumentParser) -> None:
+    """--quiet / --verbose: how much of the sweep the console shows (default: the live table)."""
+    console = p.add_mutually_exclusive_group()
+    console.add_argument("--quiet", action="store_true",
+                         help="no progress while the sweep runs, only the final tables (Ray and Tune output goes to the sweep's log file)")
+    console.add_argument("--verbose", action="store_true",
+                         help="Tune's own progress tables and Ray's messages on the console instead of the live table and the log file")
+
+
+def console_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """run_sweep's console arguments for the flags of :func:`add_console_flags`."""
+    return {"verbose": 1 if args.verbose else 0, "progress": not (args.quiet or args.verbose)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             ray_address=endpoints.ray_address,
             s3=endpoints.s3,
             env=env,
-            verbose=0 if args.quiet else 1,
+            **console_kwargs(args),
         )
     except SweepError as exc:
         raise UserError(str(exc)) from None
