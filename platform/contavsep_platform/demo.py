@@ -54,11 +54,11 @@ def main(verbose: int = 0, progress: bool = True) -> int:
         t0 = time.perf_counter()
         step = max(1, total // 4)  # a few progress lines: the demo's console fits on one screen
 
-        def progress(done: int, total: int) -> None:
+        def built(done: int, total: int) -> None:
             if done % step == 0 or done == total:
                 _say(f"  {done}/{total} clips")
 
-        build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=progress)
+        build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=built)
         _say(f"  built in {time.perf_counter() - t0:.0f} s")
 
     _say(f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} configurations x {space.repeats.count} seeds"
