@@ -83,6 +83,7 @@ class TrainConfig:
     channels_last: bool = False  # U-Net convolutions in channels-last memory format (tensor cores on CUDA)
     compile: str = "off"  # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     fused_optimizer: bool = False  # fused Adam/AdamW kernels (one launch per parameter group)
+    share_first_step: bool = True  # reuse a sweep's step 0 trained by a trial with the same step-0 keys (contavsep/first_step.py)
     decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | upsample (literally)
 
 

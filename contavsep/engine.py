@@ -7,6 +7,8 @@
         strategy.before_task
         train: sample mixtures (new classes + memory) -> STFT/warp on the device -> model
                -> weighted L1 mask loss + the strategy's named terms -> backward -> step
+               (step 0 is loaded instead when a trial of the same sweep already trained
+               the same step 0: contavsep/first_step.py)
         strategy.after_task (Fisher, weight fusion, ...)
         memory: keep `memory.per_class` random clips of each new class
         evaluate the fixed test mixtures of tasks 0..t (each drawn once) -> R[t][*] for SDR/SIR/SAR
@@ -23,6 +25,7 @@ generators from (train.seed, step, rank).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from contavsep import first_step
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
 from contavsep.checkpoint import TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -133,8 +137,11 @@ def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan) -> tuple[list
 class Engine:
     """Runs one task sequence for a resolved :class:`Config` on an opened dataset."""
 
-    def __init__(self, cfg: Config, table: ClipTable, *, distributed: Distributed | None = None):
+    def __init__(self, cfg: Config, table: ClipTable, *, distributed: Distributed | None = None,
+                 first_steps: first_step.FirstStepStore | None = None):
         self.cfg = cfg
+        self.first_steps = first_steps  # a sweep's shared step-0 states (None: every step trained here)
+        self.first_step_shared: bool | None = None  # whether step 0 was loaded (None: not keyed, or resumed)
         self.table = table
         self.dist = distributed or Distributed()
         self.device = resolve_device(cfg.train.device)
@@ -309,19 +316,72 @@ class Engine:
                  f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
                  list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
 
+        # Step 0 may already have been trained by a trial of the same sweep with the same step-0
+        # keys (contavsep/first_step.py): then its end state is loaded instead of trained.
+        first_key = self._first_step_key() if step == 0 else None
+        started = time.perf_counter()
+        shared = self.first_steps.load(first_key[0]) if first_key is not None else None
+        if shared is not None:
+            loss_means = self._load_first_step(shared, optimizers, schedulers, sampler)
+            train_seconds = time.perf_counter() - started
+            log.info("  step 0 shared: loaded %s (trained once in %.1fs by another trial)", shared.key, shared.train_seconds)
+        else:
+            loss_means, train_seconds = self._train(step, ctx, train_model, sampler, plan, optimizers, schedulers)
+            if first_key is not None:
+                self._publish_first_step(first_key, loss_means, plan, train_seconds, optimizers, schedulers, sampler)
+
+        self.strategy.after_task(ctx)
+        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step), random.Random(_seed(t.seed, step, 3)))
+        self._last_optim = (optimizers, schedulers)
+
+        started = time.perf_counter()
+        examples = self._evaluate(step) if self.dist.is_main else []
+        eval_seconds = time.perf_counter() - started
+        self.dist.barrier()
+        self.old_model = self._frozen_copy(self.model)
+
+        metrics: dict[str, float] = {}
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            row = self.results.step_summary(step)
+            metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
+            r = self.results.matrix("sdr")
+            for j in range(step + 1):
+                metrics[f"task_sdr/{j}"] = float(r[step, j])
+            summary = self.results.summary(step)
+        metrics.update({f"loss/{k}": v for k, v in loss_means.items()})
+        metrics.update({"step": float(step), "time/train_s": train_seconds, "time/eval_s": eval_seconds,
+                        "memory/clips": float(len(self.memory))})
+        if shared is None:
+            metrics["throughput/mixtures_per_s"] = plan.mixtures / max(train_seconds, 1e-9)
+        if first_key is not None:
+            self.first_step_shared = shared is not None
+        if self.first_step_shared is not None:  # a property of the sequence: in every step's metrics
+            metrics[first_step.SHARED_KEY] = float(self.first_step_shared)
+        if self.dist.is_main:
+            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f  [train %.1fs, eval %.1fs]", step + 1,
+                     metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-", metrics.get("sdr_new", math.nan),
+                     metrics["sir"], metrics["sar"], train_seconds, eval_seconds)
+        return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
+
+    def _train(self, step: int, ctx: StepContext, train_model: nn.Module, sampler: TrainingSampler, plan: StepPlan,
+               optimizers: list[torch.optim.Optimizer], schedulers: list[Any]) -> tuple[dict[str, float], float]:
+        """The step's iterations; returns the loss means by term and the seconds they took."""
+        t = self.cfg.train
         best = (-math.inf, None)
         losses = LossLog(self.device)
         log_every = max(1, plan.iterations // 5)
         checked = 0  # iterations whose losses were checked to be finite
         self.model.train()
         started = time.perf_counter()
+        internals = self.strategy.wants_internals(ctx)
         # No host sync in this loop (the device runs ahead): losses stay on the device, checked
         # and read every log_every iterations and at the end.
         with self.batches(sampler, plan.iterations) as produced:
             for it, clips in enumerate(produced):
                 batch = self.strategy.transform_batch(self._to_step_batch(clips), ctx)
                 with self.autocast:
-                    out = self.train_forward(train_model, batch, self.strategy.needs_internals)
+                    out = self.train_forward(train_model, batch, internals)
                     main = self.main_loss(out, batch)
                     terms = self.strategy.loss_terms(batch, out, ctx)
                 loss = main + sum(terms.values()) if terms else main
@@ -352,41 +412,55 @@ class Engine:
         train_seconds = time.perf_counter() - started
         if best[1] is not None:
             self.model.load_state_dict(best[1])
+        return losses.means(plan.iterations), train_seconds
 
-        self.strategy.after_task(ctx)
-        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step), random.Random(_seed(t.seed, step, 3)))
-        self._last_optim = (optimizers, schedulers)
+    # ------------------------------------------------------------------ shared first steps
+    def _first_step_key(self) -> tuple[str, dict[str, Any]] | None:
+        """(key, key fields) of this trial's step 0, or None when it is not shared."""
+        if self.first_steps is None:
+            return None
+        strategy = type(self.strategy)
+        params = dict(vars(self.strategy.params)) if dataclasses.is_dataclass(self.strategy.params) else {}
+        fields = first_step.key_fields(self.cfg, strategy.first_step, params,
+                                       str(self.table.manifest.get("content_hash", "")), self.dist.world_size)
+        return None if fields is None else (first_step.key_of(fields), fields)
 
-        started = time.perf_counter()
-        examples = self._evaluate(step) if self.dist.is_main else []
-        eval_seconds = time.perf_counter() - started
-        self.dist.barrier()
-        self.old_model = self._frozen_copy(self.model)
+    def _load_first_step(self, shared: first_step.FirstStepState, optimizers: list[torch.optim.Optimizer],
+                         schedulers: list[Any], sampler: TrainingSampler) -> dict[str, float]:
+        """Put the model, optimizers, sampler and generators where step 0's iterations left them;
+        returns the step's loss means as this strategy logs them."""
+        self.model.load_state_dict(shared.model)
+        for o, state in zip(optimizers, shared.optimizers, strict=True):
+            o.load_state_dict(state)
+        for sched, state in zip(schedulers, shared.schedulers, strict=True):
+            sched.load_state_dict(state)
+        sampler.load_state_dict(shared.sampler)
+        set_rng_state(shared.rng)
+        means = dict(shared.losses)
+        means.update({name: 0.0 for name in type(self.strategy).first_step_zero_terms})
+        return means
 
-        metrics: dict[str, float] = {}
-        summary: dict[str, Any] = {}
-        if self.dist.is_main:
-            row = self.results.step_summary(step)
-            metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
-            r = self.results.matrix("sdr")
-            for j in range(step + 1):
-                metrics[f"task_sdr/{j}"] = float(r[step, j])
-            summary = self.results.summary(step)
-        metrics.update({f"loss/{k}": v for k, v in losses.means(plan.iterations).items()})
-        metrics.update(
-            {
-                "step": float(step),
-                "time/train_s": train_seconds,
-                "time/eval_s": eval_seconds,
-                "throughput/mixtures_per_s": plan.mixtures / max(train_seconds, 1e-9),
-                "memory/clips": float(len(self.memory)),
-            }
+    def _publish_first_step(self, key: tuple[str, dict[str, Any]], loss_means: dict[str, float], plan: StepPlan,
+                            train_seconds: float, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+                            sampler: TrainingSampler) -> None:
+        """Offer this trial's step 0 to the sweep, after checking it was as plain as declared."""
+        strategy = type(self.strategy)
+        own_terms = {k: v for k, v in loss_means.items() if k not in first_step.SHARED_TERMS}
+        if strategy.first_step == "plain":
+            unexpected = {k: v for k, v in own_terms.items() if k not in strategy.first_step_zero_terms or v != 0.0}
+            if unexpected:
+                # a declaration that does not hold must not spread to other strategies' trials
+                log.error("strategy %s declares a plain step 0 but logged %s: step 0 not shared", strategy.name, unexpected)
+                return
+            loss_means = {k: v for k, v in loss_means.items() if k in first_step.SHARED_TERMS}
+        state = first_step.FirstStepState(
+            key=key[0], fields=key[1], model=self.model.state_dict(), num_classes=self.model.num_classes,
+            optimizers=[o.state_dict() for o in optimizers], schedulers=[sched.state_dict() for sched in schedulers],
+            sampler=sampler.state_dict(), rng=rng_state(), losses=loss_means, iterations=plan.iterations,
+            train_seconds=train_seconds,
         )
-        if self.dist.is_main:
-            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f  [train %.1fs, eval %.1fs]", step + 1,
-                     metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-", metrics.get("sdr_new", math.nan),
-                     metrics["sir"], metrics["sar"], train_seconds, eval_seconds)
-        return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
+        if self.first_steps.publish(state):
+            log.info("  step 0 shared as %s (with every trial of the sweep with the same step-0 keys)", key[0])
 
     # ------------------------------------------------------------------ evaluation
     def _test_set(self, task: int) -> EvaluationSet:
@@ -481,9 +555,13 @@ def run_sequence(
     reporter: Reporter | None = None,
     resume_from: str | Path | None = None,
     distributed: Distributed | None = None,
+    first_steps: first_step.FirstStepStore | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a whole task sequence; returns the final results summary."""
-    engine = Engine(cfg, table, distributed=distributed)
+    """Run (or resume) a whole task sequence; returns the final results summary.
+
+    ``first_steps``: where a sweep's trials share step 0 (see :mod:`contavsep.first_step`).
+    """
+    engine = Engine(cfg, table, distributed=distributed, first_steps=first_steps)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), resume_from)

@@ -9,7 +9,7 @@ Order of calls in one incremental step ``t`` (see ``contavsep.engine``)::
     before_task(ctx)                     # snapshots, anchors
     for each iteration:
         batch = transform_batch(batch, ctx)
-        out = ctx.forward(model, batch, needs_internals)
+        out = ctx.forward(model, batch, wants_internals(ctx))
         terms = loss_terms(batch, out, ctx)  # named, already weighted, each logged
         # a strategy that distils runs ctx.old_model itself (no_grad) on the sources it needs:
         # only it knows which sources the old model can query (it lacks the new class queries)
@@ -60,6 +60,14 @@ class Strategy:
     Params: ClassVar[type] = NoParams
     # Ask the model(s) for attention maps and U-Net feature maps (return_internals=True).
     needs_internals: ClassVar[bool] = False
+    # What step 0 (no old model, no memory) is for this strategy, for shared first steps
+    # (contavsep/first_step.py): "plain" = plain supervised training, the same for every plain
+    # strategy (no step-0 loss term except the identically zero ones in first_step_zero_terms,
+    # batches, gradients and its own state untouched by the iterations); "own" = its own step 0,
+    # shared only with the same strategy and hyperparameters; "never" = not shared.
+    first_step: ClassVar[str] = "own"
+    # Loss terms this strategy logs at step 0 that are identically zero (kept named in the logs).
+    first_step_zero_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Any):
         self.params = params
@@ -74,6 +82,10 @@ class Strategy:
     def train_class_ids(self, step: int, scenario: Scenario) -> Sequence[int]:
         """Dataset class ids whose training data step ``step`` draws from (memory comes on top)."""
         return scenario.task_class_ids(step)
+
+    def wants_internals(self, ctx: StepContext) -> bool:
+        """Whether this step's training forward returns internals (default: ``needs_internals``)."""
+        return self.needs_internals
 
     def before_task(self, ctx: StepContext) -> None:
         """Called once the model has queries for all seen classes, before the first iteration."""

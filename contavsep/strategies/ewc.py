@@ -58,6 +58,8 @@ class EWC(Strategy):
     """
 
     name: ClassVar[str] = "ewc"
+    first_step: ClassVar[str] = "plain"  # the Fisher comes after the iterations (after_task)
+    first_step_zero_terms: ClassVar[tuple[str, ...]] = ("ewc",)
     Params: ClassVar[type] = EWCParams
 
     def __init__(self, params: EWCParams):

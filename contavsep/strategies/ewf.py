@@ -66,6 +66,7 @@ class EWF(Strategy):
     """Fuses the trained model with the previous step's model after each step."""
 
     name: ClassVar[str] = "ewf"
+    first_step: ClassVar[str] = "plain"  # fusion starts after step 1
     Params: ClassVar[type] = EWFParams
 
     def __init__(self, params: EWFParams):

@@ -17,4 +17,5 @@ class FineTune(Strategy):
     """No extra loss term and no state: only the hooks' no-op defaults."""
 
     name: ClassVar[str] = "finetune"
+    first_step: ClassVar[str] = "plain"
     Params: ClassVar[type] = NoParams

@@ -20,6 +20,7 @@ class Joint(Strategy):
     """Draws the training data of all seen classes at every step; no extra loss term."""
 
     name: ClassVar[str] = "joint"
+    first_step: ClassVar[str] = "plain"  # step 0 draws task 0 only, like fine-tuning
     Params: ClassVar[type] = NoParams
 
     def train_class_ids(self, step: int, scenario: Scenario) -> Sequence[int]:

@@ -58,6 +58,8 @@ class LwF(Strategy):
     """
 
     name: ClassVar[str] = "lwf"
+    first_step: ClassVar[str] = "plain"
+    first_step_zero_terms: ClassVar[tuple[str, ...]] = ("dist",)
     Params: ClassVar[type] = LwFParams
 
     def __init__(self, params: LwFParams):

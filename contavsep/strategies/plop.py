@@ -48,6 +48,8 @@ class PLOP(Strategy):
     """Multi-scale local POD between the current and the old model's U-Net feature maps."""
 
     name: ClassVar[str] = "plop"
+    first_step: ClassVar[str] = "plain"
+    first_step_zero_terms: ClassVar[tuple[str, ...]] = ("pod",)
     Params: ClassVar[type] = PLOPParams
     needs_internals: ClassVar[bool] = True
 
@@ -55,6 +57,11 @@ class PLOP(Strategy):
         super().__init__(params)
         if params.pod_scales < 1:
             raise ValueError(f"strategy.pod_scales must be >= 1, got {params.pod_scales}")
+
+    def wants_internals(self, ctx: StepContext) -> bool:
+        # the U-Net maps only matter against an old model's; without one (step 0) the plain
+        # forward keeps step 0 bit-identical to fine-tuning's (a shared first step)
+        return ctx.old_model is not None
 
     def loss_terms(self, batch: StepBatch, out: SeparatorOutput, ctx: StepContext) -> dict[str, torch.Tensor]:
         if ctx.old_model is None:

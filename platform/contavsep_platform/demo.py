@@ -8,8 +8,9 @@
    hyperparameters, each on 2 seeds (tiny models); every trial is a Ray Train run that
    checkpoints each step to S3 and logs to MLflow;
 4. print the ranking (mean ± 95 % CI over the seeds, differences paired by seed, "within noise"
-   where the interval contains 0) and where to look: the MLflow UI, the report command, and how
-   to stop the services, which keep running so the runs can be browsed.
+   where the interval contains 0) and where to look: the report command, how to stop the
+   services (they keep running so the runs can be browsed) and, last, the MLflow UI links to
+   the sweep's runs table (trials by name, sorted by final SDR) and to its parent run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _say(line: str) -> None:
     print(f"[demo] {line}", flush=True)
 
 
-def main() -> int:
+def main(verbose: int = 0, progress: bool = True) -> int:
+    """Run the demo; ``verbose``/``progress`` set the sweep's console (see ``run_sweep``)."""
     from contavsep import storage
     from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
     from contavsep_platform import services
@@ -50,13 +52,13 @@ def main() -> int:
         total = cfg.classes * sum(cfg.clips_per_class)
         _say(f"building the synthetic benchmark at {data_uri}: {cfg.classes} instruments, {total} clips (once)")
         t0 = time.perf_counter()
-        step = max(1, total // 10)
+        step = max(1, total // 4)  # a few progress lines: the demo's console fits on one screen
 
-        def progress(done: int, total: int) -> None:
+        def built(done: int, total: int) -> None:
             if done % step == 0 or done == total:
                 _say(f"  {done}/{total} clips")
 
-        build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=progress)
+        build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=built)
         _say(f"  built in {time.perf_counter() - t0:.0f} s")
 
     _say(f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} configurations x {space.repeats.count} seeds"
@@ -68,16 +70,22 @@ def main() -> int:
         ray_address=endpoints.ray_address,
         s3=endpoints.s3,
         env=service_env(endpoints),
-        verbose=1,
+        verbose=verbose,
+        progress=progress,
     )
-    print_outcome(outcome)
+    # The live table showed every trial's last step and status: the demo's console keeps to the ranking.
+    print_outcome(outcome, trials_table=not progress)
     wall = time.perf_counter() - started
     print()
     _say(f"done in {wall / 60:.1f} min")
     if endpoints.mlflow_tracking_uri:
-        _say(f"MLflow UI: {endpoints.mlflow_tracking_uri}  (experiment '{space.experiment_name}', sweep run '{outcome.name}')")
-        _say(f"report:    contavsep report --sweep {outcome.name}")
+        _say(f"report: contavsep report --sweep {outcome.name}")
     _say(f"checkpoints and Tune state: {outcome.sweep_uri}")
     _say("the services keep running for browsing; stop them with: contavsep services down")
+    if endpoints.mlflow_tracking_uri:  # last: the links to open, sorted by final SDR, trials by name
+        from contavsep_platform.tracking import sweep_link_lines
+
+        for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
+            _say(line)
     sys.stdout.flush()
     return 130 if outcome.interrupted else 0

@@ -28,6 +28,10 @@
    FINISHED, or FAILED when a trial errored; what MLflow does not take in time is kept in
    ``<sweep>/mlflow-pending.json``), followed by the report and its views (``report/``,
    :func:`~contavsep_platform.report.log_report`).
+
+While it runs, the console shows the trials (:mod:`contavsep_platform.live_table`) and Ray's and
+Tune's own output goes to the sweep's log file (:mod:`contavsep_platform.sweep_log`), unless
+``verbose`` asks for Tune's output.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from typing import Any
 from ray.tune import Callback
 
 from contavsep import storage
+from contavsep.first_step import FIRST_STEPS_DIR, SHARED_KEY as FIRST_STEP_SHARED_KEY
 from contavsep_platform.comparison import (
     Comparison,
     RunRecord,
@@ -61,11 +66,13 @@ from contavsep_platform.comparison import (
     ranking_table,
     summary_lines,
 )
+from contavsep_platform.live_table import LiveTable
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import GroupedOptunaSearch, configuration_id
 from contavsep_platform.study import StudyJournal, journal_uri
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
+from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
     GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
 )
@@ -487,7 +494,7 @@ def _git_commit() -> str:
 def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, manifest: Mapping[str, Any]) -> tuple[Any, str | None]:
     if not tracking_uri:
         return None, None
-    from contavsep_platform.tracking import SweepTracker
+    from contavsep_platform.tracking import SweepTracker, dataset_input
 
     tracker = SweepTracker(tracking_uri, space.experiment_name, name)
     tags = {
@@ -497,7 +504,7 @@ def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, ma
         "data_content_hash": str(manifest.get("content_hash", "")),
         "git_commit": _git_commit(),
     }
-    return tracker, tracker.start(space.source_text, tags)
+    return tracker, tracker.start(space.source_text, tags, dataset_input(str(space.base["data.uri"]), manifest))
 
 
 def _cluster_capacity() -> dict[str, float]:
@@ -528,12 +535,18 @@ def run_sweep(
     s3: storage.S3Settings | None = None,
     env: Mapping[str, str] | None = None,
     callbacks: Sequence[Any] = (),
-    verbose: int = 1,
+    verbose: int = 0,
+    progress: bool = False,
 ) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep ``name`` of ``space``; see the module docstring.
 
     ``s3`` is for this process (dataset check, Tune's storage); ``env`` (``settings.service_env``)
     goes to every Ray process of the sweep, whose trials resolve their endpoints from it.
+
+    The console: with ``verbose=0`` Ray's and Tune's own output (Tune at its default verbosity)
+    goes to the sweep's log file (:mod:`~contavsep_platform.sweep_log`, its path printed first)
+    and ``progress`` shows the trials as a :class:`~contavsep_platform.live_table.LiveTable`;
+    ``verbose >= 1`` is Tune's verbosity, with its tables and Ray's messages on the console.
     """
     from contavsep.data.manifest import read_manifest
 
@@ -547,15 +560,38 @@ def run_sweep(
         storage.ensure_bucket(storage_uri, s3)
     if resume:  # before Ray starts: a refused resume costs a second and touches nothing
         check_resumed_space(storage.join(sweeps_uri, name), space, manifest, s3)
-    started_ray = connect_ray(ray_address, dict(env or {}))
-    try:
-        with _sigterm_as_interrupt():
-            return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest, callbacks, verbose, started)
-    finally:
-        if started_ray:
-            import ray
+    with _console(name, verbose) as console, ExitStack() as stack:
+        live = LiveTable(space, console) if progress and console is not None else None
+        if console is not None:
+            stack.enter_context(project_warnings_to(live.say if live else lambda line: print(line, file=console, flush=True)))
+        started_ray = connect_ray(ray_address, dict(env or {}))
+        if console is not None and started_ray:
+            note_ray_logs(sys.stdout)  # sys.stdout is the log file here
+        try:
+            with _sigterm_as_interrupt():
+                # Quiet, Tune still reports at its default verbosity: into the log, nothing lost.
+                return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest,
+                            [*([live] if live else []), *callbacks], max(verbose, 1), started)
+        finally:
+            if live is not None:
+                live.close()
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+
+
+@contextmanager
+def _console(name: str, verbose: int) -> Iterator[Any]:
+    """Quiet (``verbose == 0``): Ray's and Tune's output to the sweep's log file for the block,
+    which gets the console stream; verbose: everything stays on the console (``None``)."""
+    if verbose:
+        yield None
+        return
+    path = sweep_log_path(name)
+    print(f"sweep {name}: Ray's and Tune's output go to {path} (--verbose shows them here)", flush=True)
+    with noise_to_log(path) as console:
+        yield console
 
 
 # Next to Tune's state: the fingerprint of the space (and dataset) a sweep was started with.
@@ -619,6 +655,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         searcher = None if resume else make_searcher(space, StudyJournal(journal_uri(sweep_uri), name, s3))
         if resume:
             tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+            _use_console(tuner, verbose, callbacks)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -666,6 +703,15 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     return outcome
 
 
+def _use_console(tuner: Any, verbose: int, callbacks: Sequence[Any]) -> None:
+    """A restored Tuner runs with the RunConfig pickled with the sweep: this session's console
+    (verbosity, and a live table in place of the silent copy read back) replaces that one's."""
+    run_config = tuner._local_tuner.get_run_config()  # private in Ray 2.60; Tuner.restore takes no RunConfig
+    run_config.verbose = verbose
+    live = [cb for cb in callbacks if isinstance(cb, LiveTable)]
+    run_config.callbacks = [*live, *(cb for cb in run_config.callbacks or [] if not isinstance(cb, LiveTable))]
+
+
 def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, searcher: GroupedOptunaSearch | None,
              parent_run_id: str | None, max_concurrent: int, started: float) -> SweepOutcome:
     rows = _rows(result_grid, space, sweep_uri)
@@ -682,6 +728,11 @@ def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, se
     if searcher is not None and searcher.exhausted and len(searcher.groups) < space.num_samples:
         notes.append(f"the space holds {len(searcher.groups)} distinct configuration(s); each ran once per repeat"
                      f" (num_samples {space.num_samples})")
+    shared = [r.metrics.get(FIRST_STEP_SHARED_KEY) for r in rows]
+    if any(v == 1.0 for v in shared):
+        trained = sum(1 for v in shared if v == 0.0)
+        notes.append(f"shared first steps: {sum(1 for v in shared if v == 1.0)} trial(s) loaded step 0 instead of training it"
+                     f" ({trained} trained it; {storage.join(sweep_uri, FIRST_STEPS_DIR)})")
     comparison = comparison_of(rows, space)
     objectives = tuple((o.metric, o.mode) for o in space.objectives)
     pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
@@ -727,11 +778,14 @@ def error_lines(outcome: SweepOutcome) -> list[str]:
             for r in outcome.errored]
 
 
-def print_outcome(outcome: SweepOutcome, out: Any = None) -> None:
+def print_outcome(outcome: SweepOutcome, out: Any = None, trials_table: bool = True) -> None:
+    """The sweep's final console: the trials (unless ``trials_table`` is off: the demo's live
+    table showed each already), the ranking, notes and how to resume."""
     out = out or sys.stdout
     print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials of {len(outcome.comparison.configurations)} configuration(s)"
           f" in {outcome.wall_seconds:.0f} s (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
-    print(format_trials_table(outcome), file=out)
+    if trials_table:
+        print(format_trials_table(outcome), file=out)
     print(f"\nranking by final {outcome.metric} ({outcome.mode}; best complete configuration per method; mean ± 95% CI"
           f" half-width over its runs; Δ paired by seed and class order):", file=out)
     print(format_ranking(outcome) or "no configuration completed all its runs", file=out)

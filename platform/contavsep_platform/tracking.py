@@ -2,11 +2,18 @@
 
 What lands in MLflow (names are the report's and the UI's vocabulary):
 
+- the experiment is tagged as a model-training one (``mlflow.experimentKind =
+  custom_model_development``), when created and when a sweep reuses it.
 - parent run (:class:`SweepTracker`), named after the sweep: tags ``contavsep.sweep``,
-  ``contavsep.role=sweep`` and the caller's (data manifest hash, git commit, ...); artifacts
-  ``search_space.yaml`` and, at the end, ``ranking.json`` / ``ranking.md`` (means with 95 % CIs, paired differences).
-- child run per trial (:class:`TrialTracker`), named after the trial id, tags
-  ``mlflow.parentRunId``, ``contavsep.role=trial``, ``contavsep.trial``, ``contavsep.strategy``:
+  ``contavsep.role=sweep`` and the caller's (data manifest hash, git commit, ...); the dataset
+  as an MLflow dataset input (:func:`dataset_input`); artifacts ``search_space.yaml`` and, at the
+  end, ``ranking.json`` / ``ranking.md`` (means with 95 % CIs, paired differences) and the
+  per-method summary metrics ``summary/<strategy>_mem<k>/<metric>_{mean,ci_low,ci_high,n}``.
+- child run per trial (:class:`TrialTracker`), named ``<strategy>-mem<k>-<trial id>``
+  (:func:`trial_run_name`), tags ``mlflow.parentRunId``, ``contavsep.role=trial``,
+  ``contavsep.trial``, ``contavsep.strategy`` and the parent's ``contavsep.sweep``; the same
+  dataset input; MLflow's system metrics (``system/...``: CPU, memory, disk, network, GPU where
+  one exists; :mod:`contavsep_platform.system_metrics`) every 10 s while the trial runs;
   params = the flattened dotted config; metrics with ``step=k`` after every incremental step
   (``sdr``, ``sdr_old``, ``sdr_new``, ``sir``, ``sar``, ``task_sdr/<j>``, ``loss/<term>``, ...,
   plus ``forgetting/<m>`` and ``bwt/<m>`` as of that step); final metrics ``final/<name>``
@@ -15,8 +22,9 @@ What lands in MLflow (names are the report's and the UI's vocabulary):
   ``plots/R_matrices.png``, ``plots/step_curves.png`` and ``examples/<k>_<classes>/`` (WAVs and
   a spectrogram PNG of a few test separations of the last step).
 
-Runs are found again by name: a restarted trial (same trial id) or a resumed sweep (same sweep
-name) continues its existing run instead of creating a second one.
+Runs are found again by tag, not by display name: a restarted trial (same trial id under the
+same parent) or a resumed sweep (same sweep name) continues its existing run instead of creating
+a second one.
 
 Only :class:`mlflow.MlflowClient` is used, never the fluent ``mlflow.start_run`` API, whose
 process-global "active run" would mix up several trials in one process.
@@ -52,7 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from contavsep import storage
@@ -68,6 +76,8 @@ from contavsep_platform.artifacts import (
     write_example,
 )
 from contavsep_platform.cli import UserError
+from contavsep_platform.mlflow_links import link_lines, run_url
+from contavsep_platform.system_metrics import RunSystemMetrics
 
 if TYPE_CHECKING:
     from contavsep.engine import Example, StepResult
@@ -81,6 +91,14 @@ TRIAL_TAG = "contavsep.trial"
 STRATEGY_TAG = "contavsep.strategy"
 PARETO_TAG = "contavsep.pareto"  # "true" on child runs of configurations on a multi-objective sweep's Pareto front
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's experiment kind (an experiment tag; values from the UI's ExperimentKind enum):
+# "custom_model_development" is the UI's "Machine learning" kind, whose page is the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# Kinds the UI guessed or nobody chose: replaced by ours; a kind a person chose is kept.
+_UNCHOSEN_KINDS = frozenset({"", "no_inferred_type", "genai_development_inferred", "custom_model_development_inferred"})
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag for what a dataset was used for
+SYSTEM_METRICS_INTERVAL_S = 10.0  # seconds between two samples of a trial's system metrics
 FINAL_PREFIX = "final/"
 
 # MLflow's REST limits per log_batch call.
@@ -184,7 +202,10 @@ class _Op:
 
 
 class _Outbox:
-    """Sends queued MLflow calls in order; stops at the first failure that a retry may fix."""
+    """Sends queued MLflow calls in order; stops at the first failure that a retry may fix.
+
+    Thread-safe: a trial's system-metrics thread queues and flushes next to the trial's own calls.
+    """
 
     def __init__(self, tracking_uri: str, http_timeout_s: int, max_retries: int):
         self.tracking_uri = tracking_uri
@@ -193,12 +214,18 @@ class _Outbox:
         self.pending: deque[_Op] = deque()
         self.down_since: float | None = None
         self.dropped: list[str] = []
+        self._lock = threading.RLock()
 
     def add(self, op: _Op) -> None:
-        self.pending.append(op)
+        with self._lock:
+            self.pending.append(op)
 
     def flush(self) -> bool:
         """Send what is queued; True when nothing is left."""
+        with self._lock:
+            return self._flush()
+
+    def _flush(self) -> bool:
         sent = 0
         while self.pending:
             op = self.pending[0]
@@ -254,11 +281,12 @@ def _quoted(value: str, what: str) -> str:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing (concurrent creators agree)."""
+    """The id of experiment ``name``, created if missing (concurrent creators agree), tagged as a
+    model-training experiment (:data:`EXPERIMENT_KIND_TAG`) so the UI opens it on its runs table."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -270,7 +298,49 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore`) or use another experiment name",
             error_code="INVALID_STATE",
         )
+    if exp.tags.get(EXPERIMENT_KIND_TAG, "") in _UNCHOSEN_KINDS:  # an experiment from before, or made elsewhere
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return exp.experiment_id
+
+
+def trial_run_name(params: Mapping[str, str], trial_id: str) -> str:
+    """A trial's run name, ``<strategy>-mem<k>-<trial id>`` (e.g. ``contavsep-mem1-41366ad1``): what
+    the runs table shows; parts the config lacks are left out. Only a display name: runs are
+    found again by their ``contavsep.trial`` tag."""
+    parts = [params.get("strategy.name", ""), f"mem{params['memory.per_class']}" if "memory.per_class" in params else "", trial_id]
+    return "-".join(p for p in parts if p)
+
+
+def dataset_input(uri: str, manifest: Mapping[str, Any]) -> DatasetInput:
+    """The dataset at ``uri`` as an MLflow dataset input (the runs table's Dataset column).
+
+    name = the dataset folder's name; digest = the manifest's content hash cut to 12 hex digits
+    (MLflow stores at most 36 and the runs table prints it next to the name; the full hash is in
+    the profile and an input tag); source = the normalised storage URI (storage URIs hold no
+    credentials: keys live in their 0600 file); profile = classes and clip counts; input tags =
+    the context ("train"), the full content hash and each feature extractor's name@revision.
+    """
+    normalised = str(storage.parse_uri(uri))
+    full_hash = str(manifest.get("content_hash", ""))
+    profile = {
+        "content_hash": full_hash,
+        "classes": len(manifest.get("classes") or []),
+        "clips": manifest.get("totals") or {},
+        "sample_rate": (manifest.get("audio") or {}).get("sample_rate"),
+    }
+    dataset = Dataset(
+        name=normalised.rstrip("/").rsplit("/", 1)[-1] or normalised,
+        digest=full_hash[:12] or "unknown",
+        source_type="s3" if normalised.startswith("s3://") else "local",
+        source=json.dumps({"uri": normalised}),
+        profile=json.dumps(profile),
+    )
+    tags = {DATASET_CONTEXT_TAG: "train", "contavsep.content_hash": full_hash}
+    for role, extractor in sorted((manifest.get("extractors") or {}).items()):
+        if isinstance(extractor, Mapping):
+            revision = extractor.get("commit") or extractor.get("revision")
+            tags[f"contavsep.extractor.{role}"] = f"{extractor.get('name', '?')}" + (f"@{revision}" if revision else "")
+    return DatasetInput(dataset, [InputTag(k, str(v)[:500]) for k, v in tags.items()])
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -420,6 +490,11 @@ class _RunLogger:
     def queue_text(self, name: str, text: str, artifact_path: str | None = None) -> None:
         self.queue_files(lambda d: (d / name).write_text(text), artifact_path, f"artifact {name}")
 
+    def queue_inputs(self, dataset: DatasetInput) -> None:
+        # MLflow keeps one input per (run, dataset): logging it again (restart, resume) adds nothing.
+        self.outbox.add(_Op(f"dataset input {dataset.dataset.name}",
+                            lambda: self.client.log_inputs(self.require_run(), datasets=[dataset])))
+
     def queue_status(self, status: str) -> None:
         self.outbox.add(_Op(f"run status {status}", lambda: self.client.set_terminated(self.require_run(), status)))
 
@@ -437,9 +512,9 @@ class _RunLogger:
         return ok
 
     def ui_url(self) -> str | None:
-        if self.run_id is None or self.experiment_id is None or not self.tracking_uri.startswith("http"):
+        if self.run_id is None or self.experiment_id is None:
             return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return run_url(self.tracking_uri, self.experiment_id, self.run_id)
 
 
 # ---------------------------------------------------------------------------- the sweep (parent)
@@ -511,8 +586,9 @@ class SweepTracker:
             )
             run_log.run_id = run.info.run_id
 
-    def start(self, space_yaml_text: str, tags: Mapping[str, str]) -> str | None:
-        """Open (or, for a resumed sweep, re-open) the parent run; log the space and tags.
+    def start(self, space_yaml_text: str, tags: Mapping[str, str], dataset: DatasetInput | None = None) -> str | None:
+        """Open (or, for a resumed sweep, re-open) the parent run; log the space, tags and
+        ``dataset`` (:func:`dataset_input`).
 
         Returns the parent run id, or None when tracking is disabled. Raises
         :class:`TrackingUnavailableError` when the server stays unreachable for
@@ -541,8 +617,17 @@ class SweepTracker:
                 pause = min(pause * 2, 5.0)
         run_log.queue_tags({**tags, SWEEP_TAG: self.sweep_name, ROLE_TAG: "sweep"}, "sweep tags")
         run_log.queue_text("search_space.yaml", space_yaml_text)
+        if dataset is not None:
+            run_log.queue_inputs(dataset)
         run_log.outbox.flush()
         return run_log.run_id
+
+    def link_lines(self) -> list[str]:
+        """Where to look in the MLflow UI: the sweep's runs table and its parent run."""
+        run_log = self._log
+        if run_log is None:
+            return []
+        return link_lines(run_log.tracking_uri, run_log.experiment_id, self.sweep_name, run_log.run_id)
 
     def _close_unfinished_trials(self, run_log: _RunLogger) -> None:
         """Child runs still RUNNING when the sweep ends were stopped (by the scheduler, or a
@@ -640,9 +725,12 @@ class TrialTracker:
         experiment: MLflow experiment name, used without a parent (a child run always goes
             into its parent's experiment).
         parent_run_id: the sweep's parent run id (None: a top-level run).
-        trial_name: the trial id; the run's name, stable across restarts (an existing run of
-            this trial under the same parent is continued).
+        trial_name: the trial id, stable across restarts (an existing run of this trial under
+            the same parent is continued); the run is named :func:`trial_run_name`.
         params: the resolved config, flat (dotted keys) or nested.
+        dataset: the trial's dataset as an MLflow input (:func:`dataset_input`), or None.
+        system_metrics_interval_s: sample MLflow's system metrics this often while the trial
+            runs (:data:`SYSTEM_METRICS_INTERVAL_S` in sweeps); None: none.
         http_timeout_s / max_retries: per-request limits while talking to the server.
         flush_timeout_s: how long :meth:`log_final` / :meth:`close` wait for an unreachable server.
         examples_every_step: log example separations after every step, not only the last.
@@ -665,6 +753,8 @@ class TrialTracker:
         examples_every_step: bool = False,
         pending_uri: str | None = None,
         s3: S3Settings | None = None,
+        dataset: DatasetInput | None = None,
+        system_metrics_interval_s: float | None = None,
     ):
         self.experiment = experiment
         self.pending_uri = pending_uri
@@ -678,9 +768,16 @@ class TrialTracker:
         self._log = (
             _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{safe_name(trial_name)}-") if tracking_uri else None
         )
+        self._run_start_ms: int | None = None
+        self._system: RunSystemMetrics | None = None
         if self._log is not None:
             self._log.outbox.add(_Op(f"run of trial {trial_name}", self._open))
+            if dataset is not None:
+                self._log.queue_inputs(dataset)
             self._log.outbox.flush()
+            if system_metrics_interval_s:
+                self._system = RunSystemMetrics(self._queue_system_metrics, self._log.tracking_uri, system_metrics_interval_s)
+                self._system.start()
 
     @property
     def enabled(self) -> bool:
@@ -706,10 +803,8 @@ class TrialTracker:
         logged: dict[str, str] = {}
         if run_log.run_id is None:
             # Nested runs only show under their parent in the parent's experiment.
-            run_log.experiment_id = (
-                client.get_run(self.parent_run_id).info.experiment_id if self.parent_run_id
-                else experiment_id(client, self.experiment)
-            )
+            parent = client.get_run(self.parent_run_id) if self.parent_run_id else None
+            run_log.experiment_id = parent.info.experiment_id if parent else experiment_id(client, self.experiment)
             filters = [f"tags.`{TRIAL_TAG}` = {_quoted(self.trial_name, 'trial name')}", f"tags.`{ROLE_TAG}` = 'trial'"]
             if self.parent_run_id:
                 filters.append(f"tags.`{PARENT_TAG}` = {_quoted(self.parent_run_id, 'parent run id')}")
@@ -722,12 +817,15 @@ class TrialTracker:
                 log.info("MLflow: continuing run %s of trial %s", run.info.run_id, self.trial_name)
             else:
                 tags = {ROLE_TAG: "trial", TRIAL_TAG: self.trial_name}
-                if self.parent_run_id:
-                    tags[PARENT_TAG] = self.parent_run_id
+                if parent is not None:
+                    tags[PARENT_TAG] = parent.info.run_id
+                    if SWEEP_TAG in parent.data.tags:  # the sweep's runs table filters on it (mlflow_links)
+                        tags[SWEEP_TAG] = parent.data.tags[SWEEP_TAG]
                 if "strategy.name" in self.params:
                     tags[STRATEGY_TAG] = self.params["strategy.name"]
-                run = client.create_run(run_log.experiment_id, run_name=self.trial_name, tags=tags)
+                run = client.create_run(run_log.experiment_id, run_name=trial_run_name(self.params, self.trial_name), tags=tags)
             run_log.run_id = run.info.run_id
+            self._run_start_ms = run.info.start_time
             log.info("MLflow run of trial %s: %s", self.trial_name, run_log.ui_url() or run_log.run_id)
             logged = dict(run.data.params)
         else:
@@ -739,6 +837,29 @@ class TrialTracker:
         todo = [Param(k, v) for k, v in self.params.items() if k not in logged]
         for i in range(0, len(todo), _PARAMS_PER_BATCH):
             client.log_batch(run_log.run_id, params=todo[i : i + _PARAMS_PER_BATCH])
+
+    def _queue_system_metrics(self, values: dict[str, float]) -> None:
+        """Queue and send one point of system metrics (called from the sampling thread).
+
+        Its step is the whole seconds since the run started, so the points of a restarted trial
+        continue the run's series instead of starting again at 0."""
+        run_log = self._log
+        assert run_log is not None
+        stamp_ms = int(time.time() * 1000)
+
+        def send() -> None:
+            run_id = run_log.require_run()
+            step = max(0, (stamp_ms - (self._run_start_ms or stamp_ms)) // 1000)
+            client = run_log.client
+            client.log_batch(run_id, metrics=[Metric(metric_key(k), float(v), stamp_ms, step) for k, v in values.items()])
+
+        run_log.outbox.add(_Op("system metrics", send))
+        run_log.outbox.flush()
+
+    def _stop_system_metrics(self) -> None:
+        if self._system is not None:
+            self._system.stop()
+            self._system = None
 
     def _queue_examples(self, examples: list[Example], step: int) -> None:
         assert self._log is not None
@@ -769,6 +890,7 @@ class TrialTracker:
         if self._log is None:
             return
         run_log = self._log
+        self._stop_system_metrics()  # its last point goes before the run ends
         _queue_trial_final(run_log, summary, config_yaml)
         if run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}") or not self.pending_uri or run_log.run_id is None:
             return
@@ -782,6 +904,7 @@ class TrialTracker:
             return
         if status not in ("FAILED", "KILLED", "FINISHED"):
             raise ValueError(f"status must be FAILED, KILLED or FINISHED, got {status!r}")
+        self._stop_system_metrics()
         self._log.queue_status(status)
         self._log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
 
@@ -845,3 +968,19 @@ def send_all_pending(tracking_uri: str, sweep_uri: str, s3: S3Settings | None = 
             sent += ok is True
             left += ok is False
     return sent, left
+
+
+def sweep_link_lines(tracking_uri: str | None, sweep_name: str, parent_run_id: str | None) -> list[str]:
+    """The MLflow UI links a command ends with (:func:`mlflow_links.link_lines`): the sweep's runs
+    table and its parent run. One short request finds the experiment; without an answer (server
+    gone at the end) the lines name the server only."""
+    if not tracking_uri:
+        return []
+    experiment = None
+    if parent_run_id:
+        try:
+            with short_http_requests(5, 0):
+                experiment = MlflowClient(tracking_uri).get_run(parent_run_id).info.experiment_id
+        except Exception as exc:  # noqa: BLE001 - links are a convenience; the sweep's results stand
+            log.info("MLflow: no experiment id for the links (%s)", _one_line(exc))
+    return link_lines(tracking_uri, experiment, sweep_name, parent_run_id)

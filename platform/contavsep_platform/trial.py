@@ -32,6 +32,7 @@ from typing import Any
 from contavsep import storage
 from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import Distributed, StepResult
+from contavsep.first_step import FIRST_STEPS_DIR, FirstStepStore
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import SearchSpace
 
@@ -181,14 +182,16 @@ def restored_result(state: Any) -> StepResult:
     return StepResult(state.step, metrics, results.summary(state.step), [], is_last=state.step + 1 == results.num_steps)
 
 
-def _tracker(context: TrialContext, trial_id: str, cfg: Config) -> Any | None:
+def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[str, Any]) -> Any | None:
     if not context.tracking_uri:
         return None
-    from contavsep_platform.tracking import PENDING_FILE, TrialTracker  # imports mlflow: only where tracking is on
+    # imports mlflow: only where tracking is on
+    from contavsep_platform.tracking import PENDING_FILE, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input
 
     pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)
     return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg),
-                        pending_uri=pending, s3=s3_settings())
+                        pending_uri=pending, s3=s3_settings(), dataset=dataset_input(cfg.data.uri, manifest),
+                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S)
 
 
 def _step_index(name: str) -> int | None:
@@ -246,7 +249,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{trial_id} r{rank}] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     cfg = context.space.trial_config(loop_config["params"])
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
-    tracker = _tracker(context, trial_id, cfg) if rank == 0 else None
+    tracker = _tracker(context, trial_id, cfg, table.manifest) if rank == 0 else None
     reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric, started)
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:
@@ -263,7 +266,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), source)
                     reporter.report_restored_final(restored_result(state))
                     return
-            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size))
+            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size),
+                         first_steps=FirstStepStore(storage.join(context.sweep_uri, FIRST_STEPS_DIR), s3_settings()))
     except Exception:
         if tracker is not None:  # a Train restart re-opens the run (RUNNING again) by its name
             tracker.close("FAILED")

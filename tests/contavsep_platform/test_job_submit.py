@@ -158,7 +158,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
     for child in children:
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "sdr"))
         assert steps and steps == list(range(len(steps)))
-        checkpoints = storage.list_dir(trial_uri(ray_head.storage_uri, name, child.info.run_name), ray_head.s3)
+        checkpoints = storage.list_dir(trial_uri(ray_head.storage_uri, name, child.data.tags["contavsep.trial"]), ray_head.s3)
         assert [c for c in checkpoints if c.startswith("step=")] == [f"step={k}" for k in steps]
     assert _wait(lambda: not _reserved_groups(dashboard), 60, "the sweep's placement groups to be released") is True
     # Tune's state (tuner.pkl, searcher state, experiment state), checkpoints, MLflow's store and

@@ -225,7 +225,13 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
         assert parent.data.tags["contavsep.sweep"] == name and parent.info.status == "FINISHED"
         assert parent.data.tags["data_content_hash"]
         children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
-        assert sorted(c.info.run_name for c in children) == sorted(r.trial_id for r in outcome.trials)
+        assert sorted(c.info.run_name for c in children) == sorted(f"{r.strategy}-mem1-{r.trial_id}" for r in outcome.trials)
+        # the dataset as an MLflow input of the parent and every trial; MLflow's system metrics per trial
+        digest = parent.data.tags["data_content_hash"][:12]
+        for run in [parent, *children]:
+            assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("synth-sweep-test", digest)]
+        assert all("system/cpu_utilization_percentage" in c.data.metrics for c in children)
+        assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
         for row in outcome.trials:
             # Tune got one result per incremental step (progress of the trial's Tune folder)
@@ -236,7 +242,7 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
             files = storage.list_dir(storage.join(trial_uri(services.storage_uri, name, row.trial_id), f"step={row.steps - 1}"), services.s3)
             assert "state.pt" in files and "config.yaml" in files
             # MLflow: per-step metric history with step=k, the sampled params, final artifacts
-            child = next(c for c in children if c.info.run_name == row.trial_id)
+            child = next(c for c in children if c.data.tags["contavsep.trial"] == row.trial_id)
             history = client.get_metric_history(child.info.run_id, "sdr")
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(row.steps))
             assert child.data.params["strategy.name"] == row.strategy and child.data.params["preset"] == "tiny"
@@ -419,3 +425,11 @@ def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp
         assert ranked.estimates["sdr"].n == 2 and ranked.configuration.complete
     assert {r.configuration.config_id for r in outcome.comparison.rows} == {g for g, rows in groups.items()
                                                                            if all(r.status == "complete" for r in rows)}
+    # Shared first steps: fine-tuning and LwF train the same step 0 per seed, so the sweep keeps
+    # one step-0 state per seed; trials that started after another of their seed had finished
+    # loaded it (2 at a time: trials 3..6 start after some trial ended, so at least one did)
+    states = sorted((tmp_path / "storage" / "sweeps" / "repeats" / "first-steps").glob("*.pt"))
+    assert len(states) == 2
+    shared = [r.metrics["first_step/shared"] for r in outcome.trials]
+    assert set(shared) <= {0.0, 1.0} and shared.count(1.0) >= 1 and shared.count(0.0) >= 2
+    assert any(n.startswith(f"shared first steps: {shared.count(1.0)} trial(s) loaded step 0") for n in outcome.notes)

@@ -27,10 +27,13 @@ from contavsep.engine import Example, StepResult
 from contavsep.metrics import ContinualResults
 from contavsep_platform.cli import UserError
 from contavsep_platform.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     PARENT_TAG,
     SweepTracker,
     TrackingUnavailableError,
     TrialTracker,
+    dataset_input,
     final_metrics,
     metric_key,
     short_http_requests,
@@ -183,7 +186,7 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     sweep = SweepTracker(mlflow_uri, "track-test", "sweep-a")
     space = "strategies:\n  contavsep:\n    strategy.lambda_ins: {loguniform: [0.01, 1.0]}\n"
     parent = sweep.start(space, {"contavsep.data_hash": "abc123", "mlflow.source.git.commit": "deadbeef"})
-    assert parent == sweep.parent_run_id and sweep.ui_url().endswith(f"/runs/{parent}")
+    assert parent == sweep.parent_run_id and sweep.ui_url().endswith(f"/runs/{parent}?workflowType=machine_learning")
 
     cfg = make_config("tiny", {"strategy.name": "contavsep", "strategy.lambda_ins": 0.25, "data.num_steps": 2,
                                "data.classes_per_step": 2})
@@ -200,7 +203,7 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     assert "View run" not in capsys.readouterr().out  # MLflow's own link printing stays off the sweep's stdout
 
     run = client.get_run(trial.run_id)
-    assert run.info.run_name == "trial_00000" and run.info.status == "FINISHED"
+    assert run.info.run_name == "contavsep-mem1-trial_00000" and run.info.status == "FINISHED"
     assert run.data.tags[PARENT_TAG] == parent and run.data.tags["contavsep.strategy"] == "contavsep"
     assert run.data.params == {k: str(v) for k, v in flat(cfg).items()}
     # per-step metrics, step = k
@@ -268,7 +271,7 @@ def test_restart_and_resume_continue_their_runs(mlflow_uri, caplog):
 
     runs = client.search_runs([client.get_experiment_by_name("track-test").experiment_id],
                               f"tags.`{PARENT_TAG}` = '{parent}'")
-    assert sorted(r.info.run_name for r in runs) == ["trial_1", "trial_2"]
+    assert sorted(r.info.run_name for r in runs) == ["ewc-trial_2", "lwf-trial_1"]
     assert history(client, first.run_id, "sdr") == [(0, pytest.approx(steps[0].metrics["sdr"])),
                                                     (1, pytest.approx(steps[1].metrics["sdr"]))]
     assert client.get_run(first.run_id).data.params["strategy.lambda_dist"] == "0.3"
@@ -276,7 +279,8 @@ def test_restart_and_resume_continue_their_runs(mlflow_uri, caplog):
     # a trial still RUNNING when the sweep ends was stopped (here: never finished)
     assert client.get_run(stopped.run_id).info.status == "KILLED"
     assert client.get_run(parent).data.tags["resumed"] == "yes"
-    assert len(client.search_runs([runs[0].info.experiment_id], "tags.`contavsep.sweep` = 'sweep-resume'")) == 1
+    same_sweep = client.search_runs([runs[0].info.experiment_id], "tags.`contavsep.sweep` = 'sweep-resume'")
+    assert sorted(r.data.tags["contavsep.role"] for r in same_sweep) == ["sweep", "trial", "trial"]  # one parent run
 
 
 def test_outage_buffers_everything_and_sends_it_when_the_server_returns(mlflow_uri, gate, caplog):
@@ -454,3 +458,71 @@ def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(
     assert "plots/R_matrices.png" in artifact_paths(client, trial.run_id)
     assert len(client.get_metric_history(parent, "summary/finetune_mem0/sdr_mean")) == 1
     assert [m.step for m in client.get_metric_history(trial.run_id, "final/sdr")] == [1]
+
+
+def test_model_training_experiment_named_trials_dataset_lineage_and_system_metrics(mlflow_uri):
+    """What the MLflow UI needs to open on the comparison: a model-training experiment (also one
+    a sweep reuses), child runs named by strategy, memory and trial, the dataset as an MLflow
+    input of parent and children (once, also after a restart), MLflow's system metrics of a
+    trial, and links to the sweep's runs table and parent run."""
+    from contavsep_platform.tracking import sweep_link_lines
+
+    client = MlflowClient(mlflow_uri)
+    old = client.create_experiment("track-kind-old")  # made before this version, without a kind
+    chosen = client.create_experiment("track-kind-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    manifest = {"content_hash": "c0ffee" * 10 + "abcd", "classes": ["a", "b", "c"], "totals": {"train": 12, "val": 3, "test": 6},
+                "audio": {"sample_rate": 11025},
+                "extractors": {"object": {"name": "synthetic-clip-prototype", "revision": "3"},
+                               "motion": {"name": "facebook/vjepa2", "revision": "main", "commit": "9a8b7c"}}}
+    dataset = dataset_input("s3://bucket/datasets/synth-default/", manifest)
+
+    for name in ("track-kind-new", "track-kind-old", "track-kind-genai"):
+        sweep = SweepTracker(mlflow_uri, name, f"sweep-{name}")
+        parent = sweep.start("a: 1\n", {}, dataset)
+    assert client.get_experiment_by_name("track-kind-new").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # a person's choice stays
+
+    sweep = SweepTracker(mlflow_uri, "track-kind-new", "sweep-lineage")
+    parent = sweep.start("a: 1\n", {}, dataset)
+    params = {"strategy.name": "contavsep", "memory.per_class": 2, "strategy.lambda_ins": 0.1}
+    trial = TrialTracker(mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0)
+    steps = make_step_results(2, seed=5)
+    trial.log_step(steps[0])
+    trial.close("FAILED")  # what a Train worker does when the step fails
+    # the trial restarts (Train retry): the run is found by its trial tag, the dataset is not logged twice
+    again = TrialTracker(mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0)
+    assert again.run_id == trial.run_id
+    again.log_step(steps[1])
+    again.log_final(steps[1].summary, "x: 1\n")
+    sweep.finish([])
+    assert again.pending == 0 and again._system is None and trial._system is None  # samplers stopped with their runs
+    assert client.get_run(again.run_id).info.status == "FINISHED"
+
+    run = client.get_run(again.run_id)
+    assert run.info.run_name == "contavsep-mem2-41366ad1"
+    assert run.data.tags["contavsep.sweep"] == "sweep-lineage" and run.data.tags["contavsep.trial"] == "41366ad1"
+    for run_id in (parent, again.run_id):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert len(inputs) == 1, inputs
+        ds, tags = inputs[0].dataset, {t.key: t.value for t in inputs[0].tags}
+        assert (ds.name, ds.digest, ds.source_type) == ("synth-default", manifest["content_hash"][:12], "s3")
+        assert json.loads(ds.source) == {"uri": "s3://bucket/datasets/synth-default"}
+        assert json.loads(ds.profile)["content_hash"] == manifest["content_hash"]
+        assert tags == {"mlflow.data.context": "train", "contavsep.content_hash": manifest["content_hash"],
+                        "contavsep.extractor.object": "synthetic-clip-prototype@3", "contavsep.extractor.motion": "facebook/vjepa2@9a8b7c"}
+    # MLflow's own system metrics (names of its system-metrics tab): one point per attempt at least,
+    # their steps (seconds since the run started) never going back
+    cpu = sorted(client.get_metric_history(again.run_id, "system/cpu_utilization_percentage"), key=lambda m: m.timestamp)
+    assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu)
+    assert [m.step for m in cpu] == sorted(m.step for m in cpu)
+    assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(run.data.metrics)
+
+    experiment = run.info.experiment_id
+    runs_line, parent_line = sweep_link_lines(mlflow_uri, "sweep-lineage", parent)
+    assert runs_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+                              "&searchFilter=tags.%60contavsep.sweep%60%20%3D%20%27sweep-lineage%27"
+                              "&orderByKey=metrics.%60final%2Fsdr%60&orderByAsc=false")
+    assert parent_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning")
+    assert sweep.link_lines() == [runs_line, parent_line]
+    assert sweep_link_lines(None, "sweep-lineage", parent) == []

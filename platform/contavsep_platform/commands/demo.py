@@ -8,7 +8,10 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from contavsep_platform.commands.sweep import add_console_flags
+
     p = sub.add_parser("demo", help="start local services, build the synthetic benchmark, run the demo sweep")
+    add_console_flags(p)
     p.set_defaults(func=run)
 
 
@@ -22,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 3
+    from contavsep_platform.commands.sweep import console_kwargs
     from contavsep_platform.demo import main as demo_main
 
-    return demo_main()
+    return demo_main(**console_kwargs(args))

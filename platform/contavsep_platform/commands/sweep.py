@@ -26,8 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
     p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress tables, only the final tables")
+    add_console_flags(p)
     p.set_defaults(func=run)
+
+
+def add_console_flags(p: argparse.ArgumentParser) -> None:
+    """--quiet / --verbose: how much of the sweep the console shows (default: the live table)."""
+    console = p.add_mutually_exclusive_group()
+    console.add_argument("--quiet", action="store_true",
+                         help="no progress while the sweep runs, only the final tables (Ray and Tune output goes to the sweep's log file)")
+    console.add_argument("--verbose", action="store_true",
+                         help="Tune's own progress tables and Ray's messages on the console instead of the live table and the log file")
+
+
+def console_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """run_sweep's console arguments for the flags of :func:`add_console_flags`."""
+    return {"verbose": 1 if args.verbose else 0, "progress": not (args.quiet or args.verbose)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +69,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key} = {value!r}")
         for name, params in space.strategies.items():
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
+        if space.sampler.type == "grid":
+            from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
+            from contavsep_platform.first_step_plan import describe
+
+            # budgets counted on MUSIC-21's training lists (what a paper-preset space trains on)
+            cfg = space.trial_config({"strategy.name": next(iter(space.strategies))})
+            for line in describe(space, train_clips_per_class(MUSIC21, cfg)):
+                print(line)
         return 0
 
     from contavsep_platform.settings import check_tracking_uri
@@ -78,13 +100,16 @@ def run(args: argparse.Namespace) -> int:
             ray_address=endpoints.ray_address,
             s3=endpoints.s3,
             env=env,
-            verbose=0 if args.quiet else 1,
+            **console_kwargs(args),
         )
     except SweepError as exc:
         raise UserError(str(exc)) from None
     print_outcome(outcome)
     if endpoints.mlflow_tracking_uri:
-        print(f"MLflow: {endpoints.mlflow_tracking_uri} (experiment '{space.experiment_name}', parent run {outcome.parent_run_id})")
+        from contavsep_platform.tracking import sweep_link_lines  # imports mlflow: only where tracking is on
+
+        for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
+            print(line)
     sys.stdout.flush()
     for line in error_lines(outcome):
         print(f"contavsep sweep: error: {line}", file=sys.stderr)
