@@ -36,7 +36,8 @@ def _runs(client, experiment: str, sweep: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    parents = client.search_runs([exp.experiment_id], f"tags.`contavsep.sweep` = '{sweep}'")
+    # children carry the sweep's tag too (the UI's runs-table filter): the parent is the sweep role
+    parents = client.search_runs([exp.experiment_id], f"tags.`contavsep.sweep` = '{sweep}' and tags.`contavsep.role` = 'sweep'")
     children = [c for p in parents for c in client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")]
     return parents + children
 

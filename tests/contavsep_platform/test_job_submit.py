@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from contavsep.first_step import FIRST_STEPS_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -220,7 +222,9 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
                     *_sweep_entrypoint(name, job_dataset, *slow, "--resume"), timeout=1500)
     assert _status(dashboard, resumed_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{JobSubmissionClient(dashboard).get_job_logs(resumed_id)[-3000:]}"
     logs = _logs(dashboard, resumed_id)
-    trial_ids = sorted({n for n in storage.list_dir(sweep_uri, ray_head.s3) if not n.startswith(("tune-", ".")) and "." not in n and "-state-" not in n})
+    # the sweep folder: tune-<id>/ (Tune), <id>/ (Train runs), first-steps/ (shared step 0s), state files
+    trial_ids = sorted({n for n in storage.list_dir(sweep_uri, ray_head.s3)
+                        if not n.startswith(("tune-", ".")) and "." not in n and "-state-" not in n and n != FIRST_STEPS_DIR})
     assert len(trial_ids) >= 1
     for trial_id in trial_ids:
         checkpoints = [c for c in storage.list_dir(trial_uri(ray_head.storage_uri, name, trial_id), ray_head.s3) if c.startswith("step=")]
