@@ -223,9 +223,9 @@ class SweepRecord:
     space_text: str = ""  # the parent's search_space.yaml ("" when it is missing)
 
     def ui_url(self) -> str | None:
-        if not self.tracking_uri.startswith("http"):
-            return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        from contavsep_platform.mlflow_links import run_url
+
+        return run_url(self.tracking_uri, self.experiment_id, self.parent_run_id)  # the model-training UI, not GenAI
 
 
 @dataclass(frozen=True)
