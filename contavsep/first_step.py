@@ -122,7 +122,8 @@ class FirstStepStore:
         return storage.join(self.uri, f"{key}.pt")
 
     def load(self, key: str) -> FirstStepState | None:
-        """The state published under ``key``, or None (none yet, or one that does not load)."""
+        """The state published under ``key``, or None (none yet, one that does not load, or the
+        storage unreachable: one warning, and the trial trains step 0 itself)."""
         uri = self._uri(key)
         try:
             if not storage.exists(uri, self.settings):
@@ -132,20 +133,23 @@ class FirstStepStore:
             if payload.get("format_version") != FORMAT_VERSION or state.key != key:
                 raise ValueError(f"it holds format {payload.get('format_version')} key {state.key}")
             return state
-        except storage.StorageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a cut or foreign file: train step 0 instead
+        except Exception as exc:  # noqa: BLE001 - storage down, a cut or foreign file: train step 0 instead
             log.warning("shared first step %s does not load (%s); training step 0 here", uri, " ".join(str(exc).split())[:200])
             return None
 
     def publish(self, state: FirstStepState) -> bool:
-        """Write ``state`` unless one is there already (the first trial to finish wins)."""
+        """Write ``state`` unless one is there already (the first trial to finish wins); False
+        when it was there, or the storage refused (one warning: the trial goes on)."""
         uri = self._uri(state.key)
-        if storage.exists(uri, self.settings):
+        try:
+            if storage.exists(uri, self.settings):
+                return False
+            buffer = io.BytesIO()
+            torch.save({"format_version": FORMAT_VERSION, "state": state.__dict__}, buffer)
+            storage.write_bytes_atomic(uri, buffer.getvalue(), self.settings)
+            storage.write_bytes_atomic(storage.join(self.uri, f"{state.key}.json"),
+                                       json.dumps(state.fields, indent=1, sort_keys=True, default=str).encode(), self.settings)
+        except (storage.StorageError, OSError) as exc:  # sharing saves compute; it never fails the trial that trained
+            log.warning("shared first step %s not published (%s)", uri, " ".join(str(exc).split())[:200])
             return False
-        buffer = io.BytesIO()
-        torch.save({"format_version": FORMAT_VERSION, "state": state.__dict__}, buffer)
-        storage.write_bytes_atomic(uri, buffer.getvalue(), self.settings)
-        storage.write_bytes_atomic(storage.join(self.uri, f"{state.key}.json"),
-                                   json.dumps(state.fields, indent=1, sort_keys=True, default=str).encode(), self.settings)
         return True

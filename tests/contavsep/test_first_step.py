@@ -155,6 +155,10 @@ def test_a_cut_shared_state_is_ignored_and_the_first_to_publish_wins(dataset, tm
     assert store.load(key).losses == first_losses(first)
     path.write_bytes(published[: len(published) // 2])  # an upload cut short
     assert store.load(key) is None
+    # storage that refuses (here: the store's folder is a file) never fails a trial
+    blocked = FirstStepStore(f"file://{tmp_path}/a-file/first-steps")
+    (tmp_path / "a-file").write_text("not a folder")
+    assert blocked.load(key) is None and blocked.publish(later) is False
     again = Engine(cfg, dataset, first_steps=store).run_step(0)
     assert again.metrics["first_step/shared"] == 0.0  # trained here, same result
     _same(_science(again), _science(first))
