@@ -25,7 +25,6 @@ generators from (train.seed, step, rank).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import random
@@ -419,11 +418,7 @@ class Engine:
         """(key, key fields) of this trial's step 0, or None when it is not shared."""
         if self.first_steps is None:
             return None
-        strategy = type(self.strategy)
-        params = dict(vars(self.strategy.params)) if dataclasses.is_dataclass(self.strategy.params) else {}
-        fields = first_step.key_fields(self.cfg, strategy.first_step, params,
-                                       str(self.table.manifest.get("content_hash", "")), self.dist.world_size)
-        return None if fields is None else (first_step.key_of(fields), fields)
+        return first_step.trial_key(self.cfg, str(self.table.manifest.get("content_hash", "")), self.dist.world_size)
 
     def _load_first_step(self, shared: first_step.FirstStepState, optimizers: list[torch.optim.Optimizer],
                          schedulers: list[Any], sampler: TrainingSampler) -> dict[str, float]:

@@ -105,6 +105,18 @@ def key_fields(cfg: Config, first_step: str, strategy_params: dict[str, Any], da
     return values
 
 
+def trial_key(cfg: Config, data_content_hash: str, world_size: int = 1) -> tuple[str, dict[str, Any]] | None:
+    """(key, key fields) of the step 0 that ``cfg`` trains, or None when it is not shared."""
+    import dataclasses
+
+    from contavsep.registry import STRATEGIES
+
+    strategy = STRATEGIES.get(cfg.strategy.name)
+    params = dataclasses.asdict(strategy.from_config(cfg.strategy).params)
+    fields = key_fields(cfg, strategy.first_step, params, data_content_hash, world_size)
+    return None if fields is None else (key_of(fields), fields)
+
+
 def key_of(fields: dict[str, Any]) -> str:
     """The content address of a step-0 state: SHA-256 of its key fields (24 hex digits)."""
     text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from contavsep.budget import sequence_budget
 from contavsep.config import Config
-from contavsep.first_step import key_fields, key_of
-from contavsep.registry import STRATEGIES
+from contavsep.first_step import trial_key
 from contavsep_platform.spaces import REPEAT_KEY, SearchSpace, make_sampler
 
 
@@ -52,11 +51,9 @@ def planned_trials(space: SearchSpace, train_clips_per_class: Sequence[int], ord
     """The grid's trials with their step-0 keys (one dataset for all: its hash is a placeholder)."""
     trials = []
     for label, cfg in _trial_configs(space, order_seed):
-        cls = STRATEGIES.get(cfg.strategy.name)
-        params = dict(vars(cls.from_config(cfg.strategy).params))
-        fields = key_fields(cfg, cls.first_step, params, "the sweep's dataset", space.resources.workers)
+        key = trial_key(cfg, "the sweep's dataset", space.resources.workers)
         budget = sequence_budget(cfg, train_clips_per_class)
-        trials.append(PlannedTrial(label, None if fields is None else key_of(fields), budget.steps[0].iterations,
+        trials.append(PlannedTrial(label, None if key is None else key[0], budget.steps[0].iterations,
                                    budget.iterations))
     return trials
 

@@ -9,7 +9,7 @@ from contavsep.config import make_config
 from contavsep.data.reader import open_dataset
 from contavsep.data.synth import SynthConfig, build_synthetic
 from contavsep.engine import Engine, run_sequence
-from contavsep.first_step import FirstStepStore, key_fields, key_of
+from contavsep.first_step import FirstStepStore, trial_key
 from contavsep.registry import STRATEGIES
 
 SETTINGS = {
@@ -40,10 +40,8 @@ def _cfg(**extra):
 
 
 def _key(cfg, content_hash="abc", world_size=1):
-    cls = STRATEGIES.get(cfg.strategy.name)
-    params = vars(cls.from_config(cfg.strategy).params)
-    fields = key_fields(cfg, cls.first_step, dict(params), content_hash, world_size)
-    return None if fields is None else key_of(fields)
+    key = trial_key(cfg, content_hash, world_size)
+    return None if key is None else key[0]
 
 
 class Collect:

@@ -112,3 +112,15 @@ def ray_head(services: Endpoints, platform_home: Path) -> Iterator[Endpoints]:
         local_services.down(platform_home, names=["ray"])
         shutil.rmtree(temp_dir, ignore_errors=True)
 
+
+@pytest.fixture(scope="session")
+def s3_dataset(services):
+    """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
+    from contavsep import storage
+    from contavsep.data.synth import SynthConfig, build_synthetic
+
+    uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
+    storage.ensure_bucket(services.storage_uri, services.s3)
+    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
+        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=services.s3)
+    return uri

@@ -105,19 +105,6 @@ def test_a_journal_with_other_objectives_is_refused(tmp_path):
         GroupedOptunaSearch(parse_space(two, storage_uri="file:///tmp"), StudyJournal(uri, "sweep-a"))
 
 
-@pytest.fixture(scope="module")
-def s3_dataset(services):
-    """A small synthetic dataset on the services' S3 storage (the one test_sweep uses)."""
-    from contavsep import storage
-    from contavsep.data.synth import SynthConfig, build_synthetic
-
-    uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
-    storage.ensure_bucket(services.storage_uri, services.s3)
-    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
-        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=services.s3)
-    return uri
-
-
 class _StopAfterFirstTrial(Callback):
     """Presses Ctrl-C when the first trial ends (Tune stops cleanly; --resume continues)."""
 

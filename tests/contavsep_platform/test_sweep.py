@@ -182,19 +182,6 @@ def test_logical_gpus_half_a_gpu_per_trial_runs_four_trials_at_once():
         cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
-def s3_dataset(services):
-    """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
-    from contavsep import storage
-    from contavsep.data.synth import SynthConfig, build_synthetic
-
-    uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
-    storage.ensure_bucket(services.storage_uri, services.s3)
-    if not storage.exists(storage.join(uri, "manifest.json"), services.s3):
-        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=services.s3)
-    return uri
-
-
 @pytest.mark.slow
 def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(services, s3_dataset):
     """smoke.yaml on local Ray with the local S3 and MLflow servers, then --resume of the
