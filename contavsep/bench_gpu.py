@@ -20,8 +20,10 @@ guarded (an error is printed and recorded, the next section runs), results writt
    SDR/SIR/SAR of the same estimates agree between the device and the CPU (and mir_eval if
    installed);
 5. extrapolation to the reference budget (5.76 M training mixtures + the 4-step evaluation);
-6. (CUDA, or --compile-on-cpu) torch.compile combinations (all options; compile alone), the
-   extrapolation again, and the graphs compiled per step while class queries are added.
+6. (CUDA, or --compile-on-cpu) torch.compile combinations (all options; CUDA graphs with and
+   without channels_last; compile alone), the extrapolation again, two-step ContAV-Sep and PLOP
+   sequences eager vs CUDA graphs (same losses and SDRs within bf16 noise), and the graphs
+   compiled per step while class queries are added.
 
 Eager numbers come first because compiling takes minutes; ``--budget-s`` skips sections that
 would start too late.
@@ -122,6 +124,8 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             # CUDA graphs replay forward and backward without a launch per kernel: the H100 run
             # spent ~24 ms/iter on the host for ~12 ms of kernels (issue 11), i.e. launch-bound
             ("all+cudagraphs", {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "reduce-overhead"}),
+            # the same without channels_last: once launches stop hiding it, does the layout pay?
+            ("fused+cudagraphs", {"train.fused_optimizer": True, "train.compile": "reduce-overhead"}),
             ("compile", {"train.compile": "default"}),
         ]
     else:
@@ -132,11 +136,11 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("fused_adam", {"train.fused_optimizer": True}),
             ("channels_last+fused", {"train.channels_last": True, "train.fused_optimizer": True}),
         ]
-    if args.short:  # the MFU check: baseline, the best eager options, everything compiled; each also
-        # with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
-        combos = [c for c in combos if c[0] in ("baseline", "channels_last+fused", "all", "all+cudagraphs")]
+    if args.short:  # the MFU check: the best eager options, compiled, CUDA graphs with and without
+        # channels_last, and with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
+        combos = [c for c in combos if c[0] in ("channels_last+fused", "all", "all+cudagraphs", "fused+cudagraphs")]
         combos += [(f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
-                   for label, extra in combos if label in ("channels_last+fused", "all")]
+                   for label, extra in combos if label in ("all+cudagraphs",)]
     results: dict[str, Any] = {}
     for label, extra in combos:
         if time.perf_counter() - args.started > args.train_budget_s:
@@ -213,6 +217,45 @@ def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> d
     return out
 
 
+def engine_modes(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
+    """Whole sequences through the engine with CUDA graphs against eager, per strategy.
+
+    Two steps (the second has an old model, distillation, and for PLOP the U-Net internals as
+    graph outputs) of a few iterations, once eager and once with ``train.compile=reduce-overhead``,
+    both channels_last + fused Adam, same seed: the losses and SDRs must be finite and agree
+    within bf16 noise (CUDA graphs replay the same kernels; a replay that read an overwritten
+    output would not). Also the seconds each sequence took (compiles included).
+    """
+    from contavsep.config import make_config
+    from contavsep.engine import Engine
+
+    out: dict[str, Any] = {}
+    for strategy in args.engine_strategies:
+        runs: dict[str, Any] = {}
+        for mode in ("off", "reduce-overhead"):
+            torch._dynamo.reset()
+            cfg = make_config(args.preset, {**base, "strategy.name": strategy, "memory.per_class": 1, "train.iters_per_step": 8,
+                                            "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
+                                            "eval.backend": "fast", "train.channels_last": True, "train.fused_optimizer": True,
+                                            "train.compile": mode})
+            started = time.perf_counter()
+            engine = Engine(cfg, table)
+            steps = []
+            for step in range(engine.scenario.num_steps):
+                r = engine.run_step(step)
+                engine.next_step = step + 1
+                steps.append({k: float(v) for k, v in r.metrics.items() if k.startswith("loss/") or k == "sdr"})
+            runs[mode] = {"steps": steps, "seconds": time.perf_counter() - started}
+            print(f"  {strategy} compile={mode}: {time.perf_counter() - started:.0f} s; "
+                  + "; ".join(f"step {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for i, s in enumerate(steps)), flush=True)
+        a, b = runs["off"]["steps"], runs["reduce-overhead"]["steps"]
+        finite = all(np.isfinite(v) for s in a + b for v in s.values())
+        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x if k in y)
+        out[strategy] = {**runs, "all_finite": bool(finite), "max_abs_diff": diff}
+        print(f"  {strategy}: all finite {finite}; max |eager - cudagraphs| over losses and SDR: {diff:.4f}", flush=True)
+    return out
+
+
 def recompiles(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
     """Graphs compiled per step while the class queries grow (tiny model: compile cost, not speed)."""
     from torch._dynamo.utils import counters
@@ -278,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     args.preset = "tiny" if args.quick else "paper"
     args.iters, args.warmup = (2, 1) if args.quick else (20, 5)
     args.eval_batches = (4,) if args.quick else (8, 32)
+    args.engine_strategies = ("contavsep", "plop")
     cuda = torch.cuda.is_available()
     run = Run(Path(args.out), args.budget_s)
     args.started = run.started
@@ -304,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda or args.compile_on_cpu:
         run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
         run.section("extrapolation", extrapolate, run.summary)
+        run.section("engine_modes", engine_modes, args, table, base, need_s=100)
         if not args.short:
             run.section("recompiles", recompiles, args, table, base, need_s=60)
     print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",

@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--batches", default="32,64,128", help="comma-separated batch sizes for the scaling table ('' = none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--scaling-only", action="store_true", help="only the batch-scaling table (no phases, no kernels)")
     p.add_argument("--json", default="", help="write the numbers here")
     args = p.parse_args(argv)
     overrides = parse_overrides(args.set)
@@ -181,14 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
     result: dict[str, Any] = {"overrides": {k: str(v) for k, v in overrides.items()}}
-    bench = Bench(table, args.preset, overrides)
-    print(f"== phases ({args.preset}, batch {bench.batch}, {bench.device})", flush=True)
-    result["phases_ms"] = phases(bench, args.iters, args.warmup)
-    print("  " + "  ".join(f"{k} {v:.2f}" for k, v in result["phases_ms"].items()) + "  (ms/iter)", flush=True)
-    if bench.device.type == "cuda":
-        print("== kernels", flush=True)
-        result["kernels"] = kernels(bench, max(2, args.iters // 2), args.top)
-    del bench
+    if not args.scaling_only:
+        bench = Bench(table, args.preset, overrides)
+        print(f"== phases ({args.preset}, batch {bench.batch}, {bench.device})", flush=True)
+        result["phases_ms"] = phases(bench, args.iters, args.warmup)
+        print("  " + "  ".join(f"{k} {v:.2f}" for k, v in result["phases_ms"].items()) + "  (ms/iter)", flush=True)
+        if bench.device.type == "cuda":
+            print("== kernels", flush=True)
+            result["kernels"] = kernels(bench, max(2, args.iters // 2), args.top)
+        del bench
     sizes = [int(b) for b in args.batches.split(",") if b.strip()]
     if sizes:  # each size builds (and under train.compile compiles) a new engine
         print("== batch scaling", flush=True)

@@ -89,6 +89,8 @@ class TrainConfig:
 
 # train.compile: "off" or a torch.compile mode.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# the modes whose compiled forward and backward replay as CUDA graphs (on CUDA devices)
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from contavsep import first_step
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
 from contavsep.checkpoint import TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from contavsep.config import Config, ConfigError
+from contavsep.config import CUDAGRAPH_MODES, Config, ConfigError
 from contavsep.data.batch_producer import BatchProducer
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
 from contavsep.data.mixtures import MixtureBatch, TrainingSampler
@@ -167,8 +167,14 @@ class Engine:
         self.train_forward: Callable[..., SeparatorOutput] = self.forward
         if cfg.train.compile != "off":
             compiled = torch.compile(self.forward, mode=None if cfg.train.compile == "default" else cfg.train.compile)
+            cudagraphs = cfg.train.compile in CUDAGRAPH_MODES
 
             def train_forward(*args: Any) -> SeparatorOutput:
+                if cudagraphs:
+                    # One training forward per iteration: a new CUDA-graph step, so the replay
+                    # may reuse the memory of the last iteration's outputs (which nothing reads
+                    # any more) instead of keeping them alive or recording again.
+                    torch.compiler.cudagraph_mark_step_begin()
                 # dynamo keeps parameter shapes static unless told otherwise; the class-query
                 # count is the one that changes (marked by _expand_classes)
                 with torch._dynamo.config.patch(force_parameter_static_shapes=False):

@@ -11,7 +11,7 @@ from contavsep.config import make_config
 from contavsep.models.av_transformer import sine_positions_1d, sine_positions_2d
 from contavsep.models.build import WeightsError, build_model, load_weights
 from contavsep.models.coseparation import CoSeparationSeparator
-from contavsep.models.iquery import IQuerySeparator
+from contavsep.models.iquery import IQuerySeparator, mask_product
 from contavsep.models.output import SeparatorOutput
 
 MODELS = ["iquery", "coseparation"]
@@ -301,3 +301,29 @@ def test_load_weights_reports_mismatches(tmp_path):
         load_weights(model, tmp_path / "junk.pt")
     with pytest.raises(WeightsError, match="s3://"):
         load_weights(model, "s3://bucket/weights.pt")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_product_is_the_einsum_without_copying_the_feature_map(channels_last):
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    features = torch.randn(3, 8, 16, 12, dtype=torch.float64)
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    features.requires_grad_()
+    weights = torch.randn(3, 2, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 2, 16, 12, dtype=torch.float64)
+    expected = torch.einsum("bnc,bcft->bnft", weights, features)
+    grads = torch.autograd.grad((expected * upstream).sum(), (weights, features))
+    with profile() as prof:
+        got = mask_product(weights, features)
+        got_grads = torch.autograd.grad((got * upstream).sum(), (weights, features))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for g, e in zip(got_grads, grads):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+    # the feature map (or its gradient) is never copied into another layout; einsum does copy
+    # channels_last features (the reason this function exists)
+    copies = [e.key for e in prof.key_averages() if e.key in ("aten::copy_", "aten::clone", "aten::contiguous")]
+    assert copies == []
+    assert got_grads[1].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
