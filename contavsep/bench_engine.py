@@ -61,7 +61,8 @@ class Bench:
         self.engine = Engine(self.cfg, table)
         self.engine.model.expand_classes(self.engine.scenario.num_seen(0))
         self.sampler = self.engine._sampler(0)
-        self.optimizers, _ = make_optimizers(self.engine.model, self.cfg, self.engine.plan(0, self.sampler))
+        self.optimizers, _ = make_optimizers(self.engine.model, self.cfg, self.engine.plan(0, self.sampler),
+                                             fused=self.engine.speed.fused_optimizer)
         self.engine.model.train()
         self.device = self.engine.device
         self.batch = self.cfg.train.batch_size

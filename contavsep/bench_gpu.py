@@ -127,6 +127,11 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             # the same without channels_last: once launches stop hiding it, does the layout pay?
             ("fused+cudagraphs", {"train.fused_optimizer": True, "train.compile": "reduce-overhead"}),
             ("compile", {"train.compile": "default"}),
+            # what a run gets without setting any key (contavsep/speed.py): must equal the best
+            ("defaults (auto)", {"train.channels_last": "auto", "train.fused_optimizer": "auto", "train.compile": "auto"}),
+            # is the paper's batch too small to fill the GPU?
+            ("all+cudagraphs@64", {"train.channels_last": True, "train.fused_optimizer": True,
+                                   "train.compile": "reduce-overhead", "train.batch_size": 64}),
         ]
     else:
         combos = [
@@ -136,9 +141,16 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("fused_adam", {"train.fused_optimizer": True}),
             ("channels_last+fused", {"train.channels_last": True, "train.fused_optimizer": True}),
         ]
-    if args.short:  # the MFU check: the best eager options, compiled, CUDA graphs with and without
+    if args.combos:  # exactly these (compiled or not)
+        every = dict(combos)
+        unknown = [c for c in args.combos if c not in every]
+        if unknown:
+            raise ValueError(f"unknown combination(s) {unknown}; known: {', '.join(every)}")
+        combos = [(c, every[c]) for c in args.combos]
+    elif args.short:  # the MFU check: the best eager options, compiled, CUDA graphs with and without
         # channels_last, and with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
-        combos = [c for c in combos if c[0] in ("channels_last+fused", "all", "all+cudagraphs", "fused+cudagraphs")]
+        combos = [c for c in combos if c[0] in ("channels_last+fused", "all", "all+cudagraphs", "fused+cudagraphs",
+                                                "defaults (auto)", "all+cudagraphs@64")]
         combos += [(f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
                    for label, extra in combos if label in ("all+cudagraphs",)]
     results: dict[str, Any] = {}
@@ -147,11 +159,13 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             print(f"  {label}: skipped (train budget {args.train_budget_s:.0f} s used)", flush=True)
             continue
         try:
-            if "train.compile" in extra:
+            compiles = extra.get("train.compile", "off") != "off"
+            if compiles:
                 torch._dynamo.reset()  # each combination compiles afresh (and stays under the recompile limit)
             started = time.perf_counter()
-            r = measure(table, args.preset, args.iters, args.warmup + (5 if "train.compile" in extra else 0),
-                        {**base, **extra})
+            # every speed key explicit (their defaults are "auto", i.e. all on with a GPU)
+            off = {"train.channels_last": False, "train.fused_optimizer": False, "train.compile": "off"}
+            r = measure(table, args.preset, args.iters, args.warmup + (5 if compiles else 0), {**base, **off, **extra})
             r["wall_s"] = time.perf_counter() - started
             print_breakdown(f"{label} [{r['wall_s']:.0f} s]", r)
             results[label] = r
@@ -283,7 +297,7 @@ def recompiles(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> di
 def extrapolate(summary: dict[str, Any]) -> dict[str, Any]:
     ev = summary.get("eval") or {}
     train = {k: v for part in ("train", "train_compiled") for k, v in (summary.get(part) or {}).items()
-             if isinstance(v, dict) and "mixtures_per_s" in v}
+             if isinstance(v, dict) and "mixtures_per_s" in v and "@" not in k}  # @: another batch than the paper's
     best = max(train, key=lambda k: train[k]["mixtures_per_s"]) if train else None
     if best is None:
         raise RuntimeError("no training measurement to extrapolate from")
@@ -315,9 +329,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--short", action="store_true",
                    help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
                         " train.decoder_conv=upsample (no eval/correctness/recompiles)")
+    p.add_argument("--combos", default="", help="comma-separated compiled combinations to time (e.g. 'all+cudagraphs,defaults (auto)');"
+                                                " no eager options, no sequences")
     p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
     p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
     args = p.parse_args(argv)
+    args.combos = [c.strip() for c in args.combos.split(",") if c.strip()]
     args.preset = "tiny" if args.quick else "paper"
     args.iters, args.warmup = (2, 1) if args.quick else (20, 5)
     args.eval_batches = (4,) if args.quick else (8, 32)
@@ -340,16 +357,18 @@ def main(argv: list[str] | None = None) -> None:
 
     table = open_dataset(uri, cache_dir=work / "cache")
     # eager numbers, evaluation and correctness first: compiling takes minutes and may not fit
-    run.section("train", train_options, args, table, base, False, run, "train")
-    if not args.short:
+    if not args.combos:
+        run.section("train", train_options, args, table, base, False, run, "train")
+    if not (args.short or args.combos):
         run.section("eval", evaluation, args, table, base, need_s=20)
         run.section("correctness", correctness, args, table, base, need_s=30)
         run.section("extrapolation_eager", extrapolate, run.summary)
     if cuda or args.compile_on_cpu:
         run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
         run.section("extrapolation", extrapolate, run.summary)
-        run.section("engine_modes", engine_modes, args, table, base, need_s=100)
-        if not args.short:
+        if not args.combos:
+            run.section("engine_modes", engine_modes, args, table, base, need_s=100)
+        if not (args.short or args.combos):
             run.section("recompiles", recompiles, args, table, base, need_s=60)
     print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
           flush=True)

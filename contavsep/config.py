@@ -80,15 +80,16 @@ class TrainConfig:
     seed: int = 0  # seed of model init, sampling and training
     # Speed only (results do not depend on them, except compile/channels_last/fused within float rounding):
     prefetch_batches: int = 2  # batches prepared ahead on a background thread (pinned, copied on a side stream on CUDA); 0 = on the training thread
-    channels_last: bool = False  # U-Net convolutions in channels-last memory format (tensor cores on CUDA)
-    compile: str = "off"  # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    fused_optimizer: bool = False  # fused Adam/AdamW kernels (one launch per parameter group)
+    # auto = the measured choice for the device (contavsep/speed.py): all on with CUDA graphs on one GPU, all off on a CPU
+    channels_last: str = "auto"  # auto | true | false: U-Net convolutions in channels-last memory format (tensor cores on CUDA)
+    compile: str = "auto"  # auto | off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs: torch.compile of the training forward
+    fused_optimizer: str = "auto"  # auto | true | false: fused Adam/AdamW kernels (one launch per parameter group)
     share_first_step: bool = True  # reuse a sweep's step 0 trained by a trial with the same step-0 keys (contavsep/first_step.py)
     decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | upsample (literally)
 
 
-# train.compile: "off" or a torch.compile mode.
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# train.compile: "auto" (contavsep/speed.py), "off" or a torch.compile mode.
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # the modes whose compiled forward and backward replay as CUDA graphs (on CUDA devices)
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
@@ -255,6 +256,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # a YAML true/false for a key whose values include "true"/"false"
+            return "true" if value else "false"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     else:  # pragma: no cover - every field is bool/int/float/str
@@ -451,6 +454,11 @@ def validate(cfg: Config) -> None:
     check_budget(cfg.train)
     if cfg.train.compile not in COMPILE_MODES:
         raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.train.compile}'")
+    from contavsep.speed import SWITCH_VALUES
+
+    for key in ("channels_last", "fused_optimizer"):
+        if getattr(cfg.train, key) not in SWITCH_VALUES:
+            raise ConfigError(f"train.{key} must be one of {', '.join(SWITCH_VALUES)}, got '{getattr(cfg.train, key)}'")
     from contavsep.models.unet import DECODER_CONVS
 
     if cfg.train.decoder_conv not in DECODER_CONVS:

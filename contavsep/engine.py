@@ -56,6 +56,7 @@ from contavsep.models.build import build_model
 from contavsep.models.output import SeparatorOutput
 from contavsep.registry import STRATEGIES
 from contavsep.scenario import Scenario, make_scenario
+from contavsep.speed import resolve_speed
 from contavsep.step_batch import StepBatch
 from contavsep.strategies.base import StepContext, Strategy
 
@@ -118,12 +119,13 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan, fused: bool = False) -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; each with the
-    plan's lr drops (schedulers step once per iteration)."""
+    plan's lr drops (schedulers step once per iteration). ``fused``: the resolved
+    ``train.fused_optimizer`` (:class:`contavsep.speed.SpeedOptions`)."""
     t = cfg.train
     # fused: one kernel per group instead of a foreach chain (same update up to rounding)
-    fused = {"fused": True} if t.fused_optimizer else {}
+    fused = {"fused": True} if fused else {}
     opts: list[torch.optim.Optimizer] = [
         torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, **fused),
         torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, **fused),
@@ -160,14 +162,19 @@ class Engine:
 
         torch.manual_seed(_seed(cfg.train.seed, 0xC0FFEE))
         self.model = build_model(cfg, self.scenario.classes_per_step).to(self.device)
-        if cfg.train.channels_last:
+        # train.channels_last / fused_optimizer / compile as this device runs them ("auto": the
+        # measured choice, contavsep/speed.py)
+        t = cfg.train
+        self.speed = resolve_speed(t.channels_last, t.fused_optimizer, t.compile, self.device, self.dist.world_size)
+        log.info("speed options on %s: %s", self.device, self.speed.describe())
+        if self.speed.channels_last:
             # 4-D weights (the U-Net's convolutions) channels-last; activations follow them
             self.model.to(memory_format=torch.channels_last)
         # The training forward, compiled on request (see _expand_classes for the recompiles).
         self.train_forward: Callable[..., SeparatorOutput] = self.forward
-        if cfg.train.compile != "off":
-            compiled = torch.compile(self.forward, mode=None if cfg.train.compile == "default" else cfg.train.compile)
-            cudagraphs = cfg.train.compile in CUDAGRAPH_MODES
+        if self.speed.compile != "off":
+            compiled = torch.compile(self.forward, mode=None if self.speed.compile == "default" else self.speed.compile)
+            cudagraphs = self.speed.compile in CUDAGRAPH_MODES
 
             def train_forward(*args: Any) -> SeparatorOutput:
                 if cudagraphs:
@@ -237,7 +244,7 @@ class Engine:
         """
         before = {name: p.shape for name, p in self.model.named_parameters()}
         self.model.expand_classes(total)
-        if self.cfg.train.compile == "off":
+        if self.speed.compile == "off":
             return
         for name, p in self.model.named_parameters():
             if name in before and p.shape != before[name]:
@@ -312,7 +319,7 @@ class Engine:
             main_loss=self.main_loss,
         )
         plan = self.plan(step, sampler)
-        optimizers, schedulers = make_optimizers(self.model, cfg, plan)
+        optimizers, schedulers = make_optimizers(self.model, cfg, plan, fused=self.speed.fused_optimizer)
         self.strategy.before_task(ctx)
         log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
                  [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
