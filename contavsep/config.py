@@ -76,7 +76,6 @@ class TrainConfig:
     val_every: int = 0  # iterations between validations when select=best_val; 0 = once per epoch (reference)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on CPU)
-    num_workers: int = 0  # DataLoader worker processes for mixture building
     seed: int = 0  # seed of model init, sampling and training
     # Speed only (results do not depend on them, except compile/channels_last/fused within float rounding):
     prefetch_batches: int = 2  # batches prepared ahead on a background thread (pinned, copied on a side stream on CUDA); 0 = on the training thread
@@ -392,7 +391,7 @@ RANGES: dict[str, tuple[str, float]] = {
     "train.iters_per_step": _NON_NEGATIVE, "train.epochs_per_step": _AT_LEAST_ONE, "train.dup_trainset": _AT_LEAST_ONE,
     "train.batch_size": _AT_LEAST_ONE, "train.lr_unet": _POSITIVE, "train.lr_transformer": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.lr_decay_gamma": _POSITIVE, "train.grad_clip": _NON_NEGATIVE,
-    "train.val_every": _NON_NEGATIVE, "train.num_workers": _NON_NEGATIVE, "train.seed": _NON_NEGATIVE,
+    "train.val_every": _NON_NEGATIVE, "train.seed": _NON_NEGATIVE,
     "strategy.lambda_ins": _NON_NEGATIVE, "strategy.lambda_cls": _NON_NEGATIVE, "strategy.lambda_dist": _NON_NEGATIVE,
     "strategy.temperature": _POSITIVE, "strategy.lambda_att": _NON_NEGATIVE, "strategy.lambda_ewc": _NON_NEGATIVE,
     "strategy.ewc_decay": _NON_NEGATIVE, "strategy.fisher_batches": _AT_LEAST_ONE, "strategy.lambda_pod": _NON_NEGATIVE,

@@ -57,7 +57,7 @@ FORMAT_VERSION = 1
 FIRST_STEPS_DIR = "first-steps"
 # train.* keys that change speed, not results (see TrainConfig's "Speed only" block).
 SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", "train.fused_optimizer",
-              "train.decoder_conv", "train.num_workers", "train.share_first_step")
+              "train.decoder_conv", "train.share_first_step")
 # Metric of every step of a sequence whose step 0 was keyed: 1 = loaded, 0 = trained here.
 SHARED_KEY = "first_step/shared"
 # Loss terms every step-0 state records (a strategy's identically-zero terms are its own).
