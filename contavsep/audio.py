@@ -50,12 +50,14 @@ def mix_sources(source_wavs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (divided by N); the separation targets and references are the scaled sources.
 
     Shape:
-        - source_wavs: :math:`(B, N, S)`
+        - source_wavs: :math:`(B, N, S)` float32 in [-1, 1], or int16 PCM samples (scaled by 2**-15 here)
         - mix_wav: :math:`(B, S)`
         - scaled_source_wavs: :math:`(B, N, S)`
     """
     if source_wavs.dim() != 3:
         raise ValueError(f"source_wavs must be (batch, sources, samples), got shape {tuple(source_wavs.shape)}")
+    if source_wavs.dtype == torch.int16:  # PCM samples (a CUDA batch): x * 2**-15 is exact, as on the host
+        source_wavs = source_wavs.to(torch.float32) * (1.0 / 32768.0)
     scaled_source_wavs = source_wavs / source_wavs.shape[1]
     return scaled_source_wavs.sum(dim=1), scaled_source_wavs
 

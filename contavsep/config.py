@@ -87,6 +87,11 @@ class TrainConfig:
     decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | upsample (literally)
 
 
+# train.* keys that change speed, not results (TrainConfig's "Speed only" block): left out of a
+# shared first step's key and of what a sweep's --resume must keep equal.
+SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", "train.fused_optimizer",
+              "train.decoder_conv", "train.share_first_step")
+
 # train.compile: "auto" (contavsep/speed.py), "off" or a torch.compile mode.
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # the modes whose compiled forward and backward replay as CUDA graphs (on CUDA devices)
@@ -278,6 +283,13 @@ def _nest(items: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys that existed once and were removed: why, for the error a user who sets one gets. Stored
+# configs that still hold them (step checkpoints, sweep fingerprints) load without them.
+RETIRED_KEYS = {
+    "train.num_workers": "it configured nothing (batches are built by the producer thread, see train.prefetch_batches)",
+}
+
+
 def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``cfg`` with dotted ``updates`` applied (strict)."""
     types_ = _field_types(type(cfg))
@@ -285,6 +297,8 @@ def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
     direct: dict[str, Any] = {}
     for key, value in updates.items():
         head, _, rest = key.partition(".")
+        if prefix + key in RETIRED_KEYS:
+            raise ConfigError(f"config key '{prefix}{key}' was removed: {RETIRED_KEYS[prefix + key]}; leave it out")
         if head not in types_:
             options = [prefix + k for k in valid_keys(type(cfg))]
             raise ConfigError(
@@ -493,8 +507,10 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def from_flat(items: Mapping[str, Any]) -> Config:
-    """Rebuild a config from :func:`flat` output (e.g. a checkpoint's resolved config)."""
-    return make_config(str(items.get("preset", "paper")), {k: v for k, v in items.items() if k != "preset"})
+    """Rebuild a config from :func:`flat` output (e.g. a checkpoint's resolved config); keys
+    retired since it was written are dropped."""
+    kept = {k: v for k, v in items.items() if k != "preset" and k not in RETIRED_KEYS}
+    return make_config(str(items.get("preset", "paper")), kept)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -18,7 +18,7 @@ The key hashes every config key that can change step 0's iterations:
 - all of ``flat(cfg)`` except: where the data lives (its content hash is hashed instead),
   ``memory.*`` (memory is empty during step 0: it is filled after it), ``eval.*`` unless
   ``train.select=best_val`` (validation picks the model then), the speed-only ``train.*`` keys
-  of :data:`SPEED_KEYS` (same results up to float rounding, like any GPU rerun), and the
+  of :data:`contavsep.config.SPEED_KEYS` (same results up to float rounding, like any GPU rerun), and the
   ``strategy.*`` keys;
 - the strategy's step-0 identity (:attr:`Strategy.first_step`): ``plain`` strategies (no
   step-0 loss term other than identically zero ones, no batch or gradient changes) share one
@@ -48,16 +48,13 @@ import torch
 
 from contavsep import storage
 from contavsep.checkpoint import LOCATION_KEYS
-from contavsep.config import Config, flat
+from contavsep.config import SPEED_KEYS, Config, flat
 
 log = logging.getLogger("contavsep.first_step")
 
 FORMAT_VERSION = 1
 # Folder of the published states under a sweep (``<storage>/sweeps/<sweep>/first-steps/<key>.pt``).
 FIRST_STEPS_DIR = "first-steps"
-# train.* keys that change speed, not results (see TrainConfig's "Speed only" block).
-SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", "train.fused_optimizer",
-              "train.decoder_conv", "train.share_first_step")
 # Metric of every step of a sequence whose step 0 was keyed: 1 = loaded, 0 = trained here.
 SHARED_KEY = "first_step/shared"
 # Loss terms every step-0 state records (a strategy's identically-zero terms are its own).

@@ -27,7 +27,9 @@ class MixtureBatch:
     """The clips of ``B`` mixtures of ``N`` sources each, before mixing.
 
     Shape:
-        - source_wavs: :math:`(B, N, S)` float32 in [-1, 1], unscaled.
+        - source_wavs: :math:`(B, N, S)` float32 in [-1, 1], unscaled; or the int16 PCM samples
+          (a batch for a CUDA device: half the bytes to pin and copy, and the conversion, exact
+          either way, runs on the device in :func:`contavsep.audio.mix_sources`).
         - labels: :math:`(B, N)` int64, class-query index (position in the scenario's order).
         - class_ids: :math:`(B, N)` int64, dataset class id.
         - tasks: :math:`(B, N)` int64, step that introduced the class.
@@ -66,9 +68,10 @@ class MixtureBatch:
 def crop(audio: np.ndarray, length: int, start: int | None, out: np.ndarray | None = None) -> np.ndarray:
     """``length`` samples of int16 ``audio`` from ``start`` (None = centre), zero-padded if short.
 
-    Written into ``out`` when given (a row of a batch array: no temporary per clip).
+    Written into ``out`` when given (a row of a batch array: no temporary per clip); an int16
+    ``out`` receives the samples as they are, a float32 one the samples scaled to [-1, 1].
 
-    Shape: :math:`(S,)` int16 -> :math:`(length,)` float32 in [-1, 1].
+    Shape: :math:`(S,)` int16 -> :math:`(length,)` float32 in [-1, 1] (or int16).
     """
     if out is None:
         out = np.empty(length, dtype=np.float32)
@@ -79,8 +82,10 @@ def crop(audio: np.ndarray, length: int, start: int | None, out: np.ndarray | No
         if start is None:
             start = (len(audio) - length) // 2
         piece = audio[start : start + length]
-    # int16 -> float32 and the scaling in one pass; x * 2**-15 is exactly x / 32768.
-    np.multiply(piece, np.float32(1.0 / 32768.0), out=out[: len(piece)], casting="unsafe")
+    if out.dtype == np.int16:
+        out[: len(piece)] = piece
+    else:  # int16 -> float32 and the scaling in one pass; x * 2**-15 is exactly x / 32768.
+        np.multiply(piece, np.float32(1.0 / 32768.0), out=out[: len(piece)], casting="unsafe")
     return out
 
 
@@ -92,8 +97,11 @@ def collate_clips(
     starts: list[list[int | None]],
     frames: list[list[int | None]],
     length: int,
+    pcm: bool = False,
 ) -> MixtureBatch:
     """Crop and gather the clips of ``B`` mixtures of ``N`` sources (``None`` start / frame = centre).
+
+    ``pcm``: keep the audio as int16 samples (see :class:`MixtureBatch`).
 
     Shape: ``rows``, ``is_memory``: :math:`(B, N)`; ``starts``, ``frames``: B lists of N.
     """
@@ -103,7 +111,7 @@ def collate_clips(
     flat_frames = [f for per_mixture in frames for f in per_mixture]
     # Every output is one preallocated array filled in place: the clips are views of the
     # memory-mapped cache, so a source costs one crop-and-scale pass and two row copies.
-    wavs = np.empty((B * N, length), dtype=np.float32)
+    wavs = np.empty((B * N, length), dtype=np.int16 if pcm else np.float32)
     objects = np.empty((B * N, table.object_features(int(flat_rows[0])).shape[-1]), dtype=np.float32)
     motions = np.empty((B * N, *table.motion_features(int(flat_rows[0])).shape), dtype=np.float32)
     for i, r in enumerate(flat_rows.tolist()):
@@ -205,7 +213,8 @@ class TrainingSampler:
                 weights[i] = 0.0  # never the same clip twice in one mixture
         return picked
 
-    def sample(self, batch_size: int) -> MixtureBatch:
+    def sample(self, batch_size: int, pcm: bool = False) -> MixtureBatch:
+        """The next ``batch_size`` mixtures; ``pcm``: audio as int16 samples (for a CUDA device)."""
         idx = np.stack([self._draw_rows() for _ in range(batch_size)])
         rows = self.rows[idx]
         # One scalar draw per source, start then frame, in mixture order: this order is the
@@ -221,7 +230,7 @@ class TrainingSampler:
                 f_row.append(int(integers(0, count)))
             starts.append(s_row)
             frames.append(f_row)
-        return collate_clips(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples)
+        return collate_clips(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples, pcm=pcm)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

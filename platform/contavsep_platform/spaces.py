@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from contavsep.config import Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
+from contavsep.config import RETIRED_KEYS, SPEED_KEYS, Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -603,8 +603,9 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
 
 
 # Keys of a space that may change between a sweep and its --resume: where the data lives (its
-# content is compared by hash instead), where results go, and what the cluster offers.
-_RESUMABLE_KEYS = ("base.data.uri", "base.data.cache_dir")
+# content is compared by hash instead), where results go, what the cluster offers, and the
+# speed-only keys (same results up to float rounding: a sweep started on CPUs may resume on GPUs).
+_RESUMABLE_KEYS = ("base.data.uri", "base.data.cache_dir", *(f"base.{k}" for k in SPEED_KEYS))
 
 
 def fingerprint(space: SearchSpace) -> dict[str, str]:
@@ -630,8 +631,10 @@ def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -
     """The keys whose value differs between two fingerprints (missing on one side counts), each
     as ``key: stored -> now``."""
     missing = "(not set)"
+    # a fingerprint stored by an older version may hold keys that are resumable or retired now
+    ignored = set(_RESUMABLE_KEYS) | {f"base.{k}" for k in RETIRED_KEYS}
     return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
-            for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+            for k in sorted(set(stored) | set(now)) if k not in ignored and stored.get(k) != now.get(k)]
 
 
 def load_space(path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None) -> SearchSpace:

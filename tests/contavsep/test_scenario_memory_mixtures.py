@@ -209,3 +209,28 @@ def test_collated_batches_reject_classes_outside_the_scenario(table):
     outside = [r for r in table.rows("train") if table.class_id(r) not in sc.class_order][:2]
     with pytest.raises(ValueError, match="not in the scenario"):
         collate_clips(table, sc, np.array([outside]), np.zeros((1, 2), bool), [[0, 0]], [[0, 0]], 1000)
+
+
+def test_pcm_batches_mix_to_exactly_the_float_batches(table):
+    """A CUDA batch carries int16 samples (half the bytes to pin and copy); converted when mixed,
+    it is bit for bit the float batch, padding included, and draws the same sequence."""
+    import torch
+
+    from contavsep.audio import mix_sources
+
+    audio = (np.arange(-5, 5) * 3277).astype(np.int16)
+    pcm = crop(audio, 16, None, out=np.full(16, 7, dtype=np.int16))
+    assert pcm.dtype == np.int16 and (pcm[:10] == audio).all() and not pcm[10:].any()
+    sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
+    # clip_samples longer than some clips: zero padding on both paths
+    a = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=20000, seed=5)
+    b = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=20000, seed=5)
+    for _ in range(2):
+        as_float, as_pcm = a.sample(12), b.sample(12, pcm=True)
+        assert as_float.source_wavs.dtype == torch.float32 and as_pcm.source_wavs.dtype == torch.int16
+        for k, v in _fields(as_float).items():
+            if k != "source_wavs":
+                assert torch.equal(v, getattr(as_pcm, k)), k
+        for x, y in zip(mix_sources(as_float.source_wavs), mix_sources(as_pcm.source_wavs)):
+            assert y.dtype == torch.float32 and torch.equal(x, y)
+    assert a.state_dict() == b.state_dict()

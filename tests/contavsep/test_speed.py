@@ -69,3 +69,15 @@ def test_an_engine_on_the_cpu_runs_its_defaults_uncompiled_in_the_default_layout
                                            "train.channels_last": "true"}), engine.table)
     conv = next(m for m in explicit.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_a_retired_key_is_refused_with_why_but_old_stored_configs_still_load():
+    from contavsep.config import flat, from_flat
+
+    with pytest.raises(ConfigError) as err:
+        make_config("tiny", {"train.num_workers": 4})
+    assert "train.num_workers" in str(err.value) and "removed" in str(err.value) and "\n" not in str(err.value)
+    # a step checkpoint written before: its flat config holds the key and the old bool switches
+    old = {**flat(make_config("tiny")), "train.num_workers": 0, "train.channels_last": False, "train.fused_optimizer": True}
+    cfg = from_flat(old)
+    assert (cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.compile) == ("false", "true", "auto")

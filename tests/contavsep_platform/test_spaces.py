@@ -280,3 +280,20 @@ def test_drivers_go_to_the_heads_driver_resource_when_the_cluster_offers_it():
     cpu_trial = Resources(workers=1, cpus=0.9, gpus=0, driver_cpus=0.1)
     assert cpu_trial.driver_resources({"CPU": 2.0}) == {"cpu": 0.1}
     assert cpu_trial.concurrent_trials({"CPU": 2.0}) == 2
+
+
+def test_resume_ignores_speed_only_and_retired_keys_but_not_the_science():
+    from contavsep_platform.spaces import fingerprint, fingerprint_differences
+
+    def fp(base_extra: str = "") -> dict[str, str]:
+        return fingerprint(parse_space(space_text("finetune: {}\n", base_extra=base_extra), storage_uri=STORAGE))
+
+    stored = fp()
+    # a sweep started on CPUs may go on with GPU speed options (same results up to float rounding)
+    assert fingerprint_differences(stored, fp("train.compile: reduce-overhead\ntrain.channels_last: true\n")) == []
+    # a fingerprint written before train.num_workers was retired (and with the old bool defaults)
+    old = {**stored, "base.train.num_workers": "0", "base.train.channels_last": "False"}
+    assert fingerprint_differences(old, fp()) == []
+    # what changes results still refuses the resume
+    differences = fingerprint_differences(stored, fp("train.lr_unet: 0.005\n"))
+    assert len(differences) == 1 and differences[0].startswith("base.train.lr_unet:")
