@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from contavsep.config import make_config, parse_overrides
@@ -193,6 +194,23 @@ def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repea
             "mixtures": mixtures, "first_s": first, "steady_s": again, "mixtures_per_s": mixtures / again}
 
 
+def measure_prepare(table: ClipTable, preset: str, overrides: dict[str, Any], batches: int = 10,
+                    rounds: int = 6) -> dict[str, float]:
+    """Host milliseconds per mixture to build a batch with float32 audio (CPU runs) and with int16
+    PCM (CUDA runs), interleaved in rounds; the medians."""
+    bench = Bench(table, preset, overrides)
+    for pcm in (False, True):  # warm the memory-mapped cache
+        bench.sampler.sample(bench.batch, pcm=pcm)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for pcm in (False, True):
+            started = time.perf_counter()
+            for _ in range(batches):
+                bench.sampler.sample(bench.batch, pcm=pcm)
+            times[pcm].append(1e3 * (time.perf_counter() - started) / batches / bench.batch)
+    return {"float32_ms_per_mixture": float(np.median(times[False])), "pcm_ms_per_mixture": float(np.median(times[True]))}
+
+
 def print_breakdown(label: str, r: dict[str, Any]) -> None:
     ms = {k: 1e3 * r[f"{k}_s"] for k in ("prepare", "transfer", "forward_backward", "optimizer", "sum")}
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (no known peak)"
@@ -221,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         table = open_dataset(args.data, cache_dir=make_config(preset, overrides).data.cache_dir or None)
         r = measure(table, preset, args.iters, args.warmup, overrides, args.peak_tflops and args.peak_tflops * 1e12)
         print_breakdown(preset, r)
+        prep = measure_prepare(table, preset, overrides)
+        print(f"  batch preparation, median ms/mixture: float32 audio {prep['float32_ms_per_mixture']:.3f},"
+              f" int16 PCM (what a CUDA run builds) {prep['pcm_ms_per_mixture']:.3f}", flush=True)
         if args.eval:
             for backend in ("fast", "mir_eval"):
                 e = measure_eval(table, preset, {**overrides, "eval.backend": backend})
