@@ -2,8 +2,11 @@
 
     bash scripts/gpu_check.sh              # on the GPU machine (offline: wheels from .whl/), ~6-7 min on an H100
     bash scripts/gpu_check.sh --quick      # the same sections at tiny sizes, on a CPU (~20 s)
-    bash scripts/gpu_mfu.sh                # --short: training MFU only (baseline, channels_last+fused,
-                                           # compiled), then the kernel profiles; < 4 min on an H100
+    bash scripts/gpu_mfu.sh                # --short: training MFU per option (eager, compiled, CUDA graphs,
+                                           # the defaults, batch 64), eager-vs-graphs sequences, the kernel
+                                           # profile; ~7.5 min on an H100
+    bash scripts/gpu_mfu.sh --defaults     # the best options next to the defaults (train.*=auto); ~2 min
+    python -m contavsep.bench_gpu --combos "all+cudagraphs,defaults (auto)"   # exactly these combinations
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
 a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
