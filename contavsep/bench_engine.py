@@ -84,7 +84,7 @@ class Bench:
         phases = dict.fromkeys(("prepare", "transfer", "forward_backward", "optimizer"), 0.0)
         for i in range(warmup + iters):
             t0 = time.perf_counter()
-            clips = self.sampler.sample(self.batch, pcm=self.device.type == "cuda")  # as Engine.batches
+            clips = self.sampler.sample(self.batch, pcm=self.engine.pcm_batches)  # as Engine.batches
             if self.device.type == "cuda":
                 clips = clips.pin_memory()
             t1 = time.perf_counter()

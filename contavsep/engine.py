@@ -148,6 +148,9 @@ class Engine:
         self.device = resolve_device(cfg.train.device)
         self.scenario: Scenario = make_scenario(table.classes, cfg.data)
         self.frontend = SpectralFrontEnd(cfg.audio).to(self.device)
+        # training batches for a GPU carry int16 PCM: half the bytes to build, pin and copy, and
+        # mix_sources converts them on the device (exactly); CPU batches are float32 as before
+        self.pcm_batches = self.device.type == "cuda"
         if self.device.type == "cuda":
             # training shapes never change within a step: let cuDNN time its convolution
             # algorithms once and keep the fastest (CUDA runs are not bit-reproducible anyway)
@@ -263,9 +266,7 @@ class Engine:
 
     def batches(self, sampler: TrainingSampler, count: int) -> BatchProducer:
         """``count`` training batches of ``sampler`` on the device, prepared ahead (train.prefetch_batches)."""
-        # PCM on CUDA: half the bytes to build, pin and copy; converted on the device (exactly)
-        pcm = self.device.type == "cuda"
-        return BatchProducer(lambda: sampler.sample(self.local_batch, pcm=pcm), count, device=self.device,
+        return BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), count, device=self.device,
                              depth=self.cfg.train.prefetch_batches)
 
     def plan(self, step: int, sampler: TrainingSampler) -> StepPlan:
@@ -308,7 +309,7 @@ class Engine:
         # training thread would have
         batches_of_step: Callable[[int], Iterator[StepBatch]] = lambda n: (
             self._to_step_batch(clips)
-            for clips in BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.device.type == "cuda"), n,
+            for clips in BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
                                        device=self.device, depth=0)
         )
         ctx = StepContext(
