@@ -125,10 +125,10 @@ def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan, fused: bool =
     ``train.fused_optimizer`` (:class:`contavsep.speed.SpeedOptions`)."""
     t = cfg.train
     # fused: one kernel per group instead of a foreach chain (same update up to rounding)
-    fused = {"fused": True} if fused else {}
+    kernel = {"fused": True} if fused else {}
     opts: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, **fused),
-        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, **fused),
+        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, **kernel),
+        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, **kernel),
     ]
     drops = (plan.lr_drops_unet, plan.lr_drops_transformer)
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)]
