@@ -33,19 +33,6 @@ RAY = str(Path(sys.executable).parent / "ray")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def job_dataset(ray_head):
-    """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
-    from contavsep import storage
-    from contavsep.data.synth import SynthConfig, build_synthetic
-
-    uri = storage.join(ray_head.storage_uri, "datasets", "synth-job-test")
-    storage.ensure_bucket(ray_head.storage_uri, ray_head.s3)
-    if not storage.exists(storage.join(uri, "manifest.json"), ray_head.s3):
-        build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6), settings=ray_head.s3)
-    return uri
-
-
 def _ray_job(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([RAY, "job", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -135,7 +122,7 @@ def _sweep_entrypoint(name: str, dataset: str, *extra: str) -> list[str]:
     return ["--", "sh", "-c", script]
 
 
-def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(ray_head, job_dataset, platform_home):
+def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(ray_head, s3_dataset, platform_home):
     from mlflow import MlflowClient
 
     from contavsep import storage
@@ -145,7 +132,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
     name = f"job-{int(time.time())}"
     job_id = f"sweep-{name}"
     done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id,
-                    *_sweep_entrypoint(name, job_dataset), timeout=1500)
+                    *_sweep_entrypoint(name, s3_dataset), timeout=1500)
     logs = _logs(dashboard, job_id)
     assert _status(dashboard, job_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert str(Path(sys.executable).parent / "contavsep") in logs  # the venv's console script ran
@@ -171,7 +158,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
     assert assert_no_secret(ray_head, platform_home) > 100
 
 
-def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, job_dataset, platform_home):
+def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, s3_dataset, platform_home):
     """... and within the grace period the head of `services up --ray` gives every job (its env
     carries RAY_JOB_STOP_WAIT_TIME_S; Ray's default SIGKILLs 3 s after the SIGTERM), with the
     README's plain `ray job submit`, the stopped sweep closes its MLflow runs (KILLED, none left
@@ -190,7 +177,7 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     # More iterations per step than smoke.yaml: the stop lands while trials still train.
     slow = ("--set", "train.iters_per_step=40")
     submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait",
-                         *_sweep_entrypoint(name, job_dataset, *slow))
+                         *_sweep_entrypoint(name, s3_dataset, *slow))
     assert submitted.returncode == 0, submitted.stderr
     sweep_uri = storage.join(ray_head.storage_uri, "sweeps", name)
 
@@ -219,7 +206,7 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
 
     resumed_id = f"{job_id}-resume"
     done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", resumed_id,
-                    *_sweep_entrypoint(name, job_dataset, *slow, "--resume"), timeout=1500)
+                    *_sweep_entrypoint(name, s3_dataset, *slow, "--resume"), timeout=1500)
     assert _status(dashboard, resumed_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{JobSubmissionClient(dashboard).get_job_logs(resumed_id)[-3000:]}"
     logs = _logs(dashboard, resumed_id)
     # the sweep folder: tune-<id>/ (Tune), <id>/ (Train runs), first-steps/ (shared step 0s), state files
