@@ -128,17 +128,19 @@ class Bench:
         """
         from torch.utils.flop_counter import FlopCounterMode
 
-        from contavsep.models.unet import set_decoder_conv
+        from contavsep.models.unet import set_decoder_conv, set_encoder_conv
 
         clips = self.sampler.sample(self.batch).to(self.device)
         counter = FlopCounterMode(display=False)
-        if model_flops:
+        if model_flops:  # the model as written (space_to_depth has the same FLOPs; subpixel a border more)
             set_decoder_conv(self.engine.model, "upsample")
+            set_encoder_conv(self.engine.model, "strided")
         try:
             with counter:
                 self._loss(clips, self.engine.forward).backward()
         finally:
             set_decoder_conv(self.engine.model, self.cfg.train.decoder_conv)
+            set_encoder_conv(self.engine.model, self.cfg.train.encoder_conv)
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         return float(counter.get_total_flops())

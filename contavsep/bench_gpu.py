@@ -6,6 +6,8 @@
                                            # the defaults, batch 64), eager-vs-graphs sequences, the kernel
                                            # profile; ~7.5 min on an H100
     bash scripts/gpu_mfu.sh --defaults     # the best options next to the defaults (train.*=auto); ~2 min
+    bash scripts/gpu_mfu.sh --kernels      # kernel-level variants: per-level conv forms (eager), stride-1
+                                           # encoder/decoder convs and SDPA backends with CUDA graphs; ~7 min
     python -m contavsep.bench_gpu --combos "all+cudagraphs,defaults (auto)"   # exactly these combinations
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
@@ -28,6 +30,10 @@ guarded (an error is printed and recorded, the next section runs), results writt
    sequences eager vs CUDA graphs (same losses and SDRs within bf16 noise), and the graphs
    compiled per step while class queries are added.
 
+``--kernels`` runs instead: each U-Net level's forward + backward per conv form (eager), a
+two-step sequence with the stride-1 forms against the default forms, then the best options with
+CUDA graphs next to each kernel-level variant (``KERNEL_COMBOS``).
+
 Eager numbers come first because compiling takes minutes; ``--budget-s`` skips sections that
 would start too late.
 """
@@ -46,7 +52,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
+# --kernels: the best options so far, then each kernel-level variant, most promising first
+KERNEL_COMBOS = ("all+cudagraphs", "all+cudagraphs+s2d+subpixel", "all+cudagraphs+subpixel", "all+cudagraphs+s2d",
+                 "all+cudagraphs+sdpa=flash", "all+cudagraphs+sdpa=efficient")
 REFERENCE_MIXTURES = 5.76e6  # training mixtures of the reference budget per sequence (issue 11)
 PAPER_STEPS = 4  # evaluations: after step t the test sets of tasks 0..t
 
@@ -136,6 +146,20 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("all+cudagraphs@64", {"train.channels_last": True, "train.fused_optimizer": True,
                                    "train.compile": "reduce-overhead", "train.batch_size": 64}),
         ]
+        # Kernel-level variants (``--kernels``) of the best options. The H100 profile with graphs
+        # (11.65 ms of kernels/iteration; 35 % MFU needs <= 8.4 ms) ran the transposed decoder
+        # convs' forward and the encoder convs' input gradient as cuDNN's strided "indexed" dgrad
+        # kernels, and SDPA (1,024 tokens, head dim 32) on cuDNN's flash kernels (0.95 ms). The
+        # same function through stride-1 convs (train.encoder_conv / train.decoder_conv), and
+        # the other SDPA backends, chosen for the whole measurement (``bench.sdpa``):
+        graphs = {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "reduce-overhead"}
+        combos += [
+            ("all+cudagraphs+subpixel", {**graphs, "train.decoder_conv": "subpixel"}),
+            ("all+cudagraphs+s2d", {**graphs, "train.encoder_conv": "space_to_depth"}),
+            ("all+cudagraphs+s2d+subpixel", {**graphs, "train.encoder_conv": "space_to_depth", "train.decoder_conv": "subpixel"}),
+            ("all+cudagraphs+sdpa=flash", {**graphs, "bench.sdpa": "FLASH_ATTENTION"}),
+            ("all+cudagraphs+sdpa=efficient", {**graphs, "bench.sdpa": "EFFICIENT_ATTENTION"}),
+        ]
     else:
         combos = [
             ("baseline", {}),
@@ -150,6 +174,9 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
         if unknown:
             raise ValueError(f"unknown combination(s) {unknown}; known: {', '.join(every)}")
         combos = [(c, every[c]) for c in args.combos]
+    elif args.kernels:  # the kernel-level variants next to the best options, on the same machine
+        combos = [c for c in combos if c[0] in KERNEL_COMBOS]
+        combos.sort(key=lambda c: KERNEL_COMBOS.index(c[0]))
     elif args.short:  # the MFU check: the best eager options, compiled, CUDA graphs with and without
         # channels_last, and with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
         combos = [c for c in combos if c[0] in ("channels_last+fused", "all", "all+cudagraphs", "fused+cudagraphs",
@@ -168,7 +195,9 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             started = time.perf_counter()
             # every speed key explicit (their defaults are "auto", i.e. all on with a GPU)
             off = {"train.channels_last": False, "train.fused_optimizer": False, "train.compile": "off"}
-            r = measure(table, args.preset, args.iters, args.warmup + (5 if compiles else 0), {**base, **off, **extra})
+            overrides = {k: v for k, v in {**base, **off, **extra}.items() if not k.startswith("bench.")}
+            with sdpa_backend(extra.get("bench.sdpa")):
+                r = measure(table, args.preset, args.iters, args.warmup + (5 if compiles else 0), overrides)
             r["wall_s"] = time.perf_counter() - started
             print_breakdown(f"{label} [{r['wall_s']:.0f} s]", r)
             results[label] = r
@@ -186,6 +215,90 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
         results["best"] = best
         print(f"  best: {best} at {ok[best]['mixtures_per_s']:.1f} mixtures/s", flush=True)
     return results
+
+
+def sdpa_backend(name: str | None) -> Any:
+    """A context running every ``F.scaled_dot_product_attention`` on the named backend (None: torch's choice).
+
+    Compiling under it bakes the backend into the graph (the choice is made while tracing).
+    """
+    import contextlib
+
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, name))
+
+
+def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
+    """Each U-Net level's forward + backward per computation form, at the paper's shapes (batch 32).
+
+    Eager, bf16 weights and maps, channels_last, cuDNN autotuned (benchmark mode); the level's own
+    module with its encoder/decoder form switched (same weights). Per level: ms for forward +
+    backward (input and weight gradients) of each form, and the best. Eager timing includes the
+    forms' pad / rearrangement copies as separate kernels (a compiled graph fuses them into the
+    neighbouring elementwise kernels), so it is an upper bound for the stride-1 forms.
+    """
+    from contavsep.config import make_config
+    from contavsep.models.unet import DECODER_CONVS, ENCODER_CONVS, UNet, _Down, _Up
+
+    cfg = make_config(args.preset)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    batch = 2 if args.quick else 32
+    grid = (cfg.audio.warp_bins, 1 + cfg.audio.clip_samples // cfg.audio.hop)
+    unet = UNet(cfg.model.unet_channels, cfg.model.unet_depth, cfg.model.mask_channels).to(device, dtype)
+    unet = unet.to(memory_format=torch.channels_last)
+    inputs: dict[str, Tensor] = {}
+    names = {id(m): f"down{i}" for i, m in enumerate(unet.down)} | {id(m): f"up{i}" for i, m in enumerate(unet.up)}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(names[id(m)], a[0].detach()))
+             for m in list(unet.down) + list(unet.up)]
+    with torch.no_grad():
+        unet(torch.rand(batch, 1, *grid, device=device, dtype=dtype))
+    for h in hooks:
+        h.remove()
+    reps, warm = (2, 1) if args.quick else (10, 3)
+
+    def timed(block: torch.nn.Module, x: Tensor) -> float:
+        x = x.clone().requires_grad_(True)
+        for i in range(warm + reps):
+            if i == warm:
+                _sync(device)
+                started = time.perf_counter()
+            out = block(x)
+            grads = torch.autograd.grad(out, (x, block.conv.weight), torch.ones_like(out))
+            del out, grads
+        _sync(device)
+        return 1e3 * (time.perf_counter() - started) / reps
+
+    levels: dict[str, Any] = {}
+    totals: dict[str, float] = {}
+    for block in list(unet.down) + list(unet.up):
+        name = names[id(block)]
+        x = inputs[name]
+        forms = ENCODER_CONVS if isinstance(block, _Down) else DECODER_CONVS
+        row: dict[str, Any] = {"input": list(x.shape)}
+        for form in forms:
+            if isinstance(block, _Up):
+                block.decoder_conv, block.min_pixels = form, 0
+            else:
+                block.encoder_conv = form
+            row[form] = timed(block, x)
+            kind = "encoder" if isinstance(block, _Down) else "decoder"
+            totals[f"{kind}:{form}"] = totals.get(f"{kind}:{form}", 0.0) + row[form]
+        row["best"] = min(forms, key=lambda f: row[f])
+        levels[name] = row
+        print(f"  {name:6s} {str(tuple(x.shape)):24s} " + "  ".join(f"{f} {row[f]:7.3f}" for f in forms)
+              + f"  ms fwd+bwd  best: {row['best']}", flush=True)
+        assert isinstance(block, (_Down, _Up))
+    print("  totals (ms fwd+bwd per iteration, all levels): " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()), flush=True)
+    return {"batch": batch, "dtype": str(dtype), "levels": levels, "totals_ms": totals}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def evaluation(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +347,37 @@ def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> d
     return out
 
 
+def _sequence(args: argparse.Namespace, table: Any, base: dict[str, Any], strategy: str, extra: dict[str, Any],
+              label: str) -> dict[str, Any]:
+    """A two-step sequence through the engine (8 iterations per step, batch 8): losses, SDR, seconds."""
+    from contavsep.config import make_config
+    from contavsep.engine import Engine
+
+    torch._dynamo.reset()
+    cfg = make_config(args.preset, {**base, "strategy.name": strategy, "memory.per_class": 1, "train.iters_per_step": 8,
+                                    "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
+                                    "eval.backend": "fast", "train.channels_last": True, "train.fused_optimizer": True,
+                                    "train.compile": "off", **extra})
+    started = time.perf_counter()
+    engine = Engine(cfg, table)
+    steps = []
+    for step in range(engine.scenario.num_steps):
+        r = engine.run_step(step)
+        engine.next_step = step + 1
+        steps.append({k: float(v) for k, v in r.metrics.items() if k.startswith("loss/") or k == "sdr"})
+    seconds = time.perf_counter() - started
+    print(f"  {strategy} {label}: {seconds:.0f} s; "
+          + "; ".join(f"step {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for i, s in enumerate(steps)), flush=True)
+    return {"steps": steps, "seconds": seconds}
+
+
+def _agreement(runs: dict[str, Any], a: str, b: str) -> dict[str, Any]:
+    x, y = runs[a]["steps"], runs[b]["steps"]
+    finite = all(np.isfinite(v) for s in x + y for v in s.values())
+    diff = max(abs(p[k] - q[k]) for p, q in zip(x, y) for k in p if k in q)
+    return {"all_finite": bool(finite), "max_abs_diff": diff}
+
+
 def engine_modes(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
     """Whole sequences through the engine with CUDA graphs against eager, per strategy.
 
@@ -243,33 +387,28 @@ def engine_modes(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> 
     within bf16 noise (CUDA graphs replay the same kernels; a replay that read an overwritten
     output would not). Also the seconds each sequence took (compiles included).
     """
-    from contavsep.config import make_config
-    from contavsep.engine import Engine
-
     out: dict[str, Any] = {}
     for strategy in args.engine_strategies:
-        runs: dict[str, Any] = {}
-        for mode in ("off", "reduce-overhead"):
-            torch._dynamo.reset()
-            cfg = make_config(args.preset, {**base, "strategy.name": strategy, "memory.per_class": 1, "train.iters_per_step": 8,
-                                            "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
-                                            "eval.backend": "fast", "train.channels_last": True, "train.fused_optimizer": True,
-                                            "train.compile": mode})
-            started = time.perf_counter()
-            engine = Engine(cfg, table)
-            steps = []
-            for step in range(engine.scenario.num_steps):
-                r = engine.run_step(step)
-                engine.next_step = step + 1
-                steps.append({k: float(v) for k, v in r.metrics.items() if k.startswith("loss/") or k == "sdr"})
-            runs[mode] = {"steps": steps, "seconds": time.perf_counter() - started}
-            print(f"  {strategy} compile={mode}: {time.perf_counter() - started:.0f} s; "
-                  + "; ".join(f"step {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for i, s in enumerate(steps)), flush=True)
-        a, b = runs["off"]["steps"], runs["reduce-overhead"]["steps"]
-        finite = all(np.isfinite(v) for s in a + b for v in s.values())
-        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x if k in y)
-        out[strategy] = {**runs, "all_finite": bool(finite), "max_abs_diff": diff}
-        print(f"  {strategy}: all finite {finite}; max |eager - cudagraphs| over losses and SDR: {diff:.4f}", flush=True)
+        runs = {mode: _sequence(args, table, base, strategy, {"train.compile": mode}, f"compile={mode}")
+                for mode in ("off", "reduce-overhead")}
+        out[strategy] = {**runs, **_agreement(runs, "off", "reduce-overhead")}
+        print(f"  {strategy}: all finite {out[strategy]['all_finite']}; max |eager - cudagraphs| over losses and SDR:"
+              f" {out[strategy]['max_abs_diff']:.4f}", flush=True)
+    return out
+
+
+def kernel_forms_engine(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
+    """A two-step ContAV-Sep sequence (eager) with the U-Net's stride-1 conv forms against the default forms.
+
+    The forms compute the same function (float64 tests on the CPU); on the device the losses and
+    SDR must agree within bf16 noise, as eager and CUDA graphs do (``engine_modes``).
+    """
+    forms = {"train.encoder_conv": "space_to_depth", "train.decoder_conv": "subpixel"}
+    runs = {"strided+transposed": _sequence(args, table, base, "contavsep", {}, "strided+transposed"),
+            "s2d+subpixel": _sequence(args, table, base, "contavsep", forms, "s2d+subpixel")}
+    out = {**runs, **_agreement(runs, "strided+transposed", "s2d+subpixel")}
+    print(f"  all finite {out['all_finite']}; max |default forms - stride-1 forms| over losses and SDR: {out['max_abs_diff']:.4f}",
+          flush=True)
     return out
 
 
@@ -332,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--short", action="store_true",
                    help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
                         " train.decoder_conv=upsample (no eval/correctness/recompiles)")
+    p.add_argument("--kernels", action="store_true",
+                   help="kernel-level variants: each U-Net level per conv form (eager), then the best options with"
+                        " stride-1 encoder/decoder convs and each SDPA backend, compiled with CUDA graphs")
     p.add_argument("--combos", default="", help="comma-separated compiled combinations to time (e.g. 'all+cudagraphs,defaults (auto)');"
                                                 " no eager options, no sequences")
     p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
@@ -359,19 +501,22 @@ def main(argv: list[str] | None = None) -> None:
     from contavsep.data.reader import open_dataset
 
     table = open_dataset(uri, cache_dir=work / "cache")
+    if args.kernels:  # seconds: which conv form is fastest per level, and that the forms train alike, before compiling
+        run.section("conv_forms", conv_forms, args)
+        run.section("kernel_forms_engine", kernel_forms_engine, args, table, base)
     # eager numbers, evaluation and correctness first: compiling takes minutes and may not fit
-    if not args.combos:
+    if not (args.combos or args.kernels):
         run.section("train", train_options, args, table, base, False, run, "train")
-    if not (args.short or args.combos):
+    if not (args.short or args.combos or args.kernels):
         run.section("eval", evaluation, args, table, base, need_s=20)
         run.section("correctness", correctness, args, table, base, need_s=30)
         run.section("extrapolation_eager", extrapolate, run.summary)
     if cuda or args.compile_on_cpu:
         run.section("train_compiled", train_options, args, table, base, True, run, "train_compiled", need_s=90)
         run.section("extrapolation", extrapolate, run.summary)
-        if not args.combos:
+        if not (args.combos or args.kernels):
             run.section("engine_modes", engine_modes, args, table, base, need_s=100)
-        if not (args.short or args.combos):
+        if not (args.short or args.combos or args.kernels):
             run.section("recompiles", recompiles, args, table, base, need_s=60)
     print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
           flush=True)

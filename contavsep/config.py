@@ -84,13 +84,14 @@ class TrainConfig:
     compile: str = "auto"  # auto | off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs: torch.compile of the training forward
     fused_optimizer: str = "auto"  # auto | true | false: fused Adam/AdamW kernels (one launch per parameter group)
     share_first_step: bool = True  # reuse a sweep's step 0 trained by a trial with the same step-0 keys (contavsep/first_step.py)
-    decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | upsample (literally)
+    decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | subpixel (the same taps as a stride-1 conv + depth-to-space) | upsample (literally)
+    encoder_conv: str = "strided"  # U-Net encoder 4x4 stride-2 convs as written | space_to_depth (a stride-1 2x2 conv over 2x2 blocks, same FLOPs)
 
 
 # train.* keys that change speed, not results (TrainConfig's "Speed only" block): left out of a
 # shared first step's key and of what a sweep's --resume must keep equal.
 SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", "train.fused_optimizer",
-              "train.decoder_conv", "train.share_first_step")
+              "train.decoder_conv", "train.encoder_conv", "train.share_first_step")
 
 # train.compile: "auto" (contavsep/speed.py), "off" or a torch.compile mode.
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -472,10 +473,12 @@ def validate(cfg: Config) -> None:
     for key in ("channels_last", "fused_optimizer"):
         if getattr(cfg.train, key) not in SWITCH_VALUES:
             raise ConfigError(f"train.{key} must be one of {', '.join(SWITCH_VALUES)}, got '{getattr(cfg.train, key)}'")
-    from contavsep.models.unet import DECODER_CONVS
+    from contavsep.models.unet import DECODER_CONVS, ENCODER_CONVS
 
     if cfg.train.decoder_conv not in DECODER_CONVS:
         raise ConfigError(f"train.decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{cfg.train.decoder_conv}'")
+    if cfg.train.encoder_conv not in ENCODER_CONVS:
+        raise ConfigError(f"train.encoder_conv must be one of {', '.join(ENCODER_CONVS)}, got '{cfg.train.encoder_conv}'")
     if cfg.train.prefetch_batches < 0:
         raise ConfigError("train.prefetch_batches must be >= 0 (0 = prepare batches on the training thread)")
     if cfg.train.select not in ("last", "best_val"):

@@ -15,6 +15,11 @@
 #   bash scripts/gpu_mfu.sh --quick         # CPU smoke run: tiny preset, compile forced on the CPU
 #   bash scripts/gpu_mfu.sh --defaults      # ~3 min: CUDA graphs + channels_last + fused Adam side by side
 #                                           # with what a run gets by default (train.*=auto), and batch 64
+#   bash scripts/gpu_mfu.sh --kernels       # ~7 min: kernel-level variants (bench_gpu --kernels): each U-Net
+#                                           # level per conv form (eager), the stride-1 forms' sequence against
+#                                           # the default forms, then CUDA graphs + channels_last + fused Adam
+#                                           # with train.encoder_conv=space_to_depth / train.decoder_conv=subpixel
+#                                           # and each SDPA backend (KERNEL_COMBOS), on one machine
 # Output: $OUT/gpu_mfu.log (everything), $OUT/gpu_summary.json, $OUT/gpu_profile_compiled.json,
 # $OUT/gpu_scaling_cudagraphs.json
 set -uo pipefail
@@ -39,6 +44,13 @@ if [[ "${1:-}" == "--defaults" ]]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
   "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --combos "all+cudagraphs,defaults (auto),all+cudagraphs@64" \
     --budget-s 280 --train-budget-s 250 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
+  exit "$rc"
+fi
+if [[ "${1:-}" == "--kernels" ]]; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
+  "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --kernels --budget-s 500 --train-budget-s 440 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
   exit "$rc"

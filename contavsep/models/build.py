@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from contavsep.config import Config
 from contavsep.models.output import SeparatorOutput
-from contavsep.models.unet import set_decoder_conv
+from contavsep.models.unet import set_decoder_conv, set_encoder_conv
 from contavsep.registry import MODELS
 
 
@@ -47,11 +47,12 @@ class WeightsError(ValueError):
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The separator named by ``cfg.model.name`` with ``num_classes`` classes.
 
-    ``cfg.train.decoder_conv`` picks how its U-Net decoder computes (a speed option). If
+    ``cfg.train.decoder_conv`` / ``encoder_conv`` pick how its U-Net computes (speed options). If
     ``cfg.model.weights`` is set, those weights are loaded (strictly, see :func:`load_weights`).
     """
     model = MODELS.get(cfg.model.name)(cfg.model, num_classes)
     set_decoder_conv(model, cfg.train.decoder_conv)  # how, not what: same parameters and function
+    set_encoder_conv(model, cfg.train.encoder_conv)
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
     return model

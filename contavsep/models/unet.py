@@ -27,7 +27,16 @@ state_dict; equal to the ``F.interpolate`` / ``nn.BatchNorm2d`` computation up t
   pixel of the upsampled conv sees only 2x2 distinct input pixels, so the same map costs 16
   instead of 36 multiply-adds per input pixel and channel pair, and the 4x-size upsampled map
   is never written (forward) nor read back (backward). ``decoder_conv="upsample"`` (config key
-  ``train.decoder_conv``) computes it the literal way.
+  ``train.decoder_conv``) computes it the literal way. ``decoder_conv="subpixel"`` computes the
+  same merged taps as one *stride-1* 2x2 conv with 4x the output channels (one group per output
+  phase), then interleaves the phases (depth-to-space, :func:`subpixel_conv3x3`): the same FLOPs
+  as the transposed conv, but cuDNN runs stride-1 forward/backward kernels instead of the strided
+  "indexed" dgrad kernels a transposed conv's forward is (issue 11's H100 profile), for one more
+  pass over the output map.
+- ``encoder_conv="space_to_depth"`` (config key ``train.encoder_conv``) computes each 4x4 stride-2
+  encoder conv as a 2x2 stride-1 conv over the padded input rearranged into 2x2 blocks
+  (:func:`space_to_depth_conv4x4`): same FLOPs, stride-1 kernels forward and backward (and a
+  4-channel instead of a 1-channel first layer), for one more pass over the input map.
 - :class:`_InputNorm` is ``BatchNorm2d(1)`` of the input spectrogram computed with plain
   reductions in training mode: cuDNN's one-channel batch-norm kernels took ~2.8 ms per paper
   iteration on an H100 for a 2 M-value tensor (more than all the U-Net's forward convolutions).
@@ -114,7 +123,99 @@ def upsample_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
     return F.conv_transpose2d(x, _phase_kernel(weight), stride=2, padding=1)
 
 
-DECODER_CONVS = ("transposed", "upsample")
+def _stored_channels_last(t: Tensor) -> bool:
+    """Whether a 4-d tensor is stored channels-last (stride 1 across channels), one channel included.
+
+    ``Tensor.is_contiguous`` cannot tell for one channel (both formats count as contiguous), but a
+    channels_last model's first conv weight, shape ``(C, 1, 4, 4)``, is stored with strides
+    ``(16, 1, 4, 1)``; cuDNN reads those strides and runs that conv channels-last.
+    """
+    _, c, h, w = t.shape
+    return t.stride()[1:] == (1, w * c, c) and t.stride()[1:] != (h * w, w, 1)  # not both (1x1 grids)
+
+
+def _phase_kernel_2x2(weight: Tensor) -> Tensor:
+    """The stride-1 2x2 kernel of :func:`subpixel_conv3x3`: the merged taps of each output phase.
+
+    Along each axis, output ``2i`` (phase 0) is ``w0 x[i-1] + (w1 + w2) x[i]`` and ``2i+1`` (phase
+    1) is ``(w0 + w1) x[i] + w2 x[i+1]``. Over the input padded by one, phase ``a`` at position
+    ``i`` is a 2-tap conv at padded position ``i + a``. Output channel ``(2a + b) C_out + o``
+    holds phase ``(a, b)`` (row, column) of output channel ``o``.
+
+    Shape:
+        - weight: :math:`(C_{out}, C_{in}, 3, 3)`; output: :math:`(4 C_{out}, C_{in}, 2, 2)`.
+    """
+
+    def phases(w: Tensor, dim: int) -> Tensor:  # taps along ``dim`` -> (2 phases, ..., 2 taps at dim)
+        w0, w1, w2 = w.unbind(dim)
+        return torch.stack([torch.stack([w0, w1 + w2], dim=dim), torch.stack([w0 + w1, w2], dim=dim)])
+
+    rows = phases(weight, 2)  # (a, C_out, C_in, 2, 3)
+    both = phases(rows, 4)  # (b, a, C_out, C_in, 2, 2)
+    c_out, c_in = weight.shape[:2]
+    return both.transpose(0, 1).reshape(4 * c_out, c_in, 2, 2)
+
+
+def subpixel_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(upsample_nearest2x(x), weight, padding=1)`` as a stride-1 conv and depth-to-space.
+
+    One 2x2 conv over ``x`` padded by one computes all four output phases (:func:`_phase_kernel_2x2`)
+    on an ``(H+1) x (W+1)`` grid; phase ``(a, b)`` of output pixel ``(2i+a, 2j+b)`` is at
+    ``(i+a, j+b)``. Equal up to float rounding (the same merged taps as :func:`upsample_conv3x3`).
+    The output is channels_last when ``x`` or ``weight`` is (cuDNN's rule for a conv).
+
+    Shape:
+        - x: :math:`(B, C_{in}, H, W)`; weight: :math:`(C_{out}, C_{in}, 3, 3)`
+        - output: :math:`(B, C_{out}, 2H, 2W)`
+    """
+    b, _, h, w = x.shape
+    c_out = weight.shape[0]
+    channels_last = _stored_channels_last(x) or _stored_channels_last(weight)
+    kernel = _phase_kernel_2x2(weight)
+    if channels_last:  # the layout cuDNN wants for the weight, so it does not convert it per call
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel)  # (B, 4 C_out, H+1, W+1)
+    if channels_last:  # interleave in NHWC order: the output is channels_last like the input
+        phases = y.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, 2, 2, c_out)
+        rows = [torch.stack([phases[:, a:a + h, c:c + w, a, c] for c in (0, 1)], dim=3) for a in (0, 1)]  # (B, H, W, 2, C)
+        return torch.stack(rows, dim=2).reshape(b, 2 * h, 2 * w, c_out).permute(0, 3, 1, 2)
+    phases = y.reshape(b, 2, 2, c_out, h + 1, w + 1)
+    rows = [torch.stack([phases[:, a, c, :, a:a + h, c:c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]  # (B, C, H, W, 2)
+    return torch.stack(rows, dim=3).reshape(b, c_out, 2 * h, 2 * w)
+
+
+def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(x, weight, stride=2, padding=1)`` (4x4 kernel) as a 2x2 stride-1 conv.
+
+    With ``x`` padded by one, output ``(i, j)`` reads padded rows ``2i .. 2i+3``: the 2x2 blocks
+    ``i`` and ``i+1`` of the padded map. Rearranged so that each 2x2 block's four pixels are
+    channels (``c * 4 + 2p + q`` for row offset ``p``, column offset ``q``, as
+    ``F.pixel_unshuffle``), the conv is a valid 2x2 stride-1 conv with ``4 C_in`` input channels
+    and the kernel rearranged to match. Equal up to float rounding (same products, summed in
+    another order); the output is channels_last when ``x`` or ``weight`` is (cuDNN's rule for a
+    conv: the first layer's one-channel input is plain, its weight channels-last). ``H`` and ``W``
+    must be even.
+
+    Shape:
+        - x: :math:`(B, C_{in}, H, W)`; weight: :math:`(C_{out}, C_{in}, 4, 4)`
+        - output: :math:`(B, C_{out}, H/2, W/2)`
+    """
+    b, c, h, w = x.shape
+    hb, wb = h // 2 + 1, w // 2 + 1  # 2x2 blocks of the padded map
+    c_out = weight.shape[0]
+    # kernel tap (2s + p, 2t + q) -> input channel (c, p, q), position (s, t)
+    kernel = weight.reshape(c_out, c, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(c_out, 4 * c, 2, 2)
+    if _stored_channels_last(x) or _stored_channels_last(weight):
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
+        blocks = padded.reshape(b, hb, 2, wb, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, hb, wb, 4 * c)
+        return F.conv2d(blocks.permute(0, 3, 1, 2), kernel.contiguous(memory_format=torch.channels_last))
+    padded = F.pad(x, (1, 1, 1, 1))
+    blocks = padded.reshape(b, c, hb, 2, wb, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, hb, wb)
+    return F.conv2d(blocks, kernel)
+
+
+ENCODER_CONVS = ("strided", "space_to_depth")
+DECODER_CONVS = ("transposed", "subpixel", "upsample")
 # "transposed" merges the taps on every call (~9x the weight's bytes, forward + backward, whatever
 # the batch), and saves 20 of 36 multiply-adds per input pixel and channel pair plus the upsampled
 # map's traffic (both per pixel of the batch). Below this many input pixels (batch x H x W) the
@@ -156,23 +257,32 @@ class _InputNorm(nn.BatchNorm2d):
 
 
 class _Down(nn.Module):
-    """[LeakyReLU] -> 4x4 stride-2 conv -> [BatchNorm]: halves both grid sides."""
+    """[LeakyReLU] -> 4x4 stride-2 conv -> [BatchNorm]: halves both grid sides.
 
-    def __init__(self, in_channels: int, out_channels: int, activation: bool, norm: bool):
+    ``encoder_conv``: "strided" runs the conv as written; "space_to_depth" as a stride-1 2x2 conv
+    over 2x2 blocks (:func:`space_to_depth_conv4x4`). Same parameters and function either way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, activation: bool, norm: bool, encoder_conv: str = "strided"):
         super().__init__()
         self.activation = nn.LeakyReLU(0.2) if activation else nn.Identity()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        self.encoder_conv = encoder_conv
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv(self.activation(x)))
+        x = self.activation(x)
+        if self.encoder_conv == "space_to_depth":
+            return self.norm(space_to_depth_conv4x4(x, self.conv.weight))
+        return self.norm(self.conv(x))
 
 
 class _Up(nn.Module):
     """ReLU -> nearest 2x upsampling -> 3x3 conv -> [BatchNorm]: doubles both grid sides.
 
     ``decoder_conv``: "transposed" computes upsampling + conv as one transposed conv
-    (:func:`upsample_conv3x3`) when the input has at least ``min_pixels`` pixels (batch x
+    (:func:`upsample_conv3x3`), "subpixel" as a stride-1 conv and depth-to-space
+    (:func:`subpixel_conv3x3`), each when the input has at least ``min_pixels`` pixels (batch x
     H x W), else literally; "upsample" always literally. Same parameters and function either way.
     """
 
@@ -186,8 +296,9 @@ class _Up(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(x)
-        if self.decoder_conv == "transposed" and x.shape[0] * x.shape[2] * x.shape[3] >= self.min_pixels:
-            return self.norm(upsample_conv3x3(x, self.conv.weight))
+        if self.decoder_conv != "upsample" and x.shape[0] * x.shape[2] * x.shape[3] >= self.min_pixels:
+            merged = subpixel_conv3x3 if self.decoder_conv == "subpixel" else upsample_conv3x3
+            return self.norm(merged(x, self.conv.weight))
         return self.norm(self.conv(upsample_nearest2x(x)))
 
 
@@ -199,6 +310,15 @@ def set_decoder_conv(model: nn.Module, decoder_conv: str, min_pixels: int = TRAN
         if isinstance(module, _Up):
             module.decoder_conv = decoder_conv
             module.min_pixels = min_pixels
+
+
+def set_encoder_conv(model: nn.Module, encoder_conv: str) -> None:
+    """How every U-Net encoder level in ``model`` computes its 4x4 stride-2 conv (see :class:`_Down`)."""
+    if encoder_conv not in ENCODER_CONVS:
+        raise ValueError(f"encoder_conv must be one of {', '.join(ENCODER_CONVS)}, got '{encoder_conv}'")
+    for module in model.modules():
+        if isinstance(module, _Down):
+            module.encoder_conv = encoder_conv
 
 
 class UNet(nn.Module):

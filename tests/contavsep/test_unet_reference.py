@@ -1,8 +1,9 @@
 """The U-Net's cheaper computations equal the straightforward one (F.interpolate, nn.BatchNorm2d).
 
-``contavsep.models.unet`` upsamples by expand + reshape or merges "upsample + 3x3 conv" into one
-transposed conv (``train.decoder_conv``), and normalises the 1-channel input with plain
-reductions (all for GPU speed). These tests run the reference computation on a copy of
+``contavsep.models.unet`` upsamples by expand + reshape, merges "upsample + 3x3 conv" into one
+transposed conv or a stride-1 conv + depth-to-space (``train.decoder_conv``), runs the encoder's
+stride-2 convs as stride-1 convs over 2x2 blocks (``train.encoder_conv``), and normalises the
+1-channel input with plain reductions (all for GPU speed). These tests run the reference computation on a copy of
 the same module and require equal outputs, parameter gradients and BatchNorm running statistics,
 so an optimisation cannot silently change the model's function.
 """
@@ -10,13 +11,22 @@ so an optimisation cannot silently change the model's function.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contavsep.models.unet import DECODER_CONVS, UNet, set_decoder_conv, upsample_conv3x3, upsample_nearest2x
+from contavsep.models.unet import (
+    UNet,
+    set_decoder_conv,
+    set_encoder_conv,
+    space_to_depth_conv4x4,
+    subpixel_conv3x3,
+    upsample_conv3x3,
+    upsample_nearest2x,
+)
 
 
 def reference_forward(unet: UNet, spec: Tensor) -> Tensor:
@@ -39,16 +49,19 @@ def relative(a: Tensor, b: Tensor) -> float:
     return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-30))
 
 
-# decoder_conv variants: literal; transposed on every level; transposed by the default size rule
-# (at these sizes: the two outermost levels merged, the inner ones literal)
-VARIANTS = [("upsample", 0), ("transposed", 0), ("transposed", 300)]
+# (decoder_conv, min_pixels, encoder_conv): literal; transposed on every level; transposed by the
+# default size rule (at these sizes: the two outermost levels merged, the inner ones literal);
+# subpixel on every level and by the size rule, with the encoder as space-to-depth convs
+VARIANTS = [("upsample", 0, "strided"), ("transposed", 0, "strided"), ("transposed", 300, "strided"),
+            ("subpixel", 0, "space_to_depth"), ("subpixel", 300, "strided"), ("upsample", 0, "space_to_depth")]
 
 
-def run_both(dtype: torch.dtype, channels_last: bool, decoder_conv: str, min_pixels: int = 0,
+def run_both(dtype: torch.dtype, channels_last: bool, decoder_conv: str, min_pixels: int = 0, encoder_conv: str = "strided",
              iterations: int = 2) -> tuple[UNet, UNet, list[tuple[Tensor, Tensor]]]:
     torch.manual_seed(0)
     ours = UNet(channels=8, depth=5, out_channels=8).to(dtype)
     set_decoder_conv(ours, decoder_conv, min_pixels)
+    set_encoder_conv(ours, encoder_conv)
     ref = copy.deepcopy(ours)
     gen = torch.Generator().manual_seed(1)
     outputs = []
@@ -65,13 +78,13 @@ def run_both(dtype: torch.dtype, channels_last: bool, decoder_conv: str, min_pix
     return ours, ref, outputs
 
 
-@pytest.mark.parametrize(("decoder_conv", "min_pixels"), VARIANTS)
+@pytest.mark.parametrize(("decoder_conv", "min_pixels", "encoder_conv"), VARIANTS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_unet_equals_the_reference_computation_in_float64(channels_last, decoder_conv, min_pixels):
-    ours, ref, outputs = run_both(torch.float64, channels_last, decoder_conv, min_pixels)
+def test_unet_equals_the_reference_computation_in_float64(channels_last, decoder_conv, min_pixels, encoder_conv):
+    ours, ref, outputs = run_both(torch.float64, channels_last, decoder_conv, min_pixels, encoder_conv)
     for a, b in outputs:
         assert relative(a, b) < 1e-12
-        if channels_last:
+        if channels_last:  # every level kept the layout (no NCHW <-> NHWC conversion per conv)
             assert a.is_contiguous(memory_format=torch.channels_last)
     assert list(ours.state_dict()) == list(ref.state_dict())
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
@@ -87,9 +100,10 @@ def test_unet_equals_the_reference_computation_in_float64(channels_last, decoder
         assert relative(ours(spec).mask_features, reference_forward(ref, spec)) < 1e-12
 
 
-@pytest.mark.parametrize(("decoder_conv", "min_pixels"), VARIANTS)
-def test_unet_equals_the_reference_computation_in_float32(decoder_conv, min_pixels):
-    ours, ref, outputs = run_both(torch.float32, channels_last=False, decoder_conv=decoder_conv, min_pixels=min_pixels)
+@pytest.mark.parametrize(("decoder_conv", "min_pixels", "encoder_conv"), VARIANTS)
+def test_unet_equals_the_reference_computation_in_float32(decoder_conv, min_pixels, encoder_conv):
+    ours, ref, outputs = run_both(torch.float32, channels_last=False, decoder_conv=decoder_conv, min_pixels=min_pixels,
+                                  encoder_conv=encoder_conv)
     for a, b in outputs:
         assert relative(a, b) < 1e-5
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
@@ -142,14 +156,79 @@ def test_transposed_decoder_conv_equals_upsample_then_conv():
     assert relative(layout, literal) < 1e-13
 
 
+LAYOUTS = ["nchw", "nhwc", "nchw input, channels_last weight"]
+
+
+def assert_same_function(ours: Callable[[Tensor, Tensor], Tensor], reference: Callable[[Tensor, Tensor], Tensor],
+                         x_shape: tuple[int, ...], weight_shape: tuple[int, ...], layout: str) -> Tensor:
+    """``ours`` equals ``reference`` in float64 (values, input and weight gradients) for operands in ``layout``."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
+    weight = torch.randn(weight_shape, generator=gen, dtype=torch.float64)
+    if layout == "nhwc":
+        x = x.to(memory_format=torch.channels_last)
+    if layout != "nchw":
+        weight = weight.to(memory_format=torch.channels_last)  # as model.to() stores it
+    x.requires_grad_(), weight.requires_grad_()
+    out, expected = ours(x, weight), reference(x, weight)
+    assert out.shape == expected.shape and relative(out, expected) < 1e-13
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(out, (x, weight), grad)
+    rx, rw = torch.autograd.grad(expected, (x, weight), grad)
+    assert relative(gx, rx) < 1e-13 and relative(gw, rw) < 1e-13
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("h", "w"), [(5, 7), (1, 1), (4, 2)])
+def test_subpixel_decoder_conv_equals_upsample_then_conv(layout, h, w):
+    def literal(x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight, padding=1)
+
+    phased = assert_same_function(subpixel_conv3x3, literal, (2, 6, h, w), (4, 6, 3, 3), layout)
+    if layout != "nchw" and h * w > 1:  # cuDNN's rule: channels-last if either operand is
+        assert phased.is_contiguous(memory_format=torch.channels_last) and not phased.is_contiguous()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("c_in", "h", "w"), [(3, 6, 8), (1, 8, 4), (2, 2, 2)])
+def test_space_to_depth_encoder_conv_equals_the_strided_conv(layout, c_in, h, w):
+    def strided(x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(x, weight, stride=2, padding=1)
+
+    blocks = assert_same_function(space_to_depth_conv4x4, strided, (2, c_in, h, w), (5, c_in, 4, 4), layout)
+    if layout != "nchw" and h * w > 4:  # a 1-channel plain input with a channels_last weight too
+        assert blocks.is_contiguous(memory_format=torch.channels_last) and not blocks.is_contiguous()
+
+
+def test_channels_last_model_with_block_convs_stays_channels_last_from_the_first_layer():
+    """The spectrogram (one channel) arrives plain; with a channels_last model the first level's output
+    must be channels_last, as cuDNN's strided conv gives it, or every later conv converts layouts."""
+    torch.manual_seed(0)
+    model = UNet(channels=8, depth=4, out_channels=8).to(memory_format=torch.channels_last)
+    set_encoder_conv(model, "space_to_depth")
+    set_decoder_conv(model, "subpixel", 0)
+    spec = torch.rand(2, 1, 32, 32)
+    maps = model.encode(spec)
+    assert all(m.is_contiguous(memory_format=torch.channels_last) and not m.is_contiguous() for m in maps[:-1])
+    assert model.decode(maps).mask_features.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bad_decoder_conv_is_refused():
     with pytest.raises(ValueError, match="decoder_conv must be one of"):
         set_decoder_conv(UNet(channels=4, depth=4, out_channels=4), "bilinear")
+    with pytest.raises(ValueError, match="encoder_conv must be one of"):
+        set_encoder_conv(UNet(channels=4, depth=4, out_channels=4), "dilated")
 
 
-def test_config_refuses_an_unknown_decoder_conv():
+def test_config_refuses_an_unknown_decoder_or_encoder_conv():
     from contavsep.config import ConfigError, make_config
 
+    cfg = make_config("tiny", {"train.decoder_conv": "subpixel", "train.encoder_conv": "space_to_depth"})
+    assert (cfg.train.decoder_conv, cfg.train.encoder_conv) == ("subpixel", "space_to_depth")
     assert make_config("tiny").train.decoder_conv == "transposed"
+    assert make_config("tiny").train.encoder_conv == "strided"
     with pytest.raises(ConfigError, match="train.decoder_conv must be one of"):
         make_config("tiny", {"train.decoder_conv": "bilinear"})
+    with pytest.raises(ConfigError, match="train.encoder_conv must be one of"):
+        make_config("tiny", {"train.encoder_conv": "dilated"})

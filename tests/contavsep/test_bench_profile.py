@@ -1,0 +1,47 @@
+"""The kernel profile adds up only device work of the iteration's own stream.
+
+``bench_profile.kernels`` is what issue 11's MFU analysis reads ("where do the 11.65 ms go"). The
+profiler also draws ``record_function`` ranges (the optimizer's ``Optimizer.step#Adam.step``) on
+the device timeline, spanning kernels it already lists, and the batch's host-to-device copy runs
+on the producer's copy stream beside the compute: counted as kernels, both inflate the device
+time an optimisation has to win back. No GPU is needed: the split reads the profiler's averaged
+events, built here as they come from ``prof.key_averages()``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from torch.autograd import DeviceType
+
+from contavsep.bench_profile import device_rows
+
+
+def event(key: str, us: float, count: int, device: DeviceType, annotation: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=device, is_user_annotation=annotation)
+
+
+def test_annotations_and_the_batch_transfer_are_not_counted_as_compute_kernels():
+    iters = 10
+    events = [
+        event("aten::convolution_backward", 23_000, 140, DeviceType.CPU),
+        event("aten::copy_", 6_000, 150, DeviceType.CPU),  # launches the batch's HtoD copy
+        event("aten::mm", 0, 920, DeviceType.CPU),  # no device time of its own: not a row
+        event("sm90_xmma_dgrad_implicit_gemm_indexed", 6_300, 30, DeviceType.CUDA),
+        event("sm90_xmma_fprop_implicit_gemm", 3_100, 50, DeviceType.CUDA),
+        event("Memcpy HtoD (Pinned -> Device)", 5_760, 80, DeviceType.CUDA),
+        event("Optimizer.step#Adam.step", 4_300, 10, DeviceType.CUDA, annotation=True),
+    ]
+    rows = device_rows(events, iters)
+    assert [r[0] for r in rows.kernels] == ["sm90_xmma_dgrad_implicit_gemm_indexed", "sm90_xmma_fprop_implicit_gemm"]
+    assert rows.kernels[0] == ("sm90_xmma_dgrad_implicit_gemm_indexed", 630.0, 3)  # per iteration
+    assert rows.transfers == [("Memcpy HtoD (Pinned -> Device)", 576.0, 8)]
+    assert rows.annotations == [("Optimizer.step#Adam.step", 430.0, 1)]
+    assert [r[0] for r in rows.ops] == ["aten::convolution_backward", "aten::copy_"]
+    assert sum(r[1] for r in rows.kernels) == 940.0  # 940 us of compute, not 940 + 576 + 430
+
+
+def test_events_from_an_older_profiler_without_the_annotation_flag_still_split():
+    legacy = SimpleNamespace(key="kernel", self_device_time_total=100.0, count=2, device_type=DeviceType.CUDA)
+    rows = device_rows([legacy], 2)
+    assert rows.kernels == [("kernel", 50.0, 1)] and not rows.annotations
