@@ -137,6 +137,32 @@ def device_rows(events: Any, iters: int) -> DeviceRows:
     return DeviceRows(**rows)
 
 
+def kernel_sources(events: Any, iters: int, depth: int = 3) -> list[tuple[str, str, float, int]]:
+    """Device time per (kernel, the operators that launched it), largest first.
+
+    ``events``: ``prof.events()``, the un-averaged events; each operator carries the kernels it
+    launched (``.kernels``). The launching chain is the operator and up to ``depth - 1`` of its
+    parents, innermost first (``aten::copy_ < aten::clone < aten::convolution_backward``), so a
+    copy kernel says which operation asked for it. Rows: ``(kernel, chain, us per iteration,
+    calls per iteration)``.
+    """
+    totals: dict[tuple[str, str], list[float]] = {}
+    for evt in events:
+        launched = getattr(evt, "kernels", None) or []
+        if not launched:
+            continue
+        chain, node = [], evt
+        while node is not None and len(chain) < depth:
+            chain.append(node.name)
+            node = getattr(node, "cpu_parent", None)
+        for k in launched:
+            acc = totals.setdefault((k.name, " < ".join(chain)), [0.0, 0])
+            acc[0] += k.duration
+            acc[1] += 1
+    rows = [(name, chain, us / iters, int(n) // max(iters, 1)) for (name, chain), (us, n) in totals.items()]
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def kernels(bench: Bench, iters: int, top: int) -> dict[str, Any]:
     """Device time by operator, by kernel and by kind over ``iters`` pipelined iterations (none on a CPU).
 
@@ -178,12 +204,18 @@ def kernels(bench: Bench, iters: int, top: int) -> dict[str, Any]:
         print(f"  top {top} {title} (self device time, ms/iter, calls/iter):")
         for name, us, calls in part[:top]:
             print(f"    {us / 1e3:8.3f}  {calls:5d}  {name[:110]}")
+    sources = kernel_sources(prof.events(), iters)
+    print(f"  top {top} kernels by launching operators (ms/iter, calls/iter, kernel <- operator < parents):")
+    for name, chain, us, calls in sources[:top]:
+        print(f"    {us / 1e3:8.3f}  {calls:5d}  {name[:70]}  <-  {chain[:120]}")
     return {"device_ms": total / 1e3, "operator_ms": op_total / 1e3, "kernel_ms": kernel_total / 1e3,
             "transfer_ms": transfer / 1e3,
             "by_kind_ms": {k: v / 1e3 for k, v in by_kind.items()},
             "annotations_ms": {n: us / 1e3 for n, us, _ in rows.annotations},
             "top": [{"op": n, "ms": us / 1e3, "calls": c} for n, us, c in ops[:top]],
-            "top_kernels": [{"kernel": n, "ms": us / 1e3, "calls": c} for n, us, c in kernel_rows[:top]]}
+            "top_kernels": [{"kernel": n, "ms": us / 1e3, "calls": c} for n, us, c in kernel_rows[:top]],
+            "kernel_sources": [{"kernel": n, "launched_by": chain, "ms": us / 1e3, "calls": c}
+                               for n, chain, us, c in sources[:top]]}
 
 
 def scaling(table: Any, preset: str, overrides: dict[str, Any], batches: list[int], iters: int, warmup: int) -> dict[str, Any]:

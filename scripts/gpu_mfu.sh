@@ -48,19 +48,25 @@ if [[ "${1:-}" == "--defaults" ]]; then
   echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
   exit "$rc"
 fi
+common=(--data "file://$WORK/synth" --preset "$preset" --set data.num_steps=2 --set "data.cache_dir=$WORK/cache"
+        --set train.channels_last=true --set train.fused_optimizer=true --top 30 "${profile[@]}")
+if [[ "$preset" == paper ]]; then common+=(--set train.batch_size=32); fi
 if [[ "${1:-}" == "--kernels" ]]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
-  "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --kernels --budget-s 500 --train-budget-s 440 2>&1 | tee -a "$LOG"
+  "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --kernels --budget-s 470 --train-budget-s 400 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
+  # which operation launches each kernel (the copies above all), if the variants left time
+  if (( $(date +%s) - started < ${PROFILE_BEFORE_S:-440} )); then
+    echo "=== bench_profile compiled, kernels by launching operator (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
+    "$PY" -m contavsep.bench_profile "${common[@]}" --iters 6 --warmup 2 --batches "" --set train.compile=default \
+      --json "$OUT/gpu_profile_sources.json" 2>&1 | tee -a "$LOG"
+  fi
   echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
   exit "$rc"
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
 echo "=== bench_gpu --short (t=0 s)" | tee -a "$LOG"
 "$PY" -m contavsep.bench_gpu --short --out "$OUT" --work "$WORK" --budget-s 330 --train-budget-s 190 "${quick[@]}" 2>&1 | tee -a "$LOG"
-common=(--data "file://$WORK/synth" --preset "$preset" --set data.num_steps=2 --set "data.cache_dir=$WORK/cache"
-        --set train.channels_last=true --set train.fused_optimizer=true --top 30 "${profile[@]}")
-if [[ "$preset" == paper ]]; then common+=(--set train.batch_size=32); fi
 echo "=== bench_profile compiled, channels_last + fused Adam (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
 "$PY" -m contavsep.bench_profile "${common[@]}" --batches "" --set train.compile=default --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$LOG"
 if (( $(date +%s) - started < ${SCALING_BEFORE_S:-420} )); then
