@@ -29,6 +29,10 @@ option                      1 CUDA device      CUDA under DDP      CPU
   Two-step ContAV-Sep and PLOP sequences gave the eager run's losses within bf16 noise.
 - Under DDP nothing is compiled by ``auto``: no compiled DDP run has been measured on a GPU
   (set ``train.compile`` explicitly to try one).
+- Not measured on a GPU yet (``bash scripts/gpu_mfu.sh --kernels``): the U-Net's stride-1 conv
+  forms (``train.encoder_conv=space_to_depth``, ``train.decoder_conv=subpixel``), which replace
+  cuDNN's strided "indexed" dgrad kernels (~1.2 of the ~10.3 ms of compute kernels per
+  iteration), and SDPA backends other than cuDNN's; once measured, a winner becomes ``auto`` here.
 - On a CPU everything stays off: compilation costs minutes there and channels_last / the fused
   optimizer change the float rounding of every result the tests and the README's table pin.
 """
