@@ -49,7 +49,7 @@ def device_peak(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -89,13 +89,13 @@ class Bench:
                 clips = clips.pin_memory()
             t1 = time.perf_counter()
             clips = clips.to(self.device)
-            _sync(self.device)
+            sync_device(self.device)
             t2 = time.perf_counter()
             self._loss(clips).backward()
-            _sync(self.device)
+            sync_device(self.device)
             t3 = time.perf_counter()
             self._optimize()
-            _sync(self.device)
+            sync_device(self.device)
             t4 = time.perf_counter()
             if i >= warmup:
                 for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -109,14 +109,14 @@ class Bench:
         with self.engine.batches(self.sampler, warmup + iters) as produced:
             for i, clips in enumerate(produced):
                 if i == warmup:
-                    _sync(self.device)
+                    sync_device(self.device)
                     started = time.perf_counter()
                 loss = self._loss(clips)
                 loss.backward()
                 self._optimize()
                 losses.add(i, {"total": loss})
         losses.check("bench", f"0..{warmup + iters - 1}")
-        _sync(self.device)
+        sync_device(self.device)
         return (time.perf_counter() - started) / iters
 
     def flops(self, model_flops: bool = True) -> float:
@@ -185,12 +185,12 @@ def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repea
     mixtures = len(engine._test_set(0))
     started = time.perf_counter()
     engine._evaluate(0)
-    _sync(engine.device)
+    sync_device(engine.device)
     first = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(repeats):
         engine._evaluate(0)
-    _sync(engine.device)
+    sync_device(engine.device)
     again = (time.perf_counter() - started) / repeats
     return {"backend": cfg.eval.backend, "device": str(engine.device), "eval_batch": cfg.eval.batch_size,
             "mixtures": mixtures, "first_s": first, "steady_s": again, "mixtures_per_s": mixtures / again}

@@ -240,6 +240,7 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
     forms' pad / rearrangement copies as separate kernels (a compiled graph fuses them into the
     neighbouring elementwise kernels), so it is an upper bound for the stride-1 forms.
     """
+    from contavsep.bench_engine import sync_device
     from contavsep.config import make_config
     from contavsep.models.unet import DECODER_CONVS, ENCODER_CONVS, UNet, _Down, _Up
 
@@ -264,12 +265,12 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
         x = x.clone().requires_grad_(True)
         for i in range(warm + reps):
             if i == warm:
-                _sync(device)
+                sync_device(device)
                 started = time.perf_counter()
             out = block(x)
             grads = torch.autograd.grad(out, (x, block.conv.weight), torch.ones_like(out))
             del out, grads
-        _sync(device)
+        sync_device(device)
         return 1e3 * (time.perf_counter() - started) / reps
 
     levels: dict[str, Any] = {}
@@ -293,11 +294,6 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
               + f"  ms fwd+bwd  best: {row['best']}", flush=True)
     print("  totals (ms fwd+bwd per iteration, all levels): " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()), flush=True)
     return {"batch": batch, "dtype": str(dtype), "levels": levels, "totals_ms": totals}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def evaluation(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,8 @@ if [[ "${1:-}" == "--kernels" ]]; then
     echo "=== bench_profile compiled, kernels by launching operator (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
     "$PY" -m contavsep.bench_profile "${common[@]}" --iters 6 --warmup 2 --batches "" --set train.compile=default \
       --json "$OUT/gpu_profile_sources.json" 2>&1 | tee -a "$LOG"
+    profile_rc=${PIPESTATUS[0]}
+    if (( rc == 0 )); then rc=$profile_rc; fi  # a failed profile fails the run too
   fi
   echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
   exit "$rc"
@@ -67,13 +69,19 @@ fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
 echo "=== bench_gpu --short (t=0 s)" | tee -a "$LOG"
 "$PY" -m contavsep.bench_gpu --short --out "$OUT" --work "$WORK" --budget-s 330 --train-budget-s 190 "${quick[@]}" 2>&1 | tee -a "$LOG"
+rc=${PIPESTATUS[0]}  # every part runs; the first failure is the script's exit status
 echo "=== bench_profile compiled, channels_last + fused Adam (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
 "$PY" -m contavsep.bench_profile "${common[@]}" --batches "" --set train.compile=default --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$LOG"
+part_rc=${PIPESTATUS[0]}
+if (( rc == 0 )); then rc=$part_rc; fi
 if (( $(date +%s) - started < ${SCALING_BEFORE_S:-420} )); then
   echo "=== batch 64 with CUDA graphs (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
   "$PY" -m contavsep.bench_profile "${common[@]}" --batches 64 --scaling-only --set train.compile=reduce-overhead \
     --json "$OUT/gpu_scaling_cudagraphs.json" 2>&1 | tee -a "$LOG"
+  part_rc=${PIPESTATUS[0]}
+  if (( rc == 0 )); then rc=$part_rc; fi
 else
   echo "=== batch 64 with CUDA graphs: skipped (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
 fi
 echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
+exit "$rc"
