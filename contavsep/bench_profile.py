@@ -44,8 +44,17 @@ KINDS = (
 )
 
 
+# Inductor's generated kernels: pointwise, reduction, persistent reduction (Triton), C++ on a CPU.
+# Their names list the aten ops whose pointwise and reduction parts they fused
+# ("triton_poi_fused_add_convolution_backward_leaky_relu_backward_..."); the convolutions and
+# matrix products themselves stay cuDNN / cuBLAS calls (or ``triton_tem_`` templates).
+INDUCTOR_FUSED = ("triton_poi_", "triton_red_", "triton_per_", "cpp_fused_")
+
+
 def kind_of(name: str) -> str:
     low = name.lower()
+    if low.startswith(INDUCTOR_FUSED):  # never a convolution / matrix product, whatever it fused
+        return "normalisation" if "norm" in low else "elementwise/other"
     for kind, fragments in KINDS:
         if any(f in low for f in fragments):
             return kind

@@ -33,6 +33,9 @@ option                      1 CUDA device      CUDA under DDP      CPU
   forms (``train.encoder_conv=space_to_depth``, ``train.decoder_conv=subpixel``), which replace
   cuDNN's strided "indexed" dgrad kernels (~1.2 of the ~10.3 ms of compute kernels per
   iteration), and SDPA backends other than cuDNN's; once measured, a winner becomes ``auto`` here.
+  Also unmeasured: the transposed decoder conv's merged kernel is now built in the layout the
+  conv runs in (its 5 kernels, up to 8 M values, had been copied by cuDNN after every bf16 cast:
+  the likely source of the profile's 7 generic bf16 copies, 0.5 ms per iteration).
 - On a CPU everything stays off: compilation costs minutes there and channels_last / the fused
   optimizer change the float rounding of every result the tests and the README's table pin.
 """

@@ -91,6 +91,17 @@ def upsample_nearest2x(x: Tensor) -> Tensor:
     return up.permute(0, 3, 1, 2)
 
 
+def _stored_channels_last(t: Tensor) -> bool:
+    """Whether a 4-d tensor is stored channels-last (stride 1 across channels), one channel included.
+
+    ``Tensor.is_contiguous`` cannot tell for one channel (both formats count as contiguous), but a
+    channels_last model's first conv weight, shape ``(C, 1, 4, 4)``, is stored with strides
+    ``(16, 1, 4, 1)``; cuDNN reads those strides and runs that conv channels-last.
+    """
+    _, c, h, w = t.shape
+    return t.stride()[1:] == (1, w * c, c) and t.stride()[1:] != (h * w, w, 1)  # not both (1x1 grids)
+
+
 def _phase_kernel(weight: Tensor) -> Tensor:
     """The transposed-conv kernel equal to nearest 2x upsampling followed by a 3x3 conv.
 
@@ -120,18 +131,14 @@ def upsample_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
         - x: :math:`(B, C_{in}, H, W)`; weight: :math:`(C_{out}, C_{in}, 3, 3)`
         - output: :math:`(B, C_{out}, 2H, 2W)`
     """
-    return F.conv_transpose2d(x, _phase_kernel(weight), stride=2, padding=1)
-
-
-def _stored_channels_last(t: Tensor) -> bool:
-    """Whether a 4-d tensor is stored channels-last (stride 1 across channels), one channel included.
-
-    ``Tensor.is_contiguous`` cannot tell for one channel (both formats count as contiguous), but a
-    channels_last model's first conv weight, shape ``(C, 1, 4, 4)``, is stored with strides
-    ``(16, 1, 4, 1)``; cuDNN reads those strides and runs that conv channels-last.
-    """
-    _, c, h, w = t.shape
-    return t.stride()[1:] == (1, w * c, c) and t.stride()[1:] != (h * w, w, 1)  # not both (1x1 grids)
+    kernel = _phase_kernel(weight)  # (C_in, C_out, 4, 4), stored as stack + transpose leave it
+    # Stored in the layout the conv runs in (cuDNN: channels_last when x or weight is), so neither
+    # cuDNN nor mkldnn copies it (after autocast's bf16 cast) on every call; compiled, the merge
+    # writes it there directly. The suspects for issue 11's H100 profile's 7 generic bf16 copies
+    # (0.5 ms of a ~11 ms iteration): 5 such kernels per forward, up to 8 M values each.
+    channels_last = _stored_channels_last(x) or _stored_channels_last(weight)
+    kernel = kernel.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return F.conv_transpose2d(x, kernel, stride=2, padding=1)
 
 
 def _phase_kernel_2x2(weight: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from torch.autograd import DeviceType
 
-from contavsep.bench_profile import device_rows, kernel_sources
+from contavsep.bench_profile import device_rows, kernel_sources, kind_of
 
 
 def event(key: str, us: float, count: int, device: DeviceType, annotation: bool = False) -> SimpleNamespace:
@@ -69,3 +69,17 @@ def test_each_kernel_is_attributed_to_the_operators_that_launched_it():
     assert ("sm90_xmma_fprop", "aten::cudnn_convolution < aten::convolution", 45.0, 0) in rows
     assert ("direct_copy_kernel<bf16>", "aten::copy_ < aten::to", 4.0, 0) in rows  # another source, another row
     assert len(rows) == 4
+
+
+def test_inductor_fused_kernels_are_not_counted_as_the_convolutions_they_are_named_after():
+    """Issue 11's H100 profile put such kernels under "convolution" (5.0 ms), hiding how long cuDNN took."""
+    assert kind_of("triton_poi_fused_add_convolution_backward_leaky_relu_backward_slice_threshold_backward_91") == "elementwise/other"
+    assert kind_of("triton_red_fused__native_batch_norm_legit_functional_convolution_backward_native_batch_norm_backward_43") \
+        == "normalisation"
+    assert kind_of("triton_poi_fused__to_copy_add_convolution_stack_transpose_unbind_35") == "elementwise/other"
+    assert kind_of("cpp_fused_convolution_backward_sum_7") == "elementwise/other"
+    # the library calls and Inductor's templates keep their kinds
+    assert kind_of("aten::convolution_backward") == "convolution"
+    assert kind_of("aten::cudnn_convolution_transpose") == "convolution"
+    assert kind_of("triton_tem_fused_mm_3") == "matmul"
+    assert kind_of("aten::native_layer_norm") == "normalisation"
