@@ -10,8 +10,9 @@ For one step of fine-tuning, after a warm-up, two measurements:
 - **pipelined**: the engine's own loop body (producer thread preparing ``train.prefetch_batches``
   ahead, losses summed on the device, no host sync): seconds per iteration and mixtures/s.
 
-MFU = the model's FLOPs of one iteration (forward+backward, counted by ``torch.utils.flop_counter``
-with the U-Net decoder's upsample + 3x3 conv counted literally, whatever ``train.decoder_conv``
+MFU = the model's FLOPs of one iteration (forward+backward, counted by ``torch.utils.flop_counter``,
+attention included on a CPU too (:func:`flop_counter`), with the U-Net decoder's upsample + 3x3
+conv counted literally, whatever ``train.decoder_conv``
 executes; the executed count is printed beside it) / seconds per iteration / the device's dense
 bf16 peak (``--peak-tflops``, or known for H100/H200/A100; none on a CPU). ``--eval`` times the
 evaluation of task 0's fixed test set (the preset's windows and pairs) with each metrics backend
@@ -52,6 +53,30 @@ def device_peak(device: torch.device) -> float | None:
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` that also counts attention on a CPU.
+
+    torch's formulas cover the CUDA attention kernels (cuDNN, flash, efficient) but not
+    ``_scaled_dot_product_flash_attention_for_cpu``, so a CPU count missed the transformer's
+    attention (86.65 instead of the H100's 90.52 GFLOP per paper training mixture). The CPU op
+    takes ``(query, key, value, ...)`` and its backward ``(grad_out, query, key, value, ...)``
+    like the CUDA ones, so the same formulas apply.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:  # shapes
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out: Any, query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    })
 
 
 class Bench:
@@ -126,12 +151,10 @@ class Bench:
         FLOPs, the MFU numerator whatever ``train.decoder_conv`` executes); False: the FLOPs
         the configured implementation executes (the transposed decoder conv does 2.25x fewer).
         """
-        from torch.utils.flop_counter import FlopCounterMode
-
         from contavsep.models.unet import set_decoder_conv, set_encoder_conv
 
         clips = self.sampler.sample(self.batch).to(self.device)
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         if model_flops:  # the model as written (space_to_depth has the same FLOPs; subpixel a border more)
             set_decoder_conv(self.engine.model, "upsample")
             set_encoder_conv(self.engine.model, "strided")
