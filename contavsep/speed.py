@@ -32,7 +32,10 @@ option                      1 CUDA device      CUDA under DDP      CPU
 - Not measured on a GPU yet (``bash scripts/gpu_mfu.sh --kernels``): the U-Net's stride-1 conv
   forms (``train.encoder_conv=space_to_depth``, ``train.decoder_conv=subpixel``), which replace
   cuDNN's strided "indexed" dgrad kernels (~1.2 of the ~10.3 ms of compute kernels per
-  iteration), and SDPA backends other than cuDNN's; once measured, a winner becomes ``auto`` here.
+  iteration) and, with ``space_to_depth``, the one-channel first layer as a tensor-core matrix
+  product (the profile's generic ``convolve_common_engine`` conv kernel, a 16x16 wmma GEMM and
+  cuDNN's NCHW/NHWC transposes, ~0.5 ms together, are probably this layer's), and
+  SDPA backends other than cuDNN's; once measured, a winner becomes ``auto`` here.
   Also unmeasured: the transposed decoder conv's merged kernel is now built in the layout the
   conv runs in (its 5 kernels, up to 8 M values, had been copied by cuDNN after every bf16 cast:
   the likely source of the profile's 7 generic bf16 copies, 0.5 ms per iteration).

@@ -200,8 +200,9 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
     ``F.pixel_unshuffle``), the conv is a valid 2x2 stride-1 conv with ``4 C_in`` input channels
     and the kernel rearranged to match. Equal up to float rounding (same products, summed in
     another order); the output is channels_last when ``x`` or ``weight`` is (cuDNN's rule for a
-    conv: the first layer's one-channel input is plain, its weight channels-last). ``H`` and ``W``
-    must be even.
+    conv: the first layer's one-channel input is plain, its weight channels-last). Channels-last
+    with fewer than 2 input channels (4 after the rearrangement), the 2x2 conv runs as a matrix
+    product over the 16 taps of each output pixel instead. ``H`` and ``W`` must be even.
 
     Shape:
         - x: :math:`(B, C_{in}, H, W)`; weight: :math:`(C_{out}, C_{in}, 4, 4)`
@@ -215,6 +216,13 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
     if _stored_channels_last(x) or _stored_channels_last(weight):
         padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
         blocks = padded.reshape(b, hb, 2, wb, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, hb, wb, 4 * c)
+        if 4 * c < TENSOR_CORE_MIN_CHANNELS:
+            # the first layer (one channel): a 4-channel conv gets no tensor-core kernel from cuDNN,
+            # a (B H/2 W/2, 16 C) x (16 C, C_out) matrix product does. Row (i, j) holds the taps of
+            # blocks (i+s, j+t), s, t in {0, 1}; its output is NHWC, i.e. channels_last.
+            patches = torch.cat([blocks[:, s:s + hb - 1, t:t + wb - 1] for s in (0, 1) for t in (0, 1)], dim=-1)
+            taps = kernel.permute(0, 2, 3, 1).reshape(c_out, 16 * c)  # columns in the patches' (s, t, channel) order
+            return torch.matmul(patches, taps.t()).permute(0, 3, 1, 2)
         return F.conv2d(blocks.permute(0, 3, 1, 2), kernel.contiguous(memory_format=torch.channels_last))
     padded = F.pad(x, (1, 1, 1, 1))
     blocks = padded.reshape(b, c, hb, 2, wb, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, hb, wb)
@@ -222,6 +230,9 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
 
 
 ENCODER_CONVS = ("strided", "space_to_depth")
+# cuDNN's bf16 tensor-core conv kernels need a multiple of 8 input channels (its H100 profile ran
+# the 1-channel first layer on a generic "convolve_common_engine" kernel and layout transposes)
+TENSOR_CORE_MIN_CHANNELS = 8
 DECODER_CONVS = ("transposed", "subpixel", "upsample")
 # "transposed" merges the taps on every call (~9x the weight's bytes, forward + backward, whatever
 # the batch), and saves 20 of 36 multiply-adds per input pixel and channel pair plus the upsampled
