@@ -44,18 +44,23 @@ KINDS = (
 )
 
 
-# Inductor's generated kernels: pointwise, reduction, persistent reduction (Triton), C++ on a CPU.
-# Their names list the aten ops whose pointwise and reduction parts they fused
+# Inductor's generated kernels other than its conv/matmul templates (``triton_tem_``): pointwise,
+# reduction, persistent reduction, foreach, split-scan, combo (Triton) and C++ on a CPU. Their
+# names list the aten ops whose pointwise and reduction parts they fused
 # ("triton_poi_fused_add_convolution_backward_leaky_relu_backward_..."); the convolutions and
-# matrix products themselves stay cuDNN / cuBLAS calls (or ``triton_tem_`` templates).
-INDUCTOR_FUSED = ("triton_poi_", "triton_red_", "triton_per_", "cpp_fused_")
+# matrix products themselves stay cuDNN / cuBLAS calls.
+INDUCTOR_FUSED = ("triton_poi_", "triton_red_", "triton_per_", "triton_for_", "triton_spl_", "triton_unk_", "cpp_fused_")
+TENSOR_CORE_KINDS = ("convolution", "matmul")
 
 
 def kind_of(name: str) -> str:
     low = name.lower()
-    if low.startswith(INDUCTOR_FUSED):  # never a convolution / matrix product, whatever it fused
-        return "normalisation" if "norm" in low else "elementwise/other"
+    fused = low.startswith(INDUCTOR_FUSED)  # never a convolution / matrix product, whatever it fused
+    if fused:  # classify by the fused ops' names ("triton_poi_fused_" would read as the fused optimizer)
+        low = low.partition("fused")[2] or low
     for kind, fragments in KINDS:
+        if fused and kind in TENSOR_CORE_KINDS:
+            continue
         if any(f in low for f in fragments):
             return kind
     return "elementwise/other"

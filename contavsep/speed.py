@@ -36,9 +36,11 @@ option                      1 CUDA device      CUDA under DDP      CPU
   product (the profile's generic ``convolve_common_engine`` conv kernel, a 16x16 wmma GEMM and
   cuDNN's NCHW/NHWC transposes, ~0.5 ms together, are probably this layer's), and
   SDPA backends other than cuDNN's; once measured, a winner becomes ``auto`` here.
-  Also unmeasured: the transposed decoder conv's merged kernel is now built in the layout the
-  conv runs in (its 5 kernels, up to 8 M values, had been copied by cuDNN after every bf16 cast:
-  the likely source of the profile's 7 generic bf16 copies, 0.5 ms per iteration).
+  The transposed decoder conv's merged kernel (5 per iteration, up to 8 M values) is now built in
+  the layout its conv runs in: eager, cuDNN had copied it after every bf16 cast, forward and
+  backward; compiled, Inductor had written it twice and converted it in the backward (~80 MB of
+  traffic per paper iteration, ~0.03 ms on an H100). The profile's 7 generic bf16 copies (0.5
+  ms) are not these: ``bench_profile``'s kernels-by-launching-operator table will say whose.
 - On a CPU everything stays off: compilation costs minutes there and channels_last / the fused
   optimizer change the float rounding of every result the tests and the README's table pin.
 """

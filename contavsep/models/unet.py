@@ -132,10 +132,10 @@ def upsample_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
         - output: :math:`(B, C_{out}, 2H, 2W)`
     """
     kernel = _phase_kernel(weight)  # (C_in, C_out, 4, 4), stored as stack + transpose leave it
-    # Stored in the layout the conv runs in (cuDNN: channels_last when x or weight is), so neither
-    # cuDNN nor mkldnn copies it (after autocast's bf16 cast) on every call; compiled, the merge
-    # writes it there directly. The suspects for issue 11's H100 profile's 7 generic bf16 copies
-    # (0.5 ms of a ~11 ms iteration): 5 such kernels per forward, up to 8 M values each.
+    # Stored in the layout the conv runs in (cuDNN: channels_last when x or weight is). Eager (DDP
+    # on a GPU, CPUs), cuDNN otherwise copied it after autocast's bf16 cast, forward and backward,
+    # on every call; compiled, Inductor wrote it twice (the conv's layout, and this one saved for
+    # the backward, which converted it again).
     channels_last = _stored_channels_last(x) or _stored_channels_last(weight)
     kernel = kernel.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return F.conv_transpose2d(x, kernel, stride=2, padding=1)
@@ -217,9 +217,10 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
         padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
         blocks = padded.reshape(b, hb, 2, wb, 2, c).permute(0, 1, 3, 5, 2, 4).reshape(b, hb, wb, 4 * c)
         if 4 * c < TENSOR_CORE_MIN_CHANNELS:
-            # the first layer (one channel): a 4-channel conv gets no tensor-core kernel from cuDNN,
-            # a (B H/2 W/2, 16 C) x (16 C, C_out) matrix product does. Row (i, j) holds the taps of
-            # blocks (i+s, j+t), s, t in {0, 1}; its output is NHWC, i.e. channels_last.
+            # the one-channel first layer: a (B H/2 W/2, 16) x (16, C_out) matrix product instead of
+            # a 4-channel conv (see TENSOR_CORE_MIN_CHANNELS). Row (i, j) holds the taps of blocks
+            # (i+s, j+t), s, t in {0, 1}: 4x the input's values, kept for the backward. The product
+            # is NHWC, i.e. channels_last.
             patches = torch.cat([blocks[:, s:s + hb - 1, t:t + wb - 1] for s in (0, 1) for t in (0, 1)], dim=-1)
             taps = kernel.permute(0, 2, 3, 1).reshape(c_out, 16 * c)  # columns in the patches' (s, t, channel) order
             return torch.matmul(patches, taps.t()).permute(0, 3, 1, 2)
@@ -230,8 +231,10 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
 
 
 ENCODER_CONVS = ("strided", "space_to_depth")
-# cuDNN's bf16 tensor-core conv kernels need a multiple of 8 input channels (its H100 profile ran
-# the 1-channel first layer on a generic "convolve_common_engine" kernel and layout transposes)
+# Fewer input channels than this after space_to_depth's rearrangement (only the one-channel first
+# layer: 4) and that layer runs as a matrix product. Why, unmeasured so far: bf16 tensor-core
+# kernels work on channel multiples of 8, and the H100 profile of the strided form showed a generic
+# "convolve_common_engine" conv kernel and cuDNN layout transposes, probably the first layer's.
 TENSOR_CORE_MIN_CHANNELS = 8
 DECODER_CONVS = ("transposed", "subpixel", "upsample")
 # "transposed" merges the taps on every call (~9x the weight's bytes, forward + backward, whatever

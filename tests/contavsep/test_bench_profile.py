@@ -76,8 +76,11 @@ def test_inductor_fused_kernels_are_not_counted_as_the_convolutions_they_are_nam
     assert kind_of("triton_poi_fused_add_convolution_backward_leaky_relu_backward_slice_threshold_backward_91") == "elementwise/other"
     assert kind_of("triton_red_fused__native_batch_norm_legit_functional_convolution_backward_native_batch_norm_backward_43") \
         == "normalisation"
-    assert kind_of("triton_poi_fused__to_copy_add_convolution_stack_transpose_unbind_35") == "elementwise/other"
     assert kind_of("cpp_fused_convolution_backward_sum_7") == "elementwise/other"
+    assert kind_of("triton_per_fused_addmm_native_layer_norm_10") == "normalisation"
+    # their other kinds are kept: the bf16 weight casts are copies
+    assert kind_of("triton_poi_fused__to_copy_62") == "copy"
+    assert kind_of("triton_poi_fused__to_copy_add_convolution_stack_transpose_unbind_35") == "copy"
     # the library calls and Inductor's templates keep their kinds
     assert kind_of("aten::convolution_backward") == "convolution"
     assert kind_of("aten::cudnn_convolution_transpose") == "convolution"
