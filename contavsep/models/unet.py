@@ -131,7 +131,7 @@ def upsample_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
         - x: :math:`(B, C_{in}, H, W)`; weight: :math:`(C_{out}, C_{in}, 3, 3)`
         - output: :math:`(B, C_{out}, 2H, 2W)`
     """
-    kernel = _phase_kernel(weight)  # (C_in, C_out, 4, 4), stored as stack + transpose leave it
+    kernel = _phase_kernel(weight)  # (C_in, C_out, 4, 4), strided as stack + transpose leave it: neither layout
     # Stored in the layout the conv runs in (cuDNN: channels_last when x or weight is). Eager (DDP
     # on a GPU, CPUs), cuDNN otherwise copied it after autocast's bf16 cast, forward and backward,
     # on every call; compiled, Inductor wrote it twice (the conv's layout, and this one saved for
