@@ -7,8 +7,8 @@ recorded layout where the backward needs that one (the merged transposed-conv ke
 written twice and converted again in the backward). The layouts come from the model code; these
 tests read them where AOT autograd records them, in the forward and backward graphs it hands to
 the compiler (Inductor's decompositions, no code generation). That is exact for eager execution
-and, for compiled graphs, what Inductor starts from; on a GPU Inductor's layout heuristics may
-still choose channels-last for more tensors, never fewer convs' operands.
+and, for compiled graphs, what Inductor starts from (on a GPU its layout heuristics may still
+change the layouts of other tensors).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
 from torch import Tensor
 from torch._dynamo.backends.common import aot_autograd
-from functorch.compile import make_boxed_func
 from torch._inductor.decomposition import select_decomp_table
 
 from contavsep.models.unet import UNet, set_decoder_conv, set_encoder_conv
@@ -99,4 +99,4 @@ def test_compiled_convs_get_operands_in_the_layout_they_run_in(memory_format: to
     expected = 2 * (2 * 5 - (encoder_conv == "space_to_depth" and memory_format == torch.channels_last))
     assert convs == expected, f"expected {expected // 2} convs forward and as many backward, found {convs}"
     bad = [line for g in graphs for line in misplaced_operands(g)]
-    assert not bad, "conv operands that cuDNN would copy on every call:\n" + "\n".join(bad)
+    assert not bad, "conv operands that would be converted on every call:\n" + "\n".join(bad)
