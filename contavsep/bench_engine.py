@@ -205,7 +205,7 @@ def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repea
     cfg = make_config(preset, {"strategy.name": "finetune", "memory.per_class": 0, **overrides})
     engine = Engine(cfg, table)
     engine.model.expand_classes(engine.scenario.num_seen(0))
-    mixtures = len(engine._test_set(0))
+    mixtures = len(engine._evaluation_set(0))
     started = time.perf_counter()
     engine._evaluate(0)
     sync_device(engine.device)

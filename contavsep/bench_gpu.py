@@ -326,7 +326,7 @@ def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> d
         print(f"  step {step}: SDR {r.metrics['sdr']:.2f}, losses {losses}", flush=True)
     finite = all(np.isfinite(v) for s in steps for v in s.values())
     # Same estimates scored on the device and on the CPU (and by mir_eval when installed).
-    _, _, mix, refs, ests = next(iter(engine._separate(engine._test_set(0))))
+    _, _, mix, refs, ests = next(iter(engine._separate(engine._evaluation_set(0))))
     on_device = separation_scores(refs, ests, "fast", mixture=mix)
     on_cpu = separation_scores(refs.cpu(), ests.cpu(), "fast", mixture=mix.cpu())
     diff = {m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(on_cpu, m)))) for m in ("sdr", "sir", "sar", "sdr_mix")}

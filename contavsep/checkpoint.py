@@ -42,6 +42,7 @@ class TrainingState:
     results: dict[str, Any]
     rng: dict[str, Any]
     data_content_hash: str = ""  # the dataset's manifest content hash ("" = checkpoints older than it)
+    val_results: dict[str, Any] | None = None  # validation results (None: eval.validate off, or older checkpoints)
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,6 +77,7 @@ def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
             "results": state.results,
             "rng": state.rng,
             "data_content_hash": state.data_content_hash,
+            "val_results": state.val_results,
         }
         torch.save(payload, tmp / STATE_FILE)
         (tmp / "config.yaml").write_text(to_yaml(state.config))
@@ -108,6 +110,7 @@ def load_checkpoint(directory: str | Path) -> TrainingState:
         results=payload["results"],
         rng=payload["rng"],
         data_content_hash=str(payload.get("data_content_hash", "")),
+        val_results=payload.get("val_results"),
     )
 
 

@@ -131,6 +131,10 @@ class EvalConfig:
     batch_size: int = 8  # mixtures per evaluation forward pass
     seed: int = 1234  # seed of the fixed test-mixture list
     examples: int = 2  # example separations to keep as artifacts
+    validate: bool = True  # score fixed validation mixtures (val split) after every step: what sweeps select on
+    val_windows_per_clip: int = 2  # validation windows per val clip (built like the test set, from the val split)
+    val_pairs_per_clip: int = 1  # validation mixtures per validation window
+    val_seed: int = 4321  # seed of the fixed validation-mixture list (its own: never the test list's)
 
 
 @dataclass(frozen=True)
@@ -414,6 +418,7 @@ RANGES: dict[str, tuple[str, float]] = {
     "memory.per_class": _NON_NEGATIVE, "memory.oversample": _POSITIVE,
     "eval.windows_per_clip": _AT_LEAST_ONE, "eval.pairs_per_clip": _AT_LEAST_ONE, "eval.batch_size": _AT_LEAST_ONE,
     "eval.seed": _NON_NEGATIVE, "eval.examples": _NON_NEGATIVE,
+    "eval.val_windows_per_clip": _AT_LEAST_ONE, "eval.val_pairs_per_clip": _AT_LEAST_ONE, "eval.val_seed": _NON_NEGATIVE,
     "data.classes_per_step": _AT_LEAST_ONE, "data.num_steps": _AT_LEAST_ONE, "data.seed": _NON_NEGATIVE,
 }
 

@@ -12,6 +12,8 @@
         strategy.after_task (Fisher, weight fusion, ...)
         memory: keep `memory.per_class` random clips of each new class
         evaluate the fixed test mixtures of tasks 0..t (each drawn once) -> R[t][*] for SDR/SIR/SAR
+        validate the same way on fixed validation mixtures (val split) -> the val R matrices, which
+               are what a sweep selects on (the test numbers are only ever reported)
         freeze a copy of the model as the next step's old model (eval mode, no grad)
         reporter.report(step metrics, a function that writes the step checkpoint)
 
@@ -42,7 +44,7 @@ from torch import nn
 from contavsep import first_step
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
-from contavsep.checkpoint import TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from contavsep.checkpoint import CheckpointError, TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from contavsep.config import CUDAGRAPH_MODES, Config, ConfigError
 from contavsep.data.batch_producer import BatchProducer
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
@@ -81,7 +83,9 @@ class StepResult:
 
     step: int
     metrics: dict[str, float]  # flat, MLflow/Tune-ready: sdr, sdr_old, sdr_new, task_sdr/<j>, loss/<term>, ...
-    summary: dict[str, Any]  # ContinualResults.summary() as of this step (R matrices, forgetting, BWT, ...)
+    # (test split, unprefixed); the same values on the validation sets as val/sdr, val/task_sdr/<j>, ...
+    summary: dict[str, Any]  # ContinualResults.summary() as of this step (R matrices, forgetting, BWT, ...);
+    # with validation, summary["val"] is the validation results' summary of the same form
     examples: list[Example] = field(default_factory=list)
     is_last: bool = False
 
@@ -197,19 +201,22 @@ class Engine:
         self.results = ContinualResults(self.scenario.num_steps)
         self.next_step = 0
         self._last_optim: tuple[list, list] = ([], [])
-        self._test_sets: dict[int, EvaluationSet] = {}  # task -> its fixed test mixtures
-        self._mix_sdr: dict[int, np.ndarray] = {}  # task -> SDR of its unprocessed mixtures, (P, N)
+        # validation: the same measurement on the val split (what sweeps select on); None when off
+        self.val_results: ContinualResults | None = ContinualResults(self.scenario.num_steps) if cfg.eval.validate else None
+        self._sets: dict[tuple[str, int], EvaluationSet] = {}  # (split, task) -> its fixed mixtures
+        self._mix_sdr: dict[tuple[str, int], np.ndarray] = {}  # (split, task) -> SDR of its unprocessed mixtures, (P, N)
 
     # ------------------------------------------------------------------ setup
     def _check_dataset(self) -> None:
         sr = self.table.sample_rate
         if sr != self.cfg.audio.sample_rate:
             raise ConfigError(f"dataset {self.table.uri} has audio at {sr} Hz but audio.sample_rate={self.cfg.audio.sample_rate}")
-        for split in ("train", "test"):
+        for split in ("train", "test", *(("val",) if self.cfg.eval.validate else ())):
             counts = self.table.rows_by_class(split)
             empty = [self.table.classes[c] for c in self.scenario.class_order if len(counts[c]) == 0]
             if empty:
-                raise ConfigError(f"dataset {self.table.uri} has no {split} clips for classes {empty}")
+                fix = "; set eval.validate=false to train without validation sets (a sweep cannot select then)" if split == "val" else ""
+                raise ConfigError(f"dataset {self.table.uri} has no {split} clips for classes {empty}{fix}")
 
     def restore(self, state: TrainingState) -> None:
         """Continue after the step a checkpoint completed (the model, memory and results of it)."""
@@ -220,6 +227,12 @@ class Engine:
         self.strategy.load_state_dict(state.strategy)
         self.memory.load_state_dict(state.memory)
         self.results = ContinualResults.from_state_dict(state.results)
+        if self.val_results is not None:
+            if state.val_results is None:
+                raise CheckpointError("the checkpoint was written without validation results (before validation sets"
+                                      " existed, or with eval.validate=false); start a new run, or resume with"
+                                      " eval.validate=false")
+            self.val_results = ContinualResults.from_state_dict(state.val_results)
         set_rng_state(state.rng)
         self.old_model = self._frozen_copy(self.model)
         self.next_step = state.step + 1
@@ -351,23 +364,28 @@ class Engine:
         self._last_optim = (optimizers, schedulers)
 
         started = time.perf_counter()
-        examples = self._evaluate(step) if self.dist.is_main else []
+        examples = self._evaluate(step, "test") if self.dist.is_main else []
         eval_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        if self.dist.is_main and self.val_results is not None:
+            self._evaluate(step, "val")
+        val_seconds = time.perf_counter() - started
         self.dist.barrier()
         self.old_model = self._frozen_copy(self.model)
 
         metrics: dict[str, float] = {}
         summary: dict[str, Any] = {}
         if self.dist.is_main:
-            row = self.results.step_summary(step)
-            metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
-            r = self.results.matrix("sdr")
-            for j in range(step + 1):
-                metrics[f"task_sdr/{j}"] = float(r[step, j])
+            metrics = step_metrics(self.results, step)
             summary = self.results.summary(step)
+            if self.val_results is not None:
+                metrics.update({VAL_PREFIX + k: v for k, v in step_metrics(self.val_results, step).items()})
+                summary["val"] = self.val_results.summary(step)
         metrics.update({f"loss/{k}": v for k, v in loss_means.items()})
         metrics.update({"step": float(step), "time/train_s": train_seconds, "time/eval_s": eval_seconds,
                         "memory/clips": float(len(self.memory))})
+        if self.val_results is not None:
+            metrics["time/val_s"] = val_seconds
         if shared is None:
             metrics["throughput/mixtures_per_s"] = plan.mixtures / max(train_seconds, 1e-9)
         if first_key is not None:
@@ -375,9 +393,10 @@ class Engine:
         if self.first_step_shared is not None:  # a property of the sequence: in every step's metrics
             metrics[first_step.SHARED_KEY] = float(self.first_step_shared)
         if self.dist.is_main:
-            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f  [train %.1fs, eval %.1fs]", step + 1,
-                     metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-", metrics.get("sdr_new", math.nan),
-                     metrics["sir"], metrics["sar"], train_seconds, eval_seconds)
+            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f, val SDR %s  [train %.1fs, test %.1fs, val %.1fs]",
+                     step + 1, metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-",
+                     metrics.get("sdr_new", math.nan), metrics["sir"], metrics["sar"],
+                     f"{metrics[VAL_PREFIX + 'sdr']:.2f}" if VAL_PREFIX + "sdr" in metrics else "-", train_seconds, eval_seconds, val_seconds)
         return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
 
     def _train(self, step: int, ctx: StepContext, train_model: nn.Module, sampler: TrainingSampler, plan: StepPlan,
@@ -475,15 +494,18 @@ class Engine:
             log.info("  step 0 shared as %s (with every trial of the sweep with the same step-0 keys)", key[0])
 
     # ------------------------------------------------------------------ evaluation
-    def _test_set(self, task: int) -> EvaluationSet:
-        """Task ``task``'s fixed test mixtures, drawn once and scored after every later step."""
-        if task not in self._test_sets:
+    def _evaluation_set(self, task: int, split: str = "test") -> EvaluationSet:
+        """Task ``task``'s fixed mixtures of ``split`` (test, or val with its own windows, partners
+        and seed), drawn once and scored after every later step."""
+        if (split, task) not in self._sets:
             e = self.cfg.eval
-            self._test_sets[task] = evaluation_set(
-                self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples,
-                windows_per_clip=e.windows_per_clip, pairs_per_clip=e.pairs_per_clip, seed=e.seed,
+            windows, pairs, seed = ((e.windows_per_clip, e.pairs_per_clip, e.seed) if split == "test"
+                                    else (e.val_windows_per_clip, e.val_pairs_per_clip, e.val_seed))
+            self._sets[split, task] = evaluation_set(
+                self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples, split=split,
+                windows_per_clip=windows, pairs_per_clip=pairs, seed=seed,
             )
-        return self._test_sets[task]
+        return self._sets[split, task]
 
     @torch.no_grad()
     def _separate(self, mixtures: EvaluationSet) -> Iterator[tuple[slice, MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -502,20 +524,23 @@ class Engine:
             estimates = self.frontend.reconstruct(out.masks.float(), mix_spec, length)
             yield index, clips, mix[..., :length], scaled[..., :length], estimates
 
-    def _evaluate(self, step: int) -> list[Example]:
-        """Score the fixed test sets of tasks 0..step (``R[step][*]``); examples come from task 0's
-        set, so the same mixtures are heard after every step."""
+    def _evaluate(self, step: int, split: str = "test") -> list[Example]:
+        """Score the fixed sets of ``split`` of tasks 0..step (``R[step][*]`` of the test results,
+        or of the validation results); examples come from task 0's test set, so the same
+        mixtures are heard after every step. Validation always uses the fast backend (it matches
+        mir_eval to ~1e-10 dB): it only ranks configurations, and stays a small share of a step."""
         e = self.cfg.eval
+        results, backend = (self.results, e.backend) if split == "test" else (self.val_results, "fast")
         examples: list[Example] = []
         for task in range(step + 1):
-            mixtures = self._test_set(task)
-            known = self._mix_sdr.get(task)  # the mixture's own SDR does not depend on the model
+            mixtures = self._evaluation_set(task, split)
+            known = self._mix_sdr.get((split, task))  # the mixture's own SDR does not depend on the model
             computed = []
             for index, clips, mix, refs, ests in self._separate(mixtures):
-                scores = separation_scores(refs, ests, e.backend, mixture=mix, sdr_mix=None if known is None else known[index])
+                scores = separation_scores(refs, ests, backend, mixture=mix, sdr_mix=None if known is None else known[index])
                 computed.append(scores.sdr_mix)
-                self.results.add_scores(step, scores, clips.tasks.cpu().numpy(), set_id=task)
-                for b in range(min(len(clips), e.examples - len(examples))):
+                results.add_scores(step, scores, clips.tasks.cpu().numpy(), set_id=task)
+                for b in range(min(len(clips), e.examples - len(examples)) if split == "test" else 0):
                     examples.append(
                         Example(
                             mixture=mix[b].float().cpu().numpy(),
@@ -527,16 +552,15 @@ class Engine:
                         )
                     )
             if known is None:
-                self._mix_sdr[task] = np.concatenate(computed)
+                self._mix_sdr[split, task] = np.concatenate(computed)
         return examples
 
     def _validate(self, step: int) -> float:
-        """Mean SDR on validation mixtures of all seen classes (fast backend), for train.select=best_val."""
+        """Mean SDR of the current model on the fixed validation mixtures of all seen classes
+        (fast backend, not recorded), for train.select=best_val."""
         sdrs = []
         for task in range(step + 1):
-            mixtures = evaluation_set(self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples, split="val",
-                                      windows_per_clip=1, pairs_per_clip=1, seed=self.cfg.eval.seed + 1)
-            for _, _, mix, refs, ests in self._separate(mixtures):
+            for _, _, mix, refs, ests in self._separate(self._evaluation_set(task, "val")):
                 sdrs.append(separation_scores(refs, ests, "fast", mixture=mix).sdr.ravel())
         values = np.concatenate(sdrs)
         return float(np.nanmean(values)) if np.isfinite(values).any() else -math.inf
@@ -554,10 +578,26 @@ class Engine:
             strategy=self.strategy.state_dict(),
             memory=self.memory.state_dict(),
             results=self.results.state_dict(),
+            val_results=None if self.val_results is None else self.val_results.state_dict(),
             rng=rng_state(),
             data_content_hash=str(self.table.manifest.get("content_hash", "")),
         )
         return save_checkpoint(state, directory)
+
+
+VAL_PREFIX = "val/"  # validation values: the test value's name after this prefix (val/sdr, val/forgetting/sdr, ...)
+
+
+def step_metrics(results: ContinualResults, step: int) -> dict[str, float]:
+    """The flat per-step values of ``results`` after ``step``: the step summary's means
+    (sdr, sdr_old, sdr_new, sir, ..., sources, skipped; undefined ones left out) and the SDR
+    of every seen task (``task_sdr/<j>``)."""
+    row = results.step_summary(step)
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
+    r = results.matrix("sdr")
+    for j in range(step + 1):
+        metrics[f"task_sdr/{j}"] = float(r[step, j])
+    return metrics
 
 
 def run_sequence(

@@ -56,6 +56,25 @@ SWITCH_VALUES = (AUTO, "true", "false")
 
 
 @dataclass(frozen=True)
+class MeasuredSpeed:
+    """The last measured training speed of a card: what GPU-hour estimates divide by."""
+
+    card: str
+    preset: str  # the model size it was measured at
+    batch_size: int
+    mixtures_per_s: float  # pipelined training iterations x batch / s, the ``auto`` defaults
+    source: str  # the measurement behind it
+
+
+# The one place the GPU speed lives (sweep --check's GPU-hours read it). Update it with a new
+# measurement, on the card named here.
+MEASURED_GPU = MeasuredSpeed(
+    card="NVIDIA H100 80GB HBM3", preset="paper", batch_size=32, mixtures_per_s=2874.0,
+    source="bash scripts/gpu_mfu.sh, the auto defaults with int16 PCM batches (issue 11; 26.3 % MFU)",
+)
+
+
+@dataclass(frozen=True)
 class SpeedOptions:
     """The resolved options: what the engine actually runs with."""
 

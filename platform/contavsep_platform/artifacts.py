@@ -180,6 +180,8 @@ def r_matrices_json(summary: Mapping[str, Any]) -> str:
         "average_incremental": summary.get("average_incremental"),
         "skipped": summary.get("skipped"),
     }
+    if summary.get("val"):  # the same on the fixed validation mixtures (what a sweep selects on)
+        doc["val"] = json.loads(r_matrices_json(summary["val"]))
     return json.dumps(doc, indent=2)
 
 

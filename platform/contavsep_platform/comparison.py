@@ -7,8 +7,10 @@ sweep's own summary (from Tune results) and the report (from MLflow) rank alike:
 - a *configuration* is every run with the same resolved settings except the repeat (seed and
   class order); its estimate of a metric is the mean over its repeats with a 95 % Student-t
   interval (n - 1 degrees of freedom; no interval from one run);
-- a *method* is a strategy with a memory size (the paper's Table 1 rows); its entry in the
-  ranking is its best complete configuration by the sweep's metric;
+- a *method* is a strategy with a memory size and the values of the space's factors (the
+  paper's Table 1 rows); its entry in the ranking is its best complete configuration by the
+  *selection* metric (a validation value: ``select_by``), shown with the metric it is ranked and
+  published on (a test value), so a table never chooses with the numbers it shows;
 - differences between methods are *paired*: run by run on the same seed and class order (the
   same test mixtures, the same initial weights), then a t-interval of the differences. A
   difference whose interval contains 0 is reported as within the noise, never as a win.
@@ -96,6 +98,7 @@ class RunRecord:
     params: Mapping[str, object]  # the searched values that identify the configuration
     values: Mapping[str, float]  # final values: sdr, forgetting/sdr, ... (missing = undefined)
     complete: bool  # reached the last step
+    factors: tuple[tuple[str, object], ...] = ()  # (key, value) of the space's factors: part of the method
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,11 @@ class Configuration:
     memory: int
     params: Mapping[str, object]
     runs: tuple[RunRecord, ...]
+    factors: tuple[tuple[str, object], ...] = ()
 
     @property
     def method(self) -> str:
-        return method_label(self.strategy, self.memory)
+        return method_label(self.strategy, self.memory, self.factors)
 
     @property
     def complete(self) -> bool:
@@ -129,8 +133,9 @@ class Configuration:
         return t_interval(self.per_repeat(metric).values())
 
 
-def method_label(strategy: str, memory: int) -> str:
-    return f"{strategy} (mem {memory})"
+def method_label(strategy: str, memory: int, factors: Sequence[tuple[str, object]] = ()) -> str:
+    """``contavsep (mem 1)``; with factors their values: ``contavsep (mem 1, coseparation)``."""
+    return f"{strategy} ({', '.join([f'mem {memory}', *(str(v) for _, v in factors)])})"
 
 
 def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
@@ -139,7 +144,7 @@ def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
     for r in runs:
         groups.setdefault(r.config_id, []).append(r)
     return [
-        Configuration(cid, rs[0].strategy, rs[0].memory, rs[0].params, tuple(sorted(rs, key=lambda r: r.repeat)))
+        Configuration(cid, rs[0].strategy, rs[0].memory, rs[0].params, tuple(sorted(rs, key=lambda r: r.repeat)), rs[0].factors)
         for cid, rs in groups.items()
     ]
 
@@ -159,6 +164,14 @@ class MethodRow:
     reference: str  # that fine-tuning method's label ("" when none / itself)
     vs_next: Estimate | None  # paired difference to the method ranked just below (the runner-up for rank 1)
     next_method: str
+    chosen_on: Estimate | None = None  # the selection value this configuration was chosen on (None: no choice made)
+
+    @property
+    def gap(self) -> float | None:
+        """Published (test) mean minus the mean it was chosen on: how optimistic the choice was."""
+        if self.chosen_on is None:
+            return None
+        return self.estimates[next(iter(self.estimates))].mean - self.chosen_on.mean
 
 
 @dataclass(frozen=True)
@@ -169,19 +182,30 @@ class Comparison:
     configurations: tuple[Configuration, ...]
     columns: tuple[str, ...]  # metrics estimated per row (metric first)
     incomplete: tuple[Configuration, ...] = field(default=())
+    select_by: str = ""  # the metric each method's configuration was chosen by ("" = metric itself)
+    selection: str = ""  # what the choice was made on, in words (SELECTION_NOTES); shown with every table
 
 
 def compare(
-    configurations: Sequence[Configuration], metric: str, mode: str, columns: Sequence[str] = ("forgetting/sdr",)
+    configurations: Sequence[Configuration], metric: str, mode: str, columns: Sequence[str] = ("forgetting/sdr",), *,
+    select_by: str = "", chosen_on: Mapping[str, Estimate] | None = None, selection: str = "",
 ) -> Comparison:
-    """Rank the methods by their best complete configuration's mean ``metric``; paired
-    differences against fine-tuning and against the next method (see the module docstring)."""
+    """Rank the methods by the mean ``metric`` of their best complete configuration, chosen by
+    ``select_by`` (a validation value; default ``metric`` itself, which is optimistic when a
+    method has several configurations); paired differences against fine-tuning and against the
+    next method (see the module docstring).
+
+    ``chosen_on``: config id -> the estimate it was chosen on elsewhere (a confirmation stage's
+    configurations were chosen on the search's validation runs); shown per row with the gap.
+    ``selection``: what the choice was made on, in words, carried to every table.
+    """
     columns = tuple(dict.fromkeys((metric, *columns)))
-    complete = [c for c in configurations if c.complete and c.per_repeat(metric)]
+    by = select_by or metric
+    complete = [c for c in configurations if c.complete and c.per_repeat(metric) and c.per_repeat(by)]
     best: dict[str, Configuration] = {}
     for c in complete:
         current = best.get(c.method)
-        if current is None or _better(c.estimate(metric).mean, current.estimate(metric).mean, mode):
+        if current is None or _better(c.estimate(by).mean, current.estimate(by).mean, mode):
             best[c.method] = c
     ranked = sorted(best.values(), key=lambda c: c.estimate(metric).mean, reverse=mode == "max")
     references = [c for c in ranked if c.strategy == REFERENCE_STRATEGY]
@@ -207,10 +231,11 @@ def compare(
                 reference="" if vs_ref is None else reference.method,
                 vs_next=vs_next,
                 next_method="" if below is None else below.method,
+                chosen_on=(chosen_on or {}).get(c.config_id) or (c.estimate(select_by) if select_by else None),
             )
         )
     incomplete = tuple(c for c in configurations if not c.complete)
-    return Comparison(metric, mode, tuple(rows), tuple(configurations), columns, incomplete)
+    return Comparison(metric, mode, tuple(rows), tuple(configurations), columns, incomplete, select_by, selection)
 
 
 # Up to this many pairs, a difference also lists its per-pair values: with few runs the interval is
@@ -233,17 +258,39 @@ def _params_text(params: Mapping[str, object]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
 
 
-def ranking_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one per method, ranked; means ± 95 % CI half-width and paired differences."""
-    header = ["rank", "method", "runs", *[f"{m} (mean ± 95% CI)" for m in comparison.columns],
-              f"Δ{comparison.metric} vs fine-tuning [95% CI]", f"Δ{comparison.metric} vs next [95% CI]", "configuration"]
+def _chosen(comparison: Comparison) -> bool:
+    return any(r.chosen_on is not None for r in comparison.rows)
+
+
+def ranking_table(comparison: Comparison, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one per method, ranked; means ± 95 % CI half-width, the value each
+    configuration was chosen on and the gap to it (when a choice was made), paired differences.
+
+    ``compact``: the console's table (fits 120 columns): no per-pair values, no difference to
+    the next method (the summary lines give the leader's), no parameters."""
+    chosen = _chosen(comparison)
+    choice = [f"chosen on {comparison.select_by}", "gap"] if chosen else []
+    if compact:
+        header = ["rank", "method", "runs", *[f"{m} ± 95% CI" for m in comparison.columns], *choice,
+                  f"Δ{comparison.metric} vs fine-tuning [95% CI]"]
+    else:
+        header = ["rank", "method", "runs", *[f"{m} (mean ± 95% CI)" for m in comparison.columns], *choice,
+                  f"Δ{comparison.metric} vs fine-tuning [95% CI]", f"Δ{comparison.metric} vs next [95% CI]", "configuration"]
     rows = []
     for r in comparison.rows:
         c = r.configuration
-        vs_ref = "-" if r.vs_reference is None else f"{_diff_text(r.vs_reference, comparison.mode)} ({r.reference})"
-        vs_next = "-" if r.vs_next is None else f"{_diff_text(r.vs_next, comparison.mode)} ({r.next_method})"
-        rows.append([str(r.rank), c.method, str(len(c.per_repeat(comparison.metric))),
-                     *[r.estimates[m].text() for m in comparison.columns], vs_ref, vs_next, _params_text(c.params)])
+        cells = [str(r.rank), c.method, str(len(c.per_repeat(comparison.metric))), *[r.estimates[m].text() for m in comparison.columns]]
+        if chosen:
+            cells += ["-" if r.chosen_on is None else r.chosen_on.text(), "-" if r.gap is None else f"{r.gap:+.2f}"]
+        if compact:
+            d = r.vs_reference
+            cells.append("-" if d is None else f"{d.mean:+.2f} (n={d.n})" if d.n < 2 else
+                         f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict(comparison.mode)}")
+        else:
+            vs_ref = "-" if r.vs_reference is None else f"{_diff_text(r.vs_reference, comparison.mode)} ({r.reference})"
+            vs_next = "-" if r.vs_next is None else f"{_diff_text(r.vs_next, comparison.mode)} ({r.next_method})"
+            cells += [vs_ref, vs_next, _params_text(c.params)]
+        rows.append(cells)
     return header, rows
 
 

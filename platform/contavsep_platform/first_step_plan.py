@@ -30,7 +30,7 @@ class PlannedTrial:
     iterations: int
 
 
-def _trial_configs(space: SearchSpace, order_seed: int | None) -> list[tuple[str, Config]]:
+def trial_configs(space: SearchSpace, order_seed: int | None) -> list[tuple[str, Config]]:
     """Every (label, config) of a grid sweep, in the grid sampler's visiting order."""
     import optuna
 
@@ -50,7 +50,7 @@ def _trial_configs(space: SearchSpace, order_seed: int | None) -> list[tuple[str
 def planned_trials(space: SearchSpace, train_clips_per_class: Sequence[int], order_seed: int | None = None) -> list[PlannedTrial]:
     """The grid's trials with their step-0 keys (one dataset for all: its hash is a placeholder)."""
     trials = []
-    for label, cfg in _trial_configs(space, order_seed):
+    for label, cfg in trial_configs(space, order_seed):
         key = trial_key(cfg, "the sweep's dataset", space.resources.workers)
         budget = sequence_budget(cfg, train_clips_per_class)
         trials.append(PlannedTrial(label, None if key is None else key[0], budget.steps[0].iterations,

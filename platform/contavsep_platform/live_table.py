@@ -49,7 +49,7 @@ class LiveTable(Callback):
     def __init__(self, space: SearchSpace, stream: TextIO | None):
         self.space = space
         self.stream = stream
-        self.metric = space.metric
+        self.metric = space.metric_key
         self.trials: dict[str, TrialLine] = {}
         self._live: Any = None
         self._started = time.monotonic()

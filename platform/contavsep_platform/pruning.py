@@ -20,16 +20,7 @@ from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY
-
-
-def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
-    """Completed-step counts where groups are judged: ``grace x rf^k < max_t``."""
-    out, t = [], float(grace_period)
-    while t < max_t:
-        out.append(int(t))
-        t *= reduction_factor
-    return sorted(set(out))
+from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, rungs
 
 
 def asha_cutoff(recorded: list[float], reduction_factor: float) -> float | None:

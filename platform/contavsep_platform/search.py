@@ -75,7 +75,7 @@ class GroupedOptunaSearch(Searcher):
 
     def __init__(self, space: SearchSpace, journal: StudyJournal | None = None):
         objectives = space.objectives
-        super().__init__(metric=objectives[0].metric, mode=objectives[0].mode)
+        super().__init__(metric=objectives[0].key, mode=objectives[0].mode)
         self.space = space
         self.objectives = objectives
         self.repeats = space.repeat_members()
@@ -115,7 +115,7 @@ class GroupedOptunaSearch(Searcher):
         if error:
             group.outcomes[label] = "error"
         elif steps >= self.space.num_steps:
-            values = [_as_float((result or {}).get(o.metric)) for o in self.objectives]
+            values = [_as_float((result or {}).get(o.key)) for o in self.objectives]
             group.outcomes[label] = "complete"
             group.values[label] = values
         else:

@@ -12,10 +12,17 @@ A space file (``search_spaces/*.yaml``) holds::
         strategy.lambda_dist: {loguniform: [0.03, 1.0]}
         strategy.temperature: 0.05  # a bare value is fixed
     metric: sdr                     # reported per step; the last step's value is the objective
-    mode: max
+    mode: max                       #   (a bare name is measured on the split of select_on: validation)
     objectives:                     # instead of metric/mode: several objectives (Pareto front)
       - {metric: sdr, mode: max}    #   the first is reported at every step (pruning uses it)
       - {metric: forgetting/sdr, mode: min}
+    select_on: val                  # val (default) | test: the split objectives and pruning read;
+                                    #   test is optimistic and labelled so wherever a result is shown
+    factors: [model.name]           # keys that are table rows (part of the method), never chosen
+    confirm: {seeds: 3}             # the best configuration of each method by validation, run again on
+                                    #   3 fresh seeds; only those runs' test numbers are ranked
+    protocol: full_stream           # full_stream | {type: first_tasks, tasks: 2}: search on the first
+                                    #   tasks of the stream, confirm the frozen winner on all of it
     num_samples: 6                  # configurations (each runs once per repeat)
     repeats: {seeds: 2, class_orders: 1}   # every configuration on each seed x class order
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or {type: fifo}
@@ -28,6 +35,13 @@ Distributions: ``{uniform: [lo, hi]}`` (optional ``step``), ``{loguniform: [lo, 
 ``{int: [lo, hi]}`` (optional ``step``, ``log``), ``{choice: [a, b, ...]}``, ``{fixed: v}`` or
 a bare value. ``{storage}`` in a string of ``base`` is replaced by the storage root of the
 platform (``file:///...`` or ``s3://bucket``), so one file serves local and S3 setups.
+
+Selection: a *method* is a strategy, its memory size and every ``factors`` key; choosing among
+the configurations of one method (its other searched keys) is a *selection*. A space selects
+when some strategy searches a key that is not part of the method. Objectives and pruning read the
+validation sets (``val/<name>`` in trial results) unless ``select_on: test`` says otherwise; the
+numbers a sweep publishes are test numbers (``test/<name>``: unprefixed in trial results), from
+the confirmation runs when the space has ``confirm``.
 
 Everything is checked before a trial starts: every key against the config (a typo names the
 closest key), every strategy name against the registry, and every bound and choice by building
@@ -75,8 +89,39 @@ FIRST_STEP_WITH_OLD_CLASSES = 2
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice", "fixed")
 TOP_LEVEL_KEYS = (
     "name", "description", "experiment", "base", "common", "strategies", "metric", "mode", "objectives", "num_samples",
-    "repeats", "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate",
+    "repeats", "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate", "select_on", "factors",
+    "confirm", "protocol",
 )
+# The splits an objective is measured on. Trial results carry validation values as val/<name>
+# and test values unprefixed (<name>, as before validation sets existed).
+SPLITS = ("val", "test")
+# Objectives that belong to no split (a cost, not a score).
+SPLIT_FREE = ("memory/clips",)
+# Keys that are always part of the method (a row of the table), never selected among.
+METHOD_KEYS = ("memory.per_class",)
+PROTOCOLS = ("full_stream", "first_tasks")
+
+
+def split_of(metric: str) -> str | None:
+    """The split a named objective is measured on (``val/sdr`` -> val), None when it names none."""
+    head, _, rest = metric.partition("/")
+    return head if head in SPLITS and rest else None
+
+
+def base_metric(metric: str) -> str:
+    """The value's name without its split: ``val/forgetting/sdr`` -> ``forgetting/sdr``."""
+    return metric.split("/", 1)[1] if split_of(metric) else metric
+
+
+def result_key(metric: str) -> str:
+    """The key of a named objective in trial results (Tune) and comparisons: ``val/<name>`` as it
+    is, ``test/<name>`` -> ``<name>`` (test values are unprefixed), split-free names as they are."""
+    return base_metric(metric) if split_of(metric) == "test" else metric
+
+
+def named_metric(metric: str, split: str) -> str:
+    """``metric`` with its split named: a bare name is measured on ``split``."""
+    return metric if split_of(metric) or metric in SPLIT_FREE else f"{split}/{metric}"
 # Keys a space may not search: they must be equal across trials for the sweep to make sense.
 UNSEARCHABLE = {
     "preset": "the size preset must be the same for all trials; set it in base",
@@ -86,6 +131,13 @@ UNSEARCHABLE = {
     "train.seed": "seeds are repeats, not hyperparameters: use repeats.seeds",
     "data.seed": "class orders are repeats, not hyperparameters: use repeats.class_orders",
     "data.shuffle_classes": "class orders are repeats, not hyperparameters: use repeats.class_orders",
+}
+
+
+SELECTION_NOTES = {
+    "none": "no selection: every configuration of each method ran",
+    "val": "selected on validation",
+    "test": "selected on test (optimistic)",
 }
 
 
@@ -312,6 +364,7 @@ class RepeatSpec:
 
     seeds: int = 1  # training seeds per configuration
     class_orders: int = 1  # class orders per configuration (1 = the dataset's order only)
+    first_seed: int = 0  # seed offset of the first repeat (a confirmation stage starts after the search's seeds)
 
     @property
     def count(self) -> int:
@@ -322,10 +375,11 @@ class RepeatSpec:
         return REPEAT_CONFIG_KEYS if self.class_orders > 1 else REPEAT_CONFIG_KEYS[:1]
 
     def members(self, base_seed: int = 0) -> dict[str, dict[str, Any]]:
-        """``{label: dotted overrides}`` of every repeat, e.g. ``{"s0-o0": {"train.seed": 0, ...}}``."""
+        """``{label: dotted overrides}`` of every repeat, e.g. ``{"s0-o0": {"train.seed": 0, ...}}``
+        (label ``s<k>``: seed ``base_seed + k``, k counted from ``first_seed``)."""
         out: dict[str, dict[str, Any]] = {}
         for o in range(self.class_orders):
-            for s in range(self.seeds):
+            for s in range(self.first_seed, self.first_seed + self.seeds):
                 values: dict[str, Any] = {"train.seed": base_seed + s}
                 if self.class_orders > 1:
                     values.update({"data.shuffle_classes": o > 0, "data.seed": o})
@@ -334,9 +388,36 @@ class RepeatSpec:
 
 
 @dataclass(frozen=True)
+class ConfirmSpec:
+    """The confirmation stage: after the search, the best configuration of each method by the
+    validation objective (a multi-objective space: its validation Pareto set, at most
+    ``max_pareto``) runs again on ``seeds`` fresh seeds (after the search's), with the search's
+    class orders; only these runs' test numbers are ranked and published."""
+
+    seeds: int = 0  # fresh seeds per chosen configuration (0: no confirmation stage)
+    max_pareto: int = 4  # multi-objective spaces: confirm at most this many Pareto configurations
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """What the search sees of the task stream. ``full_stream``: every task (the default).
+    ``first_tasks``: only the first ``tasks`` tasks (hyperparameters a real continual learner
+    could choose, Lee et al. 2024), the winner frozen and run on the full stream in the
+    confirmation stage."""
+
+    type: str = "full_stream"  # full_stream | first_tasks
+    tasks: int = 2  # first_tasks: tasks the search trains (2: the first step with old classes)
+
+
+@dataclass(frozen=True)
 class Objective:
-    metric: str = "sdr"  # a value of the last step's result (see OBJECTIVES / FINAL_OBJECTIVES)
+    metric: str = "sdr"  # a value of the last step's result (see OBJECTIVES / FINAL_OBJECTIVES), split named
     mode: str = "max"  # max | min
+
+    @property
+    def key(self) -> str:
+        """Its key in trial results (:func:`result_key`)."""
+        return result_key(self.metric)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +445,59 @@ class SearchSpace:
     repeats: RepeatSpec = field(default_factory=RepeatSpec)
     extra_objectives: tuple[Objective, ...] = ()  # objectives after (metric, mode)
     source_text: str = ""  # the YAML as written (an MLflow artifact of the sweep)
+    select_on: str = "val"  # the split objectives and pruning read: val | test (optimistic, on request)
+    factors: tuple[str, ...] = ()  # config keys that are table rows (part of the method)
+    confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
+    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    stream_steps: int = 0  # data.num_steps of the full stream (num_steps is the search's: fewer with first_tasks)
 
+    @property
+    def metric_key(self) -> str:
+        """The first objective's key in trial results (what ASHA and Optuna read)."""
+        return result_key(self.metric)
+
+    @property
+    def publish_metric(self) -> str:
+        """The test value a table ranks and publishes (the first objective's, on test)."""
+        return f"test/{base_metric(self.metric)}"
+
+    @property
+    def method_keys(self) -> tuple[str, ...]:
+        """The keys that make a method (besides the strategy): memory size and the factors."""
+        return tuple(dict.fromkeys((*METHOD_KEYS, *self.factors)))
+
+    @property
+    def selects(self) -> bool:
+        """Whether the sweep chooses among configurations of a method: some strategy searches a
+        key that is not part of the method (spaces that enumerate each method once do not)."""
+        return any(not d.is_fixed and k not in self.method_keys for params in self.strategies.values() for k, d in params.items())
+
+    @property
+    def confirms(self) -> bool:
+        return self.selects and self.confirm.seeds > 0
+
+    @property
+    def selection(self) -> str:
+        """``none`` (nothing chosen), ``val`` or ``test``: what every table says it was chosen on."""
+        return self.select_on if self.selects else "none"
+
+    def method_of(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The factor values of a trial's parameters (a factor fixed by the strategy or base included)."""
+        cfg = flat(self.trial_config(params)) if self.factors else {}
+        return {k: cfg[k] for k in self.factors}
+
+    def stage(self, name: str) -> SearchSpace:
+        """The space a stage's trials run: ``search`` (the stream cut to its first tasks under
+        ``first_tasks``) or ``confirm`` (the full stream, fresh seeds after the search's, FIFO)."""
+        if name == "search":
+            if self.protocol.type != "first_tasks":
+                return self
+            k = self.protocol.tasks
+            return replace(self, base={**self.base, "data.num_steps": k}, num_steps=k)
+        if name == "confirm":
+            repeats = RepeatSpec(self.confirm.seeds, self.repeats.class_orders, self.repeats.first_seed + self.repeats.seeds)
+            return replace(self, repeats=repeats, scheduler=SchedulerSpec(type="fifo"), num_steps=self.stream_steps)
+        raise ValueError(f"unknown stage {name!r}")
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
@@ -575,6 +708,18 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         metric, mode = parsed[0].metric, parsed[0].mode
         extra_objectives = tuple(parsed[1:])
 
+    select_on = raw.get("select_on", "val")
+    if select_on not in SPLITS:
+        raise SpaceError(f"{source}: select_on must be 'val' (default) or 'test' (optimistic, only on request), got {select_on!r}")
+    metric = named_metric(str(metric), select_on)
+    extra_objectives = tuple(replace(o, metric=named_metric(o.metric, select_on)) for o in extra_objectives)
+    factors_raw = raw.get("factors") or []
+    if not isinstance(factors_raw, list) or not all(isinstance(f, str) for f in factors_raw):
+        raise SpaceError(f"{source}: factors must be a list of dotted config keys, e.g. factors: [model.name]")
+    protocol_raw = raw.get("protocol")
+    if isinstance(protocol_raw, str):
+        protocol_raw = {"type": protocol_raw}
+
     num_samples = number("num_samples", 0, int)
     if "num_samples" in raw and num_samples < 1:  # 0 below means "not given", never "no trials"
         raise SpaceError(f"{source}: num_samples must be >= 1, got {num_samples} (leave it out for the grid size or"
@@ -597,6 +742,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         max_failures=number("max_failures", 0, int),
         points_to_evaluate=points,
         source_text=text,
+        select_on=str(select_on),
+        factors=tuple(factors_raw),
+        confirm=_section(raw.get("confirm"), f"{source}: confirm", ConfirmSpec),
+        protocol=_section(protocol_raw, f"{source}: protocol", ProtocolSpec),
     )
     space = validate_space(space, source)
     return space.with_overrides(dict(overrides)) if overrides else space
@@ -623,6 +772,10 @@ def fingerprint(space: SearchSpace) -> dict[str, str]:
         "scheduler": repr(space.scheduler),
         "sampler": repr(space.sampler),
         "points_to_evaluate": repr(space.points_to_evaluate),
+        "select_on": space.select_on,
+        "factors": ", ".join(space.factors),
+        "confirm": repr(space.confirm),
+        "protocol": repr(space.protocol),
     })
     return {k: v for k, v in out.items() if k not in _RESUMABLE_KEYS}
 
@@ -713,15 +866,55 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
             else:
                 seen[key] = (name, dist)
 
-    if space.metric not in OBJECTIVES:
-        raise SpaceError(f"{where}: metric '{space.metric}'{_closest(space.metric, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
+    first = base_metric(space.metric)
+    if first not in OBJECTIVES:
+        raise SpaceError(f"{where}: metric '{first}'{_closest(first, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
     for objective in space.objectives:
-        if objective.metric not in FINAL_OBJECTIVES:
-            raise SpaceError(f"{where}: objective '{objective.metric}'{_closest(objective.metric, FINAL_OBJECTIVES)} is not a result value; use one of {', '.join(FINAL_OBJECTIVES)}")
+        name = base_metric(objective.metric)
+        if name not in FINAL_OBJECTIVES:
+            raise SpaceError(f"{where}: objective '{name}'{_closest(name, FINAL_OBJECTIVES)} is not a result value; use one of {', '.join(FINAL_OBJECTIVES)}")
+        split = split_of(objective.metric)
+        if split is not None and split != space.select_on:
+            if split == "test":
+                raise SpaceError(f"{where}: objective '{objective.metric}' selects on the test split, whose numbers the sweep"
+                                 f" publishes (optimistic); write '{name}' (validation), or add 'select_on: test' to say so")
+            raise SpaceError(f"{where}: objective '{objective.metric}' reads validation but the space says select_on: {space.select_on};"
+                             f" write '{name}' or drop select_on")
         if objective.mode not in ("max", "min"):
             raise SpaceError(f"{where}: mode of {objective.metric} must be 'max' or 'min', got '{objective.mode}'")
     if len({o.metric for o in space.objectives}) != len(space.objectives):
         raise SpaceError(f"{where}: objectives repeat a metric: {[o.metric for o in space.objectives]}")
+    if space.select_on == "val" and not base_cfg.eval.validate:
+        raise SpaceError(f"{where}: base sets eval.validate=false, but the space selects on validation; drop eval.validate"
+                         f" (or add 'select_on: test', which is optimistic)")
+    for key in space.factors:
+        _check_key(key, f"{where}: factors")
+        if key in UNSEARCHABLE or key in METHOD_KEYS:
+            raise SpaceError(f"{where}: factors: {key} cannot be a factor ({UNSEARCHABLE.get(key, 'it is part of every method already')})")
+        for name, params in space.strategies.items():
+            if key in params and params[key].kind not in ("choice", "fixed"):
+                raise SpaceError(f"{where}: factor {key} is searched by {name} as {params[key].describe()}; a factor is a"
+                                 f" table row: give it a choice (or a fixed value)")
+    if len(set(space.factors)) != len(space.factors):
+        raise SpaceError(f"{where}: factors repeat a key: {list(space.factors)}")
+    conf = space.confirm
+    if conf.seeds < 0 or conf.max_pareto < 1:
+        raise SpaceError(f"{where}: confirm needs seeds >= 0 and max_pareto >= 1, got {conf.seeds} and {conf.max_pareto}")
+    if conf.seeds and not space.selects:
+        raise SpaceError(f"{where}: confirm: the space makes no selection (it searches only {', '.join(space.method_keys)}:"
+                         f" every configuration is a method of its own), so there is nothing to confirm; drop confirm"
+                         f" (raise repeats.seeds for tighter intervals)")
+    proto = space.protocol
+    if proto.type not in PROTOCOLS:
+        raise SpaceError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got '{proto.type}'{_closest(proto.type, PROTOCOLS)}")
+    if proto.type == "first_tasks":
+        if not FIRST_STEP_WITH_OLD_CLASSES <= proto.tasks < base_cfg.data.num_steps:
+            raise SpaceError(f"{where}: protocol first_tasks needs {FIRST_STEP_WITH_OLD_CLASSES} <= tasks < data.num_steps"
+                             f" ({base_cfg.data.num_steps}), got {proto.tasks}: the search must meet old classes, and see"
+                             f" less than the whole stream")
+        if not conf.seeds:
+            raise SpaceError(f"{where}: protocol first_tasks searches on the first {proto.tasks} tasks only, so only a"
+                             f" confirmation gives full-stream numbers; add confirm: {{seeds: 3}}")
     rep = space.repeats
     if rep.seeds < 1 or rep.class_orders < 1:
         raise SpaceError(f"{where}: repeats need seeds >= 1 and class_orders >= 1, got {rep.seeds} and {rep.class_orders}")
@@ -731,14 +924,16 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     if sch.type not in ("asha", "fifo"):
         raise SpaceError(f"{where}: scheduler.type must be asha or fifo, got '{sch.type}'{_closest(sch.type, ('asha', 'fifo'))}")
     num_steps = base_cfg.data.num_steps
+    search_steps = proto.tasks if proto.type == "first_tasks" else num_steps
     if sch.type == "asha":
         if sch.grace_period < FIRST_STEP_WITH_OLD_CLASSES:
             raise SpaceError(
                 f"{where}: scheduler.grace_period {sch.grace_period} would stop trials after step {sch.grace_period}, before any"
                 f" strategy has met an old class; use grace_period >= {FIRST_STEP_WITH_OLD_CLASSES} (or scheduler: {{type: fifo}})"
             )
-        if not (sch.grace_period <= num_steps and sch.reduction_factor > 1 and sch.brackets >= 1):
-            raise SpaceError(f"{where}: scheduler needs grace_period <= data.num_steps ({num_steps}), reduction_factor > 1, brackets >= 1")
+        if not (sch.grace_period <= search_steps and sch.reduction_factor > 1 and sch.brackets >= 1):
+            raise SpaceError(f"{where}: scheduler needs grace_period <= the steps the search trains ({search_steps}),"
+                             f" reduction_factor > 1, brackets >= 1")
     smp = space.sampler
     samplers = ("tpe", "random", "grid", "nsga2")
     if smp.type not in samplers:
@@ -769,7 +964,43 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
         raise SpaceError(f"{where}: num_samples must be >= 1")
     if len(points) > num_samples:
         raise SpaceError(f"{where}: {len(points)} points_to_evaluate but num_samples is {num_samples}; raise num_samples")
-    return replace(space, num_steps=num_steps, num_samples=num_samples, points_to_evaluate=points)
+    return replace(space, num_steps=num_steps, stream_steps=num_steps, num_samples=num_samples, points_to_evaluate=points)
+
+
+def rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """Completed-step counts where groups are judged: ``grace x rf^k < max_t``."""
+    out, t = [], float(grace_period)
+    while t < max_t:
+        out.append(int(t))
+        t *= reduction_factor
+    return sorted(set(out))
+
+
+def space_notes(space: SearchSpace) -> list[str]:
+    """What a user should know before the sweep runs (``sweep --check`` prints these, the sweep
+    logs them): the selection, the protocol, a scheduler that can never prune."""
+    notes = []
+    search = space.stage("search")
+    if not space.selects:
+        notes.append(f"selection: none; every configuration is a method of its own ({', '.join(('strategy', *space.method_keys))}),"
+                     f" so the table reports every run's test numbers")
+    else:
+        what = {"val": "validation (optimistic only by the noise of the validation sets)",
+                "test": "TEST: the published numbers are optimistic (select_on: test)"}[space.select_on]
+        notes.append(f"selection: the best configuration of each method by {space.metric} ({space.mode}) on {what}")
+        if space.confirms:
+            notes.append(f"confirmation: the chosen configurations run again on {space.confirm.seeds} fresh seed(s) x"
+                         f" {space.repeats.class_orders} class order(s) over all {space.stream_steps} steps; the table"
+                         f" ranks only their {space.publish_metric}")
+        else:
+            notes.append(f"no confirmation stage: the table shows the chosen configurations' {space.publish_metric} on the"
+                         f" search's own seeds (add confirm: {{seeds: 3}} for numbers on fresh seeds)")
+    if space.protocol.type == "first_tasks":
+        notes.append(f"protocol first_tasks: the search trains the first {search.num_steps} of {space.stream_steps} tasks")
+    if space.scheduler.type == "asha" and not rungs(space.scheduler.grace_period, space.scheduler.reduction_factor, search.num_steps):
+        notes.append(f"scheduler asha has no rung before the search's last step ({search.num_steps}, grace_period"
+                     f" {space.scheduler.grace_period}): it never stops a trial early; use scheduler: {{type: fifo}}")
+    return notes
 
 
 def _complete_point(space: SearchSpace, point: Mapping[str, Any], base_cfg: Config, where: str) -> dict[str, Any]:

@@ -58,6 +58,8 @@ from contavsep import storage
 from contavsep.first_step import FIRST_STEPS_DIR, SHARED_KEY as FIRST_STEP_SHARED_KEY
 from contavsep_platform.comparison import (
     Comparison,
+    Configuration,
+    Estimate,
     RunRecord,
     compare,
     configurations_table,
@@ -74,7 +76,8 @@ from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
 from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
-    GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences,
+    GROUP_KEY, REPEAT_KEY, SELECTION_NOTES, SPLIT_FREE, STRATEGY_KEY, SearchSpace, base_metric, fingerprint,
+    fingerprint_differences, result_key, space_notes,
 )
 from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, run_trial
 
@@ -112,7 +115,7 @@ def make_scheduler(space: SearchSpace) -> Any:
     if sch.type == "fifo":
         return FIFOScheduler()
     return GroupASHA(
-        metric=space.metric,
+        metric=space.metric_key,  # the validation value unless the space selects on test
         mode=space.mode,
         max_t=space.num_steps,
         grace_period=sch.grace_period,
@@ -321,6 +324,7 @@ class TrialRow:
     repeat: str = ""  # e.g. s1-o0: seed 1 of the base, class order 0
     error: str = ""  # status error: the error's last line
     error_log: str = ""  # status error: Tune's error.txt of the trial (full traceback), as a storage URI
+    stage: str = "search"  # search | confirm (a configuration chosen by the search, run on fresh seeds)
 
     def value(self, key: str) -> float | None:
         v = self.metrics.get(key)
@@ -344,6 +348,13 @@ class SweepOutcome:
     notes: list[str] = field(default_factory=list)
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of a multi-objective space
     pareto: tuple[str, ...] = ()  # configuration ids on the Pareto front (multi-objective spaces)
+    search: Comparison | None = None  # the search's configurations (the published comparison is the confirmation's)
+    confirmed: bool = False  # the ranking comes from a confirmation stage
+
+    @property
+    def selection(self) -> str:
+        """What the ranking's configurations were chosen on, in words (every table shows it)."""
+        return self.comparison.selection
 
     @property
     def errored(self) -> list[TrialRow]:
@@ -357,12 +368,13 @@ def _error_line(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:300]
 
 
-def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "") -> list[TrialRow]:
+def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "", stage: str = "search") -> list[TrialRow]:
     repeat_keys = set(space.repeats.keys())
     rows = []
     for result in result_grid:
         metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         config = dict(result.config or {})
+        config = dict(config.get(CONFIRM_TRIAL_KEY) or config)  # a confirmation trial's config is one grid value
         params = {k: v for k, v in config.items() if k not in (GROUP_KEY, REPEAT_KEY) and k not in repeat_keys}
         steps = int(metrics.get(STEP_KEY, 0) or 0)
         if result.error is not None:
@@ -381,12 +393,17 @@ def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "") -> list[Tri
         error = _error_line(result.error) if result.error is not None else ""
         error_log = storage.join(sweep_uri, folder, "error.txt") if result.error is not None and sweep_uri and folder else ""
         rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics,
-                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, "")), error, error_log))
+                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, "")), error, error_log, stage))
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def comparison_of(rows: Sequence[TrialRow], space: SearchSpace) -> Comparison:
-    """Configurations over their repeats, ranked by the space's metric (see comparison.py)."""
+def comparison_of(rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mapping[str, Estimate] | None = None) -> Comparison:
+    """Configurations over their repeats, each method's configuration chosen as the space says
+    (by the validation objective; by test only under ``select_on: test``), ranked and published
+    on the test value of the first objective (see comparison.py).
+
+    ``chosen_on`` (a confirmation stage's rows): config id -> the search's validation estimate it
+    was chosen on; every method then has its one confirmed configuration."""
     records = [
         RunRecord(
             run_id=r.trial_id,
@@ -395,13 +412,32 @@ def comparison_of(rows: Sequence[TrialRow], space: SearchSpace) -> Comparison:
             strategy=r.strategy,
             memory=int(space.trial_config(r.params).memory.per_class) if r.strategy in space.strategies else 0,
             params={k: v for k, v in r.params.items() if k != STRATEGY_KEY},
-            values={k: v for k in (*FINAL_COLUMNS, *(o.metric for o in space.objectives)) if (v := r.value(k)) is not None},
+            values={k: v for k in (*FINAL_COLUMNS, *published_keys(space), *(o.key for o in space.objectives))
+                    if (v := r.value(k)) is not None},
             complete=r.status == "complete",
+            factors=tuple(space.method_of(r.params).items()) if r.strategy in space.strategies else (),
         )
         for r in rows
     ]
-    columns = tuple(dict.fromkeys(["forgetting/sdr", *(o.metric for o in space.objectives[1:])]))
-    return compare(group_configurations(records), space.metric, space.mode, columns)
+    published = published_keys(space)
+    columns = tuple(dict.fromkeys(["forgetting/sdr", *published[1:]]))
+    if chosen_on is not None:
+        n = len({r.repeat for r in rows})
+        selection = f"{SELECTION_NOTES[space.selection]}, confirmed on {n} fresh run(s) per method (seeds never used by the search)"
+        # one configuration per method: select_by only names what chosen_on holds
+        return compare(group_configurations(records), published[0], space.mode, columns, select_by=space.metric_key,
+                       chosen_on=chosen_on, selection=selection)
+    selection = SELECTION_NOTES[space.selection]
+    if space.selection == "val":
+        selection += "; test numbers from the search's own seeds (not confirmed on fresh seeds)"
+    select_by = space.metric_key if space.selection == "val" else ""
+    return compare(group_configurations(records), published[0], space.mode, columns, select_by=select_by, selection=selection)
+
+
+def published_keys(space: SearchSpace) -> tuple[str, ...]:
+    """The result keys a table publishes: each objective's test value (split-free ones as they are)."""
+    return tuple(dict.fromkeys(result_key(o.metric if o.metric in SPLIT_FREE else f"test/{base_metric(o.metric)}")
+                               for o in space.objectives))
 
 
 def parent_summary(outcome: SweepOutcome) -> list[dict[str, Any]]:
@@ -410,9 +446,14 @@ def parent_summary(outcome: SweepOutcome) -> list[dict[str, Any]]:
     for r in outcome.comparison.rows:
         c = r.configuration
         row: dict[str, Any] = {"rank": r.rank, "method": c.method, "strategy": c.strategy, "memory": c.memory,
-                               "configuration": c.config_id, "params": dict(c.params)}
+                               "configuration": c.config_id, "params": dict(c.params), "factors": dict(c.factors)}
+        row["selection"] = outcome.selection
         for metric, e in r.estimates.items():
             row[metric] = {"mean": e.mean, "ci95": [e.low, e.high], "n": e.n, "sd": e.sd}
+        if r.chosen_on is not None:
+            e = r.chosen_on
+            row["chosen_on"] = {"metric": outcome.comparison.select_by, "mean": e.mean, "ci95": [e.low, e.high], "n": e.n, "sd": e.sd}
+            row["gap"] = r.gap
         for name, d, other in (("vs_finetune", r.vs_reference, r.reference), ("vs_next", r.vs_next, r.next_method)):
             if d is not None:
                 row[name] = {"other": other, "mean": d.mean, "ci95": [d.low, d.high], "n": d.n, "verdict": d.verdict(outcome.mode)}
@@ -447,7 +488,7 @@ def format_trials_table(outcome: SweepOutcome) -> str:
 
 def format_ranking(outcome: SweepOutcome) -> str:
     """The ranking of methods (best complete configuration each) with CIs and paired differences."""
-    header, rows = ranking_table(outcome.comparison)
+    header, rows = ranking_table(outcome.comparison, compact=True)
     lines = [_table([header, *rows])] if rows else []
     lines += summary_lines(outcome.comparison)
     return "\n".join(lines)
@@ -503,6 +544,8 @@ def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, ma
         "data_uri": str(space.base.get("data.uri", "")),
         "data_content_hash": str(manifest.get("content_hash", "")),
         "git_commit": _git_commit(),
+        "contavsep.selection": SELECTION_NOTES[space.selection] + (
+            f", confirmed on {space.confirm.seeds} fresh seed(s)" if space.confirms else ""),
     }
     return tracker, tracker.start(space.source_text, tags, dataset_input(str(space.base["data.uri"]), manifest))
 
@@ -644,6 +687,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     # Every check passed: only now does the sweep get an MLflow run (a refused sweep leaves none).
     tracker, parent_run_id = _open_parent_run(space, name, tracking_uri, manifest)
     pending_uri = storage.join(sweep_uri, "mlflow-pending.json")  # tracking.PENDING_FILE (mlflow is imported only with tracking)
+    for note in space_notes(space):
+        log.info("sweep %s: %s", name, note)
+    full_space, space = space, space.stage("search")  # the search's trials (the stream cut under first_tasks)
     try:
         context = TrialContext(sweep_name=name, storage_uri=storage_uri, space=space, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), driver_resources)
@@ -680,6 +726,12 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
             storage.write_bytes_atomic(storage.join(sweep_uri, SPACE_RECORD), record, s3)
         result_grid = tuner.fit()
         outcome = _outcome(space, name, sweep_uri, result_grid, searcher, parent_run_id, max_concurrent, started)
+        if full_space.confirms and outcome.errored and not outcome.interrupted:
+            outcome.notes.append("the search has errored trials: the confirmation stage waits for --resume to retry them"
+                                 " (a choice made now could change with their results)")
+        elif full_space.confirms and not outcome.interrupted:
+            stage = ConfirmStage(full_space, name, sweep_path, sweep_uri, filesystem, s3, tracking_uri, parent_run_id)
+            outcome = stage.run(outcome, storage_uri, driver_resources, max_concurrent, callbacks, verbose, started)
     except BaseException:
         # Ctrl-C / SIGTERM outside Tune's own handling, or a failure of the sweep itself: the
         # runs must not stay RUNNING (KILLED: --resume re-opens them).
@@ -734,12 +786,12 @@ def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, se
         notes.append(f"shared first steps: {sum(1 for v in shared if v == 1.0)} trial(s) loaded step 0 instead of training it"
                      f" ({trained} trained it; {storage.join(sweep_uri, FIRST_STEPS_DIR)})")
     comparison = comparison_of(rows, space)
-    objectives = tuple((o.metric, o.mode) for o in space.objectives)
+    objectives = tuple((o.key, o.mode) for o in space.objectives)
     pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
     return SweepOutcome(
         name=name,
         sweep_uri=sweep_uri,
-        metric=space.metric,
+        metric=comparison.metric,
         mode=space.mode,
         trials=rows,
         comparison=comparison,
@@ -753,19 +805,153 @@ def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, se
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# the confirmation stage
+
+CONFIRM_DIR = "confirm"  # <sweep>/confirm/: the confirmation stage's Tune experiment
+CONFIRMATION_FILE = "confirmation.json"  # <sweep>/confirmation.json: the stored choice
+CONFIRM_TRIAL_KEY = "trial"  # a confirmation trial's Tune config: {"trial": its parameters} (one grid value)
+CONFIRMATION_FORMAT = 1
+
+
+def choose_configurations(space: SearchSpace, search: Comparison) -> list[Configuration]:
+    """What the confirmation stage runs: the best complete configuration of each method by the
+    space's selection metric (``search``'s rows), or, with several objectives, the Pareto set
+    over the objectives as selected (best first by the first objective, at most
+    ``confirm.max_pareto``)."""
+    if len(space.objectives) > 1:
+        objectives = [(o.key, o.mode) for o in space.objectives]
+        front = pareto_front(search.configurations, objectives)
+        first, mode = objectives[0]
+        front.sort(key=lambda c: c.estimate(first).mean, reverse=mode == "max")
+        return front[: space.confirm.max_pareto]
+    return [row.configuration for row in search.rows]
+
+
+def confirmation_plan(space: SearchSpace, outcome: SweepOutcome) -> dict[str, Any]:
+    """The stored choice (:data:`CONFIRMATION_FILE`): the chosen configurations with their
+    parameters and the estimate they were chosen on, and the fresh repeats they run on."""
+    params_of = {r.group: r.params for r in outcome.trials}
+    chosen = choose_configurations(space, outcome.comparison)
+    confirm = space.stage("confirm")
+    return {
+        "format": CONFIRMATION_FORMAT,
+        "selected_by": space.metric,
+        "selection": SELECTION_NOTES[space.selection],
+        "search_repeats": sorted(space.repeat_members()),
+        "repeats": {label: values for label, values in confirm.repeat_members().items()},
+        "configurations": [
+            {"group": c.config_id, "method": c.method, "params": params_of[c.config_id],
+             "chosen_on": _estimate_doc(c.estimate(space.metric_key))}
+            for c in chosen
+        ],
+    }
+
+
+def _estimate_doc(e: Estimate) -> dict[str, Any]:
+    return {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n, "sd": e.sd, "values": list(e.values)}
+
+
+def confirmation_trials(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One Tune config per chosen configuration and fresh repeat (its group is the search's)."""
+    return [{**c["params"], **values, GROUP_KEY: c["group"], REPEAT_KEY: label}
+            for c in plan["configurations"] for label, values in plan["repeats"].items()]
+
+
+def run_confirm_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """The confirmation stage's Tune trainable: one grid value holds the trial's parameters."""
+    run_trial(config[CONFIRM_TRIAL_KEY], context)
+
+
+@dataclass
+class ConfirmStage:
+    """The second stage of a sweep whose space has ``confirm``: the choice is stored first
+    (:data:`CONFIRMATION_FILE`, never made again on ``--resume``), then its trials run as their
+    own FIFO Tune experiment (``<sweep>/confirm/``, resumable like the search) whose MLflow runs
+    nest under one ``confirm`` run; Optuna and ASHA never see them."""
+
+    space: SearchSpace
+    name: str
+    sweep_path: str  # the search's Tune experiment (Ray's path form)
+    sweep_uri: str
+    filesystem: Any
+    s3: storage.S3Settings | None
+    tracking_uri: str | None
+    parent_run_id: str | None
+
+    def plan(self, outcome: SweepOutcome) -> dict[str, Any]:
+        uri = storage.join(self.sweep_uri, CONFIRMATION_FILE)
+        if storage.exists(uri, self.s3):
+            return json.loads(storage.read_bytes(uri, self.s3))
+        plan = confirmation_plan(self.space, outcome)
+        storage.write_bytes_atomic(uri, json.dumps(plan, indent=1, default=str).encode(), self.s3)
+        log.info("sweep %s: confirming %d configuration(s) on %d fresh repeat(s) each (%s)", self.name,
+                 len(plan["configurations"]), len(plan["repeats"]), uri)
+        return plan
+
+    def run(self, search: SweepOutcome, storage_uri: str, driver_resources: dict[str, float], max_concurrent: int,
+            callbacks: Sequence[Any], verbose: int, started: float) -> SweepOutcome:
+        from dataclasses import replace
+
+        from ray import tune
+
+        plan = self.plan(search)
+        trials = confirmation_trials(plan)
+        confirm = self.space.stage("confirm")
+        stage_run = None
+        if self.tracking_uri and self.parent_run_id:
+            from contavsep_platform.tracking import open_stage_run
+
+            stage_run = open_stage_run(self.tracking_uri, self.parent_run_id, self.name, CONFIRM_DIR, plan["selection"])
+        context = TrialContext(sweep_name=self.name, storage_uri=storage_uri, space=confirm, tracking_uri=self.tracking_uri,
+                               parent_run_id=stage_run or self.parent_run_id, stage=CONFIRM_DIR)
+        trainable = tune.with_resources(tune.with_parameters(run_confirm_trial, context=context), driver_resources)
+        path = f"{self.sweep_path.rstrip('/')}/{CONFIRM_DIR}"
+        if tune.Tuner.can_restore(path, storage_filesystem=self.filesystem):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=self.filesystem)
+            _use_console(tuner, verbose, callbacks)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={CONFIRM_TRIAL_KEY: tune.grid_search(trials)},
+                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=self.sweep_path, storage_filesystem=self.filesystem,
+                                          callbacks=[PlacementGroupReaper(), *callbacks], verbose=verbose),
+            )
+        rows = _rows(tuner.fit(), confirm, storage.join(self.sweep_uri, CONFIRM_DIR), stage=CONFIRM_DIR)
+        release_placement_groups()
+        interrupted = len(rows) < len(trials) or any(r.status in ("pending", "interrupted") for r in rows)
+        chosen_on = {c["group"]: Estimate(**{**c["chosen_on"], "values": tuple(c["chosen_on"]["values"])})
+                     for c in plan["configurations"]}
+        comparison = comparison_of(rows, confirm, chosen_on)
+        objectives = tuple(zip(published_keys(confirm), (o.mode for o in confirm.objectives)))
+        pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
+        if stage_run is not None:
+            from contavsep_platform.tracking import end_stage_run
+
+            end_stage_run(self.tracking_uri, stage_run, "KILLED" if interrupted else "FAILED" if any(
+                r.status == "error" for r in rows) else "FINISHED")
+        return replace(search, trials=[*search.trials, *rows], comparison=comparison, search=search.comparison,
+                       confirmed=True, interrupted=interrupted, pareto=pareto,
+                       objectives=objectives if len(objectives) > 1 else (), wall_seconds=time.perf_counter() - started)
+
+
 def ranking_markdown(outcome: SweepOutcome) -> str:
     """The ranking and configurations tables as markdown (parent-run artifact)."""
     from contavsep_platform.artifacts import markdown_table
 
-    parts = [f"# Sweep {outcome.name}: {outcome.metric} ({outcome.mode})", "",
+    parts = [f"# Sweep {outcome.name}: test {outcome.metric} ({outcome.mode})", "",
+             f"**Selection: {outcome.selection}.**", "",
              "Means over each configuration's runs (seeds x class orders) with 95 % Student-t intervals;"
              " differences are paired by seed and class order. A difference whose interval contains 0 is within the noise.", ""]
     header, rows = ranking_table(outcome.comparison)
     if rows:
-        parts += ["## Ranking (best configuration per method)", "", markdown_table(header, rows), ""]
+        title = "confirmed configuration per method" if outcome.confirmed else "one configuration per method"
+        parts += [f"## Ranking ({title})", "", markdown_table(header, rows), ""]
         parts += [f"- {line}" for line in summary_lines(outcome.comparison)] + [""]
-    header, rows = configurations_table(outcome.comparison)
-    parts += ["## Configurations", "", markdown_table(header, rows), ""]
+    header, rows = configurations_table(outcome.search or outcome.comparison)
+    parts += ["## Configurations of the search" if outcome.confirmed else "## Configurations", "", markdown_table(header, rows), ""]
     if outcome.pareto:
         parts += [f"## Pareto front ({', '.join(f'{m} {d}' for m, d in outcome.objectives)})", "",
                   ", ".join(outcome.pareto), ""]
@@ -786,8 +972,8 @@ def print_outcome(outcome: SweepOutcome, out: Any = None, trials_table: bool = T
           f" in {outcome.wall_seconds:.0f} s (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
     if trials_table:
         print(format_trials_table(outcome), file=out)
-    print(f"\nranking by final {outcome.metric} ({outcome.mode}; best complete configuration per method; mean ± 95% CI"
-          f" half-width over its runs; Δ paired by seed and class order):", file=out)
+    print(f"\nranking by final test {outcome.metric} ({outcome.mode}; mean ± 95% CI half-width over each method's runs;"
+          f" Δ paired by seed and class order)\nselection: {outcome.selection}", file=out)
     print(format_ranking(outcome) or "no configuration completed all its runs", file=out)
     if outcome.objectives:
         header, rows = configurations_table(outcome.comparison)

@@ -86,7 +86,9 @@ log = logging.getLogger("contavsep_platform.tracking")
 
 DEFAULT_EXPERIMENT = "contavsep"
 SWEEP_TAG = "contavsep.sweep"
-ROLE_TAG = "contavsep.role"  # "sweep" (parent run) | "trial" (child run)
+ROLE_TAG = "contavsep.role"  # "sweep" (parent run) | "trial" (child run) | "stage" (the confirmation stage's nested parent)
+STAGE_TAG = "contavsep.stage"  # search | confirm: which stage of the sweep a trial (or stage run) belongs to
+SELECTION_TAG = "contavsep.selection"  # what the sweep's ranking chose on, in words
 TRIAL_TAG = "contavsep.trial"
 STRATEGY_TAG = "contavsep.strategy"
 PARETO_TAG = "contavsep.pareto"  # "true" on child runs of configurations on a multi-objective sweep's Pareto front
@@ -371,12 +373,14 @@ def _as_metric_value(value: Any) -> float | None:
 
 
 def progress_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Forgetting and BWT as of a step, from a results summary (absent while undefined)."""
+    """Forgetting and BWT as of a step, from a results summary (absent while undefined); the
+    validation results' as ``val/forgetting/<m>``, ``val/bwt/<m>``."""
     out: dict[str, float] = {}
-    for group in ("forgetting", "bwt"):
-        for name, value in (summary.get(group) or {}).items():
-            if value is not None:
-                out[f"{group}/{name}"] = float(value)
+    for prefix, part in (("", summary), ("val/", summary.get("val") or {})):
+        for group in ("forgetting", "bwt"):
+            for name, value in (part.get(group) or {}).items():
+                if value is not None:
+                    out[f"{prefix}{group}/{name}"] = float(value)
     return out
 
 
@@ -385,9 +389,11 @@ def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
 
     ``final/<m>``, ``final/<m>_old``, ``final/<m>_new`` (m in sdr, sir, sar) over the classes
     seen after the last step, ``final/sdr_mix``, ``final/sdri``, ``final/forgetting_<m>``,
-    ``final/bwt_<m>``, ``final/avg_incremental_<m>``, ``final/sources``, ``final/skipped``.
+    ``final/bwt_<m>``, ``final/avg_incremental_<m>``, ``final/sources``, ``final/skipped``; the
+    validation results' (``summary["val"]``) under ``final/val/`` with the same names.
     Undefined values (None) are left out.
     """
+    val = final_metrics(summary["val"]) if summary.get("val") else {}
     out: dict[str, Any] = {}
     last = summary.get("final") or {}
     for key, value in last.items():
@@ -397,7 +403,9 @@ def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         for name, value in (summary.get(group) or {}).items():
             out[prefix + name] = value
     out["skipped"] = summary.get("skipped", last.get("skipped"))
-    return {FINAL_PREFIX + k: v for k, v in ((k, _as_metric_value(v)) for k, v in out.items()) if v is not None}
+    finals = {FINAL_PREFIX + k: v for k, v in ((k, _as_metric_value(v)) for k, v in out.items()) if v is not None}
+    finals.update({FINAL_PREFIX + "val/" + k.removeprefix(FINAL_PREFIX): v for k, v in val.items()})
+    return finals
 
 
 def _metrics_batches(values: Mapping[str, float], step: int, timestamp_ms: int) -> list[list[Metric]]:
@@ -633,9 +641,11 @@ class SweepTracker:
         """Child runs still RUNNING when the sweep ends were stopped (by the scheduler, or a
         failure that could not report): mark them KILLED so the UI does not show them live."""
         client = run_log.client
-        parent = run_log.require_run()
+        run_log.require_run()
+        # every run of the sweep below its parent: trials of both stages and the confirmation stage's run
         for run in client.search_runs(
-            [run_log.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'RUNNING'", max_results=10000
+            [run_log.experiment_id], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and"
+            f" tags.`{ROLE_TAG}` != 'sweep' and attributes.status = 'RUNNING'", max_results=10000
         ):
             client.set_tag(run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)")
             client.set_terminated(run.info.run_id, "KILLED")
@@ -643,8 +653,9 @@ class SweepTracker:
     def _tag_pareto_trials(self, run_log: _RunLogger, trial_ids: list[str]) -> None:
         """Tag the child runs of Pareto-optimal configurations (``contavsep.pareto = true``)."""
         client = run_log.client
-        parent = run_log.require_run()
-        for run in client.search_runs([run_log.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'", max_results=10000):
+        run_log.require_run()
+        for run in client.search_runs([run_log.experiment_id], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')}"
+                                      f" and tags.`{ROLE_TAG}` = 'trial'", max_results=10000):
             if run.data.tags.get(TRIAL_TAG) in trial_ids:
                 client.set_tag(run.info.run_id, PARETO_TAG, "true")
 
@@ -698,11 +709,37 @@ def _queue_end(tracker: SweepTracker, run_log: _RunLogger, payload: Mapping[str,
     run_log.queue_status(str(payload.get("status") or "FINISHED"))
 
 
+def open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage: str, description: str) -> str:
+    """The nested parent run of a sweep's stage (``confirm``): created once, re-opened (RUNNING)
+    on ``--resume``; its trials' runs nest under it. Returns its id."""
+    client = MlflowClient(tracking_uri)
+    with short_http_requests(5, 1):
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and"
+                                   f" tags.`{ROLE_TAG}` = 'stage' and tags.`{STAGE_TAG}` = {_quoted(stage, 'stage')}", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+            return run_id
+        tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep_name, ROLE_TAG: "stage", STAGE_TAG: stage,
+                SELECTION_TAG: description, "mlflow.note.content": f"{stage} stage of sweep {sweep_name}: {description}"}
+        return client.create_run(parent.info.experiment_id, run_name=f"{sweep_name}-{stage}", tags=tags).info.run_id
+
+
+def end_stage_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """End a stage run (FINISHED, FAILED or KILLED)."""
+    with short_http_requests(5, 1):
+        MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
 def summary_metrics(ranking: list[dict]) -> dict[str, float]:
-    """``summary/<strategy>_mem<k>/<metric>_{mean,ci_low,ci_high,n}`` of every ranked method."""
+    """``summary/<strategy>_mem<k>[_<factor value>...]/<metric>_{mean,ci_low,ci_high,n}`` of every
+    ranked method (``chosen_on_*``: the validation value its configuration was chosen on)."""
     out: dict[str, float] = {}
     for row in ranking:
-        prefix = f"summary/{row['strategy']}_mem{row['memory']}"
+        factors = "".join(f"_{metric_key(str(v))}" for v in (row.get("factors") or {}).values())
+        prefix = f"summary/{row['strategy']}_mem{row['memory']}{factors}"
         for metric, value in row.items():
             if isinstance(value, Mapping) and "ci95" in value and "other" not in value:
                 name = metric_key(metric).replace("/", "_")
@@ -755,8 +792,10 @@ class TrialTracker:
         s3: S3Settings | None = None,
         dataset: DatasetInput | None = None,
         system_metrics_interval_s: float | None = None,
+        tags: Mapping[str, str] | None = None,
     ):
         self.experiment = experiment
+        self.tags = dict(tags or {})
         self.pending_uri = pending_uri
         self.s3 = s3
         self.parent_run_id = parent_run_id
@@ -816,7 +855,7 @@ class TrialTracker:
                     client.update_run(run.info.run_id, status="RUNNING")
                 log.info("MLflow: continuing run %s of trial %s", run.info.run_id, self.trial_name)
             else:
-                tags = {ROLE_TAG: "trial", TRIAL_TAG: self.trial_name}
+                tags = {**self.tags, ROLE_TAG: "trial", TRIAL_TAG: self.trial_name}
                 if parent is not None:
                     tags[PARENT_TAG] = parent.info.run_id
                     if SWEEP_TAG in parent.data.tags:  # the sweep's runs table filters on it (mlflow_links)

@@ -31,7 +31,7 @@ from typing import Any
 
 from contavsep import storage
 from contavsep.config import Config, flat, to_yaml
-from contavsep.engine import Distributed, StepResult
+from contavsep.engine import VAL_PREFIX, Distributed, StepResult
 from contavsep.first_step import FIRST_STEPS_DIR, FirstStepStore
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import SearchSpace
@@ -59,7 +59,8 @@ class TrialContext:
     storage_uri: str  # storage root: file:///abs/path or s3://bucket[/prefix]
     space: SearchSpace
     tracking_uri: str | None = None  # MLflow; None = no tracking
-    parent_run_id: str | None = None  # the sweep's MLflow parent run
+    parent_run_id: str | None = None  # the sweep's MLflow parent run (a confirmation trial's: the stage's run)
+    stage: str = "search"  # search | confirm (tagged on the trial's MLflow run)
 
     @property
     def sweep_uri(self) -> str:
@@ -83,10 +84,11 @@ def s3_settings() -> storage.S3Settings | None:
 def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, worker_seconds: float) -> dict[str, Any]:
     """The Tune/Train result of one step: the engine's metrics, summary values, step counters."""
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    for group in SUMMARY_GROUPS:
-        for name, value in (result.summary.get(group) or {}).items():
-            if value is not None:
-                metrics[f"{group}/{name}"] = float(value)
+    for prefix, summary in (("", result.summary), (VAL_PREFIX, result.summary.get("val") or {})):
+        for group in SUMMARY_GROUPS:
+            for name, value in (summary.get(group) or {}).items():
+                if value is not None:
+                    metrics[f"{prefix}{group}/{name}"] = float(value)
     metrics[STEP_KEY] = float(result.step + 1)
     metrics[NUM_STEPS_KEY] = float(num_steps)
     metrics[ENGINE_TIME_KEY] = engine_seconds
@@ -172,26 +174,28 @@ def _distributed(rank: int, world_size: int) -> Distributed:
 def restored_result(state: Any) -> StepResult:
     """The StepResult of the step a checkpoint completed, rebuilt from its results (scores only:
     the training losses and timings of that step are not in a checkpoint)."""
+    from contavsep.engine import step_metrics
     from contavsep.metrics import ContinualResults
 
     results = ContinualResults.from_state_dict(state.results)
-    row = results.step_summary(state.step)
-    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
-    sdr = results.matrix("sdr")
-    metrics.update({f"task_sdr/{j}": float(sdr[state.step, j]) for j in range(state.step + 1)})
-    return StepResult(state.step, metrics, results.summary(state.step), [], is_last=state.step + 1 == results.num_steps)
+    metrics, summary = step_metrics(results, state.step), results.summary(state.step)
+    if state.val_results is not None:
+        val = ContinualResults.from_state_dict(state.val_results)
+        metrics.update({VAL_PREFIX + k: v for k, v in step_metrics(val, state.step).items()})
+        summary["val"] = val.summary(state.step)
+    return StepResult(state.step, metrics, summary, [], is_last=state.step + 1 == results.num_steps)
 
 
 def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[str, Any]) -> Any | None:
     if not context.tracking_uri:
         return None
     # imports mlflow: only where tracking is on
-    from contavsep_platform.tracking import PENDING_FILE, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input
+    from contavsep_platform.tracking import PENDING_FILE, STAGE_TAG, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input
 
     pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)
     return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg),
                         pending_uri=pending, s3=s3_settings(), dataset=dataset_input(cfg.data.uri, manifest),
-                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S)
+                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S, tags={STAGE_TAG: context.stage})
 
 
 def _step_index(name: str) -> int | None:
@@ -250,7 +254,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = context.space.trial_config(loop_config["params"])
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
     tracker = _tracker(context, trial_id, cfg, table.manifest) if rank == 0 else None
-    reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric, started)
+    reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric_key, started)
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:
             resume_from = None

@@ -9,6 +9,8 @@ import sys
 
 EXIT_TRIAL_ERRORED = 1  # some trial ended in an error (named on stderr); --resume retries it
 EXIT_INTERRUPTED = 130  # stopped (Ctrl-C, `ray job stop`) before every trial ended; --resume continues it
+# Presets with the paper's model size: their GPU-hours are estimated from the measured GPU speed.
+PAPER_SIZE_PRESETS = ("paper", "search")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from contavsep.config import parse_overrides
     from contavsep_platform.cli import UserError
     from contavsep_platform.settings import resolve_endpoints, service_env
-    from contavsep_platform.spaces import load_space, validate_space
+    from contavsep_platform.spaces import load_space, space_notes, validate_space
 
     endpoints = resolve_endpoints()
     space = load_space(args.space, storage_uri=endpoints.storage_uri, overrides=parse_overrides(args.overrides))
@@ -69,12 +71,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key} = {value!r}")
         for name, params in space.strategies.items():
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
+        for note in space_notes(space):
+            print(note)
+        from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
+
+        # budgets counted on MUSIC-21's training lists (what a paper-size space trains on)
+        cfg = space.trial_config({"strategy.name": next(iter(space.strategies))})
+        if cfg.preset in PAPER_SIZE_PRESETS:
+            from contavsep_platform import gpu_hours
+
+            for line in gpu_hours.describe(space, train_clips_per_class(MUSIC21, cfg)):
+                print(line)
         if space.sampler.type == "grid":
-            from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
             from contavsep_platform.first_step_plan import describe
 
-            # budgets counted on MUSIC-21's training lists (what a paper-preset space trains on)
-            cfg = space.trial_config({"strategy.name": next(iter(space.strategies))})
             for line in describe(space, train_clips_per_class(MUSIC21, cfg)):
                 print(line)
         return 0
