@@ -269,11 +269,11 @@ def ranking_table(comparison: Comparison, compact: bool = False) -> tuple[list[s
     ``compact``: the console's table (fits 120 columns): no per-pair values, no difference to
     the next method (the summary lines give the leader's), no parameters."""
     chosen = _chosen(comparison)
-    choice = [f"chosen on {comparison.select_by}", "gap"] if chosen else []
-    if compact:
-        header = ["rank", "method", "runs", *[f"{m} ± 95% CI" for m in comparison.columns], *choice,
-                  f"Δ{comparison.metric} vs fine-tuning [95% CI]"]
+    if compact:  # the values' form (mean ± CI) and what "chosen on" reads are said above the table
+        header = ["rank", "method", "runs", *comparison.columns, *(["chosen on", "gap"] if chosen else []),
+                  f"Δ{comparison.metric} vs fine-tuning"]
     else:
+        choice = [f"chosen on {comparison.select_by}", "gap"] if chosen else []
         header = ["rank", "method", "runs", *[f"{m} (mean ± 95% CI)" for m in comparison.columns], *choice,
                   f"Δ{comparison.metric} vs fine-tuning [95% CI]", f"Δ{comparison.metric} vs next [95% CI]", "configuration"]
     rows = []
@@ -295,12 +295,14 @@ def ranking_table(comparison: Comparison, compact: bool = False) -> tuple[list[s
 
 
 def configurations_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: every configuration with its runs' status and estimates."""
-    header = ["configuration", "method", "runs (complete/all)", *[f"{m} (mean ± 95% CI)" for m in comparison.columns], "parameters"]
+    """Header and rows: every configuration with its runs' status and estimates (and the value
+    each method's configuration is chosen by, next to them)."""
+    columns = tuple(dict.fromkeys((*comparison.columns, *([comparison.select_by] if comparison.select_by else []))))
+    header = ["configuration", "method", "runs (complete/all)", *[f"{m} (mean ± 95% CI)" for m in columns], "parameters"]
     rows = []
     for c in comparison.configurations:
         done = sum(r.complete for r in c.runs)
-        rows.append([c.config_id, c.method, f"{done}/{len(c.runs)}", *[c.estimate(m).text() for m in comparison.columns],
+        rows.append([c.config_id, c.method, f"{done}/{len(c.runs)}", *[c.estimate(m).text() for m in columns],
                      _params_text(c.params)])
     return header, rows
 

@@ -67,6 +67,7 @@ from contavsep_platform.cli import UserError
 from contavsep_platform.comparison import (
     CONFIDENCE,
     Comparison,
+    Configuration,
     Estimate,
     RunRecord,
     compare,
@@ -79,8 +80,12 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.report_html import HTML_FILE, write_html
 from contavsep_platform.search_views import View, importance_view, parallel_coordinates_view, r_matrices_view
-from contavsep_platform.spaces import REPEAT_CONFIG_KEYS
+from contavsep_platform.spaces import (
+    REPEAT_CONFIG_KEYS, SELECTION_NOTES, SPLITS, base_metric, named_metric, result_key, split_of,
+)
 from contavsep_platform.tracking import (
+    CONFIG_TAG,
+    STAGE_TAG,
     FINAL_PREFIX,
     PARENT_TAG,
     ROLE_TAG,
@@ -133,10 +138,12 @@ def comparison_name(key: str) -> str:
     if not key.startswith(FINAL_PREFIX):
         return key
     name = key[len(FINAL_PREFIX):]
+    split = "val/" if name.startswith("val/") else ""  # final/val/forgetting_sdr -> val/forgetting/sdr
+    name = name.removeprefix(split)
     for prefix, group in _FINAL_GROUPS:
         if name.startswith(prefix):
-            return group + name[len(prefix):]
-    return name
+            return split + group + name[len(prefix):]
+    return split + name
 
 
 def _param_value(text: str) -> object:
@@ -174,6 +181,11 @@ class TrialRecord:
             return int(float(self.params.get("memory.per_class", "0")))
         except ValueError:
             return 0
+
+    @property
+    def stage(self) -> str:
+        """``search``, or ``confirm`` for a run of the confirmation stage."""
+        return self.tags.get(STAGE_TAG, "search")
 
     @property
     def complete(self) -> bool:
@@ -310,6 +322,10 @@ def load_sweep(tracking_uri: str, sweep_name: str, experiment: str | None = None
             raise SweepNotFoundError(f"no sweep named '{sweep_name}' in MLflow at {tracking_uri}{hint}{listing}")
         parent = parents[-1]  # the latest, if a name was ever reused across experiments
         children = _search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        # a confirmation stage's trials nest under its own run (role stage) below the parent
+        for stage in [r for r in children if r.data.tags.get(ROLE_TAG) == "stage"]:
+            children += _search_all(client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{stage.info.run_id}'")
+        children = [r for r in children if r.data.tags.get(ROLE_TAG) != "stage"]
         space_text = _artifact_text(client, parent.info.run_id, SPACE_ARTIFACT)
     trials = tuple(
         TrialRecord(
@@ -351,10 +367,12 @@ def step_history(client: MlflowClient, run_id: str, metric: str = "sdr") -> list
 class SpaceInfo:
     """What the report needs from the sweep's search_space.yaml (all optional)."""
 
-    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode): ``objectives``, else ``metric``/``mode``
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode): ``objectives``, else ``metric``/``mode`` (split named)
     seeds: int | None = None  # repeats.seeds
     class_orders: int | None = None  # repeats.class_orders
     problem: str = ""  # why the file could not be read ("" when fine or absent)
+    select_on: str = "val"  # val | test (a sweep from before validation sets logged no val values: it chose on test)
+    factors: tuple[str, ...] = ()  # keys that are part of the method
 
 
 def space_info(text: str) -> SpaceInfo:
@@ -376,7 +394,11 @@ def space_info(text: str) -> SpaceInfo:
         objectives = ((str(raw["metric"]), str(raw.get("mode", "max"))),)
     repeats = raw.get("repeats") if isinstance(raw.get("repeats"), Mapping) else {}
     seeds, orders = repeats.get("seeds", 1 if repeats else None), repeats.get("class_orders", 1 if repeats else None)
-    return SpaceInfo(objectives, seeds if isinstance(seeds, int) else None, orders if isinstance(orders, int) else None)
+    select_on = str(raw.get("select_on", "val"))
+    objectives = tuple((named_metric(m, select_on if select_on in SPLITS else "val"), mode) for m, mode in objectives)
+    factors = tuple(str(f) for f in raw["factors"] if isinstance(f, str)) if isinstance(raw.get("factors"), list) else ()
+    return SpaceInfo(objectives, seeds if isinstance(seeds, int) else None, orders if isinstance(orders, int) else None,
+                     select_on=select_on, factors=factors)
 
 
 # ---------------------------------------------------------------------------- selecting
@@ -411,7 +433,43 @@ class RunTable:
     duplicates: Mapping[str, str]  # run id -> run id it repeats (same configuration and repeat; left out)
 
 
-def run_records(trials: Sequence[TrialRecord]) -> RunTable:
+def published_key(metric: str) -> str:
+    """The value a table publishes for a named objective: its test value (``val/sdr`` -> ``sdr``)."""
+    return result_key(f"test/{base_metric(metric)}" if split_of(metric) else metric)
+
+
+def _selection(space: SpaceInfo, key: str, mode: str, configurations: Sequence[Configuration],
+               search_trials: Sequence[TrialRecord], confirm_trials: Sequence[TrialRecord],
+               trials: Sequence[TrialRecord]) -> tuple[str, dict[str, Estimate] | None, str]:
+    """``(select_by, chosen_on, selection)`` for :func:`compare`: how each method's configuration
+    was chosen, read from the runs themselves. A confirmation stage chose on the search's runs
+    (their ``key`` values, per configuration: tag ``contavsep.configuration``); without one, a
+    method with one configuration made no choice; otherwise the choice is made here, on the
+    validation value, or on test for a space that asked for it (or a sweep from before
+    validation sets, which logged no validation values)."""
+    if confirm_trials:
+        by_group: dict[str, list[float]] = {}
+        for t in search_trials:
+            if t.complete and key in t.values:
+                by_group.setdefault(t.tags.get(CONFIG_TAG, ""), []).append(t.values[key])
+        group_of = {t.run_id: t.tags.get(CONFIG_TAG, "") for t in trials}
+        chosen = {c.config_id: t_interval(by_group.get(group_of[c.runs[0].run_id], [])) for c in configurations}
+        n = max((len(c.runs) for c in configurations), default=0)
+        note = SELECTION_NOTES.get(space.select_on, SELECTION_NOTES["val"])
+        return key, chosen, f"{note}, confirmed on {n} fresh run(s) per method (seeds never used by the search)"
+    per_method: dict[str, int] = {}
+    for c in configurations:
+        per_method[c.method] = per_method.get(c.method, 0) + 1
+    if all(n == 1 for n in per_method.values()):
+        return "", None, SELECTION_NOTES["none"]
+    logged = any(key in r.values for c in configurations for r in c.runs)
+    if space.select_on == "val" and logged:
+        return key, None, SELECTION_NOTES["val"] + "; test numbers from the search's own seeds (not confirmed on fresh seeds)"
+    legacy = "" if space.select_on == "test" else " (a sweep from before validation sets)"
+    return "", None, SELECTION_NOTES["test"] + legacy
+
+
+def run_records(trials: Sequence[TrialRecord], factors: Sequence[str] = ()) -> RunTable:
     """RunRecords of the trials: strategies in the paper's order, configurations in order of
     first run. Two runs of one configuration on one repeat are the same experiment twice
     (an old sweep without repeats, a configuration proposed again): the first complete one
@@ -427,6 +485,7 @@ def run_records(trials: Sequence[TrialRecord]) -> RunTable:
                 run_id=t.run_id, config_id=t.config_id, repeat=t.repeat, strategy=name, memory=t.memory_per_class,
                 params={k: _param_value(t.params[k]) for k in keys if k in t.params},
                 values=t.values, complete=t.complete,
+                factors=tuple((k, _param_value(t.params[k])) for k in factors if k in t.params),
             )
             slot = (t.config_id, t.repeat)
             if slot not in kept:
@@ -509,20 +568,32 @@ def build_report(
     mode for that metric, else ``min`` for forgetting and ``max`` for the rest.
     """
     space = space_info(sweep.space_text)
-    metric = comparison_name(metric) if metric else (space.objectives[0][0] if space.objectives else "sdr")
-    mode = mode or _default_mode(metric, space.objectives)
+    first, first_mode = space.objectives[0] if space.objectives else ("val/sdr", "max")
+    # what is ranked and published: a test value (the first objective's, unless --metric says)
+    metric = comparison_name(metric) if metric else result_key(f"test/{base_metric(first)}")
+    mode = mode or _default_mode(metric, [(result_key(m), d) for m, d in space.objectives])
     if mode not in ("max", "min"):
         raise UserError(f"mode must be 'max' or 'min', got '{mode}'")
     trials = list(sweep.trials)
-    table = run_records(trials)
+    confirm_trials = [t for t in trials if t.stage == "confirm"]
+    search_trials = [t for t in trials if t.stage != "confirm"]
+    # a confirmation stage's runs are what is published; the search's only say what was chosen
+    table = run_records(confirm_trials or search_trials, space.factors)
     logged = sorted({k for r in table.records if r.complete for k in r.values})
     if logged and metric not in logged:
         raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{_suggest(metric, logged)};"
                         f" values: {', '.join(logged)}")
-    objectives = space.objectives if len(space.objectives) > 1 else ()
+    objectives = tuple((published_key(m), d) for m, d in space.objectives) if len(space.objectives) > 1 else ()
     columns = tuple(dict.fromkeys([*RANKING_COLUMNS, *(m for m, _ in objectives)]))
     configurations = group_configurations(table.records)
-    comparison = compare(configurations, metric, mode, columns)
+    select_by, chosen_on, selection = _selection(space, result_key(first), first_mode, configurations, search_trials,
+                                                 confirm_trials, trials)
+    comparison = compare(configurations, metric, mode, columns, select_by=select_by, chosen_on=chosen_on, selection=selection)
+    search = comparison
+    if confirm_trials:
+        search_configurations = group_configurations(run_records(search_trials, space.factors).records)
+        search_columns = tuple(dict.fromkeys([result_key(first), *columns]))
+        search = compare(search_configurations, result_key(first), first_mode, search_columns, selection=selection)
     trial_of = {t.run_id: t for t in trials}
     model_of = {r.config_id: trial_of[r.run_id].model for r in table.records}
 
@@ -532,13 +603,17 @@ def build_report(
     md: list[str] = [f"# Sweep `{sweep.name}`", ""]
     md += _header_lines(sweep, table, comparison, space, metric, mode) + [""]
 
-    md += ["## Ranking (best configuration per method)", ""]
+    md += ["## Ranking (confirmed configuration per method)" if confirm_trials else "## Ranking (one configuration per method)", ""]
     header, rows = _ranking_rows(comparison)
     if rows:
-        md += [f"Methods (strategy and memory size) by the mean final `{metric}` ({mode}) of their best configuration"
-               f" that completed all its runs. Values: mean ± half-width of the {CONFIDENCE:.0%} Student-t interval over"
-               " the configuration's runs; `runs` = how many runs stand behind each mean. Δ: paired by seed and class"
-               " order (run minus run on the same repeat), with the interval of those differences and how many pairs.", ""]
+        chosen = (f" chosen by `{select_by}` (validation; the value it was chosen on and the gap to the published"
+                  f" mean are shown)" if select_by else "")
+        md += [f"**Selection: {selection}.**", "",
+               f"Methods ({', '.join(('strategy', 'memory size', *space.factors))}) by the mean final `{metric}` ({mode})"
+               f" of their configuration{chosen} that completed all its runs. Values: mean ± half-width of the"
+               f" {CONFIDENCE:.0%} Student-t interval over the configuration's runs; `runs` = how many runs stand behind each"
+               " mean. Δ: paired by seed and class order (run minus run on the same repeat), with the interval of those"
+               " differences and how many pairs.", ""]
         md.append(markdown_table(header, rows))
         md.append("")
     md += [f"- {line}" for line in summary_lines(comparison)]
@@ -557,11 +632,12 @@ def build_report(
 
     md += _table1_lines(comparison, model_of, metric, mode) + [""]
 
-    md += ["## Configurations", ""]
-    if comparison.configurations:
-        header, rows = configurations_table(comparison)
+    md += ["## Configurations of the search" if confirm_trials else "## Configurations", ""]
+    if search.configurations:
+        header, rows = configurations_table(search)
         md += ["Every configuration with how many of its runs completed; a configuration counts in the ranking only"
-               " when all its runs completed.", "", markdown_table(header, rows)]
+               " when all its runs completed." + (" The ranking above comes from the confirmation runs, not these."
+                                                  if confirm_trials else ""), "", markdown_table(header, rows)]
     else:
         md.append("No runs logged.")
     md.append("")
@@ -596,7 +672,7 @@ def build_report(
         pareto_view = View(lines[0].removeprefix("## "), figure, f"Means with {CONFIDENCE:.0%} CI bars of the first two"
                            " objectives; front members marked." if figure else f"Not drawn: {' '.join(lines[2:])}")
 
-    views = _views(comparison, space, metric, mode, per_step, out, pareto_view, trials, r_document)
+    views = _views(comparison, space, metric, mode, per_step, out, pareto_view, trials, r_document, search)
     files += [v.file for v in views if v.file is not None and v.file not in files]
     md += ["## Views of the search", "", f"The page [{HTML_FILE}]({HTML_FILE}) shows them together.", ""]
     for view in views:
@@ -635,12 +711,15 @@ def build_report(
 
 def _views(comparison: Comparison, space: SpaceInfo, metric: str, mode: str,
            per_step: Mapping[str, Sequence[tuple[int, Estimate]]], out: Path, pareto_view: View,
-           trials: Sequence[TrialRecord], r_document: Callable[[str], Mapping[str, Any] | None] | None) -> list[View]:
-    """Importance, parallel coordinates, step curves, Pareto front and R matrices, in that order."""
-    objectives = list(space.objectives) if len(space.objectives) > 1 else [(metric, mode)]
+           trials: Sequence[TrialRecord], r_document: Callable[[str], Mapping[str, Any] | None] | None,
+           search: Comparison | None = None) -> list[View]:
+    """Importance, parallel coordinates (of the search's configurations: ``search``), step
+    curves, Pareto front and R matrices, in that order."""
+    objectives = [(published_key(m), d) for m, d in space.objectives] if len(space.objectives) > 1 else [(metric, mode)]
     if not any(m == "forgetting/sdr" for m, _ in objectives):
         objectives.append(("forgetting/sdr", "min"))  # what every method trades its SDR against
-    views = [importance_view(comparison, objectives, out), parallel_coordinates_view(comparison, objectives, out)]
+    search = search or comparison
+    views = [importance_view(search, objectives, out), parallel_coordinates_view(search, objectives, out)]
 
     step_title = f"SDR after each step (best configuration per method, mean ± {CONFIDENCE:.0%} CI)"
     if (out / STEP_FILE).exists() and per_step:
@@ -685,7 +764,7 @@ def _header_lines(sweep: SweepRecord, table: RunTable, comparison: Comparison, s
     complete = sum(t.complete for t in sweep.trials)
     configs = comparison.configurations
     lines = [f"{runs} runs: {complete} complete, {runs - complete} stopped early, failed or running."
-             f" Sweep run status: {sweep.status}.  "]
+             f" Sweep run status: {sweep.status}.  ", f"Selection: {comparison.selection}.  "]
     if configs:
         sizes = sorted({len(c.runs) for c in configs})
         per = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"

@@ -486,10 +486,16 @@ def format_trials_table(outcome: SweepOutcome) -> str:
     return _table(rows)
 
 
+def _params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt_param(v)}" for k, v in params.items())
+
+
 def format_ranking(outcome: SweepOutcome) -> str:
     """The ranking of methods (best complete configuration each) with CIs and paired differences."""
     header, rows = ranking_table(outcome.comparison, compact=True)
     lines = [_table([header, *rows])] if rows else []
+    # the configurations' parameters under the table (it keeps to 120 columns without them)
+    lines += [f"  {r.configuration.method}: {_params(r.configuration.params)}" for r in outcome.comparison.rows if r.configuration.params]
     lines += summary_lines(outcome.comparison)
     return "\n".join(lines)
 
@@ -968,12 +974,16 @@ def print_outcome(outcome: SweepOutcome, out: Any = None, trials_table: bool = T
     """The sweep's final console: the trials (unless ``trials_table`` is off: the demo's live
     table showed each already), the ranking, notes and how to resume."""
     out = out or sys.stdout
-    print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials of {len(outcome.comparison.configurations)} configuration(s)"
+    configurations = len((outcome.search or outcome.comparison).configurations)
+    stages = " (search and confirmation)" if outcome.confirmed else ""
+    print(f"\nsweep {outcome.name}: {len(outcome.trials)} trials{stages} of {configurations} configuration(s)"
           f" in {outcome.wall_seconds:.0f} s (at most {outcome.max_concurrent} at once); results under {outcome.sweep_uri}", file=out)
     if trials_table:
         print(format_trials_table(outcome), file=out)
+    chosen = f"; chosen on = the {outcome.comparison.select_by} it was chosen by, gap = test minus that" if any(
+        r.chosen_on is not None for r in outcome.comparison.rows) else ""
     print(f"\nranking by final test {outcome.metric} ({outcome.mode}; mean ± 95% CI half-width over each method's runs;"
-          f" Δ paired by seed and class order)\nselection: {outcome.selection}", file=out)
+          f" Δ paired by seed and class order{chosen})\nselection: {outcome.selection}", file=out)
     print(format_ranking(outcome) or "no configuration completed all its runs", file=out)
     if outcome.objectives:
         header, rows = configurations_table(outcome.comparison)

@@ -34,7 +34,7 @@ from contavsep.config import Config, flat, to_yaml
 from contavsep.engine import VAL_PREFIX, Distributed, StepResult
 from contavsep.first_step import FIRST_STEPS_DIR, FirstStepStore
 from contavsep_platform.ray_storage import ray_storage
-from contavsep_platform.spaces import SearchSpace
+from contavsep_platform.spaces import GROUP_KEY, SearchSpace
 
 log = logging.getLogger("contavsep.trial")
 
@@ -186,16 +186,19 @@ def restored_result(state: Any) -> StepResult:
     return StepResult(state.step, metrics, summary, [], is_last=state.step + 1 == results.num_steps)
 
 
-def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[str, Any]) -> Any | None:
+def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[str, Any], group: str) -> Any | None:
     if not context.tracking_uri:
         return None
     # imports mlflow: only where tracking is on
-    from contavsep_platform.tracking import PENDING_FILE, STAGE_TAG, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input
+    from contavsep_platform.tracking import (
+        CONFIG_TAG, PENDING_FILE, STAGE_TAG, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input,
+    )
 
     pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)
     return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg),
                         pending_uri=pending, s3=s3_settings(), dataset=dataset_input(cfg.data.uri, manifest),
-                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S, tags={STAGE_TAG: context.stage})
+                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S,
+                        tags={STAGE_TAG: context.stage, **({CONFIG_TAG: group} if group else {})})
 
 
 def _step_index(name: str) -> int | None:
@@ -253,7 +256,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{trial_id} r{rank}] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     cfg = context.space.trial_config(loop_config["params"])
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
-    tracker = _tracker(context, trial_id, cfg, table.manifest) if rank == 0 else None
+    group = str(loop_config["params"].get(GROUP_KEY) or "")
+    tracker = _tracker(context, trial_id, cfg, table.manifest, group) if rank == 0 else None
     reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric_key, started)
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:

@@ -153,7 +153,8 @@ def test_runs_become_configurations_and_repeats(logged_sweep):
     sweep = load_sweep(logged_sweep, SWEEP)
     assert len(sweep.trials) == 14 and sweep.status == "FINISHED" and sweep.tags["contavsep.data_hash"] == "feedc0de"
     assert sweep.space_text == SPACE_YAML
-    assert space_info(sweep.space_text).objectives == (("sdr", "max"), ("forgetting/sdr", "min"))
+    # bare names in a space are measured on validation (the split a sweep selects on)
+    assert space_info(sweep.space_text).objectives == (("val/sdr", "max"), ("val/forgetting/sdr", "min"))
     stopped = next(t for t in sweep.trials if t.name == "t_cv9_s0")
     assert stopped.status == "KILLED" and not stopped.complete and stopped.metrics["sdr"] == 9.0
     table = run_records(sweep.trials)
@@ -205,6 +206,9 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert "The space asks for 3 seed(s) x 1 class order(s) per configuration." in text
     assert "1 run(s) repeat another run's configuration and repeat and are not counted." in text
     assert "`contavsep.data_hash`: feedc0de" in text and "mlflow.runName" not in text
+    # these runs logged no validation values and a method has two configurations: the choice was
+    # made on the test numbers shown, and the report says so
+    assert "Selection: selected on test (optimistic) (a sweep from before validation sets)." in text
 
     # ranking: best configuration per method (contavsep: lambda 0.1, not 0.5), n = 3 each
     top = _row(lines, "| 1 | contavsep (mem 1) |")
@@ -361,5 +365,7 @@ def test_repeat_labels_and_configuration_ids():
     assert comparison_name("final/forgetting_sdr") == "forgetting/sdr"
     assert comparison_name("final/avg_incremental_sir") == "average_incremental/sir"
     assert comparison_name("final/sdr_old") == "sdr_old" and comparison_name("memory/clips") == "memory/clips"
-    assert space_info("metric: sir\nmode: max\n").objectives == (("sir", "max"),)
+    assert space_info("metric: sir\nmode: max\n").objectives == (("val/sir", "max"),)
+    assert space_info("metric: sir\nselect_on: test\n").objectives == (("test/sir", "max"),)
+    assert comparison_name("final/val/forgetting_sdr") == "val/forgetting/sdr" and comparison_name("final/val/sdr") == "val/sdr"
     assert space_info("objectives: [\n").problem.startswith("search_space.yaml is not valid YAML")

@@ -35,7 +35,29 @@ def _space(extra: str, strategies: str = LWF):
 
 
 def _final(sdr: float, forgetting: float = 1.0, steps: int = 4) -> dict:
-    return {"sdr": sdr, "forgetting/sdr": forgetting, "step": float(steps)}
+    """A trial's last result: ``sdr`` / ``forgetting`` are its validation values; its test values
+    (unprefixed) are different numbers, so a searcher that read them would be told other means."""
+    return {"val/sdr": sdr, "val/forgetting/sdr": forgetting, "sdr": -100.0 - sdr, "forgetting/sdr": 50.0 + forgetting,
+            "step": float(steps)}
+
+
+def test_optuna_is_told_the_validation_mean_never_the_test_numbers():
+    """By hand: seeds with validation SDR 2 and 5 (test -102 and -105): Optuna gets 3.5; with
+    ``select_on: test`` the same results give the test mean -103.5, and the space says so."""
+    space = _space("num_samples: 1\nrepeats: {seeds: 2}\n")
+    assert space.metric == "val/sdr" and space.objectives[0].key == "val/sdr"
+    searcher = GroupedOptunaSearch(space)
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", _final(2.0))
+    searcher.on_trial_complete("b", _final(5.0))
+    assert searcher.study.trials[0].value == 3.5
+    optimistic = _space("num_samples: 1\nrepeats: {seeds: 2}\nselect_on: test\n")
+    assert optimistic.metric == "test/sdr" and optimistic.metric_key == "sdr" and optimistic.selection == "test"
+    searcher = GroupedOptunaSearch(optimistic)
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_complete("a", _final(2.0))
+    searcher.on_trial_complete("b", _final(5.0))
+    assert searcher.study.trials[0].value == -103.5
 
 
 def test_every_configuration_runs_on_every_seed_and_class_order_and_optuna_gets_the_group_mean():
@@ -171,6 +193,22 @@ def test_group_asha_judges_the_group_mean_once_every_member_reached_the_rung():
     assert asha.on_trial_result(None, b1, result(1.0, 2)) == TrialScheduler.STOP
     assert asha.on_trial_result(None, b0, result(7.0, 3)) == TrialScheduler.STOP  # the sibling stops at its next result
     assert asha.on_trial_result(None, b0, result(7.0, 4)) == TrialScheduler.CONTINUE  # never stopped at the last step
+    assert asha.recorded[2] == [5.0, 4.5]
+
+
+def test_the_sweeps_asha_prunes_on_the_validation_value():
+    """The scheduler a space gets reads val/sdr: group B leads A on test (the unprefixed value)
+    but trails it on validation (4.5 against 5 by hand), so B is stopped at the rung."""
+    from contavsep_platform.sweep import make_scheduler
+
+    space = _space("num_samples: 2\nrepeats: {seeds: 2}\nscheduler: {type: asha, grace_period: 2, reduction_factor: 2}\n")
+    asha = make_scheduler(space)
+    result = lambda val, test: {"val/sdr": val, "sdr": test, "step": 2.0}  # noqa: E731
+    a0, a1, b0, b1 = _trial("A", "s0"), _trial("A", "s1"), _trial("B", "s0"), _trial("B", "s1")
+    assert asha.on_trial_result(None, a0, result(6.0, 1.0)) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, a1, result(4.0, 1.0)) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, b0, result(8.0, 9.0)) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, b1, result(1.0, 9.0)) == TrialScheduler.STOP
     assert asha.recorded[2] == [5.0, 4.5]
 
 

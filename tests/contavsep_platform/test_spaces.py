@@ -69,14 +69,23 @@ def test_shipped_spaces_validate_and_say_what_the_issue_asks():
         assert set(params["model.name"].choices) == {"iquery", "coseparation"}
     assert paper.sampler.type == "grid" and paper.num_samples == paper.grid_size() == 8 * 2 * 2
     assert paper.resources.gpus > 0 and paper.base["preset"] == "paper"
+    # Table 1: the separator is a factor (a row), so nothing is chosen; every cell on >= 3 seeds
+    assert paper.factors == ("model.name",) and not paper.selects and paper.selection == "none"
+    assert paper.repeats.seeds >= 3
+    # every space reads validation unless it says otherwise; the tables publish test numbers
+    assert all(sp.metric == "val/sdr" and sp.metric_key == "val/sdr" and sp.publish_metric == "test/sdr" for sp in spaces.values())
+    assert not demo.selects and not spaces["memory_size"].selects  # each method once: no selection
 
     lambdas = spaces["contavsep_lambdas"]
     assert set(lambdas.strategies) == {"contavsep"}
     assert set(lambdas.strategies["contavsep"]) == {
         "strategy.lambda_ins", "strategy.lambda_cls", "strategy.lambda_dist", "strategy.temperature", "memory.per_class"}
+    # memory is fixed per method (more memory always helps SDR: TPE would drift to the largest)
+    assert lambdas.strategies["contavsep"]["memory.per_class"].is_fixed
     # The paper's values are the first point to evaluate.
     assert lambdas.points_to_evaluate[0] == {STRATEGY_KEY: "contavsep", "strategy.lambda_ins": 0.1, "strategy.lambda_cls": 0.3,
-                                             "strategy.lambda_dist": 0.3, "strategy.temperature": 0.05, "memory.per_class": 1}
+                                             "strategy.lambda_dist": 0.3, "strategy.temperature": 0.05}
+    assert lambdas.selects and lambdas.confirms and lambdas.confirm.seeds >= 3 and lambdas.select_on == "val"
     assert 0 < lambdas.resources.gpus < 1
 
     memory = spaces["memory_size"]

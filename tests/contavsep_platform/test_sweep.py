@@ -61,8 +61,9 @@ def test_the_outcome_ranks_complete_configurations_over_their_repeats():
 
     def row(trial_id, strategy, status, sdr, lam, repeat):
         params = {STRATEGY_KEY: strategy, "strategy.lambda_dist": lam}
+        # validation ranks the configurations as test does here (val = test + 1)
         return TrialRow(trial_id, strategy, status, 3 if status == "complete" else 2, params,
-                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5},
+                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5, "val/sdr": sdr + 1},
                         group=configuration_id(space, params), repeat=repeat)
 
     rows = [row("a", "lwf", "complete", 3.0, 0.2, "s0-o0"), row("b", "lwf", "complete", 5.0, 0.2, "s1-o0"),
