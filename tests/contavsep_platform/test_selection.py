@@ -182,3 +182,100 @@ def test_a_multi_objective_space_confirms_its_validation_pareto_set_capped():
     plan = confirmation_plan(space, outcome)
     assert [c["chosen_on"]["mean"] for c in plan["configurations"]] == [7.0, 5.0]
     assert not math.isnan(plan["configurations"][0]["chosen_on"]["mean"])
+
+
+@pytest.mark.slow
+def test_a_real_sweep_searches_confirms_resumes_after_an_interrupt_in_confirmation_and_leaves_no_running_run(
+        services, s3_dataset, tmp_path):
+    """smoke.yaml with a confirmation stage on local Ray, the local S3 and MLflow servers:
+    SIGTERM once a confirmation trial has checkpointed a step, then --resume: the stored choice is
+    not made again, the confirmation trials finish on seeds the search never used, the table
+    comes from them, the report says so, and no MLflow run of the sweep is left RUNNING."""
+    import os
+    import signal
+    import threading
+    import time
+    from dataclasses import replace
+
+    import ray
+    from mlflow import MlflowClient
+
+    from contavsep import storage
+    from contavsep_platform.report import write_report
+    from contavsep_platform.settings import service_env
+    from contavsep_platform.spaces import ConfirmSpec, load_space, shipped_spaces_dir, validate_space
+    from contavsep_platform.sweep import CONFIRM_DIR, CONFIRMATION_FILE, connect_ray, job_placement_groups, run_sweep
+
+    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri,
+                       overrides={"data.uri": s3_dataset, "train.iters_per_step": "30"})
+    space = validate_space(replace(space, confirm=ConfirmSpec(seeds=2)))
+    env = service_env(services)
+    name = f"confirm-test-{int(time.time())}"
+    sweep_uri = storage.join(services.storage_uri, "sweeps", name)
+    kwargs = dict(storage_uri=services.storage_uri, name=name, tracking_uri=services.mlflow_tracking_uri, s3=services.s3,
+                  env=env, verbose=0)
+    sent = threading.Event()
+
+    def confirmation_step_checkpointed() -> bool:
+        try:
+            stage = [n.removeprefix("tune-") for n in storage.list_dir(storage.join(sweep_uri, CONFIRM_DIR), services.s3)
+                     if n.startswith("tune-")]
+            return any("step=0" in storage.list_dir(storage.join(sweep_uri, t), services.s3) for t in stage)
+        except Exception:  # noqa: BLE001 - not there yet
+            return False
+
+    def stop_in_confirmation() -> None:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not sent.is_set():
+            if confirmation_step_checkpointed():
+                sent.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.5)
+
+    started = connect_ray(None, env) if not ray.is_initialized() else False
+    watcher = threading.Thread(target=stop_in_confirmation, daemon=True)
+    try:
+        watcher.start()
+        stopped = run_sweep(space, **kwargs)
+        assert sent.is_set() and stopped.interrupted and stopped.confirmed
+        plan_uri = storage.join(sweep_uri, CONFIRMATION_FILE)
+        plan = storage.read_bytes(plan_uri, services.s3)
+        assert job_placement_groups() == []
+
+        outcome = run_sweep(space, resume=True, **kwargs)
+        assert not outcome.interrupted and outcome.confirmed and not outcome.errored
+        assert storage.read_bytes(plan_uri, services.s3) == plan  # the choice was not made again
+        search = [r for r in outcome.trials if r.stage == "search"]
+        confirm = [r for r in outcome.trials if r.stage == CONFIRM_DIR]
+        assert len(search) == 2 and {r.repeat for r in search} == {"s0-o0"}
+        assert confirm and {r.repeat for r in confirm} == {"s1-o0", "s2-o0"} and all(r.status == "complete" for r in confirm)
+        assert {r.group for r in confirm} <= {r.group for r in search}
+        ranked = {run.run_id for row in outcome.comparison.rows for run in row.configuration.runs}
+        assert ranked and ranked <= {r.trial_id for r in confirm}
+        assert all(row.chosen_on is not None and row.estimates["sdr"].n == 2 for row in outcome.comparison.rows)
+        assert all("val/sdr" in r.metrics and "sdr" in r.metrics for r in confirm)
+
+        client = MlflowClient(services.mlflow_tracking_uri)
+        parent = client.get_run(outcome.parent_run_id)
+        assert parent.info.status == "FINISHED" and "validation" in parent.data.tags["contavsep.selection"]
+        runs = client.search_runs([parent.info.experiment_id], f"tags.`contavsep.sweep` = '{name}'")
+        assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+        (stage_run,) = [r for r in runs if r.data.tags.get("contavsep.role") == "stage"]
+        assert stage_run.info.status == "FINISHED"
+        confirm_runs = [r for r in runs if r.data.tags.get("contavsep.stage") == CONFIRM_DIR and r.data.tags.get("contavsep.role") == "trial"]
+        assert {r.data.tags["contavsep.trial"] for r in confirm_runs} == {r.trial_id for r in confirm}
+        assert all(r.data.tags["mlflow.parentRunId"] == stage_run.info.run_id for r in confirm_runs)
+        seeds = {r.data.params["train.seed"] for r in confirm_runs}
+        search_seeds = {r.data.params["train.seed"] for r in runs if r.data.tags.get("contavsep.stage") == "search"}
+        assert seeds == {"1", "2"} and search_seeds == {"0"}
+        assert all("final/val/sdr" in r.data.metrics and "final/sdr" in r.data.metrics for r in confirm_runs)
+
+        report = write_report(services.mlflow_tracking_uri, name, tmp_path / "report")
+        assert "Selection: selected on validation, confirmed on 2 fresh run(s) per method" in report.markdown
+        assert "## Ranking (confirmed configuration per method)" in report.markdown
+        assert "## Configurations of the search" in report.markdown
+    finally:
+        sent.set()
+        if started:
+            ray.shutdown()
