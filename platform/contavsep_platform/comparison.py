@@ -188,33 +188,42 @@ class Comparison:
 
 def compare(
     configurations: Sequence[Configuration], metric: str, mode: str, columns: Sequence[str] = ("forgetting/sdr",), *,
-    select_by: str = "", chosen_on: Mapping[str, Estimate] | None = None, selection: str = "",
+    select_by: str = "", select_mode: str = "", chosen_on: Mapping[str, Estimate] | None = None, selection: str = "",
 ) -> Comparison:
     """Rank the methods by the mean ``metric`` of their best complete configuration, chosen by
     ``select_by`` (a validation value; default ``metric`` itself, which is optimistic when a
     method has several configurations); paired differences against fine-tuning and against the
     next method (see the module docstring).
 
+    ``select_mode``: the direction of ``select_by`` (default ``mode``).
     ``chosen_on``: config id -> the estimate it was chosen on elsewhere (a confirmation stage's
-    configurations were chosen on the search's validation runs); shown per row with the gap.
+    configurations were chosen on the search's validation runs); shown per row with the gap, and
+    what a method with several confirmed configurations is chosen by.
     ``selection``: what the choice was made on, in words, carried to every table.
     """
     columns = tuple(dict.fromkeys((metric, *columns)))
-    by = select_by or metric
-    complete = [c for c in configurations if c.complete and c.per_repeat(metric) and c.per_repeat(by)]
+    by, by_mode = select_by or metric, select_mode or mode
+    chosen_on = chosen_on or {}
+
+    def choice_value(c: Configuration) -> float:
+        return chosen_on[c.config_id].mean if c.config_id in chosen_on else c.estimate(by).mean
+
+    complete = [c for c in configurations if c.complete and c.per_repeat(metric) and (c.config_id in chosen_on or c.per_repeat(by))]
     best: dict[str, Configuration] = {}
     for c in complete:
         current = best.get(c.method)
-        if current is None or _better(c.estimate(by).mean, current.estimate(by).mean, mode):
+        if current is None or _better(choice_value(c), choice_value(current), by_mode):
             best[c.method] = c
     ranked = sorted(best.values(), key=lambda c: c.estimate(metric).mean, reverse=mode == "max")
     references = [c for c in ranked if c.strategy == REFERENCE_STRATEGY]
     rows = []
     for i, c in enumerate(ranked):
-        # fine-tuning with the same memory; fine-tuning itself against fine-tuning without memory
-        same = [r for r in references if r.memory == c.memory and r is not c]
-        without = [r for r in references if r.memory == 0 and r is not c]
-        others = [r for r in references if r is not c]
+        # fine-tuning with the same memory (and the same factors: a separator is compared with
+        # itself); fine-tuning itself against fine-tuning without memory
+        peers = [r for r in references if r.factors == c.factors and r is not c]
+        same = [r for r in peers if r.memory == c.memory]
+        without = [r for r in peers if r.memory == 0]
+        others = peers
         if c.strategy == REFERENCE_STRATEGY:
             reference = without[0] if without else None
         else:
@@ -231,7 +240,7 @@ def compare(
                 reference="" if vs_ref is None else reference.method,
                 vs_next=vs_next,
                 next_method="" if below is None else below.method,
-                chosen_on=(chosen_on or {}).get(c.config_id) or (c.estimate(select_by) if select_by else None),
+                chosen_on=chosen_on.get(c.config_id) or (c.estimate(select_by) if select_by else None),
             )
         )
     incomplete = tuple(c for c in configurations if not c.complete)

@@ -13,6 +13,7 @@ so for an ASHA space it is the most the search can train.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,14 @@ def _default_params(space: SearchSpace, strategy: str) -> dict[str, object]:
     return params
 
 
+def methods(space: SearchSpace) -> int:
+    """How many methods (table rows) a space has: per strategy, its memory sizes x factor values."""
+    total = 0
+    for params in space.strategies.values():
+        total += math.prod(len(d.choices) if d.kind == "choice" else 1 for k, d in params.items() if k in space.method_keys)
+    return total
+
+
 def _mixtures(cfg: Config, train_clips_per_class: Sequence[int]) -> float:
     return float(sum(s.mixtures for s in sequence_budget(cfg, train_clips_per_class).steps))
 
@@ -67,7 +76,7 @@ def gpu_hours(space: SearchSpace, train_clips_per_class: Sequence[int]) -> GpuHo
     confirm_trials, confirm_mixtures = 0, 0.0
     if space.confirms:
         confirm = space.stage("confirm")
-        chosen = len(space.strategies) if len(space.objectives) == 1 else space.confirm.max_pareto
+        chosen = methods(space) + (space.confirm.max_pareto if len(space.objectives) > 1 else 0)
         per_strategy = [_mixtures(confirm.trial_config(_default_params(confirm, s)), train_clips_per_class) for s in confirm.strategies]
         confirm_trials = chosen * confirm.repeats.count
         confirm_mixtures = confirm_trials * sum(per_strategy) / len(per_strategy)

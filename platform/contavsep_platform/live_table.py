@@ -17,8 +17,8 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from contavsep_platform.comparison import method_label
-from contavsep_platform.spaces import STRATEGY_KEY, SearchSpace
-from contavsep_platform.trial import STEP_KEY
+from contavsep_platform.spaces import CONFIRM_TRIAL_KEY, STRATEGY_KEY, SearchSpace
+from contavsep_platform.trial import NUM_STEPS_KEY, STEP_KEY
 
 # Rows the terminal table shows at most: running trials first, then the most recently ended
 # (a 100-trial sweep must not scroll the live view off the screen).
@@ -34,6 +34,7 @@ class TrialLine:
     status: str = "running"  # running | retrying | complete | stopped | error
     step: int = 0  # completed incremental steps
     value: float | None = None  # the space's metric after the last reported step
+    total: int = 0  # the trial's steps (a first_tasks search trains fewer than its confirmation); 0 = unknown yet
     started: float = 0.0  # time.monotonic() at the (last) start
     ended: float | None = None
 
@@ -88,9 +89,10 @@ class LiveTable(Callback):
         if step is None:
             return
         line.step = int(step)
+        line.total = int(result.get(NUM_STEPS_KEY) or self.space.num_steps)
         value = result.get(self.metric)
         line.value = float(value) if isinstance(value, (int, float)) else None
-        if line.step < self.space.num_steps:  # the last step's line is the trial's end line
+        if line.step < line.total:  # the last step's line is the trial's end line
             self._event(line, "")
         else:
             self._refresh()
@@ -102,7 +104,7 @@ class LiveTable(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         line = self._line(trial)
-        line.status = "complete" if line.step >= self.space.num_steps else "stopped"
+        line.status = "complete" if line.step >= (line.total or self.space.num_steps) else "stopped"
         line.ended = time.monotonic()
         self._event(line, line.status)
 
@@ -132,10 +134,12 @@ class LiveTable(Callback):
     # -- rendering -------------------------------------------------------------------------------
 
     def _method(self, config: dict[str, Any]) -> str:
+        config = config.get(CONFIRM_TRIAL_KEY) or config  # a confirmation trial's parameters are one grid value
         strategy = str(config.get(STRATEGY_KEY, "?"))
         if strategy not in self.space.strategies:
             return strategy
-        return method_label(strategy, int(self.space.trial_config(config).memory.per_class))
+        factors = tuple(self.space.method_of(config).items())
+        return method_label(strategy, int(self.space.trial_config(config).memory.per_class), factors)
 
     def _line(self, trial: Any) -> TrialLine:
         line = self.trials.get(trial.trial_id)
@@ -161,7 +165,7 @@ class LiveTable(Callback):
         (``what`` follows: ``complete``, ``stopped``, ...; a start is ``trial ...  started``)."""
         parts = [f"trial {line.trial_id}", line.method]
         if what != "started":
-            parts += [f"step {line.step}/{self.space.num_steps}", f"{self.metric} {_value(line.value)}", _elapsed(line)]
+            parts += [f"step {line.step}/{line.total or self.space.num_steps}", f"{self.metric} {_value(line.value)}", _elapsed(line)]
         return "  ".join(parts + ([what] if what else []))
 
     def _render(self) -> Any:
@@ -178,7 +182,7 @@ class LiveTable(Callback):
         for column in ("trial", "method", "step", self.metric, "status", "elapsed"):
             table.add_column(column, justify="right" if column in ("step", self.metric, "elapsed") else "left")
         for line in lines[:MAX_ROWS]:
-            table.add_row(line.trial_id, line.method, f"{line.step}/{self.space.num_steps}", _value(line.value),
+            table.add_row(line.trial_id, line.method, f"{line.step}/{line.total or self.space.num_steps}", _value(line.value),
                           line.status, _elapsed(line))
         if len(lines) > MAX_ROWS:
             table.add_row(f"... {len(lines) - MAX_ROWS} more", "", "", "", "", "")

@@ -81,7 +81,7 @@ from contavsep_platform.comparison import (
 from contavsep_platform.report_html import HTML_FILE, write_html
 from contavsep_platform.search_views import View, importance_view, parallel_coordinates_view, r_matrices_view
 from contavsep_platform.spaces import (
-    REPEAT_CONFIG_KEYS, SELECTION_NOTES, SPLITS, base_metric, named_metric, result_key, split_of,
+    REPEAT_CONFIG_KEYS, SELECTION_NOTES, SPLITS, named_metric, publish_key, result_key, selection_text,
 )
 from contavsep_platform.tracking import (
     CONFIG_TAG,
@@ -373,6 +373,7 @@ class SpaceInfo:
     problem: str = ""  # why the file could not be read ("" when fine or absent)
     select_on: str = "val"  # val | test (a sweep from before validation sets logged no val values: it chose on test)
     factors: tuple[str, ...] = ()  # keys that are part of the method
+    first_tasks: int = 0  # protocol first_tasks: the tasks the search saw (0: the whole stream)
 
 
 def space_info(text: str) -> SpaceInfo:
@@ -397,8 +398,11 @@ def space_info(text: str) -> SpaceInfo:
     select_on = str(raw.get("select_on", "val"))
     objectives = tuple((named_metric(m, select_on if select_on in SPLITS else "val"), mode) for m, mode in objectives)
     factors = tuple(str(f) for f in raw["factors"] if isinstance(f, str)) if isinstance(raw.get("factors"), list) else ()
+    protocol = raw.get("protocol")
+    protocol = {"type": protocol} if isinstance(protocol, str) else protocol if isinstance(protocol, Mapping) else {}
+    first_tasks = int(protocol.get("tasks", 2)) if protocol.get("type") == "first_tasks" else 0
     return SpaceInfo(objectives, seeds if isinstance(seeds, int) else None, orders if isinstance(orders, int) else None,
-                     select_on=select_on, factors=factors)
+                     select_on=select_on, factors=factors, first_tasks=first_tasks)
 
 
 # ---------------------------------------------------------------------------- selecting
@@ -433,12 +437,7 @@ class RunTable:
     duplicates: Mapping[str, str]  # run id -> run id it repeats (same configuration and repeat; left out)
 
 
-def published_key(metric: str) -> str:
-    """The value a table publishes for a named objective: its test value (``val/sdr`` -> ``sdr``)."""
-    return result_key(f"test/{base_metric(metric)}" if split_of(metric) else metric)
-
-
-def _selection(space: SpaceInfo, key: str, mode: str, configurations: Sequence[Configuration],
+def _selection(space: SpaceInfo, key: str, configurations: Sequence[Configuration],
                search_trials: Sequence[TrialRecord], confirm_trials: Sequence[TrialRecord],
                trials: Sequence[TrialRecord]) -> tuple[str, dict[str, Estimate] | None, str]:
     """``(select_by, chosen_on, selection)`` for :func:`compare`: how each method's configuration
@@ -455,18 +454,18 @@ def _selection(space: SpaceInfo, key: str, mode: str, configurations: Sequence[C
         group_of = {t.run_id: t.tags.get(CONFIG_TAG, "") for t in trials}
         chosen = {c.config_id: t_interval(by_group.get(group_of[c.runs[0].run_id], [])) for c in configurations}
         n = max((len(c.runs) for c in configurations), default=0)
-        note = SELECTION_NOTES.get(space.select_on, SELECTION_NOTES["val"])
-        return key, chosen, f"{note}, confirmed on {n} fresh run(s) per method (seeds never used by the search)"
+        split = space.select_on if space.select_on in SPLITS else "val"
+        return key, chosen, selection_text(split, first_tasks=space.first_tasks, confirmed_runs=n)
     per_method: dict[str, int] = {}
     for c in configurations:
         per_method[c.method] = per_method.get(c.method, 0) + 1
     if all(n == 1 for n in per_method.values()):
-        return "", None, SELECTION_NOTES["none"]
+        return "", None, selection_text("none")
     logged = any(key in r.values for c in configurations for r in c.runs)
     if space.select_on == "val" and logged:
-        return key, None, SELECTION_NOTES["val"] + "; test numbers from the search's own seeds (not confirmed on fresh seeds)"
+        return key, None, selection_text("val", first_tasks=space.first_tasks)
     legacy = "" if space.select_on == "test" else " (a sweep from before validation sets)"
-    return "", None, SELECTION_NOTES["test"] + legacy
+    return "", None, selection_text("test", first_tasks=space.first_tasks) + legacy
 
 
 def run_records(trials: Sequence[TrialRecord], factors: Sequence[str] = ()) -> RunTable:
@@ -570,8 +569,8 @@ def build_report(
     space = space_info(sweep.space_text)
     first, first_mode = space.objectives[0] if space.objectives else ("val/sdr", "max")
     # what is ranked and published: a test value (the first objective's, unless --metric says)
-    metric = comparison_name(metric) if metric else result_key(f"test/{base_metric(first)}")
-    mode = mode or _default_mode(metric, [(result_key(m), d) for m, d in space.objectives])
+    metric = comparison_name(metric) if metric else publish_key(first)
+    mode = mode or _default_mode(metric, [(publish_key(m), d) for m, d in space.objectives])
     if mode not in ("max", "min"):
         raise UserError(f"mode must be 'max' or 'min', got '{mode}'")
     trials = list(sweep.trials)
@@ -583,12 +582,12 @@ def build_report(
     if logged and metric not in logged:
         raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{_suggest(metric, logged)};"
                         f" values: {', '.join(logged)}")
-    objectives = tuple((published_key(m), d) for m, d in space.objectives) if len(space.objectives) > 1 else ()
+    objectives = tuple((publish_key(m), d) for m, d in space.objectives) if len(space.objectives) > 1 else ()
     columns = tuple(dict.fromkeys([*RANKING_COLUMNS, *(m for m, _ in objectives)]))
     configurations = group_configurations(table.records)
-    select_by, chosen_on, selection = _selection(space, result_key(first), first_mode, configurations, search_trials,
-                                                 confirm_trials, trials)
-    comparison = compare(configurations, metric, mode, columns, select_by=select_by, chosen_on=chosen_on, selection=selection)
+    select_by, chosen_on, selection = _selection(space, result_key(first), configurations, search_trials, confirm_trials, trials)
+    comparison = compare(configurations, metric, mode, columns, select_by=select_by, select_mode=first_mode, chosen_on=chosen_on,
+                         selection=selection)
     search = comparison
     if confirm_trials:
         search_configurations = group_configurations(run_records(search_trials, space.factors).records)
@@ -682,8 +681,12 @@ def build_report(
 
     md += ["## All runs", ""]
     if trials:
-        header = ["run", "configuration", "repeat", "method", "status", "steps done", "final SDR", "forgetting SDR"]
+        header = ["run", "stage", "configuration", "repeat", "method", "status", "steps done", "final SDR", "forgetting SDR"]
         rows = []
+
+        def method_of(t: TrialRecord) -> str:
+            return f"{strategy_label(t.strategy)} ({', '.join([f'mem {t.memory_per_class}', *(t.params.get(k, '?') for k in space.factors)])})"
+
         counted = {r.run_id for r in table.records}
         position = {c.config_id: i for i, c in enumerate(comparison.configurations)}
         for record in sorted(
@@ -694,8 +697,11 @@ def build_report(
             status = "complete" if t.complete else t.status
             if record.run_id not in counted:
                 status += f" (repeats {trial_of[table.duplicates[record.run_id]].name}; not counted)"
-            rows.append([t.name, record.config_id, record.repeat, f"{strategy_label(t.strategy)} (mem {t.memory_per_class})",
+            rows.append([t.name, t.stage, record.config_id, record.repeat, method_of(t),
                          status, _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr")])
+        for t in search_trials if confirm_trials else ():  # what chose the confirmed configurations
+            rows.append([t.name, t.stage, t.config_id, t.repeat, method_of(t), "complete" if t.complete else t.status,
+                         _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr")])
         md.append(markdown_table(header, rows))
     else:
         md.append("No runs logged.")
@@ -715,7 +721,7 @@ def _views(comparison: Comparison, space: SpaceInfo, metric: str, mode: str,
            search: Comparison | None = None) -> list[View]:
     """Importance, parallel coordinates (of the search's configurations: ``search``), step
     curves, Pareto front and R matrices, in that order."""
-    objectives = [(published_key(m), d) for m, d in space.objectives] if len(space.objectives) > 1 else [(metric, mode)]
+    objectives = [(publish_key(m), d) for m, d in space.objectives] if len(space.objectives) > 1 else [(metric, mode)]
     if not any(m == "forgetting/sdr" for m, _ in objectives):
         objectives.append(("forgetting/sdr", "min"))  # what every method trades its SDR against
     search = search or comparison
@@ -793,10 +799,11 @@ def _model_order(model: str) -> tuple[int, str]:
 
 
 def _table1_lines(comparison: Comparison, model_of: Mapping[str, str], metric: str, mode: str) -> list[str]:
-    """Rows: strategies; column groups: separator x with/without memory; a cell: that cell's best
-    configuration (ranked by ``metric`` among its complete configurations)."""
+    """Rows: strategies; column groups: separator x with/without memory; a cell: the ranking's
+    configuration of the cell's method (chosen as the ranking chose it, never on the numbers
+    shown; a cell holding several memory sizes shows the best of those methods by ``metric``)."""
     lines = [f"## Table 1 style: SDR / SIR / SAR after the last step (dB, mean ± {CONFIDENCE:.0%} CI (n))", ""]
-    complete = [c for c in comparison.configurations if c.complete]
+    complete = [r.configuration for r in comparison.rows]
     groups = sorted({(model_of[c.config_id], c.memory > 0) for c in complete}, key=lambda g: (*_model_order(g[0]), g[1]))
     if not groups:
         return lines + ["No configuration completed all its runs."]
@@ -804,7 +811,7 @@ def _table1_lines(comparison: Comparison, model_of: Mapping[str, str], metric: s
     for model, memory in groups:
         header += [f"{MODEL_LABELS.get(model, model)} {'w/' if memory else 'w/o'} memory SDR", "SIR", "SAR"]
     rows = []
-    for name in strategy_order([c.strategy for c in comparison.configurations]):
+    for name in strategy_order([c.strategy for c in complete]):
         row: list[object] = [strategy_label(name)]
         for model, memory in groups:
             cell = [c for c in complete if c.strategy == name and model_of[c.config_id] == model and (c.memory > 0) == memory]

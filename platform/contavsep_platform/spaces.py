@@ -24,7 +24,7 @@ A space file (``search_spaces/*.yaml``) holds::
     protocol: full_stream           # full_stream | {type: first_tasks, tasks: 2}: search on the first
                                     #   tasks of the stream, confirm the frozen winner on all of it
     num_samples: 6                  # configurations (each runs once per repeat)
-    repeats: {seeds: 2, class_orders: 1}   # every configuration on each seed x class order
+    repeats: {seeds: 2, class_orders: 1}   # every configuration on each seed x class order (first_seed: 0)
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or {type: fifo}
     sampler: {type: tpe, seed: 0}   # tpe | random | grid (grid: choice/fixed-only spaces)
     resources: {workers: 1, cpus: 1, gpus: 0, driver_cpus: 0.1}      # per Train worker; DDP if workers > 1
@@ -70,6 +70,8 @@ STORAGE_PLACEHOLDER = "{storage}"
 # content hash of the configuration, see contavsep_platform.search) and its repeat ("s0-o1").
 GROUP_KEY = "group"
 REPEAT_KEY = "repeat"
+# A confirmation trial's Tune config: {"trial": its parameters} (one value of the stage's grid).
+CONFIRM_TRIAL_KEY = "trial"
 # The config keys a repeat sets (a seed; a class order when there are several).
 REPEAT_CONFIG_KEYS = ("train.seed", "data.seed", "data.shuffle_classes")
 # Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
@@ -119,9 +121,17 @@ def result_key(metric: str) -> str:
     return base_metric(metric) if split_of(metric) == "test" else metric
 
 
+def publish_key(metric: str) -> str:
+    """The result key a table publishes for a named objective: its test value (``val/sdr`` ->
+    ``sdr``; split-free names as they are)."""
+    return result_key(f"test/{base_metric(metric)}" if split_of(metric) else metric)
+
+
 def named_metric(metric: str, split: str) -> str:
     """``metric`` with its split named: a bare name is measured on ``split``."""
     return metric if split_of(metric) or metric in SPLIT_FREE else f"{split}/{metric}"
+
+
 # Keys a space may not search: they must be equal across trials for the sweep to make sense.
 UNSEARCHABLE = {
     "preset": "the size preset must be the same for all trials; set it in base",
@@ -131,6 +141,10 @@ UNSEARCHABLE = {
     "train.seed": "seeds are repeats, not hyperparameters: use repeats.seeds",
     "data.seed": "class orders are repeats, not hyperparameters: use repeats.class_orders",
     "data.shuffle_classes": "class orders are repeats, not hyperparameters: use repeats.class_orders",
+    "eval.validate": "every trial must measure what the sweep selects on; set it in base",
+    "eval.val_windows_per_clip": "every trial must be chosen on the same validation sets; set it in base",
+    "eval.val_pairs_per_clip": "every trial must be chosen on the same validation sets; set it in base",
+    "eval.val_seed": "every trial must be chosen on the same validation sets; set it in base",
 }
 
 
@@ -139,6 +153,27 @@ SELECTION_NOTES = {
     "val": "selected on validation",
     "test": "selected on test (optimistic)",
 }
+
+
+def selection_text(selection: str, *, first_tasks: int = 0, confirmed_runs: int | None = None) -> str:
+    """What a table's configurations were chosen on, in words: every table, the parent run's
+    ``contavsep.selection`` tag and the report carry it. ``selection``: none | val | test;
+    ``first_tasks``: the search saw only the first k tasks (0: the whole stream);
+    ``confirmed_runs``: fresh runs per method behind a confirmed table (None: not confirmed)."""
+    text = SELECTION_NOTES[selection]
+    if selection != "none" and first_tasks:
+        text += f" of the first {first_tasks} tasks"
+    if confirmed_runs is not None:
+        return f"{text}, confirmed on {confirmed_runs} fresh run(s) per method (seeds never used by the search)"
+    if selection != "none" and first_tasks:
+        return f"{text}; test numbers of those tasks only (not confirmed on the full stream)"
+    if selection == "val":
+        return f"{text}; test numbers from the search's own seeds (not confirmed on fresh seeds)"
+    return text
+
+
+# Keys only base may set (a strategy may not even fix them to its own value).
+BASE_ONLY = ("preset", STRATEGY_KEY, "eval.validate", "eval.val_windows_per_clip", "eval.val_pairs_per_clip", "eval.val_seed")
 
 
 class SpaceError(ConfigError):
@@ -461,6 +496,11 @@ class SearchSpace:
         """The test value a table ranks and publishes (the first objective's, on test)."""
         return f"test/{base_metric(self.metric)}"
 
+    def selection_text(self, confirmed_runs: int | None = None) -> str:
+        """What a table's configurations were chosen on, in words (:func:`selection_text`)."""
+        first = self.protocol.tasks if self.protocol.type == "first_tasks" else 0
+        return selection_text(self.selection, first_tasks=first, confirmed_runs=confirmed_runs)
+
     @property
     def method_keys(self) -> tuple[str, ...]:
         """The keys that make a method (besides the strategy): memory size and the factors."""
@@ -768,7 +808,8 @@ def fingerprint(space: SearchSpace) -> dict[str, str]:
     out.update({
         "num_samples": str(space.num_samples),
         "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
-        "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders",
+        "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders"
+                   + (f" from seed {space.repeats.first_seed}" if space.repeats.first_seed else ""),
         "scheduler": repr(space.scheduler),
         "sampler": repr(space.sampler),
         "points_to_evaluate": repr(space.points_to_evaluate),
@@ -836,7 +877,7 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
             _check_key(key, f"{where}: strategies.{name}")
             if key in UNSEARCHABLE and not params[key].is_fixed:
                 raise SpaceError(f"{where}: strategies.{name} searches {key}, but {UNSEARCHABLE[key]}")
-            if key in ("preset", STRATEGY_KEY):
+            if key in BASE_ONLY:
                 raise SpaceError(f"{where}: strategies.{name} sets {key}; {UNSEARCHABLE[key]}")
         fixed = {k: d.value for k, d in params.items() if d.is_fixed}
         searched = {k: d for k, d in params.items() if not d.is_fixed}
@@ -916,8 +957,9 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
             raise SpaceError(f"{where}: protocol first_tasks searches on the first {proto.tasks} tasks only, so only a"
                              f" confirmation gives full-stream numbers; add confirm: {{seeds: 3}}")
     rep = space.repeats
-    if rep.seeds < 1 or rep.class_orders < 1:
-        raise SpaceError(f"{where}: repeats need seeds >= 1 and class_orders >= 1, got {rep.seeds} and {rep.class_orders}")
+    if rep.seeds < 1 or rep.class_orders < 1 or rep.first_seed < 0:
+        raise SpaceError(f"{where}: repeats need seeds >= 1, class_orders >= 1 and first_seed >= 0, got {rep.seeds},"
+                         f" {rep.class_orders} and {rep.first_seed}")
     if rep.class_orders > 1 and "data.shuffle_classes" in space.base:
         raise SpaceError(f"{where}: base sets data.shuffle_classes but repeats.class_orders chooses the orders; drop one")
     sch = space.scheduler

@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,8 @@ from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
 from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
-    GROUP_KEY, REPEAT_KEY, SELECTION_NOTES, SPLIT_FREE, STRATEGY_KEY, SearchSpace, base_metric, fingerprint,
-    fingerprint_differences, result_key, space_notes,
+    CONFIRM_TRIAL_KEY, GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences, publish_key,
+    space_notes,
 )
 from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, run_trial
 
@@ -422,22 +422,18 @@ def comparison_of(rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mappi
     published = published_keys(space)
     columns = tuple(dict.fromkeys(["forgetting/sdr", *published[1:]]))
     if chosen_on is not None:
-        n = len({r.repeat for r in rows})
-        selection = f"{SELECTION_NOTES[space.selection]}, confirmed on {n} fresh run(s) per method (seeds never used by the search)"
-        # one configuration per method: select_by only names what chosen_on holds
+        # select_by names what chosen_on holds (a method with several confirmed configurations,
+        # a multi-objective space's, keeps the one chosen on the search's validation runs)
         return compare(group_configurations(records), published[0], space.mode, columns, select_by=space.metric_key,
-                       chosen_on=chosen_on, selection=selection)
-    selection = SELECTION_NOTES[space.selection]
-    if space.selection == "val":
-        selection += "; test numbers from the search's own seeds (not confirmed on fresh seeds)"
+                       chosen_on=chosen_on, selection=space.selection_text(len({r.repeat for r in rows})))
     select_by = space.metric_key if space.selection == "val" else ""
-    return compare(group_configurations(records), published[0], space.mode, columns, select_by=select_by, selection=selection)
+    return compare(group_configurations(records), published[0], space.mode, columns, select_by=select_by,
+                   selection=space.selection_text())
 
 
 def published_keys(space: SearchSpace) -> tuple[str, ...]:
     """The result keys a table publishes: each objective's test value (split-free ones as they are)."""
-    return tuple(dict.fromkeys(result_key(o.metric if o.metric in SPLIT_FREE else f"test/{base_metric(o.metric)}")
-                               for o in space.objectives))
+    return tuple(dict.fromkeys(publish_key(o.metric) for o in space.objectives))
 
 
 def parent_summary(outcome: SweepOutcome) -> list[dict[str, Any]]:
@@ -550,8 +546,7 @@ def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, ma
         "data_uri": str(space.base.get("data.uri", "")),
         "data_content_hash": str(manifest.get("content_hash", "")),
         "git_commit": _git_commit(),
-        "contavsep.selection": SELECTION_NOTES[space.selection] + (
-            f", confirmed on {space.confirm.seeds} fresh seed(s)" if space.confirms else ""),
+        "contavsep.selection": space.selection_text(space.stage("confirm").repeats.count if space.confirms else None),
     }
     return tracker, tracker.start(space.source_text, tags, dataset_input(str(space.base["data.uri"]), manifest))
 
@@ -660,7 +655,11 @@ def check_resumed_space(sweep_uri: str, space: SearchSpace, manifest: Mapping[st
     record_uri = storage.join(sweep_uri, SPACE_RECORD)
     if not storage.exists(record_uri, s3):
         return
-    diff = fingerprint_differences(json.loads(storage.read_bytes(record_uri, s3)), space_record(space, manifest))
+    stored = json.loads(storage.read_bytes(record_uri, s3))
+    if "select_on" not in stored:
+        raise SweepError(f"sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was started before sweeps selected on validation"
+                         f" sets (its trials have none, so its choice could only be made on test numbers); start a new --name")
+    diff = fingerprint_differences(stored, space_record(space, manifest))
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise SweepError(f"--resume with another space than sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was"
@@ -728,7 +727,7 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
                 ),
             )
         if not resume:  # the space this sweep runs, for the check of a later --resume
-            record = json.dumps(space_record(space, manifest), indent=1).encode()
+            record = json.dumps(space_record(full_space, manifest), indent=1).encode()
             storage.write_bytes_atomic(storage.join(sweep_uri, SPACE_RECORD), record, s3)
         result_grid = tuner.fit()
         outcome = _outcome(space, name, sweep_uri, result_grid, searcher, parent_run_id, max_concurrent, started)
@@ -751,7 +750,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
             tracker.flush_timeout_s = min(tracker.flush_timeout_s, 10.0)
             tracker.finish([], status="KILLED", pending_uri=pending_uri, s3=s3)
         else:
-            pareto_trials = [r.trial_id for r in outcome.trials if r.group in outcome.pareto]
+            # a confirmed front is the confirmation runs' (the search's runs of those groups chose it)
+            pareto_trials = [r.trial_id for r in outcome.trials
+                             if r.group in outcome.pareto and (not outcome.confirmed or r.stage == CONFIRM_DIR)]
             sent = tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
                                   status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
             if sent and tracking_uri and parent_run_id:
@@ -816,22 +817,23 @@ def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, se
 
 CONFIRM_DIR = "confirm"  # <sweep>/confirm/: the confirmation stage's Tune experiment
 CONFIRMATION_FILE = "confirmation.json"  # <sweep>/confirmation.json: the stored choice
-CONFIRM_TRIAL_KEY = "trial"  # a confirmation trial's Tune config: {"trial": its parameters} (one grid value)
 CONFIRMATION_FORMAT = 1
 
 
 def choose_configurations(space: SearchSpace, search: Comparison) -> list[Configuration]:
     """What the confirmation stage runs: the best complete configuration of each method by the
-    space's selection metric (``search``'s rows), or, with several objectives, the Pareto set
+    space's selection metric (``search``'s rows); with several objectives also the Pareto set
     over the objectives as selected (best first by the first objective, at most
-    ``confirm.max_pareto``)."""
+    ``confirm.max_pareto``), so the confirmed front and every method's row exist."""
+    chosen = [row.configuration for row in search.rows]
     if len(space.objectives) > 1:
         objectives = [(o.key, o.mode) for o in space.objectives]
         front = pareto_front(search.configurations, objectives)
         first, mode = objectives[0]
         front.sort(key=lambda c: c.estimate(first).mean, reverse=mode == "max")
-        return front[: space.confirm.max_pareto]
-    return [row.configuration for row in search.rows]
+        ids = {c.config_id for c in chosen}
+        chosen += [c for c in front[: space.confirm.max_pareto] if c.config_id not in ids]
+    return chosen
 
 
 def confirmation_plan(space: SearchSpace, outcome: SweepOutcome) -> dict[str, Any]:
@@ -839,12 +841,14 @@ def confirmation_plan(space: SearchSpace, outcome: SweepOutcome) -> dict[str, An
     parameters and the estimate they were chosen on, and the fresh repeats they run on."""
     params_of = {r.group: r.params for r in outcome.trials}
     chosen = choose_configurations(space, outcome.comparison)
+    if not chosen:
+        raise SweepError(f"no configuration of the search completed all its runs with {space.metric} defined: nothing to"
+                         f" confirm (see the trials' errors); start a new --name once that is fixed")
     confirm = space.stage("confirm")
     return {
         "format": CONFIRMATION_FORMAT,
         "selected_by": space.metric,
-        "selection": SELECTION_NOTES[space.selection],
-        "search_repeats": sorted(space.repeat_members()),
+        "selection": space.selection_text(confirm.repeats.count),
         "repeats": {label: values for label, values in confirm.repeat_members().items()},
         "configurations": [
             {"group": c.config_id, "method": c.method, "params": params_of[c.config_id],
@@ -897,8 +901,6 @@ class ConfirmStage:
 
     def run(self, search: SweepOutcome, storage_uri: str, driver_resources: dict[str, float], max_concurrent: int,
             callbacks: Sequence[Any], verbose: int, started: float) -> SweepOutcome:
-        from dataclasses import replace
-
         from ray import tune
 
         plan = self.plan(search)
@@ -908,6 +910,7 @@ class ConfirmStage:
         if self.tracking_uri and self.parent_run_id:
             from contavsep_platform.tracking import open_stage_run
 
+            # None when MLflow is out: the confirmation trials' runs then nest under the parent
             stage_run = open_stage_run(self.tracking_uri, self.parent_run_id, self.name, CONFIRM_DIR, plan["selection"])
         context = TrialContext(sweep_name=self.name, storage_uri=storage_uri, space=confirm, tracking_uri=self.tracking_uri,
                                parent_run_id=stage_run or self.parent_run_id, stage=CONFIRM_DIR)

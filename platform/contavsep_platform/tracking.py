@@ -710,9 +710,20 @@ def _queue_end(tracker: SweepTracker, run_log: _RunLogger, payload: Mapping[str,
     run_log.queue_status(str(payload.get("status") or "FINISHED"))
 
 
-def open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage: str, description: str) -> str:
+def open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage: str, description: str) -> str | None:
     """The nested parent run of a sweep's stage (``confirm``): created once, re-opened (RUNNING)
-    on ``--resume``; its trials' runs nest under it. Returns its id."""
+    on ``--resume``; its trials' runs nest under it. Returns its id, or None (with a warning)
+    when MLflow does not answer: an outage never stops a sweep, and the stage's trials then
+    nest under the sweep's run (tagged with their stage all the same)."""
+    try:
+        return _open_stage_run(tracking_uri, parent_run_id, sweep_name, stage, description)
+    except Exception as exc:  # noqa: BLE001 - any failure of the server: the sweep goes on without the stage run
+        log.warning("MLflow at %s did not open the %s stage's run (%s); its trials' runs go under the sweep's run",
+                    tracking_uri, stage, _one_line(exc))
+        return None
+
+
+def _open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage: str, description: str) -> str:
     client = MlflowClient(tracking_uri)
     with short_http_requests(5, 1):
         parent = client.get_run(parent_run_id)
@@ -729,9 +740,13 @@ def open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage
 
 
 def end_stage_run(tracking_uri: str, run_id: str, status: str) -> None:
-    """End a stage run (FINISHED, FAILED or KILLED)."""
-    with short_http_requests(5, 1):
-        MlflowClient(tracking_uri).set_terminated(run_id, status)
+    """End a stage run (FINISHED, FAILED or KILLED); when MLflow does not answer, the sweep's
+    end closes it (KILLED) with the other runs left RUNNING, or a --resume ends it."""
+    try:
+        with short_http_requests(5, 1):
+            MlflowClient(tracking_uri).set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001 - an outage never fails a sweep that ran
+        log.warning("MLflow at %s did not end the stage run %s (%s)", tracking_uri, run_id, _one_line(exc))
 
 
 def summary_metrics(ranking: list[dict]) -> dict[str, float]:

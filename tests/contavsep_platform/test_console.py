@@ -72,9 +72,9 @@ def test_the_console_shows_trials_and_results_and_the_log_file_keeps_ray_and_tun
     # One line per event: started, each step but the last, then the end line with the last step.
     (trial,) = set(re.findall(r"^trial (\w+)  finetune", quiet.stdout, re.M))
     events = [line.split("  ", 2)[2] for line in quiet.stdout.splitlines() if line.startswith(f"trial {trial}  finetune (mem ")]
-    assert events[:2] == ["started", events[1]] and re.fullmatch(r"step 1/2  sdr -?\d+\.\d\d  \d+:\d\d", events[1]), quiet.stdout
-    assert len(events) == 3 and re.fullmatch(r"step 2/2  sdr -?\d+\.\d\d  \d+:\d\d  complete", events[2]), quiet.stdout
-    assert "ranking by final sdr" in quiet.stdout and re.search(r"^1 +finetune \(mem \d+\)", quiet.stdout, re.M), quiet.stdout
+    assert events[:2] == ["started", events[1]] and re.fullmatch(r"step 1/2  val/sdr -?\d+\.\d\d  \d+:\d\d", events[1]), quiet.stdout
+    assert len(events) == 3 and re.fullmatch(r"step 2/2  val/sdr -?\d+\.\d\d  \d+:\d\d  complete", events[2]), quiet.stdout
+    assert "ranking by final test sdr" in quiet.stdout and re.search(r"^1 +finetune \(mem \d+\)", quiet.stdout, re.M), quiet.stdout
 
     # --verbose: Tune's own output (and Ray's log lines) on the console, no log file named.
     verbose = _cli(["sweep", str(space), "--name", "console", "--resume", "--verbose"], env)
@@ -108,8 +108,9 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
         b = Trial("x", config={"strategy.name": "contavsep"}, trial_id="bbbb0002", stub=True)
         table.on_trial_start(0, [a, b], a)
         table.on_trial_start(0, [a, b], b)
-        table.on_trial_result(1, [a, b], a, {"step": 1.0, "sdr": 3.25})
-        table.on_trial_result(2, [a, b], a, {"step": 3.0, "sdr": 4.5})
+        # the live table shows the value the search judges on (validation), never the test value
+        table.on_trial_result(1, [a, b], a, {"step": 1.0, "val/sdr": 3.25, "sdr": 7.25})
+        table.on_trial_result(2, [a, b], a, {"step": 3.0, "val/sdr": 4.5, "sdr": 8.5})
         table.on_trial_complete(3, [a, b], a)
         table.on_trial_error(3, [a, b], b)
         with project_warnings_to(table.say):  # the project's own warnings: above the table
@@ -119,7 +120,7 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
     drawn = screen.getvalue()
     assert "\x1b[" in drawn  # cursor movement: frames overwrite each other
     last = drawn.rsplit("trial", 1)[1]  # the last frame, from its header on
-    assert "finetune (mem 1)" in last and "3/3" in last and "4.50" in last and "complete" in last
+    assert "finetune (mem 1)" in last and "3/3" in last and "4.50" in last and "complete" in last and "8.50" not in last
     assert "contavsep (mem " in last and "error" in last and "2 waiting" in last
     assert "started" not in drawn  # no appended event lines on a terminal
     assert "warning: MLflow at http://x is unreachable" in drawn.rsplit("trial", 1)[0]

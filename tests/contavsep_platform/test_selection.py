@@ -165,23 +165,54 @@ def test_without_confirmation_the_table_chooses_on_validation_and_says_so():
     assert "selected on test (optimistic)" in ranking_markdown(outcome)
 
 
-def test_a_multi_objective_space_confirms_its_validation_pareto_set_capped():
+def test_a_multi_objective_space_confirms_each_methods_best_and_its_validation_pareto_set_capped():
+    """By hand, on (val/sdr max, val/forgetting/sdr min): a (5, 2), b (6, 3), c (7, 5), d (3, 4).
+    The front is c, b, a (d is dominated by a); capped at 2 it keeps c and b; the method's best
+    by val/sdr is c. Confirmed, the method keeps c (chosen on 7 > 6) even where b's confirmation
+    runs score higher on validation: the choice is never made again on other runs."""
     space = _space("repeats: {seeds: 1}\nconfirm: {seeds: 1, max_pareto: 2}\nobjectives:\n  - {metric: sdr, mode: max}\n"
-                   "  - {metric: memory/clips, mode: min}\n",
-                   "strategies:\n  lwf:\n    strategy.lambda_dist: {choice: [0.1, 0.5, 1.0]}\n    memory.per_class: {choice: [1, 2]}\n")
-    assert [o.key for o in space.objectives] == ["val/sdr", "memory/clips"]
+                   "  - {metric: forgetting/sdr, mode: min}\n",
+                   "strategies:\n  lwf:\n    strategy.lambda_dist: {choice: [0.1, 0.3, 1.0, 3.0]}\n")
+    assert [o.key for o in space.objectives] == ["val/sdr", "val/forgetting/sdr"]
 
-    def row(trial_id, lam, mem, val):
-        params = {STRATEGY_KEY: "lwf", "strategy.lambda_dist": lam, "memory.per_class": mem}
-        return TrialRow(trial_id, "lwf", "complete", 4, params, {"sdr": 0.0, "val/sdr": val, "memory/clips": 4.0 * mem},
-                        group=configuration_id(space, params), repeat="s0-o0")
+    def row(trial_id, lam, val, forgetting, test=0.0, stage="search", repeat="s0-o0"):
+        params = {STRATEGY_KEY: "lwf", "strategy.lambda_dist": lam}
+        metrics = {"sdr": test, "forgetting/sdr": 1.0, "val/sdr": val, "val/forgetting/sdr": forgetting}
+        return TrialRow(trial_id, "lwf", "complete", 4, params, metrics, group=configuration_id(space, params), repeat=repeat,
+                        stage=stage)
 
-    # on (val/sdr max, memory min): (5, 4) (6, 8) (7, 8) (3, 4): front = (7, 8) and (5, 4)
-    rows = [row("a", 0.1, 1, 5.0), row("b", 0.5, 2, 6.0), row("c", 1.0, 2, 7.0), row("d", 1.0, 1, 3.0)]
+    rows = [row("a", 0.1, 5.0, 2.0), row("b", 0.3, 6.0, 3.0), row("c", 1.0, 7.0, 5.0), row("d", 3.0, 3.0, 4.0)]
     outcome = SweepOutcome("s", "file:///x", "sdr", "max", rows, comparison_of(rows, space), False, 1.0)
     plan = confirmation_plan(space, outcome)
-    assert [c["chosen_on"]["mean"] for c in plan["configurations"]] == [7.0, 5.0]
-    assert not math.isnan(plan["configurations"][0]["chosen_on"]["mean"])
+    assert [(c["params"]["strategy.lambda_dist"], c["chosen_on"]["mean"]) for c in plan["configurations"]] == [(1.0, 7.0), (0.3, 6.0)]
+    confirm = space.stage("confirm")
+    confirmed = [row("e", 1.0, 0.0, 9.0, test=2.0, stage="confirm", repeat="s1-o0"),
+                 row("f", 0.3, 100.0, 0.0, test=3.0, stage="confirm", repeat="s1-o0")]
+    chosen_on = {c["group"]: t_interval(c["chosen_on"]["values"]) for c in plan["configurations"]}
+    (ranked,) = comparison_of(confirmed, confirm, chosen_on).rows
+    assert ranked.configuration.params["strategy.lambda_dist"] == 1.0 and ranked.estimates["sdr"].mean == 2.0
+
+
+def test_a_method_is_compared_with_fine_tuning_of_the_same_factor_values():
+    """Table 1 rows per separator: ContAV-Sep with Co-Separation is paired with fine-tuning with
+    Co-Separation (Δ 1 by hand), never with fine-tuning with iQuery (which would give Δ -9)."""
+    space = _space("factors: [model.name]\nrepeats: {seeds: 2}\n",
+                   "strategies:\n  finetune: {}\n  contavsep: {}\ncommon:\n  model.name: {choice: [iquery, coseparation]}\n")
+
+    def row(trial_id, strategy, model, repeat, test):
+        params = {STRATEGY_KEY: strategy, "model.name": model}
+        return TrialRow(trial_id, strategy, "complete", 4, params, {"sdr": test, "val/sdr": 0.0},
+                        group=configuration_id(space, params), repeat=repeat)
+
+    rows = [row("a", "finetune", "iquery", "s0-o0", 11.0), row("b", "finetune", "iquery", "s1-o0", 11.0),
+            row("c", "finetune", "coseparation", "s0-o0", 1.0), row("d", "finetune", "coseparation", "s1-o0", 1.0),
+            row("e", "contavsep", "coseparation", "s0-o0", 2.0), row("f", "contavsep", "coseparation", "s1-o0", 2.0)]
+    comparison = comparison_of(rows, space)
+    assert comparison.selection == "no selection: every configuration of each method ran"
+    by_method = {r.configuration.method: r for r in comparison.rows}
+    assert set(by_method) == {"finetune (mem 1, iquery)", "finetune (mem 1, coseparation)", "contavsep (mem 1, coseparation)"}
+    cv = by_method["contavsep (mem 1, coseparation)"]
+    assert cv.reference == "finetune (mem 1, coseparation)" and cv.vs_reference.mean == 1.0
 
 
 @pytest.mark.slow
