@@ -1080,7 +1080,9 @@ def make_sampler(space: SearchSpace) -> Any:
 
     smp = space.sampler
     if smp.type == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=smp.seed)
+        from contavsep_platform.grid_sampler import AskTellGridSampler
+
+        return AskTellGridSampler(space.grid(), seed=smp.seed)
     if smp.type == "random":
         return optuna.samplers.RandomSampler(seed=smp.seed)
     if smp.type == "nsga2":

@@ -41,6 +41,19 @@ def _final(sdr: float, forgetting: float = 1.0, steps: int = 4) -> dict:
             "step": float(steps)}
 
 
+def test_a_grid_search_tells_optuna_its_last_configuration_without_stopping_the_study():
+    """Optuna's GridSampler stops the study once the grid is done, which raises outside
+    study.optimize: the last configuration of every grid sweep used to fail when told."""
+    space = _space("sampler: {type: grid}\n", "strategies:\n  lwf:\n    strategy.lambda_dist: {choice: [0.1, 1.0]}\n")
+    searcher = GroupedOptunaSearch(space)
+    configs = [searcher.suggest(f"t{i}") for i in range(2)]
+    assert searcher.suggest("t2") == Searcher.FINISHED
+    assert sorted(c["strategy.lambda_dist"] for c in configs) == [0.1, 1.0]
+    for i in range(2):
+        searcher.on_trial_complete(f"t{i}", _final(1.0 + i))
+    assert sorted(t.value for t in searcher.study.trials) == [1.0, 2.0]
+
+
 def test_optuna_is_told_the_validation_mean_never_the_test_numbers():
     """By hand: seeds with validation SDR 2 and 5 (test -102 and -105): Optuna gets 3.5; with
     ``select_on: test`` the same results give the test mean -103.5, and the space says so."""
