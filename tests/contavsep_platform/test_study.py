@@ -25,7 +25,8 @@ SPACE = ('name: unit\nbase: {preset: tiny, data.uri: "file:///tmp/none", data.nu
 
 
 def _final(sdr: float, steps: int = 4) -> dict:
-    return {"sdr": sdr, "forgetting/sdr": 1.0, "step": float(steps)}
+    """A last result whose validation SDR (what Optuna is told) is ``sdr``; its test values differ."""
+    return {"val/sdr": sdr, "sdr": sdr - 10.0, "forgetting/sdr": 1.0, "step": float(steps)}
 
 
 def _load(path) -> optuna.Study:
@@ -162,7 +163,7 @@ def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_r
     rows = {r.group: r for r in resumed.trials if r.status == "complete"}
     assert set(complete) == set(rows) and len(rows) == 2
     for group, trial in complete.items():
-        assert trial.value == pytest.approx(rows[group].metrics["sdr"])  # one repeat: the group mean is its value
+        assert trial.value == pytest.approx(rows[group].metrics["val/sdr"])  # one repeat: the group mean is its value
 
     from optuna_dashboard._storage_url import get_storage
 
