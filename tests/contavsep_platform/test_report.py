@@ -284,10 +284,10 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
 
     # every run, the duplicate marked as not counted
     run = _row(lines, "| t_cv9_s0 |")
-    assert run[2:] == ["seed0-order0", "ContAV-Sep (mem 1)", "KILLED", "1", "-", "-"]
+    assert run[1] == "search" and run[3:] == ["seed0-order0", "ContAV-Sep (mem 1)", "KILLED", "1", "-", "-"]
     again = _row(lines, "| t_ft_s0_again |")
-    assert again[4] == "complete (repeats t_ft_s0; not counted)" and again[6] == "10.00"
-    assert _row(lines, "| t_ft_s1 |")[4:] == ["complete", "2", "3.50", "4.00"]
+    assert again[5] == "complete (repeats t_ft_s0; not counted)" and again[7] == "10.00"
+    assert _row(lines, "| t_ft_s1 |")[5:] == ["complete", "2", "3.50", "4.00"]
 
 
 def test_report_metric_and_mode(logged_sweep, tmp_path):
@@ -348,7 +348,7 @@ def test_report_of_a_sweep_without_complete_trials(tmp_path):
         assert "- no configuration completed all its runs: nothing to rank" in report.markdown
         assert "No configuration completed all its runs." in report.markdown
     lines = report.markdown.splitlines()
-    assert _row(lines, "| t1 |")[2:] == ["seed0-order0", "EWC (mem 0)", "KILLED", "1", "-", "-"]
+    assert _row(lines, "| t1 |")[3:] == ["seed0-order0", "EWC (mem 0)", "KILLED", "1", "-", "-"]
     assert "| ewc (mem 0) | 0/1 |" in report.markdown
 
 
