@@ -136,7 +136,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
     logs = _logs(dashboard, job_id)
     assert _status(dashboard, job_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert str(Path(sys.executable).parent / "contavsep") in logs  # the venv's console script ran
-    assert "ranking by final sdr" in logs
+    assert "ranking by final test sdr" in logs and "selection: selected on validation" in logs
 
     client = MlflowClient(ray_head.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
