@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name (finished trials are kept)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
-    p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings; run nothing")
+    p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings, what it selects on,"
+                   " its protocol and (paper-size spaces) the expected GPU-hours; run nothing")
     add_console_flags(p)
     p.set_defaults(func=run)
 
