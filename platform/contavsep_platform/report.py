@@ -81,7 +81,7 @@ from contavsep_platform.comparison import (
 from contavsep_platform.report_html import HTML_FILE, write_html
 from contavsep_platform.search_views import View, importance_view, parallel_coordinates_view, r_matrices_view
 from contavsep_platform.spaces import (
-    REPEAT_CONFIG_KEYS, SELECTION_NOTES, SPLITS, named_metric, publish_key, result_key, selection_text,
+    REPEAT_CONFIG_KEYS, SPLITS, named_metric, publish_key, result_key, selection_text,
 )
 from contavsep_platform.tracking import (
     CONFIG_TAG,

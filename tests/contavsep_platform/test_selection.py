@@ -3,7 +3,6 @@ runs, and which runs a published table is computed from (against hand computatio
 
 from __future__ import annotations
 
-import math
 
 import pytest
 
