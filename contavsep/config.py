@@ -135,6 +135,7 @@ class EvalConfig:
     val_windows_per_clip: int = 2  # validation windows per val clip (built like the test set, from the val split)
     val_pairs_per_clip: int = 1  # validation mixtures per validation window
     val_seed: int = 4321  # seed of the fixed validation-mixture list (its own: never the test list's)
+    val_metrics: str = "sdr"  # what validation scores: sdr (fast, what selection needs) | all (also SIR/SAR)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,13 @@ def _nest(items: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # configs that still hold them (step checkpoints, sweep fingerprints) load without them.
 RETIRED_KEYS = {
     "train.num_workers": "it configured nothing (batches are built by the producer thread, see train.prefetch_batches)",
+}
+
+# Keys added after configs were first stored (checkpoints, sweep records), with the value that
+# was in effect before the key existed: a stored config without the key meant this, not today's
+# default, so resuming it under the new default is refused as the change of setting it is.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "eval.val_metrics": "all",  # validation scored SDR, SIR and SAR before it could score SDR alone
 }
 
 
@@ -490,6 +498,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.select must be 'last' or 'best_val', got '{cfg.train.select}'")
     if cfg.eval.backend not in ("mir_eval", "fast"):
         raise ConfigError(f"eval.backend must be 'mir_eval' or 'fast', got '{cfg.eval.backend}'")
+    if cfg.eval.val_metrics not in ("sdr", "all"):
+        raise ConfigError(f"eval.val_metrics must be 'sdr' (SDR only, the fast default) or 'all' (also SIR/SAR), got '{cfg.eval.val_metrics}'")
     if cfg.memory.share > 1:
         raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")
     from contavsep.losses import CROSS_SDC_FORMS
@@ -516,8 +526,10 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def from_flat(items: Mapping[str, Any]) -> Config:
     """Rebuild a config from :func:`flat` output (e.g. a checkpoint's resolved config); keys
-    retired since it was written are dropped."""
+    retired since it was written are dropped, keys added since it was written take the value
+    that was in effect then (:data:`LEGACY_DEFAULTS`)."""
     kept = {k: v for k, v in items.items() if k != "preset" and k not in RETIRED_KEYS}
+    kept.update({k: v for k, v in LEGACY_DEFAULTS.items() if k not in items})
     return make_config(str(items.get("preset", "paper")), kept)
 
 

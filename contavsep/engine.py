@@ -527,8 +527,10 @@ class Engine:
     def _evaluate(self, step: int, split: str = "test") -> list[Example]:
         """Score the fixed sets of ``split`` of tasks 0..step (``R[step][*]`` of the test results,
         or of the validation results); examples come from task 0's test set, so the same
-        mixtures are heard after every step. Validation always uses the fast backend (it matches
-        mir_eval to ~1e-10 dB): it only ranks configurations, and stays a small share of a step."""
+        mixtures are heard after every step. Validation uses the fast backend (it matches
+        mir_eval to ~1e-10 dB) and scores SDR alone unless ``eval.val_metrics=all`` (the val R
+        matrices of sir and sar stay empty): it only ranks configurations, and stays a small
+        share of a step."""
         e = self.cfg.eval
         results, backend = (self.results, e.backend) if split == "test" else (self.val_results, "fast")
         examples: list[Example] = []
@@ -537,7 +539,8 @@ class Engine:
             known = self._mix_sdr.get((split, task))  # the mixture's own SDR does not depend on the model
             computed = []
             for index, clips, mix, refs, ests in self._separate(mixtures):
-                scores = separation_scores(refs, ests, backend, mixture=mix, sdr_mix=None if known is None else known[index])
+                scores = separation_scores(refs, ests, backend, mixture=mix, sdr_mix=None if known is None else known[index],
+                                           sdr_only=split == "val" and e.val_metrics == "sdr")
                 computed.append(scores.sdr_mix)
                 results.add_scores(step, scores, clips.tasks.cpu().numpy(), set_id=task)
                 for b in range(min(len(clips), e.examples - len(examples)) if split == "test" else 0):
@@ -561,7 +564,7 @@ class Engine:
         sdrs = []
         for task in range(step + 1):
             for _, _, mix, refs, ests in self._separate(self._evaluation_set(task, "val")):
-                sdrs.append(separation_scores(refs, ests, "fast", mixture=mix).sdr.ravel())
+                sdrs.append(separation_scores(refs, ests, "fast", mixture=mix, sdr_only=True).sdr.ravel())
         values = np.concatenate(sdrs)
         return float(np.nanmean(values)) if np.isfinite(values).any() else -math.inf
 

@@ -30,7 +30,7 @@ def main(verbose: int = 0, progress: bool = True) -> int:
     from contavsep_platform import services
     from contavsep_platform.settings import default_state_dir, resolve_endpoints, service_env
     from contavsep_platform.spaces import load_space, shipped_spaces_dir
-    from contavsep_platform.sweep import print_outcome, run_sweep
+    from contavsep_platform.sweep import error_lines, print_outcome, run_sweep
 
     started = time.perf_counter()
     _say("starting the local services (S3-compatible storage, MLflow tracking server)")
@@ -77,7 +77,10 @@ def main(verbose: int = 0, progress: bool = True) -> int:
     print_outcome(outcome, trials_table=not progress)
     wall = time.perf_counter() - started
     print()
-    _say(f"done in {wall / 60:.1f} min")
+    if outcome.errored:
+        _say(f"FAILED after {wall / 60:.1f} min: {len(outcome.errored)} of {len(outcome.trials)} trials errored (named below)")
+    else:
+        _say(f"done in {wall / 60:.1f} min")
     if endpoints.mlflow_tracking_uri:
         _say(f"report: contavsep report --sweep {outcome.name}")
     _say(f"checkpoints and Tune state: {outcome.sweep_uri}")
@@ -88,4 +91,9 @@ def main(verbose: int = 0, progress: bool = True) -> int:
         for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
             _say(line)
     sys.stdout.flush()
+    for line in error_lines(outcome):
+        print(f"contavsep demo: error: {line}", file=sys.stderr)
+    # the sweep's exit statuses (README "Exit statuses"): a demo whose trials failed did not run
+    if outcome.errored:
+        return 1
     return 130 if outcome.interrupted else 0

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from contavsep.config import RETIRED_KEYS, SPEED_KEYS, Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
+from contavsep.config import LEGACY_DEFAULTS, RETIRED_KEYS, SPEED_KEYS, Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -127,6 +127,11 @@ def publish_key(metric: str) -> str:
     return result_key(f"test/{base_metric(metric)}" if split_of(metric) else metric)
 
 
+def _scores_beyond_sdr(metric: str) -> bool:
+    """Whether a value is built from SIR or SAR (``val/sir``, ``val/forgetting/sar``, ``val/sir_old``)."""
+    return any(part.split("_")[0] in ("sir", "sar") for part in base_metric(metric).split("/"))
+
+
 def named_metric(metric: str, split: str) -> str:
     """``metric`` with its split named: a bare name is measured on ``split``."""
     return metric if split_of(metric) or metric in SPLIT_FREE else f"{split}/{metric}"
@@ -145,6 +150,7 @@ UNSEARCHABLE = {
     "eval.val_windows_per_clip": "every trial must be chosen on the same validation sets; set it in base",
     "eval.val_pairs_per_clip": "every trial must be chosen on the same validation sets; set it in base",
     "eval.val_seed": "every trial must be chosen on the same validation sets; set it in base",
+    "eval.val_metrics": "every trial must measure what the sweep selects on; set it in base",
 }
 
 
@@ -173,7 +179,8 @@ def selection_text(selection: str, *, first_tasks: int = 0, confirmed_runs: int 
 
 
 # Keys only base may set (a strategy may not even fix them to its own value).
-BASE_ONLY = ("preset", STRATEGY_KEY, "eval.validate", "eval.val_windows_per_clip", "eval.val_pairs_per_clip", "eval.val_seed")
+BASE_ONLY = ("preset", STRATEGY_KEY, "eval.validate", "eval.val_windows_per_clip", "eval.val_pairs_per_clip", "eval.val_seed",
+             "eval.val_metrics")
 
 
 class SpaceError(ConfigError):
@@ -827,6 +834,8 @@ def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -
     missing = "(not set)"
     # a fingerprint stored by an older version may hold keys that are resumable or retired now
     ignored = set(_RESUMABLE_KEYS) | {f"base.{k}" for k in RETIRED_KEYS}
+    # ... and may lack keys added since, which meant the value in effect then
+    stored = {**{f"base.{k}": repr(v) for k, v in LEGACY_DEFAULTS.items()}, **stored}
     return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
             for k in sorted(set(stored) | set(now)) if k not in ignored and stored.get(k) != now.get(k)]
 
@@ -928,6 +937,11 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     if space.select_on == "val" and not base_cfg.eval.validate:
         raise SpaceError(f"{where}: base sets eval.validate=false, but the space selects on validation; drop eval.validate"
                          f" (or add 'select_on: test', which is optimistic)")
+    if base_cfg.eval.val_metrics == "sdr":
+        for objective in space.objectives:
+            if split_of(objective.metric) == "val" and _scores_beyond_sdr(objective.metric):
+                raise SpaceError(f"{where}: objective '{objective.metric}' needs SIR/SAR on validation, which is scored for SDR"
+                                 f" only by default; add 'eval.val_metrics: all' to base")
     for key in space.factors:
         _check_key(key, f"{where}: factors")
         if key in UNSEARCHABLE or key in METHOD_KEYS:

@@ -69,6 +69,10 @@ def test_reports_every_step_with_the_papers_numbers(dataset):
     assert r.shape == (2, 2) and np.isnan(r[0, 1]) and np.isfinite(r[1]).all()
     assert summary["final"]["sdr"] == pytest.approx(m1["sdr"])
     assert len(rep.results[0].examples) == 2 and rep.results[0].examples[0].estimates.shape[0] == 2
+    # validation: the same values on the val sets, SDR alone by default (what selection reads)
+    assert np.isfinite(m1["val/sdr"]) and np.isfinite(m1["val/task_sdr/0"]) and "val/sir" not in m1
+    val = rep.results[-1].summary["val"]
+    assert val["final"]["sdr"] == pytest.approx(m1["val/sdr"]) and val["final"]["sir"] is None
 
 
 def test_a_model_that_does_not_change_forgets_exactly_nothing(dataset):
@@ -129,6 +133,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
         run_sequence(_cfg(**{"strategy.name": "lwf"}), table, resume_from=tmp_path / "step=0")
     with pytest.raises(CheckpointError, match="not a contavsep checkpoint"):
         run_sequence(cfg, table, resume_from=tmp_path / "nothing-here")
+    # A checkpoint written before eval.val_metrics existed scored SIR/SAR on validation too: under
+    # today's default (SDR alone) that is a change of setting, named with its old value ...
+    path = tmp_path / "step=0" / "state.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    del payload["config"]["eval.val_metrics"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="another config: eval.val_metrics: 'all' -> 'sdr'; resume with"):
+        run_sequence(cfg, table, resume_from=tmp_path / "step=0")
+    # ... and it resumes with the setting it was written with
+    legacy = _cfg(**{"strategy.name": "finetune", "data.num_steps": 2, "eval.val_metrics": "all"})
+    rep = Collect()
+    run_sequence(legacy, table, reporter=rep, resume_from=tmp_path / "step=0")
+    assert [r.step for r in rep.results] == [1] and np.isfinite(rep.results[-1].metrics["val/sir"])
 
 
 def test_best_val_selection_keeps_the_best_validated_weights(dataset):

@@ -60,6 +60,21 @@ def test_no_permutation_is_computed(realistic_batch) -> None:
     assert (swapped.sdr < straight.sdr - 10).all()
 
 
+def test_sdr_only_is_the_full_sdr_without_sir_and_sar(realistic_batch) -> None:
+    """Validation scores SDR alone: the same SDR as the full BSS Eval (and as mir_eval), no
+    permutation, SIR/SAR left NaN, the mixture's SDR as before."""
+    references, estimates, mix = realistic_batch
+    full = separation_scores(references, estimates, backend="fast", mixture=mix)
+    alone = separation_scores(references, estimates, backend="fast", mixture=mix, sdr_only=True)
+    np.testing.assert_allclose(alone.sdr, full.sdr, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(alone.sdr_mix, full.sdr_mix, rtol=0, atol=1e-9)
+    assert np.isnan(alone.sir).all() and np.isnan(alone.sar).all() and alone.valid.all()
+    swapped = separation_scores(references, estimates.flip(1), backend="fast", sdr_only=True)
+    assert (swapped.sdr < alone.sdr - 10).all()
+    with pytest.raises(ValueError, match="sdr_only needs the 'fast' backend"):
+        separation_scores(references, estimates, backend="mir_eval", sdr_only=True)
+
+
 @pytest.mark.parametrize("backend", ["mir_eval", "fast"])
 def test_silent_items_are_skipped_and_counted(backend: str) -> None:
     samples = 4096
@@ -198,6 +213,20 @@ def test_state_dict_round_trips_through_json() -> None:
     restored = ContinualResults.from_state_dict(json.loads(json.dumps(results.state_dict())))
     assert restored.summary() == results.summary()
     assert restored.summary()["skipped"] == 3
+
+
+def test_sdr_only_records_leave_sir_and_sar_undefined_and_round_trip_through_strict_json() -> None:
+    nan = float("nan")
+    results = ContinualResults(num_steps=2)
+    results.add(0, [0, 0], [4.0, 6.0], [nan, nan], [nan, nan], sdr_mix=[1.0, 1.0])
+    results.add(1, [0, 1], [3.0, 7.0], [nan, nan], [nan, nan], sdr_mix=[1.0, 1.0])
+    summary = results.summary()
+    assert summary["final"]["sdr"] == 5.0 and summary["forgetting"]["sdr"] == 2.0  # R[0][0] 5 -> R[1][0] 3
+    assert summary["final"]["sir"] is None and summary["forgetting"]["sar"] is None
+    restored = ContinualResults.from_state_dict(json.loads(json.dumps(results.state_dict(), allow_nan=False)))
+    assert restored.summary() == summary
+    with pytest.raises(ValueError, match="only SIR and SAR may be NaN, all of them"):
+        results.add(1, [0, 1], [3.0, 7.0], [nan, 2.0], [nan, nan])
 
 
 def test_invalid_records_are_rejected() -> None:

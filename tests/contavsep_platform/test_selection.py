@@ -42,6 +42,14 @@ def test_a_space_selecting_on_test_is_refused_unless_it_says_so():
         _space("select_on: train\n")
     with pytest.raises(SpaceError, match="eval.validate=false"):
         parse_space(BASE.replace("train.seed: 7", "train.seed: 7, eval.validate: false") + LWF, storage_uri="file:///tmp")
+    # validation scores SDR alone unless the space asks for SIR/SAR there (a value it selects on)
+    with pytest.raises(SpaceError, match=r"'val/forgetting/sir' needs SIR/SAR on validation.*eval.val_metrics: all"):
+        _space("objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgetting/sir, mode: min}\n")
+    with pytest.raises(SpaceError, match="'val/sar_new' needs SIR/SAR"):
+        _space("metric: sar_new\n")
+    full = parse_space(BASE.replace("train.seed: 7", "train.seed: 7, eval.val_metrics: all") + LWF + "metric: sir\n", storage_uri="file:///tmp")
+    assert full.metric_key == "val/sir"
+    assert _space("metric: sdri\n").metric_key == "val/sdri"  # the SDR improvement needs no SIR/SAR
 
 
 def test_a_method_is_strategy_memory_and_factors_and_only_a_choice_within_one_is_a_selection():

@@ -306,3 +306,8 @@ def test_resume_ignores_speed_only_and_retired_keys_but_not_the_science():
     # what changes results still refuses the resume
     differences = fingerprint_differences(stored, fp("train.lr_unet: 0.005\n"))
     assert len(differences) == 1 and differences[0].startswith("base.train.lr_unet:")
+    # a sweep recorded before validation could score SDR alone scored SIR/SAR too: resuming it under
+    # today's default is a change (named, with the old value), and resumes when set back
+    before = {k: v for k, v in stored.items() if k != "base.eval.val_metrics"}
+    assert fingerprint_differences(before, fp()) == ["base.eval.val_metrics: 'all' -> 'sdr'"]
+    assert fingerprint_differences(before, fp("eval.val_metrics: all\n")) == []
