@@ -140,7 +140,7 @@ def s3_bucket(s3_server: S3TestServer) -> str:
 def synth_dataset_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Build (once per distinct arguments, per session) a small synthetic dataset on file:// and
     return its URI. Arguments are those of :class:`contavsep.data.synth.SynthConfig`."""
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
 
     built: dict[tuple, str] = {}
 
@@ -149,7 +149,9 @@ def synth_dataset_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[
         key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
         if key not in built:
             uri = f"file://{tmp_path_factory.mktemp('synth')}/dataset"
-            build_synthetic(uri, cfg)
+            # the default benchmark (680 clips) in parallel (the same clips with any number of
+            # workers); the tests' small ones build faster in-process than spawned workers start
+            build_synthetic(uri, cfg, workers=1 if kwargs else default_workers())
             built[key] = uri
         return built[key]
 

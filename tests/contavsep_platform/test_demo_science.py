@@ -1,6 +1,6 @@
 """The demo shows the science: the orderings the README promises, asserted on the demo space's
 own results (search_spaces/demo.yaml, unchanged: its budget, seeds and methods) from a real
-local sweep on the default synthetic benchmark. The longest test of the suite (~10 min on 2 cores).
+local sweep on the default synthetic benchmark. The longest test of the suite (~13 min on 2 cores).
 """
 
 from __future__ import annotations
