@@ -16,7 +16,7 @@ validation selection read the *same* search runs (one search logs both splits); 
 differs from another protocol's runs on the same fresh seeds (CPU runs are bit-reproducible, so
 a configuration run twice on one seed gives the same numbers: each is run once).
 
-    .venv/bin/python scripts/selection_protocols.py --out /tmp/protocols --strategies contavsep   # ~1 h on 2 cores
+    .venv/bin/python scripts/selection_protocols.py --out /tmp/protocols --strategies contavsep   # 43 min on 2 cores
     .venv/bin/python scripts/selection_protocols.py --out /tmp/check --quick --strategies lwf      # the script works (~20 min)
 """
 
