@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lock clean
+.PHONY: install demo test test-fast lint format bench lock clean
 
 install: $(STAMP)
 
@@ -35,14 +35,25 @@ demo: $(STAMP)
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=30
 
+# No server, no Ray, no browser, nothing that trains a whole sequence: a few minutes on 2 cores.
+# The markers are set in tests/conftest.py (server: from the fixtures a test asks for).
 test-fast: $(STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not server"
+
+# ruff (lint rules and import order in pyproject.toml) and mypy over the packages and benchmarks.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix --select I .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m contavsep.bench_models
-	$(BIN)/python -m contavsep.bench_metrics
+	$(BIN)/python -m benchmarks.bench_models
+	$(BIN)/python -m benchmarks.bench_metrics
 
 # Re-resolve the pinned set after changing pyproject.toml (records no index URL).
 lock: | $(UV)

@@ -26,41 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contavsep.config import Config, ConfigError, MemoryConfig, TrainConfig
+from contavsep.config import Config, ConfigError, MemoryConfig, TrainConfig, drop_epochs
 
 # The reference's iterations per step on the release's MUSIC-21 lists, and its batch size.
 PAPER_STEP_ITERATIONS: tuple[int, ...] = (23_700, 38_100, 55_500, 62_600)
 PAPER_BATCH_SIZE = 32
 PAPER_MIXTURES = sum(PAPER_STEP_ITERATIONS) * PAPER_BATCH_SIZE  # 5,756,800 training mixtures per sequence
-
-
-def drop_epochs(value: str, key: str) -> tuple[int, ...]:
-    """Parse a comma-separated list of epochs ("31,51"; "" = no drop) of config key ``key``."""
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    try:
-        return tuple(sorted(int(p) for p in parts))
-    except ValueError:
-        raise ConfigError(f"{key} must be comma-separated whole epochs like '31,51' (or '' for none), got {value!r}") from None
-
-
-def check(train: TrainConfig) -> None:
-    """Refuse budget keys that no step could use (called by :func:`contavsep.config.validate`)."""
-    if train.iters_per_step < 0:
-        raise ConfigError("train.iters_per_step must be >= 0 (0 = derive from the step's training list)")
-    for key in ("batch_size", "epochs_per_step", "dup_trainset"):
-        if getattr(train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1")
-    if train.val_every < 0:
-        raise ConfigError("train.val_every must be >= 0 (0 = once per epoch)")
-    if train.lr_decay_gamma <= 0:
-        raise ConfigError("train.lr_decay_gamma must be > 0")
-    for key in ("lr_drop_epochs_unet", "lr_drop_epochs_transformer"):
-        for epoch in drop_epochs(getattr(train, key), f"train.{key}"):
-            if not 0 < epoch < train.epochs_per_step:
-                raise ConfigError(
-                    f"train.{key}: epoch {epoch} is not inside a step of train.epochs_per_step={train.epochs_per_step}"
-                    f" epochs (1 .. {train.epochs_per_step - 1}); lower it or leave the drop out"
-                )
 
 
 def epoch_draws(new_clips: int, memory_clips: int, train: TrainConfig, memory: MemoryConfig) -> int:

@@ -18,12 +18,13 @@ from typing import Any
 import torch
 
 from contavsep.config import Config, flat, from_flat, to_yaml
+from contavsep.errors import ContavsepError
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ContavsepError, ValueError):
     """A checkpoint is missing, incomplete, or belongs to another configuration."""
 
 

@@ -12,7 +12,6 @@ the closest valid key, so a typo in a sweep fails before any trial starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -21,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contavsep.errors import ContavsepError
+from contavsep.suggest import did_you_mean
 
-class ConfigError(ValueError):
+
+class ConfigError(ContavsepError, ValueError):
     """A configuration key or value is invalid; the message says what to change."""
 
 
@@ -94,6 +96,15 @@ SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", 
               "train.decoder_conv", "train.encoder_conv", "train.share_first_step")
 
 # train.compile: "auto" (contavsep/speed.py), "off" or a torch.compile mode.
+# Allowed values of the speed and layout switches. They live with the schema, not with the torch
+# modules that act on them, so that validating a config never imports torch.
+SWITCH_VALUES = ("auto", "true", "false")  # train.channels_last, train.fused_optimizer
+ENCODER_CONVS = ("strided", "space_to_depth")  # train.encoder_conv (contavsep.models.unet)
+DECODER_CONVS = ("transposed", "subpixel", "upsample")  # train.decoder_conv (contavsep.models.unet)
+# strategy.crosssdc_form, where CrossSDC puts the old model's features (contavsep.losses):
+# "anchors" = extra columns (keys) only, the documented default; "reference" = rows and columns,
+# as the official ContAV-Sep code.
+CROSS_SDC_FORMS = ("anchors", "reference")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # the modes whose compiled forward and backward replay as CUDA graphs (on CUDA devices)
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -212,11 +223,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _closest(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -315,7 +321,7 @@ def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
         if head not in types_:
             options = [prefix + k for k in valid_keys(type(cfg))]
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'{_closest(prefix + key, options)}; "
+                f"unknown config key '{prefix}{key}'{did_you_mean(prefix + key, options)}; "
                 f"see `contavsep config --keys` for all keys"
             )
         tp = types_[head]
@@ -385,7 +391,7 @@ def make_config(
         if "preset" in layer:
             preset = str(layer["preset"])
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'{_closest(preset, list(PRESETS))}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}; choose from {sorted(PRESETS)}")
     cfg = _apply(Config(), {**PRESETS[preset], "preset": preset})
     for layer in layers:
         cfg = _apply(cfg, {k: v for k, v in layer.items() if k != "preset"})
@@ -429,6 +435,15 @@ RANGES: dict[str, tuple[str, float]] = {
     "eval.val_windows_per_clip": _AT_LEAST_ONE, "eval.val_pairs_per_clip": _AT_LEAST_ONE, "eval.val_seed": _NON_NEGATIVE,
     "data.classes_per_step": _AT_LEAST_ONE, "data.num_steps": _AT_LEAST_ONE, "data.seed": _NON_NEGATIVE,
 }
+
+
+def drop_epochs(value: str, key: str) -> tuple[int, ...]:
+    """Parse a comma-separated list of epochs ("31,51"; "" = no drop) of config key ``key``."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    try:
+        return tuple(sorted(int(p) for p in parts))
+    except ValueError:
+        raise ConfigError(f"{key} must be comma-separated whole epochs like '31,51' (or '' for none), got {value!r}") from None
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -476,18 +491,18 @@ def validate(cfg: Config) -> None:
             registry.check(name)
         except RegistryError as exc:
             raise ConfigError(f"{key}: {exc}") from None
-    from contavsep.budget import check as check_budget
-
-    check_budget(cfg.train)
+    for key in ("lr_drop_epochs_unet", "lr_drop_epochs_transformer"):
+        for epoch in drop_epochs(getattr(cfg.train, key), f"train.{key}"):
+            if not 0 < epoch < cfg.train.epochs_per_step:
+                raise ConfigError(
+                    f"train.{key}: epoch {epoch} is not inside a step of train.epochs_per_step={cfg.train.epochs_per_step}"
+                    f" epochs (1 .. {cfg.train.epochs_per_step - 1}); lower it or leave the drop out"
+                )
     if cfg.train.compile not in COMPILE_MODES:
         raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got '{cfg.train.compile}'")
-    from contavsep.speed import SWITCH_VALUES
-
     for key in ("channels_last", "fused_optimizer"):
         if getattr(cfg.train, key) not in SWITCH_VALUES:
             raise ConfigError(f"train.{key} must be one of {', '.join(SWITCH_VALUES)}, got '{getattr(cfg.train, key)}'")
-    from contavsep.models.unet import DECODER_CONVS, ENCODER_CONVS
-
     if cfg.train.decoder_conv not in DECODER_CONVS:
         raise ConfigError(f"train.decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{cfg.train.decoder_conv}'")
     if cfg.train.encoder_conv not in ENCODER_CONVS:
@@ -502,8 +517,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.val_metrics must be 'sdr' (SDR only, the fast default) or 'all' (also SIR/SAR), got '{cfg.eval.val_metrics}'")
     if cfg.memory.share > 1:
         raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")
-    from contavsep.losses import CROSS_SDC_FORMS
-
     if cfg.strategy.crosssdc_form not in CROSS_SDC_FORMS:
         raise ConfigError(
             f"strategy.crosssdc_form must be one of {', '.join(CROSS_SDC_FORMS)}, got '{cfg.strategy.crosssdc_form}'"

@@ -44,7 +44,15 @@ from torch import nn
 from contavsep import first_step
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.budget import StepPlan, plan_step
-from contavsep.checkpoint import CheckpointError, TrainingState, check_resumable, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from contavsep.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    check_resumable,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from contavsep.config import CUDAGRAPH_MODES, Config, ConfigError
 from contavsep.data.batch_producer import BatchProducer
 from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
@@ -320,11 +328,11 @@ class Engine:
         sampler = self._sampler(step)
         # on demand (depth 0): a strategy may stop early, and must leave the sampler where the
         # training thread would have
-        batches_of_step: Callable[[int], Iterator[StepBatch]] = lambda n: (
-            self._to_step_batch(clips)
-            for clips in BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
-                                       device=self.device, depth=0)
-        )
+        def batches_of_step(n: int) -> Iterator[StepBatch]:
+            produced = BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
+                                     device=self.device, depth=0)
+            return (self._to_step_batch(clips) for clips in produced)
+
         ctx = StepContext(
             step=step,
             scenario=self.scenario,

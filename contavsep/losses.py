@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from contavsep.config import CROSS_SDC_FORMS
+
 __all__ = [
     "FeatureSet",
     "weighted_l1_mask_loss",
@@ -44,9 +46,6 @@ __all__ = [
 # nested, e.g. B lists of N) sequence of str / int clip ids.
 ClipIds = torch.Tensor | Sequence[Any]
 
-# Where :func:`cross_sdc` puts the old model's features: "anchors" = extra columns (keys) only,
-# the documented default; "reference" = rows and columns, as the official ContAV-Sep code.
-CROSS_SDC_FORMS = ("anchors", "reference")
 
 
 @dataclass(frozen=True)

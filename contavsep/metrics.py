@@ -5,7 +5,7 @@ Two parts:
 - :func:`separation_scores`: BSS Eval ``bss_eval_sources`` without permutation on a batch of
   mixtures, backend ``mir_eval`` (the reference metric of the paper) or ``fast``
   (fast_bss_eval with torch float64 and the same 512-tap distortion filter; it matches mir_eval
-  to about 1e-10 dB on the project's test signals, see :mod:`contavsep.bench_metrics`).
+  to about 1e-10 dB on the project's test signals, see :mod:`benchmarks.bench_metrics`).
   The Sound-of-Pixels validity check is kept, but every skipped item is counted.
 - :class:`ContinualResults`: per-source scores labelled with (step, task of the source's class,
   task whose fixed test set the mixture belongs to) -> matrices ``R[i][j]`` (after step i, on

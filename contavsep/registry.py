@@ -6,12 +6,14 @@ a config never imports torch-heavy modules and nothing registers itself at impor
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
+from contavsep.errors import ContavsepError
+from contavsep.suggest import did_you_mean
 
-class RegistryError(KeyError):
+
+class RegistryError(ContavsepError, KeyError):
     """An unknown name was asked for; the message lists the closest and all valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -34,8 +36,7 @@ class Registry:
     def check(self, name: str) -> None:
         """Raise :class:`RegistryError` unless ``name`` is registered."""
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.5)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(name, self.names())
             plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
             raise RegistryError(f"unknown {self.kind} '{name}'{hint}; valid {plural}: {', '.join(self.names())}")
 

@@ -51,8 +51,9 @@ from dataclasses import dataclass
 
 import torch
 
-AUTO = "auto"
-SWITCH_VALUES = (AUTO, "true", "false")
+from contavsep.config import SWITCH_VALUES
+
+AUTO = SWITCH_VALUES[0]  # "auto": the measured default of this device
 
 
 @dataclass(frozen=True)

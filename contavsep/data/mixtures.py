@@ -48,11 +48,11 @@ class MixtureBatch:
     object_features: torch.Tensor
     motion_features: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "MixtureBatch":
+    def to(self, device: torch.device | str) -> MixtureBatch:
         """Copy to ``device``; asynchronous from pinned memory (:meth:`pin_memory`) to CUDA."""
         return MixtureBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
-    def pin_memory(self) -> "MixtureBatch":
+    def pin_memory(self) -> MixtureBatch:
         """The batch in page-locked host memory, so a copy to CUDA can overlap computation."""
         return MixtureBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 

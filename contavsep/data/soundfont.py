@@ -20,6 +20,7 @@ import numpy as np
 
 from contavsep.data.instruments import Timbre
 from contavsep.data.score import CONGA_STROKES, NoteEvent
+from contavsep.errors import ContavsepError
 
 SOUNDFONT_ENV = "CONTAVSEP_SOUNDFONT"
 DEFAULT_SOUNDFONTS = (
@@ -43,7 +44,7 @@ TICKS_PER_QUARTER = 480
 MICROSECONDS_PER_QUARTER = 500_000  # 120 bpm: one tick = 1/960 s
 
 
-class RendererUnavailable(RuntimeError):
+class RendererUnavailable(ContavsepError, RuntimeError):
     """The soundfont renderer cannot run here; the message says what to install."""
 
 

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from contavsep.errors import ContavsepError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 PACKAGED_MUSIC21 = "music21-contavsep"  # name accepted by the CLI for the packaged paper lists
 
 
-class SplitListError(ValueError):
+class SplitListError(ContavsepError, ValueError):
     """A split-list file is missing or malformed; the message names the file and the problem."""
 
 

@@ -16,7 +16,7 @@ time with per-clip variation, so separation is not trivial.
 Default size, 20 classes x (24 train, 5 val, 5 test) clips of 6.5 s: val/test match the
 paper's MUSIC-21 split (5 + 5 videos per class); 24 training clips per class give varied
 random-crop mixtures while the whole dataset costs about 50 CPU-seconds to build (under a minute
-on 2 idle cores; see ``python -m contavsep.bench_data``); 6.5 s (71662 samples) >= 65535 lets the
+on 2 idle cores; see ``python -m benchmarks.bench_data``); 6.5 s (71662 samples) >= 65535 lets the
 paper preset crop full-size clips.
 
 Deterministic: each clip is drawn from its own generator seeded by (seed, class, split, index),
@@ -37,12 +37,23 @@ import numpy as np
 from contavsep import storage
 from contavsep.config import ConfigError
 from contavsep.data.additive import render_additive
-from contavsep.data.instruments import SYNTH_CLASS_ORDER, TIMBRES, synthetic_classes, vary
+from contavsep.data.instruments import (
+    SYNTH_CLASS_ORDER,
+    TIMBRES,
+    synthetic_classes,
+    vary,
+)
 from contavsep.data.recording import record
 from contavsep.data.schema import SPLITS, ClipRecord
 from contavsep.data.score import compose
 from contavsep.data.soundfont import check_soundfont_renderer, render_soundfont
-from contavsep.data.visual_sim import MOTION_DIM, MOTION_TOKENS, OBJECT_DIM, motion_features, object_features
+from contavsep.data.visual_sim import (
+    MOTION_DIM,
+    MOTION_TOKENS,
+    OBJECT_DIM,
+    motion_features,
+    object_features,
+)
 from contavsep.data.writer import DatasetWriter
 
 # Bump when the generator changes what a given config produces (recorded in the manifest).

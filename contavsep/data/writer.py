@@ -29,8 +29,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contavsep import storage
-from contavsep.data.manifest import FORMAT_NAME, MANIFEST_NAME, DatasetError, content_hash, part_name
-from contavsep.data.schema import SCHEMA_VERSION, SPLITS, VERSION_KEY, ClipRecord, clip_schema, feature_dims
+from contavsep.data.manifest import (
+    FORMAT_NAME,
+    MANIFEST_NAME,
+    DatasetError,
+    content_hash,
+    part_name,
+)
+from contavsep.data.schema import (
+    SCHEMA_VERSION,
+    SPLITS,
+    VERSION_KEY,
+    ClipRecord,
+    clip_schema,
+    feature_dims,
+)
 
 _PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
 
@@ -283,7 +296,7 @@ class DatasetWriter:
             "feature_dims": {"object_dim": obj_dim, "motion_tokens": m_tokens, "motion_dim": m_dim},
             "parts": parts,
             "content_hash": content_hash(self.classes, parts),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "writer": {"pyarrow": pa.__version__},
             "extra": extra or {},
         }

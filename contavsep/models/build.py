@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from contavsep.config import Config
 from contavsep.models.output import SeparatorOutput
 from contavsep.models.unet import set_decoder_conv, set_encoder_conv
+from contavsep.models.weights_file import WeightsError, weights_path
 from contavsep.registry import MODELS
 
 
@@ -40,10 +41,6 @@ class Separator(Protocol):
     ) -> SeparatorOutput: ...
 
 
-class WeightsError(ValueError):
-    """Pretrained weights cannot be read or do not fit the model; the message says how."""
-
-
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The separator named by ``cfg.model.name`` with ``num_classes`` classes.
 
@@ -60,18 +57,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 def _read_state_dict(source: str | Path | BinaryIO) -> Mapping[str, Tensor]:
     if isinstance(source, (str, Path)):
-        text = str(source)
-        if "://" in text:
-            scheme, _, rest = text.partition("://")
-            if scheme != "file":
-                raise WeightsError(
-                    f"model weights '{text}': only local paths and file:// URIs are read here; "
-                    f"open {scheme}:// objects through the platform's storage and pass the stream"
-                )
-            text = rest
-        path = Path(text)
-        if not path.is_file():
-            raise WeightsError(f"model weights file {path} does not exist")
+        path = weights_path(source)
         data = path.read_bytes()
         name = str(path)
     else:

@@ -22,7 +22,6 @@ Parameter count at the ``paper`` preset with 5 classes: U-Net 30,274,178; everyt
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contavsep.config import ModelConfig

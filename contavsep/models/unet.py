@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contavsep.config import DECODER_CONVS, ENCODER_CONVS
+
 
 def level_channels(channels: int, depth: int) -> list[int]:
     """Output channels of each encoder level, outermost first: ``C * min(2**i, 8)``."""
@@ -230,13 +232,11 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
     return F.conv2d(blocks, kernel)
 
 
-ENCODER_CONVS = ("strided", "space_to_depth")
 # Fewer input channels than this after space_to_depth's rearrangement (only the one-channel first
 # layer: 4) and that layer runs as a matrix product. Why, unmeasured so far: bf16 tensor-core
 # kernels work on channel multiples of 8, and the H100 profile of the strided form showed a generic
 # "convolve_common_engine" conv kernel and cuDNN layout transposes, probably the first layer's.
 TENSOR_CORE_MIN_CHANNELS = 8
-DECODER_CONVS = ("transposed", "subpixel", "upsample")
 # "transposed" merges the taps on every call (~9x the weight's bytes, forward + backward, whatever
 # the batch), and saves 20 of 36 multiply-adds per input pixel and channel pair plus the upsampled
 # map's traffic (both per pixel of the batch). Below this many input pixels (batch x H x W) the

@@ -73,7 +73,7 @@ class Strategy:
         self.params = params
 
     @classmethod
-    def from_config(cls, cfg: StrategyConfig) -> "Strategy":
+    def from_config(cls, cfg: StrategyConfig) -> Strategy:
         """Pick this strategy's own hyperparameters out of the shared ``strategy.*`` keys."""
         values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls.Params)}
         return cls(cls.Params(**values))

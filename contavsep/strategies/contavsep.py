@@ -32,7 +32,12 @@ from typing import ClassVar
 
 import torch
 
-from contavsep.losses import CROSS_SDC_FORMS, FeatureSet, cross_sdc, mask_distillation_loss
+from contavsep.losses import (
+    CROSS_SDC_FORMS,
+    FeatureSet,
+    cross_sdc,
+    mask_distillation_loss,
+)
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
 from contavsep.strategies.base import StepContext, Strategy

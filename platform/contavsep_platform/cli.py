@@ -15,19 +15,7 @@ import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from contavsep.config import ConfigError
-from contavsep.registry import RegistryError
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or settings: one line on stderr, exit 2, no traceback."""
-    from contavsep.checkpoint import CheckpointError
-    from contavsep.data.manifest import DatasetError
-    from contavsep.storage import StorageError
-
-    # The OS errors are about paths the user gave (a file where a folder should be, no permission).
-    return (UserError, ConfigError, RegistryError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, StorageError, DatasetError, CheckpointError)
+from contavsep_platform.errors import USER_ERRORS
 
 COMMAND_MODULES = [
     "contavsep_platform.commands.config",
@@ -39,10 +27,6 @@ COMMAND_MODULES = [
     "contavsep_platform.commands.sweep",
     "contavsep_platform.commands.study",
 ]
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
 @contextmanager
@@ -108,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    user_errors = _user_errors()
     try:
         with _local_services_env(args.command not in ("services", "config", "demo")):  # demo starts them itself
             return int(args.func(args) or 0)
-    except user_errors as exc:
+    except USER_ERRORS as exc:  # the library's error family and OS errors about given paths
         print(f"contavsep {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -121,8 +104,4 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m contavsep_platform.cli`: run the imported module's main, so that the UserError the
-    # commands import is the class caught here (this file runs as __main__, a second copy).
-    from contavsep_platform.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

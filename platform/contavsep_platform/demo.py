@@ -28,7 +28,11 @@ def main(verbose: int = 0, progress: bool = True) -> int:
     from contavsep import storage
     from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
     from contavsep_platform import services
-    from contavsep_platform.settings import default_state_dir, resolve_endpoints, service_env
+    from contavsep_platform.settings import (
+        default_state_dir,
+        resolve_endpoints,
+        service_env,
+    )
     from contavsep_platform.spaces import load_space, shipped_spaces_dir
     from contavsep_platform.sweep import error_lines, print_outcome, run_sweep
 

@@ -64,7 +64,9 @@ def gpu_hours(space: SearchSpace, train_clips_per_class: Sequence[int]) -> GpuHo
     """The sweep's training mixtures per stage (see the module docstring)."""
     search = space.stage("search")
     if search.sampler.type == "grid":
-        from contavsep_platform.first_step_plan import trial_configs  # imports optuna: only for a grid
+        from contavsep_platform.first_step_plan import (
+            trial_configs,  # imports optuna: only for a grid
+        )
 
         configs = [cfg for _, cfg in trial_configs(search, None)]
         search_mixtures = sum(_mixtures(cfg, train_clips_per_class) for cfg in configs)

@@ -28,7 +28,6 @@ Three things the plain pyarrow ``S3FileSystem`` does not do:
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable

@@ -40,7 +40,6 @@ is not comparable.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -56,6 +55,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from contavsep.suggest import did_you_mean
 from contavsep_platform.artifacts import (
     final_scores_figure,
     markdown_table,
@@ -63,7 +63,6 @@ from contavsep_platform.artifacts import (
     save_figure,
     strategy_curves_figure,
 )
-from contavsep_platform.cli import UserError
 from contavsep_platform.comparison import (
     CONFIDENCE,
     Comparison,
@@ -78,17 +77,28 @@ from contavsep_platform.comparison import (
     summary_lines,
     t_interval,
 )
+from contavsep_platform.errors import UserError
 from contavsep_platform.report_html import HTML_FILE, write_html
-from contavsep_platform.search_views import View, importance_view, parallel_coordinates_view, r_matrices_view
+from contavsep_platform.search_views import (
+    View,
+    importance_view,
+    parallel_coordinates_view,
+    r_matrices_view,
+)
 from contavsep_platform.spaces import (
-    REPEAT_CONFIG_KEYS, SPLITS, named_metric, publish_key, result_key, selection_text,
+    REPEAT_CONFIG_KEYS,
+    SPLITS,
+    named_metric,
+    publish_key,
+    result_key,
+    selection_text,
 )
 from contavsep_platform.tracking import (
     CONFIG_TAG,
-    STAGE_TAG,
     FINAL_PREFIX,
     PARENT_TAG,
     ROLE_TAG,
+    STAGE_TAG,
     STRATEGY_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -316,8 +326,7 @@ def load_sweep(tracking_uri: str, sweep_name: str, experiment: str | None = None
         )
         if not parents:
             known = sweep_names(client, experiment_ids)
-            close = difflib.get_close_matches(sweep_name, known, n=1, cutoff=0.0)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(sweep_name, known)
             listing = f"; sweeps: {', '.join(known[:20])}" if known else "; no sweeps logged yet"
             raise SweepNotFoundError(f"no sweep named '{sweep_name}' in MLflow at {tracking_uri}{hint}{listing}")
         parent = parents[-1]  # the latest, if a name was ever reused across experiments
@@ -580,7 +589,7 @@ def build_report(
     table = run_records(confirm_trials or search_trials, space.factors)
     logged = sorted({k for r in table.records if r.complete for k in r.values})
     if logged and metric not in logged:
-        raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{_suggest(metric, logged)};"
+        raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{did_you_mean(metric, logged)};"
                         f" values: {', '.join(logged)}")
     objectives = tuple((publish_key(m), d) for m, d in space.objectives) if len(space.objectives) > 1 else ()
     columns = tuple(dict.fromkeys([*RANKING_COLUMNS, *(m for m, _ in objectives)]))
@@ -751,11 +760,6 @@ def _views(comparison: Comparison, space: SpaceInfo, metric: str, mode: str,
             best_runs[c.strategy] = (label, r_document(run.run_id) if r_document else None)
     views.append(r_matrices_view({s: best_runs[s] for s in strategy_order(list(best_runs))}, out))
     return views
-
-
-def _suggest(name: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _record_of(trial: TrialRecord) -> RunRecord:

@@ -39,7 +39,14 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, DefineByRun, SearchSpace, make_sampler
+from contavsep_platform.spaces import (
+    GROUP_KEY,
+    REPEAT_KEY,
+    STRATEGY_KEY,
+    DefineByRun,
+    SearchSpace,
+    make_sampler,
+)
 from contavsep_platform.study import StudyJournal
 
 log = logging.getLogger("contavsep.search")

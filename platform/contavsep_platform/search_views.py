@@ -233,7 +233,7 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"]
     xs = np.arange(len(axes_names))
-    for i, c in enumerate(configs):
+    for i in range(len(configs)):
         ys = np.array([col[0][i] for col in columns])
         ax.plot(xs, ys, color=cmap(norm[i] if mode == "max" else 1 - norm[i]), alpha=0.8, linewidth=1.5, marker="o", markersize=3)
     for x, (_, labels, ticks) in zip(xs, columns):

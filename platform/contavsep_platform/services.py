@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 from contavsep_platform.settings import (
     DATA_BUCKET,
     KEYS_FILE,

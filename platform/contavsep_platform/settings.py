@@ -26,11 +26,11 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 
 if TYPE_CHECKING:  # contavsep.storage pulls in pyarrow: imported where used, keeping `contavsep --help` fast
     from contavsep.storage import S3Settings

@@ -62,7 +62,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from contavsep.config import LEGACY_DEFAULTS, RETIRED_KEYS, SPEED_KEYS, Config, ConfigError, flat, make_config, valid_keys, yaml_error_line
+from contavsep.config import (
+    LEGACY_DEFAULTS,
+    RETIRED_KEYS,
+    SPEED_KEYS,
+    Config,
+    ConfigError,
+    flat,
+    make_config,
+    valid_keys,
+    yaml_error_line,
+)
+from contavsep.suggest import did_you_mean
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -187,9 +198,6 @@ class SpaceError(ConfigError):
     """A search space file is invalid; the message names the file, the entry and the fix."""
 
 
-def _closest(name: str, options: list[str] | tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +278,7 @@ def parse_distribution(raw: Any, where: str) -> Distribution:
     unknown = [k for k in raw if k not in DISTRIBUTION_KINDS + ("step", "log")]
     if unknown:
         raise SpaceError(
-            f"{where}: unknown distribution field '{unknown[0]}'{_closest(str(unknown[0]), DISTRIBUTION_KINDS)};"
+            f"{where}: unknown distribution field '{unknown[0]}'{did_you_mean(str(unknown[0]), DISTRIBUTION_KINDS)};"
             f" use one of {', '.join(DISTRIBUTION_KINDS)}"
         )
     if len(kinds) != 1:
@@ -645,7 +653,7 @@ def _section(raw: Any, where: str, cls: type, aliases: Mapping[str, str] | None 
     for key, value in raw.items():
         key = (aliases or {}).get(key, key)
         if key not in names:
-            raise SpaceError(f"{where}: unknown field '{key}'{_closest(str(key), names)}; valid: {', '.join(names)}")
+            raise SpaceError(f"{where}: unknown field '{key}'{did_you_mean(str(key), names)}; valid: {', '.join(names)}")
         f = cls.__dataclass_fields__[key]
         default = f.default
         if value is None and "None" in str(f.type):
@@ -663,8 +671,14 @@ def _section(raw: Any, where: str, cls: type, aliases: Mapping[str, str] | None 
     return cls(**kwargs)
 
 
+# Not a suggestion but a classification (is this mapping a distribution?), so stricter than
+# contavsep.suggest's cutoff: a section key taken for a distribution field would be refused.
+_DISTRIBUTION_LIKENESS = 0.8
+
+
 def _looks_like_distribution(key: str) -> bool:
-    return key in DISTRIBUTION_KINDS + ("step", "log") or bool(difflib.get_close_matches(key, DISTRIBUTION_KINDS, n=1, cutoff=0.8))
+    close = difflib.get_close_matches(key, DISTRIBUTION_KINDS, n=1, cutoff=_DISTRIBUTION_LIKENESS)
+    return key in DISTRIBUTION_KINDS + ("step", "log") or bool(close)
 
 
 def _dotted(raw: Any, where: str) -> dict[str, Any]:
@@ -690,7 +704,7 @@ def _dotted(raw: Any, where: str) -> dict[str, Any]:
 def _check_key(key: str, where: str) -> None:
     keys = valid_keys()
     if key not in keys:
-        raise SpaceError(f"{where}: unknown config key '{key}'{_closest(key, keys)}; see `contavsep config --keys`")
+        raise SpaceError(f"{where}: unknown config key '{key}'{did_you_mean(key, keys)}; see `contavsep config --keys`")
 
 
 def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None = None,
@@ -706,7 +720,7 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         raise SpaceError(f"{source} must hold a mapping with at least 'base' and 'strategies'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
-        raise SpaceError(f"{source}: unknown section '{unknown[0]}'{_closest(str(unknown[0]), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+        raise SpaceError(f"{source}: unknown section '{unknown[0]}'{did_you_mean(str(unknown[0]), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
     if not raw.get("strategies"):
         raise SpaceError(f"{source}: 'strategies' must name at least one strategy, e.g. strategies: {{contavsep: {{}}}}")
 
@@ -869,6 +883,13 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
         if key != "preset":
             _check_key(key, f"{where}: base")
     base_cfg = _build(space.base, f"{where}: base")
+    if base_cfg.model.weights:  # every trial would fail on a missing file: refuse it before any starts
+        from contavsep.models.weights_file import WeightsError, weights_path
+
+        try:
+            weights_path(base_cfg.model.weights)
+        except WeightsError as exc:
+            raise SpaceError(f"{where}: base: {exc}") from None
     if not base_cfg.data.uri:
         raise SpaceError(f"{where}: base must set data.uri (a dataset URI, or \"{STORAGE_PLACEHOLDER}/datasets/<name>\"); or pass --set data.uri=...")
     from contavsep.storage import StorageError, parse_uri
@@ -918,11 +939,11 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
 
     first = base_metric(space.metric)
     if first not in OBJECTIVES:
-        raise SpaceError(f"{where}: metric '{first}'{_closest(first, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
+        raise SpaceError(f"{where}: metric '{first}'{did_you_mean(first, OBJECTIVES)} is not reported at every step; use one of {', '.join(OBJECTIVES)}")
     for objective in space.objectives:
         name = base_metric(objective.metric)
         if name not in FINAL_OBJECTIVES:
-            raise SpaceError(f"{where}: objective '{name}'{_closest(name, FINAL_OBJECTIVES)} is not a result value; use one of {', '.join(FINAL_OBJECTIVES)}")
+            raise SpaceError(f"{where}: objective '{name}'{did_you_mean(name, FINAL_OBJECTIVES)} is not a result value; use one of {', '.join(FINAL_OBJECTIVES)}")
         split = split_of(objective.metric)
         if split is not None and split != space.select_on:
             if split == "test":
@@ -961,7 +982,7 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
                          f" (raise repeats.seeds for tighter intervals)")
     proto = space.protocol
     if proto.type not in PROTOCOLS:
-        raise SpaceError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got '{proto.type}'{_closest(proto.type, PROTOCOLS)}")
+        raise SpaceError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got '{proto.type}'{did_you_mean(proto.type, PROTOCOLS)}")
     if proto.type == "first_tasks":
         if not FIRST_STEP_WITH_OLD_CLASSES <= proto.tasks < base_cfg.data.num_steps:
             raise SpaceError(f"{where}: protocol first_tasks needs {FIRST_STEP_WITH_OLD_CLASSES} <= tasks < data.num_steps"
@@ -978,7 +999,7 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
         raise SpaceError(f"{where}: base sets data.shuffle_classes but repeats.class_orders chooses the orders; drop one")
     sch = space.scheduler
     if sch.type not in ("asha", "fifo"):
-        raise SpaceError(f"{where}: scheduler.type must be asha or fifo, got '{sch.type}'{_closest(sch.type, ('asha', 'fifo'))}")
+        raise SpaceError(f"{where}: scheduler.type must be asha or fifo, got '{sch.type}'{did_you_mean(sch.type, ('asha', 'fifo'))}")
     num_steps = base_cfg.data.num_steps
     search_steps = proto.tasks if proto.type == "first_tasks" else num_steps
     if sch.type == "asha":
@@ -993,7 +1014,7 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     smp = space.sampler
     samplers = ("tpe", "random", "grid", "nsga2")
     if smp.type not in samplers:
-        raise SpaceError(f"{where}: sampler.type must be one of {', '.join(samplers)}, got '{smp.type}'{_closest(smp.type, samplers)}")
+        raise SpaceError(f"{where}: sampler.type must be one of {', '.join(samplers)}, got '{smp.type}'{did_you_mean(smp.type, samplers)}")
     res = space.resources
     if res.workers < 1 or res.cpus < 0 or res.gpus < 0 or res.driver_cpus <= 0 or res.max_concurrent < 0:
         raise SpaceError(f"{where}: resources need workers >= 1, cpus >= 0, gpus >= 0, driver_cpus > 0, max_concurrent >= 0")
@@ -1069,7 +1090,7 @@ def _complete_point(space: SearchSpace, point: Mapping[str, Any], base_cfg: Conf
     searched = {k: d for k, d in params.items() if not d.is_fixed}
     extra = [k for k in point if k != STRATEGY_KEY and k not in searched]
     if extra:
-        raise SpaceError(f"{where}: points_to_evaluate for {strategy}: '{extra[0]}' is not searched by {strategy}{_closest(extra[0], list(searched))}")
+        raise SpaceError(f"{where}: points_to_evaluate for {strategy}: '{extra[0]}' is not searched by {strategy}{did_you_mean(extra[0], list(searched))}")
     defaults = flat(_build({**space.base, STRATEGY_KEY: strategy, **{k: d.value for k, d in params.items() if d.is_fixed}}, where))
     out: dict[str, Any] = {STRATEGY_KEY: strategy}
     for key, dist in searched.items():

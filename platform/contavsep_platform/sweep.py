@@ -55,7 +55,8 @@ from typing import Any
 from ray.tune import Callback
 
 from contavsep import storage
-from contavsep.first_step import FIRST_STEPS_DIR, SHARED_KEY as FIRST_STEP_SHARED_KEY
+from contavsep.first_step import FIRST_STEPS_DIR
+from contavsep.first_step import SHARED_KEY as FIRST_STEP_SHARED_KEY
 from contavsep_platform.comparison import (
     Comparison,
     Configuration,
@@ -68,18 +69,37 @@ from contavsep_platform.comparison import (
     ranking_table,
     summary_lines,
 )
+from contavsep_platform.errors import UserError
 from contavsep_platform.live_table import LiveTable
 from contavsep_platform.pruning import GroupASHA
-from contavsep_platform.search import GroupedOptunaSearch, configuration_id
-from contavsep_platform.study import StudyJournal, journal_uri
 from contavsep_platform.ray_storage import ray_storage
+from contavsep_platform.search import GroupedOptunaSearch, configuration_id
 from contavsep_platform.settings import JOB_STOP_GRACE_ENV  # noqa: F401 - re-exported (README, tests)
-from contavsep_platform.sweep_log import note_ray_logs, noise_to_log, project_warnings_to, sweep_log_path
 from contavsep_platform.spaces import (
-    CONFIRM_TRIAL_KEY, GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SearchSpace, fingerprint, fingerprint_differences, publish_key,
+    CONFIRM_TRIAL_KEY,
+    GROUP_KEY,
+    REPEAT_KEY,
+    STRATEGY_KEY,
+    SearchSpace,
+    fingerprint,
+    fingerprint_differences,
+    publish_key,
     space_notes,
 )
-from contavsep_platform.trial import ENGINE_TIME_KEY, PLACEMENT_GROUP_KEY, STEP_KEY, TrialContext, run_trial
+from contavsep_platform.study import StudyJournal, journal_uri
+from contavsep_platform.sweep_log import (
+    noise_to_log,
+    note_ray_logs,
+    project_warnings_to,
+    sweep_log_path,
+)
+from contavsep_platform.trial import (
+    ENGINE_TIME_KEY,
+    PLACEMENT_GROUP_KEY,
+    STEP_KEY,
+    TrialContext,
+    run_trial,
+)
 
 log = logging.getLogger("contavsep.sweep")
 
@@ -93,7 +113,7 @@ LOCAL_RAY_ATTEMPTS = 3
 FINAL_COLUMNS = ("sdr", "sir", "sar", "forgetting/sdr")
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """A sweep cannot start or continue as asked; the message says what to do instead."""
 
 
@@ -134,7 +154,7 @@ def _job_env_keys() -> set[str]:
     if not raw:
         return set()
     try:
-        return set(((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}))
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
     except (ValueError, AttributeError):
         return set()
 

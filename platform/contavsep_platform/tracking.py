@@ -67,7 +67,6 @@ from contavsep import storage
 from contavsep.storage import S3Settings
 from contavsep_platform.artifacts import (
     example_dirname,
-    markdown_table,
     r_matrices_json,
     r_matrix_figure,
     safe_name,
@@ -75,7 +74,7 @@ from contavsep_platform.artifacts import (
     step_curves_figure,
     write_example,
 )
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 from contavsep_platform.mlflow_links import link_lines, run_url
 from contavsep_platform.system_metrics import RunSystemMetrics
 

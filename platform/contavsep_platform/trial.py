@@ -191,7 +191,12 @@ def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[s
         return None
     # imports mlflow: only where tracking is on
     from contavsep_platform.tracking import (
-        CONFIG_TAG, PENDING_FILE, STAGE_TAG, SYSTEM_METRICS_INTERVAL_S, TrialTracker, dataset_input,
+        CONFIG_TAG,
+        PENDING_FILE,
+        STAGE_TAG,
+        SYSTEM_METRICS_INTERVAL_S,
+        TrialTracker,
+        dataset_input,
     )
 
     pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)

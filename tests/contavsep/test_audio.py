@@ -10,8 +10,8 @@ import torch
 from mir_eval.separation import bss_eval_sources
 
 from contavsep.audio import SpectralFrontEnd, log_frequency_grid, mix_sources
-from contavsep.bench_metrics import synthetic_sources
 from contavsep.config import make_config
+from contavsep.testing import synthetic_sources
 
 
 @pytest.fixture(scope="module")

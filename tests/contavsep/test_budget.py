@@ -1,7 +1,6 @@
 """Training budgets: the reference's iteration formula, its lr drops, the presets' shares, the engine's use."""
 
 import pytest
-import torch
 from torch import nn
 
 from contavsep.budget import (
@@ -151,6 +150,7 @@ def test_an_epoch_shorter_than_a_batch_is_refused():
         iterations_per_step(31, make_config("paper").train)
 
 
+@pytest.mark.slow
 def test_engine_trains_the_derived_iterations(tmp_path):
     uri = f"file://{tmp_path}/ds"
     build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11))

@@ -84,6 +84,7 @@ CASES = [(torch.channels_last, "transposed", "strided", True), (torch.channels_l
          (torch.channels_last, "upsample", "strided", False), (torch.contiguous_format, "transposed", "strided", False)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("memory_format", "decoder_conv", "encoder_conv", "autocast"), CASES)
 def test_compiled_convs_get_operands_in_the_layout_they_run_in(memory_format: torch.memory_format, decoder_conv: str,
                                                                encoder_conv: str, autocast: bool) -> None:

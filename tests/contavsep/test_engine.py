@@ -50,6 +50,7 @@ def _cfg(**extra):
     return make_config("tiny", {**SETTINGS, **extra})
 
 
+@pytest.mark.slow
 def test_reports_every_step_with_the_papers_numbers(dataset):
     _, table = dataset
     rep = Collect()
@@ -92,6 +93,7 @@ def test_a_model_that_does_not_change_forgets_exactly_nothing(dataset):
         assert summary["forgetting"][metric] == 0.0 and summary["bwt"][metric] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["finetune", "ewc", "contavsep"])
 def test_resume_from_a_step_checkpoint_reproduces_the_uninterrupted_run(dataset, tmp_path, strategy):
     _, table = dataset
@@ -122,6 +124,7 @@ def test_resume_from_a_step_checkpoint_reproduces_the_uninterrupted_run(dataset,
         assert torch.equal(value, uninterrupted[key]), key
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
     _, table = dataset
     cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 2})
@@ -148,6 +151,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
     assert [r.step for r in rep.results] == [1] and np.isfinite(rep.results[-1].metrics["val/sir"])
 
 
+@pytest.mark.slow
 def test_best_val_selection_keeps_the_best_validated_weights(dataset):
     _, table = dataset
     cfg = _cfg(**{"strategy.name": "finetune", "train.select": "best_val", "train.val_every": 1, "data.num_steps": 1})
@@ -178,6 +182,7 @@ def test_dataset_and_config_mismatches_are_clear(dataset):
         Engine(_cfg(), table, distributed=Distributed(rank=0, world_size=3))
 
 
+@pytest.mark.slow
 def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
     uri, _ = dataset
     exe = Path(sys.executable).parent / "contavsep"
@@ -195,6 +200,7 @@ def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
     assert bad.returncode == 2 and "did you mean 'lwf'" in bad.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_batches_prepared_ahead_give_the_same_run_as_batches_drawn_on_demand(dataset):
     """train.prefetch_batches is speed only: EWC (which draws Fisher batches from the step's
     sampler after the loop) ends with bit-identical weights and metrics with the producer on or off."""
@@ -233,6 +239,7 @@ def test_a_non_finite_loss_names_the_step_iteration_and_term(dataset):
     assert len(calls) == 6  # raised at the check after iteration 5, not later
 
 
+@pytest.mark.slow
 def test_speed_options_train_the_same_model_up_to_rounding(dataset):
     """Fused Adam/AdamW and channels-last convolutions (both usable on a CPU) change only rounding:
     3 Adam steps at lr 1e-3 move a weight by up to 3e-3; the options differ by ~1e-4 (Adam
@@ -250,6 +257,7 @@ def test_speed_options_train_the_same_model_up_to_rounding(dataset):
         assert metrics_b[key] == pytest.approx(metrics_a[key], abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_pcm_training_batches_train_exactly_as_float_batches(dataset):
     """The GPU data path (int16 PCM batches, converted in mix_sources) run on the CPU: a step of
     ContAV-Sep (memory, CrossSDC, the sampler's draws) gives the same weights and metrics."""
@@ -268,6 +276,7 @@ def test_pcm_training_batches_train_exactly_as_float_batches(dataset):
     assert results[0] == results[1] and "sdr" in results[0] and "loss/ins" in results[0]
 
 
+@pytest.mark.slow
 def test_a_compiled_forward_compiles_twice_per_sequence_however_many_steps(tmp_path, monkeypatch):
     """train.compile: adding class queries changes one parameter dimension; the engine marks it
     dynamic, so step 0 compiles, step 1 compiles a graph with a symbolic class count, and later

@@ -89,6 +89,7 @@ def test_the_step_zero_key_counts_what_step_zero_depends_on_and_nothing_else():
     assert _key(base, content_hash="") is None and _key(base, world_size=2) is None
 
 
+@pytest.mark.slow
 def test_every_plain_strategy_trains_the_same_step_zero(dataset):
     """The declaration `first_step = "plain"` is a claim: each such strategy's step 0, trained
     by the engine, leaves bit-identical weights and main loss (and its zero terms are zero)."""
@@ -110,6 +111,7 @@ def test_every_plain_strategy_trains_the_same_step_zero(dataset):
     assert any(not torch.equal(v, reference[0][k]) for k, v in engine.model.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("producer,reuser", [("finetune", "ewc"), ("plop", "lwf"), ("contavsep", "contavsep")])
 def test_a_trial_that_reused_step_zero_ends_with_the_metrics_of_one_that_trained_it(dataset, tmp_path, producer, reuser):
     store = FirstStepStore(f"file://{tmp_path}/first-steps")
@@ -138,6 +140,7 @@ def test_a_trial_that_reused_step_zero_ends_with_the_metrics_of_one_that_trained
         assert repr(v) == repr(reused_engine.strategy.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_a_cut_shared_state_is_ignored_and_the_first_to_publish_wins(dataset, tmp_path):
     store = FirstStepStore(f"file://{tmp_path}/first-steps")
     cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 1})

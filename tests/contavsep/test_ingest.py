@@ -25,9 +25,21 @@ from contavsep.data.extractors import (
     crop_boxes,
     load_pretrained_extractors,
 )
-from contavsep.data.ingest import IngestError, IngestSettings, discover, ingest, open_writer
+from contavsep.data.ingest import (
+    IngestError,
+    IngestSettings,
+    discover,
+    ingest,
+    open_writer,
+)
 from contavsep.data.manifest import DatasetError, read_manifest
-from contavsep.data.media import MediaError, audio_to_int16, decode_clip, object_frame_times, write_synthetic_video
+from contavsep.data.media import (
+    MediaError,
+    audio_to_int16,
+    decode_clip,
+    object_frame_times,
+    write_synthetic_video,
+)
 from contavsep.data.reader import open_dataset
 from contavsep.data.splits import (
     SplitListError,

@@ -365,9 +365,9 @@ def test_attention_distillation_kl_on_flagged_sources():
     old = torch.softmax(torch.randn(2, 2, 3, 5, generator=g), dim=-1)
     flags = torch.tensor([[False, True], [False, False]])
     expected = sum(
-        float(old[0, 1, r, l]) * (math.log(float(old[0, 1, r, l])) - math.log(float(new.detach()[0, 1, r, l])))
+        float(old[0, 1, r, c]) * (math.log(float(old[0, 1, r, c])) - math.log(float(new.detach()[0, 1, r, c])))
         for r in range(3)
-        for l in range(5)
+        for c in range(5)
     )
     loss = attention_distillation(new, old, flags)
     assert loss.item() == pytest.approx(expected, rel=1e-5) and loss.item() > 0

@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
-from contavsep.bench_metrics import imperfect_estimates, synthetic_sources
 from contavsep.config import make_config
-from contavsep.metrics import SILENCE_ABS_SUM, ContinualResults, ScoreBatch, separation_scores
+from contavsep.metrics import (
+    SILENCE_ABS_SUM,
+    ContinualResults,
+    ScoreBatch,
+    separation_scores,
+)
+from contavsep.testing import imperfect_estimates, synthetic_sources
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import torch
 from contavsep.config import make_config
 from contavsep.models.av_transformer import sine_positions_1d, sine_positions_2d
 from contavsep.models.build import WeightsError, build_model, load_weights
-from contavsep.models.coseparation import CoSeparationSeparator
-from contavsep.models.iquery import IQuerySeparator, mask_product
+from contavsep.models.iquery import mask_product
 from contavsep.models.output import SeparatorOutput
 
 MODELS = ["iquery", "coseparation"]

@@ -164,7 +164,7 @@ def test_batches_prepared_ahead_are_the_seeded_sequence_and_leave_the_sampler_wh
     runs = []
     for depth in (0, 3):
         sampler = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=4000, seed=5)
-        with BatchProducer(lambda: sampler.sample(4), 7, device=torch.device("cpu"), depth=depth) as produced:
+        with BatchProducer(lambda s=sampler: s.sample(4), 7, device=torch.device("cpu"), depth=depth) as produced:
             batches = list(produced)
         runs.append((batches, sampler.sample(2)))
     (on_demand, after_a), (ahead, after_b) = runs

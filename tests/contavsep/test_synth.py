@@ -15,8 +15,18 @@ from contavsep.data import soundfont
 from contavsep.data.instruments import MUSIC21_CLASS_ORDER, SYNTH_CLASS_ORDER, TIMBRES
 from contavsep.data.reader import open_dataset
 from contavsep.data.score import compose
-from contavsep.data.synth import MIN_PAPER_SAMPLES, SynthConfig, build_synthetic, synth_clip
-from contavsep.data.visual_sim import envelope_descriptor, motion_class_component, motion_projection, object_prototype
+from contavsep.data.synth import (
+    MIN_PAPER_SAMPLES,
+    SynthConfig,
+    build_synthetic,
+    synth_clip,
+)
+from contavsep.data.visual_sim import (
+    envelope_descriptor,
+    motion_class_component,
+    motion_projection,
+    object_prototype,
+)
 
 TINY = SynthConfig(classes=3, clips_per_class=(2, 1, 1), seconds=1.0, seed=7)
 

@@ -183,12 +183,12 @@ SERVICE_CASES = [
 def world(platform_home: Path, synth_dataset_factory: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Everything the cases point at, prepared once: datasets (synthetic, ingested, damaged),
     checkpoints, a recorded sweep, broken files, a busy port."""
+    from contavsep import storage
     from contavsep.checkpoint import TrainingState, save_checkpoint
     from contavsep.config import make_config
     from contavsep.data.manifest import read_manifest
     from contavsep.data.media import write_synthetic_video
     from contavsep.data.reader import open_dataset
-    from contavsep import storage
     from contavsep_platform.spaces import load_space
     from contavsep_platform.sweep import SPACE_RECORD, space_record
 

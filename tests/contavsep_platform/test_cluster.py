@@ -29,7 +29,9 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+from ray.autoscaler._private.kuberay.autoscaling_config import (
+    _derive_autoscaling_config_from_ray_cr,
+)
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from contavsep_platform.cli import build_parser, main
@@ -512,7 +514,7 @@ def test_search_spaces_fit_these_clusters(cluster_name: str) -> None:
 
         # All Train workers of a trial fit one node of some type (Train packs them; DDP stays
         # inside a node), CPU-only trials fit a node without GPUs.
-        def fits(resources: Mapping[str, float]) -> bool:
+        def fits(resources: Mapping[str, float], res: Any = res) -> bool:
             return (resources.get("CPU", 0) + 1e-9 >= res.workers * res.cpus
                     and resources.get("GPU", 0) + 1e-9 >= res.workers * res.gpus)
 

@@ -48,6 +48,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.server
 def test_the_console_shows_trials_and_results_and_the_log_file_keeps_ray_and_tune(synth_dataset_factory, tmp_path):
     data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
     home = tmp_path / "home"
@@ -92,8 +93,8 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_not_appended(tmp_path):
     from ray.tune.experiment import Trial
 
     from contavsep_platform.live_table import LiveTable
-    from contavsep_platform.sweep_log import project_warnings_to
     from contavsep_platform.spaces import parse_space
+    from contavsep_platform.sweep_log import project_warnings_to
 
     space = parse_space(
         f'name: t\nbase: {{preset: tiny, data.uri: "file://{tmp_path}/d", data.num_steps: 3}}\n'

@@ -1,7 +1,12 @@
 """What shared first steps save on a grid sweep (sweep --check), counted before anything runs."""
 
 from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
-from contavsep_platform.first_step_plan import PlannedTrial, describe, planned_trials, replay
+from contavsep_platform.first_step_plan import (
+    PlannedTrial,
+    describe,
+    planned_trials,
+    replay,
+)
 from contavsep_platform.spaces import load_space, shipped_spaces_dir
 
 

@@ -55,7 +55,9 @@ def _reserved_groups(dashboard: str) -> list[dict]:
     import json
     import urllib.request
 
-    from contavsep_platform.services import ray_auth_headers  # the dashboard may use Ray's token auth
+    from contavsep_platform.services import (
+        ray_auth_headers,  # the dashboard may use Ray's token auth
+    )
 
     request = urllib.request.Request(f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", headers=ray_auth_headers())
     with urllib.request.urlopen(request, timeout=30) as reply:
@@ -163,7 +165,6 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     carries RAY_JOB_STOP_WAIT_TIME_S; Ray's default SIGKILLs 3 s after the SIGTERM), with the
     README's plain `ray job submit`, the stopped sweep closes its MLflow runs (KILLED, none left
     RUNNING) and prints how to resume."""
-    import json
 
     from mlflow import MlflowClient
 

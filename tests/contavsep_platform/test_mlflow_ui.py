@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 from mlflow import MlflowClient
+from test_tracking import make_step_results
 
 from contavsep_platform.tracking import SweepTracker, TrialTracker, dataset_input
-from test_tracking import make_step_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -24,7 +24,6 @@ from contavsep_platform.ray_storage import S3Storage, ray_storage
 from contavsep_platform.services import rclone_binary
 
 
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from scipy import stats
 from contavsep.engine import StepResult
 from contavsep.metrics import ContinualResults
 from contavsep_platform import cli
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 from contavsep_platform.report import (
     SweepRecord,
     TrialRecord,

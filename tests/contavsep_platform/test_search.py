@@ -24,7 +24,12 @@ from contavsep_platform.comparison import (
 )
 from contavsep_platform.pruning import GroupASHA, asha_cutoff, rungs
 from contavsep_platform.search import GroupedOptunaSearch
-from contavsep_platform.spaces import GROUP_KEY, REPEAT_KEY, STRATEGY_KEY, SpaceError, parse_space
+from contavsep_platform.spaces import (
+    GROUP_KEY,
+    REPEAT_KEY,
+    SpaceError,
+    parse_space,
+)
 
 BASE = 'name: unit\nbase: {preset: tiny, data.uri: "file:///tmp/none", data.num_steps: 4, data.classes_per_step: 2}\n'
 LWF = "strategies:\n  lwf:\n    strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n"

@@ -14,7 +14,12 @@ import pytest
 from contavsep_platform.comparison import RunRecord, compare, group_configurations
 from contavsep_platform.report import SweepRecord, TrialRecord, build_report
 from contavsep_platform.report_html import write_html
-from contavsep_platform.search_views import View, importance_panels, importance_view, parallel_coordinates_view
+from contavsep_platform.search_views import (
+    View,
+    importance_panels,
+    importance_view,
+    parallel_coordinates_view,
+)
 
 # lwf: 8 configurations of (a, b) x 2 seeds; the final SDR follows a, the forgetting follows b.
 GRID = [(0.1, 2.0), (0.9, 1.0), (0.5, 3.0), (0.3, 0.5), (0.7, 2.5), (0.2, 1.5), (0.8, 0.2), (0.4, 2.2)]
@@ -85,6 +90,7 @@ def rendered_images_state(page: Path) -> str:
     return found.group(1)
 
 
+@pytest.mark.server
 @pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
 def test_the_report_page_opens_in_a_browser_with_every_image_loaded(tmp_path):
     trials = []

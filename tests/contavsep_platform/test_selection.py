@@ -3,12 +3,18 @@ runs, and which runs a published table is computed from (against hand computatio
 
 from __future__ import annotations
 
-
 import pytest
 
 from contavsep_platform.comparison import t_interval
 from contavsep_platform.search import configuration_id
-from contavsep_platform.spaces import SELECTION_NOTES, STRATEGY_KEY, SpaceError, fingerprint, parse_space, space_notes
+from contavsep_platform.spaces import (
+    SELECTION_NOTES,
+    STRATEGY_KEY,
+    SpaceError,
+    fingerprint,
+    parse_space,
+    space_notes,
+)
 from contavsep_platform.sweep import (
     SweepOutcome,
     TrialRow,
@@ -241,8 +247,19 @@ def test_a_real_sweep_searches_confirms_resumes_after_an_interrupt_in_confirmati
     from contavsep import storage
     from contavsep_platform.report import write_report
     from contavsep_platform.settings import service_env
-    from contavsep_platform.spaces import ConfirmSpec, load_space, shipped_spaces_dir, validate_space
-    from contavsep_platform.sweep import CONFIRM_DIR, CONFIRMATION_FILE, connect_ray, job_placement_groups, run_sweep
+    from contavsep_platform.spaces import (
+        ConfirmSpec,
+        load_space,
+        shipped_spaces_dir,
+        validate_space,
+    )
+    from contavsep_platform.sweep import (
+        CONFIRM_DIR,
+        CONFIRMATION_FILE,
+        connect_ray,
+        job_placement_groups,
+        run_sweep,
+    )
 
     space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri,
                        overrides={"data.uri": s3_dataset, "train.iters_per_step": "30"})

@@ -17,7 +17,12 @@ from ray.tune import Callback
 
 from contavsep_platform.search import GroupedOptunaSearch
 from contavsep_platform.spaces import GROUP_KEY, parse_space
-from contavsep_platform.study import JOURNAL_FILE, StudyJournal, fetch_journal, journal_uri
+from contavsep_platform.study import (
+    JOURNAL_FILE,
+    StudyJournal,
+    fetch_journal,
+    journal_uri,
+)
 
 SPACE = ('name: unit\nbase: {preset: tiny, data.uri: "file:///tmp/none", data.num_steps: 4, data.classes_per_step: 2}\n'
          "strategies:\n  lwf:\n    strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n"

@@ -11,7 +11,13 @@ import pytest
 
 from contavsep_platform.pruning import GroupASHA
 from contavsep_platform.search import configuration_id
-from contavsep_platform.spaces import STRATEGY_KEY, Resources, load_space, parse_space, shipped_spaces_dir
+from contavsep_platform.spaces import (
+    STRATEGY_KEY,
+    Resources,
+    load_space,
+    parse_space,
+    shipped_spaces_dir,
+)
 from contavsep_platform.sweep import (
     SweepError,
     SweepOutcome,
@@ -344,6 +350,7 @@ def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_
             ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path, synth_dataset_factory):
     """A sweep stopped between writing the last step's checkpoint and Tune receiving its result
     resumes into that checkpoint: the trial re-reports the step's scores rebuilt from it."""

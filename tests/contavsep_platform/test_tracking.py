@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from contavsep.config import flat, make_config, to_yaml
 from contavsep.engine import Example, StepResult
 from contavsep.metrics import ContinualResults
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 from contavsep_platform.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,

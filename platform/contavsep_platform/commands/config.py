@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from contavsep.config import PRESETS, Config, ConfigError, flat, make_config, parse_overrides, to_yaml
+from contavsep.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    flat,
+    make_config,
+    parse_overrides,
+    to_yaml,
+)
 
 MUSIC21 = "music21"
 

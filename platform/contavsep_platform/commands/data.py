@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from contavsep_platform.cli import UserError
+from contavsep_platform.errors import UserError
 
 # Modules that add subcommands to `contavsep data` through register(data_subparsers).
 SUBCOMMAND_MODULES = ["contavsep_platform.commands.data_ingest"]
@@ -68,16 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         module.register(data_sub)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from contavsep.data.manifest import DatasetError
-    from contavsep.data.soundfont import RendererUnavailable
-    from contavsep.storage import StorageError
-
-    return StorageError, DatasetError, RendererUnavailable
-
-
 def run_synth(args: argparse.Namespace) -> int:
-    from contavsep.data.synth import MIN_PAPER_SAMPLES, SynthConfig, build_synthetic, default_workers
+    from contavsep.data.synth import (
+        MIN_PAPER_SAMPLES,
+        SynthConfig,
+        build_synthetic,
+        default_workers,
+    )
 
     cfg = SynthConfig(classes=args.classes, clips_per_class=tuple(args.clips_per_class), seconds=args.seconds,
                       seed=args.seed, renderer=args.renderer)
@@ -97,10 +94,8 @@ def run_synth(args: argparse.Namespace) -> int:
             print(f"  {done}/{total_} clips", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    try:
-        manifest = build_synthetic(args.out, cfg, overwrite=args.overwrite, workers=workers, progress=progress)
-    except _user_errors() as exc:
-        raise UserError(str(exc)) from exc
+    # Errors of the library's family (a storage, dataset or renderer problem) reach the CLI's one line.
+    manifest = build_synthetic(args.out, cfg, overwrite=args.overwrite, workers=workers, progress=progress)
     elapsed = time.perf_counter() - start
     size = sum(p["bytes"] for p in manifest["parts"])
     totals = manifest["totals"]
@@ -128,10 +123,7 @@ def run_info(args: argparse.Namespace) -> int:
     from contavsep.data.manifest import read_manifest
     from contavsep.data.schema import SPLITS
 
-    try:
-        manifest = read_manifest(args.uri)
-    except _user_errors() as exc:
-        raise UserError(str(exc)) from exc
+    manifest = read_manifest(args.uri)
     if args.json:
         print(json.dumps(manifest, indent=1))
         return 0

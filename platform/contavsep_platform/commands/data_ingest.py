@@ -15,8 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from contavsep_platform.cli import UserError
-
+from contavsep_platform.errors import UserError
 
 _DEFAULT_IDS = ("google/owlv2-base-patch16-ensemble", "openai/clip-vit-base-patch32", "MCG-NJU/videomae-base")
 
@@ -93,8 +92,21 @@ def _check_writable(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contavsep.data.extractors import EXTRACTOR_KINDS, ExtractorLoadError, PretrainedModelIds, build_extractors
-    from contavsep.data.ingest import IngestError, IngestSettings, check_layout, discover, ingest, iter_lines, open_writer
+    from contavsep.data.extractors import (
+        EXTRACTOR_KINDS,
+        ExtractorLoadError,
+        PretrainedModelIds,
+        build_extractors,
+    )
+    from contavsep.data.ingest import (
+        IngestError,
+        IngestSettings,
+        check_layout,
+        discover,
+        ingest,
+        iter_lines,
+        open_writer,
+    )
     from contavsep.data.manifest import DatasetError
     from contavsep.data.splits import SplitListError, load_split_lists
     from contavsep.storage import StorageError, ensure_bucket, parse_uri

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contavsep_platform.cli import UserError
+    from contavsep_platform.errors import UserError
     from contavsep_platform.report import write_report
     from contavsep_platform.settings import check_tracking_uri
 

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from contavsep.config import PRESETS, flat, make_config, parse_overrides, to_yaml
-
+from contavsep_platform.errors import USER_ERRORS, UserError
 
 EXIT_FAILED = 1  # the run itself failed (traceback in <out>/error.txt)
 EXIT_INTERRUPTED = 130  # Ctrl-C; --resume with the last step checkpoint continues it
@@ -75,8 +75,6 @@ class _ConsoleReporter:
 def _check_out(out: Path, resuming: bool) -> None:
     """Refuse, before any training, an output folder that cannot be written or that holds
     another run's results (they would be overwritten step by step)."""
-    from contavsep_platform.cli import UserError
-
     if (out / "results.json").exists() and not resuming:
         raise UserError(f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
                         f" with --resume {out}/checkpoints/step=N")
@@ -98,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config("paper", overrides, args.yaml_path)
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if cfg.model.weights:  # a missing file fails here, not after the dataset and model are built
+        from contavsep.models.weights_file import weights_path
+
+        weights_path(cfg.model.weights)
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
     if args.resume:  # a checkpoint of another config or dataset fails here, naming the keys that differ
         from contavsep.checkpoint import check_resumable, load_checkpoint
@@ -109,13 +111,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         summary = run_sequence(cfg, table, reporter=reporter, resume_from=args.resume)
-    except _user_errors():
+    except USER_ERRORS:
         raise  # a wrong --resume checkpoint or config: the CLI's one line, exit 2
     except KeyboardInterrupt:
         print(f"contavsep run: interrupted{_resume_hint(out, args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:
         # A failure of the run itself (not of its input): the traceback goes to a file, one line here.
+        out.mkdir(parents=True, exist_ok=True)  # a run that failed before its first step made no folder yet
         error_log = out / "error.txt"
         error_log.write_text(traceback.format_exc())
         line = traceback.format_exc().strip().splitlines()[-1]
@@ -142,10 +145,6 @@ def _resume_hint(out: Path, args: argparse.Namespace) -> str:
     return f"; continue it: the same command with --out {out} --resume {steps[-1]}"
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from contavsep_platform.cli import _user_errors as errors
-
-    return errors()
 
 
 def list_strategies(args: argparse.Namespace) -> int:

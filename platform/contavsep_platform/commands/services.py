@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from contavsep_platform import services
-    from contavsep_platform.cli import UserError
+    from contavsep_platform.errors import UserError
 
     if args.action not in ACTIONS:
         raise UserError(f"unknown services command '{args.action}': use one of {', '.join(ACTIONS)}")
@@ -123,7 +123,11 @@ def print_env(runtime_env_json: bool) -> int:
     the S3 keys are (``CONTAVSEP_S3_KEYS_FILE``), never the keys (see ``settings.service_env``).
     The runtime env is for a cluster's jobs: it leaves out this machine's paths (state folder,
     keys file), since the nodes have their own (cluster/README.md)."""
-    from contavsep_platform.settings import KEYS_FILE_ENV, resolve_endpoints, service_env
+    from contavsep_platform.settings import (
+        KEYS_FILE_ENV,
+        resolve_endpoints,
+        service_env,
+    )
 
     env = service_env(resolve_endpoints())
     if runtime_env_json:

@@ -21,15 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from contavsep import storage
-    from contavsep_platform.cli import UserError
+    from contavsep_platform.errors import UserError
     from contavsep_platform.settings import resolve_endpoints
     from contavsep_platform.study import fetch_journal, journal_uri
-    from contavsep_platform.sweep import SweepError, check_sweep_name
+    from contavsep_platform.sweep import check_sweep_name
 
-    try:
-        name = check_sweep_name(args.sweep)
-    except SweepError as exc:
-        raise UserError(str(exc)) from None
+    name = check_sweep_name(args.sweep)
     endpoints = resolve_endpoints()
     uri = journal_uri(storage.join(endpoints.storage_uri, "sweeps", name))
     out = Path(args.out or Path("studies") / name).resolve()

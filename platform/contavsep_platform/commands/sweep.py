@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-
 EXIT_TRIAL_ERRORED = 1  # some trial ended in an error (named on stderr); --resume retries it
 EXIT_INTERRUPTED = 130  # stopped (Ctrl-C, `ray job stop`) before every trial ended; --resume continues it
 # Presets with the paper's model size: their GPU-hours are estimated from the measured GPU speed.
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from contavsep.config import parse_overrides
-    from contavsep_platform.cli import UserError
+    from contavsep_platform.errors import UserError
     from contavsep_platform.settings import resolve_endpoints, service_env
     from contavsep_platform.spaces import load_space, space_notes, validate_space
 
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from contavsep_platform.settings import check_tracking_uri
-    from contavsep_platform.sweep import SweepError, error_lines, print_outcome, run_sweep
+    from contavsep_platform.sweep import error_lines, print_outcome, run_sweep
 
     if endpoints.mlflow_tracking_uri:  # before Ray starts, not when the parent run opens
         check_tracking_uri(endpoints.mlflow_tracking_uri, "MLFLOW_TRACKING_URI")
@@ -101,23 +100,22 @@ def run(args: argparse.Namespace) -> int:
     for key in ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION"):
         if key in env:
             os.environ.setdefault(key, env[key])
-    try:
-        outcome = run_sweep(
-            space,
-            storage_uri=endpoints.storage_uri,
-            name=args.name,
-            resume=args.resume,
-            tracking_uri=endpoints.mlflow_tracking_uri,
-            ray_address=endpoints.ray_address,
-            s3=endpoints.s3,
-            env=env,
-            **console_kwargs(args),
-        )
-    except SweepError as exc:
-        raise UserError(str(exc)) from None
+    outcome = run_sweep(
+        space,
+        storage_uri=endpoints.storage_uri,
+        name=args.name,
+        resume=args.resume,
+        tracking_uri=endpoints.mlflow_tracking_uri,
+        ray_address=endpoints.ray_address,
+        s3=endpoints.s3,
+        env=env,
+        **console_kwargs(args),
+    )
     print_outcome(outcome)
     if endpoints.mlflow_tracking_uri:
-        from contavsep_platform.tracking import sweep_link_lines  # imports mlflow: only where tracking is on
+        from contavsep_platform.tracking import (
+            sweep_link_lines,  # imports mlflow: only where tracking is on
+        )
 
         for line in sweep_link_lines(endpoints.mlflow_tracking_uri, outcome.name, outcome.parent_run_id):
             print(line)

@@ -1,4 +1,4 @@
-"""Benchmark of the data path: `python -m contavsep.bench_data`.
+"""Benchmark of the data path: `python -m benchmarks.bench_data`.
 
 Measures, on this machine:
 
@@ -95,7 +95,7 @@ def _reader(uri: str, cache_dir: str, mode: str) -> None:
 
 def _run_readers(uri: str, cache_dir: str, modes: list[str]) -> list[dict[str, Any]]:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "contavsep.bench_data", "--reader", mode, "--uri", uri, "--cache-dir", cache_dir],
+        subprocess.Popen([sys.executable, "-m", "benchmarks.bench_data", "--reader", mode, "--uri", uri, "--cache-dir", cache_dir],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for mode in modes
     ]
@@ -133,7 +133,7 @@ def _spectral_accuracy(uri: str, cache_dir: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contavsep.bench_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="dataset URI to build (default: a temp file:// folder, removed after)")
     parser.add_argument("--workers", type=int, default=None, help="render processes (default: usable CPUs, at most 4)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")

@@ -1,6 +1,6 @@
 """Per-trial Ray overhead of the smoke space: trial wall time minus engine time.
 
-    python -m contavsep_platform.bench_trial [--data URI] [--trials N] [--out results.json]
+    python -m benchmarks.bench_trial [--data URI] [--trials N] [--out results.json]
 
 Runs ``search_spaces/smoke.yaml`` (file:// storage in a temp folder, no MLflow, local Ray) and
 measures, per trial:
@@ -69,7 +69,7 @@ def _direct_engine_seconds(space: Any, params: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contavsep_platform.bench_trial", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_trial", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="dataset URI (default: build a small synthetic one in a temp folder)")
     parser.add_argument("--trials", type=int, default=None, help="number of trials (default: the smoke space's)")
     parser.add_argument("--direct", action="store_true", help="also run the first config once without Ray")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from contavsep.bench_engine import flop_counter
+from benchmarks.bench_engine import flop_counter
 
 
 def counted(backend: SDPBackend) -> int:

@@ -1,6 +1,6 @@
 """Which kernels a training iteration spends its device time in, and how throughput scales with the batch.
 
-    python -m contavsep.bench_profile --data file:///abs/synth --preset paper [--set train.compile=default]
+    python -m benchmarks.bench_profile --data file:///abs/synth --preset paper [--set train.compile=default]
 
 ``bench_engine`` says how long an iteration takes; this says why. Three measurements of one
 fine-tuning iteration at step 0, after a warm-up:
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from contavsep.bench_engine import Bench, device_peak
+from benchmarks.bench_engine import Bench, device_peak
 from contavsep.config import parse_overrides
 from contavsep.data.reader import open_dataset
 
@@ -73,17 +73,19 @@ def phases(bench: Bench, iters: int, warmup: int) -> dict[str, float]:
     names = ("frontend", "forward", "loss", "backward", "optimizer")
     totals = dict.fromkeys(names, 0.0)
     clips_all = [bench.sampler.sample(bench.batch).to(bench.device) for _ in range(2)]
+    marks: list[Any] = []
+
+    def mark() -> None:
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks.append(ev)
+        else:
+            marks.append(time.perf_counter())
+
     for i in range(warmup + iters):
         clips = clips_all[i % 2]
-        marks: list[Any] = []
-
-        def mark() -> None:
-            if cuda:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                marks.append(ev)
-            else:
-                marks.append(time.perf_counter())
+        marks.clear()
 
         mark()
         batch = e._to_step_batch(clips)

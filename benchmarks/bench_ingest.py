@@ -1,4 +1,4 @@
-"""Ingestion throughput benchmark: ``python -m contavsep.bench_ingest [--clips N --seconds S ...]``.
+"""Ingestion throughput benchmark: ``python -m benchmarks.bench_ingest [--clips N --seconds S ...]``.
 
 Writes a synthetic MUSIC-21-style tree (``<class>/<clip>.mp4``, H.264 + AAC written with PyAV: a
 moving coloured square and a harmonic tone per class), then times the real pipeline on it:
@@ -101,7 +101,7 @@ def run(clips: int = 16, seconds: float = 10.0, size: tuple[int, int] = (360, 48
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contavsep.bench_ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=16, help="videos to ingest (default 16)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each video (default 10)")
     parser.add_argument("--size", default="360x480", help="HEIGHTxWIDTH of the videos, even numbers (default 360x480)")

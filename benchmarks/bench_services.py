@@ -1,4 +1,4 @@
-"""Startup time and peak memory of the local services: ``python -m contavsep_platform.bench_services``.
+"""Startup time and peak memory of the local services: ``python -m benchmarks.bench_services``.
 
 Starts the services in a temp state folder on free ports (exactly as ``contavsep services up``
 does), samples the memory of every process in each service's session while they start, idle and
@@ -135,7 +135,7 @@ def _workload(endpoints: object, with_ray: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contavsep_platform.bench_services", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_services", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-ray", action="store_true", help="only S3 and MLflow (no Ray head)")
     parser.add_argument("--idle-s", type=float, default=5.0, help="seconds of idle sampling after startup")
     args = parser.parse_args(argv)

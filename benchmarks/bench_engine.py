@@ -1,6 +1,6 @@
 """Where a training iteration's time goes, and how fast evaluation scores, at a preset on this machine.
 
-    python -m contavsep.bench_engine --data file:///abs/synth --preset paper --iters 20 [--set train.compile=default] [--eval]
+    python -m benchmarks.bench_engine --data file:///abs/synth --preset paper --iters 20 [--set train.compile=default] [--eval]
 
 For one step of fine-tuning, after a warm-up, two measurements:
 
@@ -65,7 +65,11 @@ def flop_counter() -> Any:
     takes ``(query, key, value, ...)`` and its backward ``(grad_out, query, key, value, ...)``
     like the CUDA ones, so the same formulas apply.
     """
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+    from torch.utils.flop_counter import (
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
 
     def forward(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:  # shapes
         return sdpa_flop_count(query, key, value)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from torch.autograd import DeviceType
 
-from contavsep.bench_profile import device_rows, kernel_sources, kind_of
+from benchmarks.bench_profile import device_rows, kernel_sources, kind_of
 
 
 def event(key: str, us: float, count: int, device: DeviceType, annotation: bool = False) -> SimpleNamespace:

@@ -8,7 +8,7 @@
     bash scripts/gpu_mfu.sh --defaults     # the best options next to the defaults (train.*=auto); ~2 min
     bash scripts/gpu_mfu.sh --kernels      # kernel-level variants: per-level conv forms (eager), stride-1
                                            # encoder/decoder convs and SDPA backends with CUDA graphs; ~7 min
-    python -m contavsep.bench_gpu --combos "all+cudagraphs,defaults (auto)"   # exactly these combinations
+    python -m benchmarks.bench_gpu --combos "all+cudagraphs,defaults (auto)"   # exactly these combinations
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
 a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
@@ -18,7 +18,7 @@ guarded (an error is printed and recorded, the next section runs), results writt
 1. device and versions; the dataset;
 2. training iteration at the paper preset, batch 32, bf16, per eager option combination
    (baseline, no prefetch, channels_last, fused Adam, both): breakdown + pipelined time,
-   mixtures/s, MFU (:mod:`contavsep.bench_engine`);
+   mixtures/s, MFU (:mod:`benchmarks.bench_engine`);
 3. evaluation of one task's fixed test set (paper windows/pairs) with the fast backend on the
    device, at two eval batch sizes: scored mixtures/s;
 4. correctness: a two-step ContAV-Sep sequence on the device gives finite losses and scores, and
@@ -129,7 +129,7 @@ def build_dataset(root: Path, quick: bool) -> str:
 
 
 def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool, run: Run, key: str) -> dict[str, Any]:
-    from contavsep.bench_engine import measure, print_breakdown
+    from benchmarks.bench_engine import measure, print_breakdown
 
     if compiled:  # "all" first: the combination most likely to become the default
         combos: list[tuple[str, dict[str, Any]]] = [
@@ -240,7 +240,7 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
     forms' pad / rearrangement copies as separate kernels (a compiled graph fuses them into the
     neighbouring elementwise kernels), so it is an upper bound for the stride-1 forms.
     """
-    from contavsep.bench_engine import sync_device
+    from benchmarks.bench_engine import sync_device
     from contavsep.config import make_config
     from contavsep.models.unet import DECODER_CONVS, ENCODER_CONVS, UNet, _Down, _Up
 
@@ -297,7 +297,7 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def evaluation(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> dict[str, Any]:
-    from contavsep.bench_engine import measure_eval
+    from benchmarks.bench_engine import measure_eval
 
     out = {}
     for eval_batch in args.eval_batches:

@@ -6,7 +6,7 @@ test sets it is exactly 0). Over several test-set seeds it prints that spurious 
 spread of ``R[0][0]`` (the test set's sampling noise), the scored sources per step and the
 evaluation time::
 
-    python -m contavsep.bench_eval --data file:///abs/synth-default [--set eval.windows_per_clip=2 ...]
+    python -m benchmarks.bench_eval --data file:///abs/synth-default [--set eval.windows_per_clip=2 ...]
 
 Co-Separation is the fixed model: iQuery's class queries attend to each other, so adding the
 next step's queries changes its old masks even without training.

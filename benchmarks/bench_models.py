@@ -1,7 +1,7 @@
 """Forward + backward time and peak memory of the separators on this machine.
 
-    python -m contavsep.bench_models                      # tiny x 8 and paper x 2, both models
-    python -m contavsep.bench_models --case iquery:tiny:8 --iters 10
+    python -m benchmarks.bench_models                      # tiny x 8 and paper x 2, both models
+    python -m benchmarks.bench_models --case iquery:tiny:8 --iters 10
 
 Every case runs in a fresh interpreter so that its peak RSS is its own (``ru_maxrss`` only ever
 grows within a process). A case is one training step without the optimizer: random inputs of the
@@ -96,7 +96,7 @@ def _parse_case(case: str) -> tuple[str, str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contavsep.bench_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", action="append", help="model:preset:batch (repeatable); default: " + " ".join(DEFAULT_CASES))
     parser.add_argument("--sources", type=int, default=2, help="sources per mixture (N)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps per case")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(f"{'case':<24}{'N':>3}{'thr':>5}{'params':>12}{'median s':>10}{'min s':>9}{'RSS built MiB':>15}{'peak RSS MiB':>14}")
     for case in cases:
-        cmd = [sys.executable, "-m", "contavsep.bench_models", "--in-process", "--case", case,
+        cmd = [sys.executable, "-m", "benchmarks.bench_models", "--in-process", "--case", case,
                "--sources", str(args.sources), "--iters", str(args.iters), "--warmup", str(args.warmup),
                "--threads", str(args.threads)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
