@@ -74,6 +74,7 @@ from contavsep.config import (
     yaml_error_line,
 )
 from contavsep.suggest import did_you_mean
+from contavsep_platform.errors import PlatformError
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -194,7 +195,7 @@ BASE_ONLY = ("preset", STRATEGY_KEY, "eval.validate", "eval.val_windows_per_clip
              "eval.val_metrics")
 
 
-class SpaceError(ConfigError):
+class SpaceError(ConfigError, PlatformError):
     """A search space file is invalid; the message names the file, the entry and the fix."""
 
 
