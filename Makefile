@@ -42,7 +42,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not server"
 
-# ruff (lint rules and import order in pyproject.toml) and mypy over the packages and benchmarks.
+# ruff (lint rules and import order in pyproject.toml) and mypy over the packages and benchmarks (CI runs it before the tests).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -99,14 +99,18 @@ def _run_readers(uri: str, cache_dir: str, modes: list[str]) -> list[dict[str, A
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for mode in modes
     ]
+    pipes: list[tuple[IO[str], IO[str]]] = []
     for p in procs:
-        line = p.stdout.readline()
+        assert p.stdin is not None and p.stdout is not None  # both asked for as PIPE above
+        pipes.append((p.stdin, p.stdout))
+    for _, stdout in pipes:
+        line = stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"reader failed: {line!r} {p.stdout.read()}")
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = [json.loads(p.stdout.readline()) for p in procs]
+            raise RuntimeError(f"reader failed: {line!r} {stdout.read()}")
+    for stdin, _ in pipes:
+        stdin.write("go\n")
+        stdin.flush()
+    results = [json.loads(stdout.readline()) for _, stdout in pipes]
     for p in procs:
         p.wait(timeout=120)
     return results
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     def mib(kib: int) -> float:
         return round(kib / 1024, 1)
 
-    results = {
+    results: dict[str, Any] = {  # JSON, written out below
         "dataset": {"config": {"classes": cfg.classes, "clips_per_class": list(cfg.clips_per_class), "seconds": cfg.seconds},
                     "clips": sum(manifest["totals"].values()), "parquet_mb": round(size / 1e6, 1),
                     "parts": len(manifest["parts"]), "build_s": round(build_s, 1), "build_cpu_s": round(build_cpu_s, 1), "workers": workers,

@@ -250,7 +250,8 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
     batch = 2 if args.quick else 32
     grid = (cfg.audio.warp_bins, 1 + cfg.audio.clip_samples // cfg.audio.hop)
     unet = UNet(cfg.model.unet_channels, cfg.model.unet_depth, cfg.model.mask_channels).to(device, dtype)
-    unet = unet.to(memory_format=torch.channels_last)
+    # torch's Module.to overloads omit memory_format, which Module.to documents and accepts.
+    unet = unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inputs: dict[str, Tensor] = {}
     names = {id(m): f"down{i}" for i, m in enumerate(unet.down)} | {id(m): f"up{i}" for i, m in enumerate(unet.up)}
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(names[id(m)], a[0].detach()))
@@ -261,7 +262,7 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
         h.remove()
     reps, warm = (2, 1) if args.quick else (10, 3)
 
-    def timed(block: torch.nn.Module, x: Tensor) -> float:
+    def timed(block: _Down | _Up, x: Tensor) -> float:
         x = x.clone().requires_grad_(True)
         for i in range(warm + reps):
             if i == warm:
@@ -276,6 +277,7 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
     levels: dict[str, Any] = {}
     totals: dict[str, float] = {}
     for block in list(unet.down) + list(unet.up):
+        assert isinstance(block, (_Down, _Up))  # a UNet's levels; ModuleList iterates as plain Module
         name = names[id(block)]
         x = inputs[name]
         forms = ENCODER_CONVS if isinstance(block, _Down) else DECODER_CONVS

@@ -3,7 +3,7 @@
 ``python -m benchmarks.bench_metrics`` times ``mir_eval`` (the reference) and ``fast``
 (fast_bss_eval, torch float64) on two-source mixtures of paper-length clips (65535 samples at
 11025 Hz) and prints the largest difference between the two, so the accuracy bar of
-ARCHITECTURE.md section 7 (fast may serve during search if within 0.05 dB of mir_eval) is
+docs/architecture.md section 7 (fast may serve during search if within 0.05 dB of mir_eval) is
 checked on the same signals that are timed.
 
 The signals are :mod:`contavsep.testing`'s music-like sources and imperfect separations, the

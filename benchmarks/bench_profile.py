@@ -167,7 +167,8 @@ def kernel_sources(events: Any, iters: int, depth: int = 3) -> list[tuple[str, s
         launched = getattr(evt, "kernels", None) or []
         if not launched:
             continue
-        chain, node = [], evt
+        chain: list[str] = []
+        node = evt
         while node is not None and len(chain) < depth:
             chain.append(node.name)
             node = getattr(node, "cpu_parent", None)

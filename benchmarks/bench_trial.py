@@ -26,9 +26,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from ray.tune import Callback
+
+
+class TrialTiming(TypedDict):
+    """One trial's times, seconds (a row of the printed table and of the JSON)."""
+
+    trial: str
+    strategy: str
+    steps: int
+    wall_s: float
+    engine_s: float
+    worker_s: float
+    overhead_s: float
 
 
 class TrialClock(Callback):
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_wall = time.perf_counter() - t0
         print_outcome(outcome)
 
-        rows = []
+        rows: list[TrialTiming] = []
         for row in outcome.trials:
             wall = clock.ended.get(row.trial_id, 0.0) - clock.started.get(row.trial_id, 0.0)
             engine = row.engine_seconds or 0.0

@@ -1,6 +1,6 @@
 """The audio front end: STFT, log-frequency warp, ratio-mask targets, iSTFT with mixture phase.
 
-The protocol of ARCHITECTURE.md section 4 (Sound-of-Pixels / iQuery / ContAV-Sep):
+The protocol of docs/architecture.md section 4 (Sound-of-Pixels / iQuery / ContAV-Sep):
 
 - Mixtures: every source waveform is divided by the number of sources N, then summed
   (:func:`mix_sources`). Targets are computed from the *scaled* sources.

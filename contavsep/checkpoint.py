@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from contavsep.config import Config, flat, from_flat, to_yaml
+from contavsep.config import Config, ConfigError, flat, from_flat, to_yaml
 from contavsep.errors import ContavsepError
 
 STATE_FILE = "state.pt"
@@ -47,7 +47,7 @@ class TrainingState:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -99,9 +99,13 @@ def load_checkpoint(directory: str | Path) -> TrainingState:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, this version reads {FORMAT_VERSION}")
+    try:
+        config = from_flat(payload["config"])
+    except ConfigError as exc:  # e.g. its strategy, or a value its strategy now refuses
+        raise CheckpointError(f"{path} holds a config this version cannot run: {exc}") from None
     return TrainingState(
         step=int(payload["step"]),
-        config=from_flat(payload["config"]),
+        config=config,
         model=payload["model"],
         num_classes=int(payload["num_classes"]),
         optimizers=payload["optimizers"],
@@ -124,7 +128,10 @@ def check_resumable(state: TrainingState, cfg: Config, data_content_hash: str, w
     """Refuse to resume ``state`` under ``cfg``, naming the dotted keys that differ (locations in
     :data:`LOCATION_KEYS` excepted), or a dataset whose content differs from the checkpoint's."""
     stored, now = flat(state.config), flat(cfg)
-    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in now if k not in LOCATION_KEYS and stored.get(k) != now.get(k)]
+    keys = list(dict.fromkeys([*now, *stored]))
+    if stored.get("strategy.name") != now.get("strategy.name"):  # then its keys are another strategy's: noise
+        keys = [k for k in keys if k == "strategy.name" or not k.startswith("strategy.")]
+    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in keys if k not in LOCATION_KEYS and stored.get(k) != now.get(k)]
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
         raise CheckpointError(f"checkpoint {where} was written with another config: {'; '.join(diff[:3])}{more};"

@@ -101,10 +101,6 @@ SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", 
 SWITCH_VALUES = ("auto", "true", "false")  # train.channels_last, train.fused_optimizer
 ENCODER_CONVS = ("strided", "space_to_depth")  # train.encoder_conv (contavsep.models.unet)
 DECODER_CONVS = ("transposed", "subpixel", "upsample")  # train.decoder_conv (contavsep.models.unet)
-# strategy.crosssdc_form, where CrossSDC puts the old model's features (contavsep.losses):
-# "anchors" = extra columns (keys) only, the documented default; "reference" = rows and columns,
-# as the official ContAV-Sep code.
-CROSS_SDC_FORMS = ("anchors", "reference")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # the modes whose compiled forward and backward replay as CUDA graphs (on CUDA devices)
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -112,19 +108,57 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "contavsep"  # finetune | lwf | ewc | plop | ewf | avcil | contavsep | joint
-    lambda_ins: float = 0.1  # CrossSDC instance-aware term weight (contavsep, avcil)
-    lambda_cls: float = 0.3  # CrossSDC class-aware term weight (contavsep, avcil)
-    lambda_dist: float = 0.3  # output-mask distillation weight (contavsep, avcil, lwf)
-    temperature: float = 0.05  # InfoNCE temperature tau (contavsep, avcil)
-    crosssdc_form: str = "anchors"  # CrossSDC old-model features (contavsep): anchors = keys only | reference = keys + queries
-    lambda_att: float = 1.0  # attention-map distillation weight (avcil)
-    lambda_ewc: float = 1000.0  # quadratic Fisher penalty weight (ewc)
-    ewc_decay: float = 1.0  # online EWC: F <- decay * F_old + F_new (1.0 = accumulate)
-    fisher_batches: int = 32  # batches used to estimate the diagonal Fisher (ewc)
-    lambda_pod: float = 0.01  # local POD distillation weight (plop)
-    pod_scales: int = 3  # number of scales of the local POD pyramid (plop)
-    ewf_alpha: float = 0.5  # weight fusion theta = alpha * theta_old + (1 - alpha) * theta_new (ewf)
+    """``strategy.name`` selects the strategy; every other ``strategy.*`` key is a field of that
+    strategy's own ``Params`` (in ``contavsep/strategies/<name>.py``, the one place a strategy's
+    hyperparameters, defaults and ranges are declared). ``flat()`` writes them inline
+    (``strategy.lambda_ins``), so dotted keys stay as they were."""
+
+    name: str = "contavsep"  # finetune | lwf | ewc | plop | ewf | avcil | contavsep | joint (contavsep strategies)
+    params: Any = field(default=None, metadata={"inline": True})  # its Params; make_config fills it in
+
+
+# The keys StrategyConfig held before each strategy declared its own (issue 21), with the values
+# they had: configs stored then (checkpoints, sweep fingerprints) carry all of them, whatever the
+# strategy; the ones the stored strategy does not have are dropped when such a config is read.
+LEGACY_STRATEGY_DEFAULTS: dict[str, Any] = {
+    "strategy.lambda_ins": 0.1, "strategy.lambda_cls": 0.3, "strategy.lambda_dist": 0.3, "strategy.temperature": 0.05,
+    "strategy.crosssdc_form": "anchors", "strategy.lambda_att": 1.0, "strategy.lambda_ewc": 1000.0,
+    "strategy.ewc_decay": 1.0, "strategy.fisher_batches": 32, "strategy.lambda_pod": 0.01, "strategy.pod_scales": 3,
+    "strategy.ewf_alpha": 0.5,
+}
+
+
+def bounded(default: Any, *, above: float | None = None, at_least: float | None = None,
+            at_most: float | None = None) -> Any:
+    """A hyperparameter field (of a strategy's ``Params``) with its valid range, checked whenever
+    a config is built: ``above`` is a strict lower limit, ``at_least``/``at_most`` inclusive ones."""
+    return field(default=default, metadata={"above": above, "at_least": at_least, "at_most": at_most})
+
+
+def one_of(default: str, choices: tuple[str, ...]) -> Any:
+    """A hyperparameter field whose value must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """Base of every strategy's ``Params``: the ranges and choices its fields declare with
+    :func:`bounded` and :func:`one_of` are checked whenever one is built (a config, a test, a
+    resumed checkpoint), so a strategy's rules live in its own file and nowhere else."""
+
+    def __post_init__(self) -> None:
+        _check_declared(self, "strategy.")
+
+
+def strategy_params(name: str) -> type[StrategyParams]:
+    """The ``Params`` class of strategy ``name`` (imports that strategy's module; a
+    :class:`ConfigError` with the closest name for an unknown one)."""
+    from contavsep.registry import STRATEGIES, RegistryError
+
+    try:
+        return typing.cast(type[StrategyParams], STRATEGIES.get(name).Params)
+    except RegistryError as exc:
+        raise ConfigError(f"strategy.name: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -228,15 +262,23 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def valid_keys(cls: type = None) -> list[str]:
-    """All dotted keys of ``Config`` (or of a section class), in declaration order."""
+def valid_keys(cls: type | None = None, strategy: str | None = None) -> list[str]:
+    """All dotted keys of ``Config`` (or of a section class), in declaration order. The
+    ``strategy.*`` keys are those of ``strategy`` (a name), or of every registered strategy."""
     cls = Config if cls is None else cls
     keys: list[str] = []
-    for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
-            keys.extend(f"{name}.{k}" for k in valid_keys(tp))
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        if f.metadata.get("inline"):  # StrategyConfig.params: the strategy's own keys
+            from contavsep.registry import STRATEGIES
+
+            names = [strategy] if strategy is not None else STRATEGIES.names()
+            for name in names:
+                keys.extend(k for k in valid_keys(strategy_params(name)) if k not in keys)
+        elif dataclasses.is_dataclass(tp):
+            keys.extend(f"{f.name}.{k}" for k in valid_keys(typing.cast(type, tp), strategy))
         else:
-            keys.append(name)
+            keys.append(f.name)
     return keys
 
 
@@ -327,15 +369,46 @@ def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
         tp = types_[head]
         if dataclasses.is_dataclass(tp):
             if not rest:
-                raise ConfigError(f"'{prefix}{key}' is a section; set one of its keys, e.g. '{prefix}{key}.{valid_keys(tp)[0]}'")
+                raise ConfigError(f"'{prefix}{key}' is a section; set one of its keys, e.g. '{prefix}{key}.{valid_keys(typing.cast(type, tp))[0]}'")
             grouped.setdefault(head, {})[rest] = value
         else:
             if rest:
                 raise ConfigError(f"'{prefix}{head}' is a value, not a section (got '{prefix}{key}')")
             direct[head] = _coerce(prefix + head, value, tp)
     for head, sub in grouped.items():
-        direct[head] = _apply(getattr(cfg, head), sub, f"{prefix}{head}.")
+        current = getattr(cfg, head)
+        if isinstance(current, StrategyConfig):
+            direct[head] = _apply_strategy(current, sub, f"{prefix}{head}.")
+        else:
+            direct[head] = _apply(current, sub, f"{prefix}{head}.")
     return dataclasses.replace(cfg, **direct)
+
+
+def _apply_strategy(current: StrategyConfig, updates: Mapping[str, Any], prefix: str) -> StrategyConfig:
+    """``strategy.name`` picks the ``Params`` class; the other keys are checked against its fields
+    alone (a key of another strategy is refused, naming whose it is). A new name starts from the
+    new strategy's defaults: a value of one strategy's key means nothing to another."""
+    name = _coerce(f"{prefix}name", updates.get("name", current.name), str)
+    params_cls = strategy_params(name)
+    params = current.params if isinstance(current.params, params_cls) else params_cls()
+    own = [f.name for f in dataclasses.fields(params_cls)]
+    for key in updates:
+        if key.startswith("name."):
+            raise ConfigError(f"'{prefix}name' is a value, not a section (got '{prefix}{key}')")
+        if key != "name" and key.partition(".")[0] not in own:
+            owners = _strategies_with_key(key.partition(".")[0])
+            whose = f" (a key of {', '.join(owners)})" if owners else did_you_mean(prefix + key, [prefix + k for k in own])
+            has = ", ".join(prefix + k for k in own) or "none"
+            raise ConfigError(f"strategy '{name}' has no key '{prefix}{key}'{whose}; its keys: {has}")
+    rest = {k: v for k, v in updates.items() if k != "name"}
+    return StrategyConfig(name=name, params=_apply(params, rest, prefix))
+
+
+def _strategies_with_key(key: str) -> list[str]:
+    """The registered strategies whose ``Params`` have a field ``key``."""
+    from contavsep.registry import STRATEGIES
+
+    return [n for n in STRATEGIES.names() if key in {f.name for f in dataclasses.fields(STRATEGIES.get(n).Params)}]
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -390,9 +463,14 @@ def make_config(
     for layer in layers:
         if "preset" in layer:
             preset = str(layer["preset"])
+    # The strategy is chosen first, like the preset: its keys in any layer are its own.
+    strategy = Config().strategy.name
+    for layer in layers:
+        if "strategy.name" in layer:
+            strategy = layer["strategy.name"]
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}; choose from {sorted(PRESETS)}")
-    cfg = _apply(Config(), {**PRESETS[preset], "preset": preset})
+    cfg = _apply(Config(), {**PRESETS[preset], "preset": preset, "strategy.name": strategy})
     for layer in layers:
         cfg = _apply(cfg, {k: v for k, v in layer.items() if k != "preset"})
     validate(cfg)
@@ -410,7 +488,8 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
 
 
 # The valid range of every numeric key: (bound, lower limit); ">" = strictly above, ">=" = at
-# least. Upper limits and cross-field constraints are checked in :func:`validate`.
+# least. Upper limits and cross-field constraints are checked in :func:`validate`; a strategy's
+# keys declare their own ranges in its Params (:func:`bounded`, :func:`one_of`).
 _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (">", 0), (">=", 0), (">=", 1)
 RANGES: dict[str, tuple[str, float]] = {
     "audio.sample_rate": _POSITIVE, "audio.clip_samples": _POSITIVE, "audio.n_fft": _POSITIVE, "audio.hop": _POSITIVE,
@@ -425,10 +504,6 @@ RANGES: dict[str, tuple[str, float]] = {
     "train.batch_size": _AT_LEAST_ONE, "train.lr_unet": _POSITIVE, "train.lr_transformer": _POSITIVE,
     "train.weight_decay": _NON_NEGATIVE, "train.lr_decay_gamma": _POSITIVE, "train.grad_clip": _NON_NEGATIVE,
     "train.val_every": _NON_NEGATIVE, "train.seed": _NON_NEGATIVE,
-    "strategy.lambda_ins": _NON_NEGATIVE, "strategy.lambda_cls": _NON_NEGATIVE, "strategy.lambda_dist": _NON_NEGATIVE,
-    "strategy.temperature": _POSITIVE, "strategy.lambda_att": _NON_NEGATIVE, "strategy.lambda_ewc": _NON_NEGATIVE,
-    "strategy.ewc_decay": _NON_NEGATIVE, "strategy.fisher_batches": _AT_LEAST_ONE, "strategy.lambda_pod": _NON_NEGATIVE,
-    "strategy.pod_scales": _AT_LEAST_ONE, "strategy.ewf_alpha": _NON_NEGATIVE,
     "memory.per_class": _NON_NEGATIVE, "memory.oversample": _POSITIVE,
     "eval.windows_per_clip": _AT_LEAST_ONE, "eval.pairs_per_clip": _AT_LEAST_ONE, "eval.batch_size": _AT_LEAST_ONE,
     "eval.seed": _NON_NEGATIVE, "eval.examples": _NON_NEGATIVE,
@@ -455,6 +530,23 @@ def _check_ranges(cfg: Config) -> None:
             op, limit = RANGES[key]
             if (op == ">" and not value > limit) or (op == ">=" and not value >= limit):
                 raise ConfigError(f"{key} must be {op} {limit:g}, got {value}")
+
+
+def _check_declared(params: Any, prefix: str) -> None:
+    """The ranges and choices a ``Params`` class declares with :func:`bounded` and :func:`one_of`."""
+    for f in dataclasses.fields(params):
+        key, value, rule = prefix + f.name, getattr(params, f.name), f.metadata
+        if rule.get("choices") is not None and value not in rule["choices"]:
+            raise ConfigError(f"{key} must be one of {', '.join(rule['choices'])}, got '{value}'")
+        low, high, above = rule.get("at_least"), rule.get("at_most"), rule.get("above")
+        if low is not None and high is not None and not low <= value <= high:
+            raise ConfigError(f"{key} must be in [{low:g}, {high:g}], got {value}")
+        if low is not None and not value >= low:
+            raise ConfigError(f"{key} must be >= {low:g}, got {value}")
+        if high is not None and not value <= high:
+            raise ConfigError(f"{key} must be <= {high:g}, got {value}")
+        if above is not None and not value > above:
+            raise ConfigError(f"{key} must be > {above:g}, got {value}")
 
 
 def validate(cfg: Config) -> None:
@@ -484,13 +576,14 @@ def validate(cfg: Config) -> None:
             "model.decoder_layers must be >= 2 for iquery (the first layer attends to motion only, so"
             " with 1 layer the queries never see the audio) and >= 1 otherwise"
         )
-    from contavsep.registry import MODELS, STRATEGIES, RegistryError
+    from contavsep.registry import MODELS, RegistryError
 
-    for registry, key, name in ((MODELS, "model.name", m.name), (STRATEGIES, "strategy.name", cfg.strategy.name)):
-        try:
-            registry.check(name)
-        except RegistryError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
+    try:
+        MODELS.check(m.name)
+    except RegistryError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
+    if not isinstance(cfg.strategy.params, strategy_params(cfg.strategy.name)):
+        raise ConfigError(f"strategy.params must be strategy '{cfg.strategy.name}''s own Params; build configs with make_config")
     for key in ("lr_drop_epochs_unet", "lr_drop_epochs_transformer"):
         for epoch in drop_epochs(getattr(cfg.train, key), f"train.{key}"):
             if not 0 < epoch < cfg.train.epochs_per_step:
@@ -517,12 +610,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"eval.val_metrics must be 'sdr' (SDR only, the fast default) or 'all' (also SIR/SAR), got '{cfg.eval.val_metrics}'")
     if cfg.memory.share > 1:
         raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")
-    if cfg.strategy.crosssdc_form not in CROSS_SDC_FORMS:
-        raise ConfigError(
-            f"strategy.crosssdc_form must be one of {', '.join(CROSS_SDC_FORMS)}, got '{cfg.strategy.crosssdc_form}'"
-        )
-    if not 0.0 <= cfg.strategy.ewf_alpha <= 1.0:
-        raise ConfigError("strategy.ewf_alpha must be in [0, 1]")
 
 
 def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -530,7 +617,9 @@ def flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
+        if f.metadata.get("inline"):
+            out.update(flat(value, prefix))
+        elif dataclasses.is_dataclass(value):
             out.update(flat(value, f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = value
@@ -543,6 +632,9 @@ def from_flat(items: Mapping[str, Any]) -> Config:
     that was in effect then (:data:`LEGACY_DEFAULTS`)."""
     kept = {k: v for k, v in items.items() if k != "preset" and k not in RETIRED_KEYS}
     kept.update({k: v for k, v in LEGACY_DEFAULTS.items() if k not in items})
+    # written before each strategy declared its own keys: the other strategies' keys go
+    own = valid_keys(strategy=str(items.get("strategy.name", Config().strategy.name)))
+    kept = {k: v for k, v in kept.items() if k in own or k not in LEGACY_STRATEGY_DEFAULTS}
     return make_config(str(items.get("preset", "paper")), kept)
 
 
@@ -550,4 +642,11 @@ def to_yaml(cfg: Config) -> str:
     """The resolved config as nested YAML (an MLflow / checkpoint artifact)."""
     import yaml
 
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    nested: dict[str, Any] = {}
+    for key, value in flat(cfg).items():  # nested by section, a strategy's keys inline as in flat()
+        *sections, name = key.split(".")
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return yaml.safe_dump(nested, sort_keys=False)

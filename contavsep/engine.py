@@ -27,6 +27,7 @@ generators from (train.seed, step, rank).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import random
@@ -61,9 +62,11 @@ from contavsep.data.reader import ClipTable
 from contavsep.loss_log import LossLog
 from contavsep.losses import weighted_l1_mask_loss
 from contavsep.memory import ExemplarMemory
+from contavsep.metric_names import loss_name, val_name
 from contavsep.metrics import ContinualResults, separation_scores
 from contavsep.models.build import build_model
 from contavsep.models.output import SeparatorOutput
+from contavsep.models.separator import Separator
 from contavsep.registry import STRATEGIES
 from contavsep.scenario import Scenario, make_scenario
 from contavsep.speed import resolve_speed
@@ -131,16 +134,16 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def make_optimizers(model: nn.Module, cfg: Config, plan: StepPlan, fused: bool = False) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+def make_optimizers(model: Separator, cfg: Config, plan: StepPlan, fused: bool = False) -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; each with the
     plan's lr drops (schedulers step once per iteration). ``fused``: the resolved
     ``train.fused_optimizer`` (:class:`contavsep.speed.SpeedOptions`)."""
     t = cfg.train
     # fused: one kernel per group instead of a foreach chain (same update up to rounding)
-    kernel = {"fused": True} if fused else {}
+    # (None leaves torch's own choice, as a call without the argument does)
     opts: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, **kernel),
-        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, **kernel),
+        torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, fused=fused or None),
+        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, fused=fused or None),
     ]
     drops = (plan.lr_drops_unet, plan.lr_drops_transformer)
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)]
@@ -184,7 +187,8 @@ class Engine:
         log.info("speed options on %s: %s", self.device, self.speed.describe())
         if self.speed.channels_last:
             # 4-D weights (the U-Net's convolutions) channels-last; activations follow them
-            self.model.to(memory_format=torch.channels_last)
+            # (torch's stubs omit Module.to's memory_format keyword, which it accepts)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # The training forward, compiled on request (see _expand_classes for the recompiles).
         self.train_forward: Callable[..., SeparatorOutput] = self.forward
         if self.speed.compile != "off":
@@ -203,7 +207,7 @@ class Engine:
                     return compiled(*args)
 
             self.train_forward = train_forward
-        self.old_model: nn.Module | None = None
+        self.old_model: Separator | None = None
         self.strategy: Strategy = STRATEGIES.get(cfg.strategy.name).from_config(cfg.strategy)
         self.memory = ExemplarMemory(cfg.memory.per_class)
         self.results = ContinualResults(self.scenario.num_steps)
@@ -247,7 +251,7 @@ class Engine:
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
-    def _frozen_copy(model: nn.Module) -> nn.Module:
+    def _frozen_copy(model: Separator) -> Separator:
         old = copy.deepcopy(model).eval()
         for p in old.parameters():
             p.requires_grad_(False)
@@ -317,8 +321,11 @@ class Engine:
             result = self.run_step(step)
             self.next_step = step + 1
             if reporter is not None:
-                reporter.report(result, lambda directory, s=step: self.save(directory, s))
+                reporter.report(result, functools.partial(self._save_step, step=step))
         return self.results.summary() if self.results.steps else {}
+
+    def _save_step(self, directory: Path, step: int) -> Path:
+        return self.save(directory, step)
 
     def run_step(self, step: int) -> StepResult:
         cfg, t = self.cfg, self.cfg.train
@@ -357,7 +364,7 @@ class Engine:
         # keys (contavsep/first_step.py): then its end state is loaded instead of trained.
         first_key = self._first_step_key() if step == 0 else None
         started = time.perf_counter()
-        shared = self.first_steps.load(first_key[0]) if first_key is not None else None
+        shared = self.first_steps.load(first_key[0]) if first_key is not None and self.first_steps is not None else None
         if shared is not None:
             loss_means = self._load_first_step(shared, optimizers, schedulers, sampler)
             train_seconds = time.perf_counter() - started
@@ -387,9 +394,9 @@ class Engine:
             metrics = step_metrics(self.results, step)
             summary = self.results.summary(step)
             if self.val_results is not None:
-                metrics.update({VAL_PREFIX + k: v for k, v in step_metrics(self.val_results, step).items()})
+                metrics.update({val_name(k): v for k, v in step_metrics(self.val_results, step).items()})
                 summary["val"] = self.val_results.summary(step)
-        metrics.update({f"loss/{k}": v for k, v in loss_means.items()})
+        metrics.update({loss_name(k): v for k, v in loss_means.items()})
         metrics.update({"step": float(step), "time/train_s": train_seconds, "time/eval_s": eval_seconds,
                         "memory/clips": float(len(self.memory))})
         if self.val_results is not None:
@@ -404,14 +411,14 @@ class Engine:
             log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f, val SDR %s  [train %.1fs, test %.1fs, val %.1fs]",
                      step + 1, metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-",
                      metrics.get("sdr_new", math.nan), metrics["sir"], metrics["sar"],
-                     f"{metrics[VAL_PREFIX + 'sdr']:.2f}" if VAL_PREFIX + "sdr" in metrics else "-", train_seconds, eval_seconds, val_seconds)
+                     f"{metrics[val_name('sdr')]:.2f}" if val_name("sdr") in metrics else "-", train_seconds, eval_seconds, val_seconds)
         return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
 
     def _train(self, step: int, ctx: StepContext, train_model: nn.Module, sampler: TrainingSampler, plan: StepPlan,
                optimizers: list[torch.optim.Optimizer], schedulers: list[Any]) -> tuple[dict[str, float], float]:
         """The step's iterations; returns the loss means by term and the seconds they took."""
         t = self.cfg.train
-        best = (-math.inf, None)
+        best: tuple[float, dict[str, Any] | None] = (-math.inf, None)
         losses = LossLog(self.device)
         log_every = max(1, plan.iterations // 5)
         checked = 0  # iterations whose losses were checked to be finite
@@ -498,6 +505,7 @@ class Engine:
             sampler=sampler.state_dict(), rng=rng_state(), losses=loss_means, iterations=plan.iterations,
             train_seconds=train_seconds,
         )
+        assert self.first_steps is not None  # _first_step_key gave a key, so a store is set
         if self.first_steps.publish(state):
             log.info("  step 0 shared as %s (with every trial of the sweep with the same step-0 keys)", key[0])
 
@@ -541,6 +549,7 @@ class Engine:
         share of a step."""
         e = self.cfg.eval
         results, backend = (self.results, e.backend) if split == "test" else (self.val_results, "fast")
+        assert results is not None, "validation scored without validation results"
         examples: list[Example] = []
         for task in range(step + 1):
             mixtures = self._evaluation_set(task, split)
@@ -596,7 +605,6 @@ class Engine:
         return save_checkpoint(state, directory)
 
 
-VAL_PREFIX = "val/"  # validation values: the test value's name after this prefix (val/sdr, val/forgetting/sdr, ...)
 
 
 def step_metrics(results: ContinualResults, step: int) -> dict[str, float]:

@@ -22,14 +22,13 @@ Naming: ``B`` mixtures, ``N`` sources per mixture, ``F x T`` the (warped) spectr
 from __future__ import annotations
 
 import numbers
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from contavsep.config import CROSS_SDC_FORMS
 
 __all__ = [
     "FeatureSet",
@@ -41,6 +40,11 @@ __all__ = [
     "pod_loss",
     "attention_distillation",
 ]
+
+# Where CrossSDC puts the old model's features (strategy.crosssdc_form): "anchors" = extra
+# columns (keys) only, the documented default; "reference" = rows and columns, as the official
+# ContAV-Sep code.
+CROSS_SDC_FORMS = ("anchors", "reference")
 
 # Clip identities: an integer tensor (any shape, M elements in row-major order) or a (possibly
 # nested, e.g. B lists of N) sequence of str / int clip ids.
@@ -367,13 +371,14 @@ def cross_sdc(
     def symmetric_term(positives: torch.Tensor) -> torch.Tensor:
         """Mean over modality pairs of (L_{a->b} + L_{b->a}) / 2 for one positive relation."""
         pairs = current.pairs()
-        total = None
+        total: torch.Tensor | None = None
         for a, b in pairs:
             pair = 0.5 * (
                 multi_positive_info_nce(queries[a], keys[b], positives, temperature)
                 + multi_positive_info_nce(queries[b], keys[a], positives, temperature)
             )
             total = pair if total is None else total + pair
+        assert total is not None, "a feature set has at least one modality pair"
         return total / len(pairs)
 
     return symmetric_term(instance_pos), symmetric_term(class_pos)
@@ -412,7 +417,7 @@ def pod_loss(
         raise ValueError(f"scales must be >= 1, got {scales}")
     if len(new_feats) == 0 or len(new_feats) != len(old_feats):
         raise ValueError(f"need the same non-zero number of new and old layers, got {len(new_feats)} and {len(old_feats)}")
-    total = None
+    total: torch.Tensor | None = None
     for index, (new, old) in enumerate(zip(new_feats, old_feats)):
         if new.dim() != 4 or new.shape != old.shape:
             raise ValueError(f"layer {index}: new {tuple(new.shape)} and old {tuple(old.shape)} must be equal (B, C, H, W)")
@@ -420,6 +425,7 @@ def pod_loss(
         phi_old = F.normalize(_local_pod_descriptor(old.detach().float().pow(2), scales), dim=-1)
         layer = (phi_new - phi_old).norm(dim=-1).mean()
         total = layer if total is None else total + layer
+    assert total is not None  # at least one layer, checked above
     return total / len(new_feats)
 
 
@@ -550,11 +556,11 @@ def _clip_ids_to_long(
     if len(tensor_kinds) > 1:
         raise TypeError("clip_ids and anchor_clip_ids must both be integer tensors or both be sequences")
     if tensor_kinds == {True}:
-        return tuple(_flat_int_tensor(g, name, n, device) for g, name, n in groups)
+        return tuple(_flat_int_tensor(typing.cast(torch.Tensor, g), name, n, device) for g, name, n in groups)
     vocab: dict[tuple[type, Any], int] = {}
     out = []
     for group, name, n in groups:
-        flat = _flatten_ids(group)
+        flat = _flatten_ids(typing.cast(Sequence[Any], group))
         if len(flat) != n:
             raise ValueError(f"{name} has {len(flat)} entries for {n} items")
         codes = []

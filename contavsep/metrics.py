@@ -93,14 +93,14 @@ def _mir_eval_scores(references: torch.Tensor, estimates: torch.Tensor) -> tuple
     """mir_eval per item on the CPU; (B, N, S) float64 -> three (B, N) arrays."""
     from mir_eval.separation import bss_eval_sources
 
-    references, estimates = references.cpu().numpy(), estimates.cpu().numpy()
-    out = np.empty((3, *references.shape[:2]))
+    refs, ests = references.cpu().numpy(), estimates.cpu().numpy()
+    out = np.empty((3, *refs.shape[:2]))
     with warnings.catch_warnings():
         # mir_eval 0.8 flags bss_eval_sources as deprecated in favour of bss_eval; it is still
         # the function the paper's numbers come from.
         warnings.simplefilter("ignore", FutureWarning)
-        for b in range(references.shape[0]):
-            sdr, sir, sar, _ = bss_eval_sources(references[b], estimates[b], compute_permutation=False)
+        for b in range(refs.shape[0]):
+            sdr, sir, sar, _ = bss_eval_sources(refs[b], ests[b], compute_permutation=False)
             out[:, b] = sdr, sir, sar
     return out[0], out[1], out[2]
 

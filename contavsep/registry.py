@@ -33,6 +33,20 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def register(self, name: str, target: str) -> None:
+        """Add ``name`` -> ``"module:attribute"`` (a plugin or a test's own strategy; the shipped
+        entries are the literal tables below). An existing name is refused, never replaced."""
+        if name in self._entries:
+            raise RegistryError(f"{self.kind} '{name}' is already registered (as {self._entries[name]})")
+        if ":" not in target:
+            raise RegistryError(f"{self.kind} '{name}': the target must look like 'module:attribute', got {target!r}")
+        self._entries[name] = target
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (what :meth:`register` added)."""
+        self.check(name)
+        del self._entries[name]
+
     def check(self, name: str) -> None:
         """Raise :class:`RegistryError` unless ``name`` is registered."""
         if name not in self._entries:

@@ -5,12 +5,27 @@ tones with vibrato, note envelopes and some breath noise, of different pitch ran
 separations (:func:`imperfect_estimates`) add leakage of the other source, a short smearing
 filter and noise, so all three of SDR, SIR and SAR are finite and in a realistic range.
 ``tests/`` checks the metric backends on them and ``benchmarks/bench_metrics.py`` times them.
+
+:data:`TINY_SEQUENCE` is the smallest whole task sequence the engine tests run (with the
+``tiny`` preset on a 4-class synthetic dataset).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+# Dotted overrides of a whole sequence in seconds: 2 steps of 2 classes, 3 iterations of 4
+# mixtures each, 1 exemplar per class, 2 test windows per clip.
+TINY_SEQUENCE = {
+    "data.classes_per_step": 2,
+    "data.num_steps": 2,
+    "train.iters_per_step": 3,
+    "train.batch_size": 4,
+    "memory.per_class": 1,
+    "eval.windows_per_clip": 2,
+    "eval.pairs_per_clip": 1,
+}
 
 
 def _harmonic_tone(rng: np.random.Generator, samples: int, sample_rate: int, f0: float, noise: float) -> np.ndarray:

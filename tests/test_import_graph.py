@@ -158,17 +158,53 @@ def test_every_module_imports_on_its_own_in_a_fresh_process():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_validating_a_config_never_imports_torch():
+LIGHT_STRATEGY = """
+from dataclasses import dataclass
+from typing import ClassVar
+
+from contavsep.config import StrategyParams, bounded
+from contavsep.strategies.base import Strategy
+
+
+@dataclass(frozen=True)
+class LightParams(StrategyParams):
+    gain: float = bounded(0.5, at_least=0)
+
+
+class Light(Strategy):
+    name: ClassVar[str] = "light"
+    Params: ClassVar[type[StrategyParams]] = LightParams
+"""
+
+
+def test_validating_a_config_imports_torch_only_through_the_chosen_strategys_module(tmp_path):
     # `contavsep config`, space validation and `sweep --check` validate configs on machines and in
-    # processes that never train: validation reads lists of allowed values, not the modules.
+    # processes that never train: validation reads lists of allowed values, not the modules. A
+    # strategy's keys are declared in its own file (issue 21), so validating strategy.* imports
+    # that one module, and torch comes with it only if that module imports it.
+    (tmp_path / "light_strategy.py").write_text(LIGHT_STRATEGY)
     code = (
-        "import sys\n"
+        "import sys, traceback\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "first = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' and not first:\n"
+        "            first.extend(f.filename for f in traceback.extract_stack() if '/contavsep/' in f.filename)\n"
+        "sys.meta_path.insert(0, Spy())\n"
         "from contavsep.config import make_config, validate\n"
-        "cfg = make_config('paper', {'strategy.name': 'lwf', 'train.decoder_conv': 'subpixel', 'train.channels_last': 'auto'})\n"
-        "validate(cfg)\n"
+        "from contavsep.registry import STRATEGIES\n"
+        "STRATEGIES.register('light', 'light_strategy:Light')\n"
+        "over = {'train.decoder_conv': 'subpixel', 'train.channels_last': 'auto', 'model.name': 'coseparation'}\n"
+        "validate(make_config('paper', {'strategy.name': 'light', 'strategy.gain': 0.2, **over}))\n"
         "heavy = sorted(m for m in ('torch', 'torchaudio', 'ray', 'mlflow') if m in sys.modules)\n"
-        "print(heavy)\n"
-        "sys.exit(1 if heavy else 0)\n"
+        "print('light', heavy)\n"
+        "validate(make_config('paper', {'strategy.name': 'lwf', **over}))\n"
+        "print('lwf', sorted(m for m in ('ray', 'mlflow') if m in sys.modules), first[-1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+    light, lwf = out.stdout.splitlines()
+    assert light == "light []"
+    # the import of torch came from the chosen strategy's own module, nothing else of validation
+    assert lwf.startswith("lwf [] ") and lwf.endswith("/contavsep/strategies/lwf.py"), lwf

@@ -39,13 +39,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from contavsep.errors import ContavsepError
+
+if TYPE_CHECKING:  # the three roles are Hugging Face models (their config and save_pretrained)
+    from transformers import PreTrainedModel
 
 OBJECT_DIM = 512  # CLIP ViT-B/32 image_embeds
 MOTION_TOKENS = 8  # 16 frames / tubelet 2
@@ -176,9 +179,9 @@ TextTokenizer = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 class OpenVocabularyDetector:
     """OWLv2 top box per frame for a text query per frame."""
 
-    def __init__(self, model: torch.nn.Module, tokenize: TextTokenizer, norm: ImageNorm, spec: ExtractorSpec,
+    def __init__(self, model: PreTrainedModel, tokenize: TextTokenizer, norm: ImageNorm, spec: ExtractorSpec,
                  device: torch.device, batch_size: int = 16):
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.tokenize = tokenize
         self.norm = norm
         self.spec = spec
@@ -223,11 +226,11 @@ class OpenVocabularyDetector:
             rows = torch.arange(len(chunk), device=best.device)
             cxcywh = out.pred_boxes[rows, best].float()
             xyxy = torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], dim=1)
-            xyxy = (xyxy * torch.tensor(sides, device=xyxy.device, dtype=xyxy.dtype).unsqueeze(1)).cpu().numpy()
+            pixels = (xyxy * torch.tensor(sides, device=xyxy.device, dtype=xyxy.dtype).unsqueeze(1)).cpu().numpy()
             best_scores = patch_scores[rows, best].cpu().numpy()
             for row, (c, f) in enumerate(chunk):
                 height, width = clips[c].shape[1:3]
-                boxes[c][f] = np.clip(xyxy[row], 0, [width, height, width, height])
+                boxes[c][f] = np.clip(pixels[row], 0, [width, height, width, height])
                 scores[c][f] = best_scores[row]
         return list(zip(boxes, scores))
 
@@ -257,9 +260,9 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, thresh
 class ImageEncoder:
     """CLIP image embeddings (``image_embeds``) of crops of any size."""
 
-    def __init__(self, model: torch.nn.Module, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
+    def __init__(self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
                  batch_size: int = 64):
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.norm = norm
         self.spec = spec
         self.device = device
@@ -283,9 +286,9 @@ class ImageEncoder:
 class MotionEncoder:
     """VideoMAE last hidden state, spatially max-pooled per temporal position."""
 
-    def __init__(self, model: torch.nn.Module, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
+    def __init__(self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
                  batch_size: int = 4):
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.norm = norm
         self.spec = spec
         self.device = device
@@ -347,7 +350,7 @@ class FeatureExtractors:
         self.detector.tokenize.tokenizer.save_pretrained(paths["detector"])  # type: ignore[attr-defined]
         self.image_encoder.model.save_pretrained(paths["image"])
         self.motion_encoder.model.save_pretrained(paths["motion"])
-        processors = {
+        processors: dict[str, tuple[str, ImageNorm, dict[str, Any]]] = {
             "detector": ("Owlv2ImageProcessor", self.detector.norm, {"size": {"height": self.detector.norm.size, "width": self.detector.norm.size}, "do_pad": True}),
             "image": ("CLIPImageProcessor", self.image_encoder.norm, {"size": {"shortest_edge": self.image_encoder.norm.shortest_edge}, "crop_size": {"height": self.image_encoder.norm.size, "width": self.image_encoder.norm.size}}),
             "motion": ("VideoMAEImageProcessor", self.motion_encoder.norm, {"size": {"shortest_edge": self.motion_encoder.norm.shortest_edge}, "crop_size": {"height": self.motion_encoder.norm.size, "width": self.motion_encoder.norm.size}}),
@@ -572,7 +575,7 @@ def load_pretrained_extractors(
     dev = resolve_device(device)
     offline = offline_requested(local_files_only)
     loaded: dict[str, Any] = {}
-    plan = [
+    plan: list[tuple[str, str, Any]] = [
         ("detector", ids.detector, Owlv2ForObjectDetection),
         ("image", ids.image, CLIPVisionModelWithProjection),
         ("motion", ids.motion, VideoMAEModel),

@@ -5,7 +5,7 @@ the file name without extension, the class is the folder. Optional split lists (
 MUSIC-21 lists ship with the package) say which clip is train/val/test; otherwise each class is
 split by ratios with a seeded shuffle (:mod:`contavsep.data.splits`).
 
-Per clip (ARCHITECTURE.md section 3):
+Per clip (docs/architecture.md section 3):
 
 1. decode (PyAV, :mod:`contavsep.data.media`): audio -> mono -> 11025 Hz (torchaudio), stored
    whole as int16 (or capped at ``max_seconds``); frames at 1 fps; 16 frames spread uniformly;

@@ -238,6 +238,7 @@ def _decode_open_container(
     for packet in container.demux(video, audio):
         if packet.stream.type == "video" and not video_done:
             for frame in packet.decode():
+                assert isinstance(frame, av.VideoFrame)  # a video stream's packets hold video frames
                 time = frame.time if frame.time is not None else video_start
                 last_frame = _LazyRGB(frame, max_side)
                 object_picker.offer(time, last_frame)
@@ -247,6 +248,7 @@ def _decode_open_container(
                     break
         elif packet.stream.type == "audio" and not audio_done:
             for frame in packet.decode():
+                assert isinstance(frame, av.AudioFrame)
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray().mean(axis=0)  # (channels, n) -> mono (n,)
                     chunks.append(chunk)

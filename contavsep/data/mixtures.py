@@ -222,9 +222,11 @@ class TrainingSampler:
         crop_ends = np.maximum(1, self._samples[idx] - self.clip_samples + 1).tolist()
         frame_counts = self._frames[idx].tolist()
         integers = self.rng.integers
-        starts, frames = [], []
+        starts: list[list[int | None]] = []
+        frames: list[list[int | None]] = []
         for ends_b, counts_b in zip(crop_ends, frame_counts):
-            s_row, f_row = [], []
+            s_row: list[int | None] = []
+            f_row: list[int | None] = []
             for end, count in zip(ends_b, counts_b):
                 s_row.append(int(integers(0, end)))
                 f_row.append(int(integers(0, count)))

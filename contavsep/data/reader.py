@@ -205,7 +205,7 @@ class ClipTable:
         return {"path": str(self.path), "manifest": self.manifest, "uri": self.uri}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["manifest"], uri=state["uri"], built=False)
+        type(self).__init__(self, state["path"], state["manifest"], uri=state["uri"], built=False)
 
     def __len__(self) -> int:
         return len(self._clip_ids)

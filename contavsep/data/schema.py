@@ -1,6 +1,6 @@
 """The Arrow schema of a clip dataset (one row per clip) and the record the writer accepts.
 
-Columns (ARCHITECTURE.md section 3):
+Columns (docs/architecture.md section 3):
 
 - ``clip_id`` string, unique in the dataset; ``class_name`` string; ``class_id`` int16 (index in
   the manifest's ordered class list); ``split`` string: ``train`` | ``val`` | ``test``;

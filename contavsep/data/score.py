@@ -260,7 +260,7 @@ def _strum(c: _Composer) -> None:
     bar = 4 * c.beat
     lo, hi = c.t.register
     fingerpick = c.rng.random() < 0.3
-    patterns = [[(0, "d"), (1, "d"), (2, "d"), (3, "d")],
+    patterns: list[list[tuple[float, str]]] = [[(0, "d"), (1, "d"), (2, "d"), (3, "d")],
                 [(0, "d"), (1, "d"), (1.5, "u"), (2.5, "u"), (3, "d"), (3.5, "u")],
                 [(0, "d"), (0.5, "d"), (1, "u"), (2, "d"), (2.5, "u"), (3, "d"), (3.5, "u")]]
     pattern = patterns[int(c.rng.integers(len(patterns)))]

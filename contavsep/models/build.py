@@ -5,43 +5,19 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
 
 from contavsep.config import Config
-from contavsep.models.output import SeparatorOutput
+from contavsep.models.separator import Separator
 from contavsep.models.unet import set_decoder_conv, set_encoder_conv
 from contavsep.models.weights_file import WeightsError, weights_path
 from contavsep.registry import MODELS
 
 
-class Separator(Protocol):
-    """What the engine and strategies rely on (both registered separators satisfy it)."""
-
-    unet: nn.Module
-
-    @property
-    def num_classes(self) -> int: ...
-
-    def expand_classes(self, new_total: int) -> None: ...
-
-    def unet_parameters(self) -> list[nn.Parameter]: ...
-
-    def head_parameters(self) -> list[nn.Parameter]: ...
-
-    def __call__(
-        self,
-        mix_input: Tensor,
-        class_ids: Tensor,
-        object_features: Tensor,
-        motion_features: Tensor,
-        return_internals: bool = False,
-    ) -> SeparatorOutput: ...
-
-
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int) -> Separator:
     """The separator named by ``cfg.model.name`` with ``num_classes`` classes.
 
     ``cfg.train.decoder_conv`` / ``encoder_conv`` pick how its U-Net computes (speed options). If

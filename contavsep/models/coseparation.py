@@ -23,10 +23,11 @@ from torch import Tensor, nn
 
 from contavsep.config import ModelConfig
 from contavsep.models.output import SeparatorOutput, check_separator_inputs
+from contavsep.models.separator import Separator
 from contavsep.models.unet import UNet
 
 
-class CoSeparationSeparator(nn.Module):
+class CoSeparationSeparator(Separator):
     """U-Net separator conditioned on each source's object feature.
 
     Args:
@@ -65,15 +66,6 @@ class CoSeparationSeparator(nn.Module):
         if new_total < self._num_classes:
             raise ValueError(f"cannot shrink the number of classes from {self._num_classes} to {new_total}")
         self._num_classes = new_total
-
-    def unet_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the U-Net (trained with Adam)."""
-        return list(self.unet.parameters())
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Object projection, mask head and feature heads (AdamW)."""
-        unet = {id(p) for p in self.unet.parameters()}
-        return [p for p in self.parameters() if id(p) not in unet]
 
     def forward(
         self,

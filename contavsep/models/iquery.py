@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from contavsep.config import ModelConfig
 from contavsep.models.av_transformer import AVTransformer
 from contavsep.models.output import SeparatorOutput, check_separator_inputs
+from contavsep.models.separator import Separator
 from contavsep.models.unet import UNet
 
 
-class IQuerySeparator(nn.Module):
+class IQuerySeparator(Separator):
     """iQuery-style separator with one query per seen class.
 
     Args:
@@ -85,15 +86,6 @@ class IQuerySeparator(nn.Module):
         grown = torch.randn(new_total, old.shape[1], device=old.device, dtype=old.dtype)
         grown[: old.shape[0]] = old
         self.class_queries = nn.Parameter(grown, requires_grad=old.requires_grad)
-
-    def unet_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the U-Net (trained with Adam)."""
-        return list(self.unet.parameters())
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Every parameter outside the U-Net: transformer, queries, projections (AdamW)."""
-        unet = {id(p) for p in self.unet.parameters()}
-        return [p for p in self.parameters() if id(p) not in unet]
 
     def forward(
         self,

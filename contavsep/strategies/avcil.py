@@ -30,6 +30,7 @@ from typing import ClassVar
 
 import torch
 
+from contavsep.config import StrategyParams, bounded
 from contavsep.losses import attention_distillation, cross_sdc, mask_distillation_loss
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
@@ -39,42 +40,39 @@ from contavsep.strategies.subset import memory_flags, old_outputs_on
 
 
 @dataclass(frozen=True)
-class AVCILParams:
-    lambda_ins: float = 0.1  # instance-aware audio-visual contrastive term weight
-    lambda_cls: float = 0.3  # class-aware audio-visual contrastive term weight
-    temperature: float = 0.05  # InfoNCE temperature tau
-    lambda_att: float = 1.0  # attention-map distillation weight (memory sources)
-    lambda_dist: float = 0.3  # output-mask distillation weight (memory sources)
+class AVCILParams(StrategyParams):
+    lambda_ins: float = bounded(0.1, at_least=0)  # instance-aware audio-visual contrastive term weight
+    lambda_cls: float = bounded(0.3, at_least=0)  # class-aware audio-visual contrastive term weight
+    temperature: float = bounded(0.05, above=0)  # InfoNCE temperature tau
+    lambda_att: float = bounded(1.0, at_least=0)  # attention-map distillation weight (memory sources)
+    lambda_dist: float = bounded(0.3, at_least=0)  # output-mask distillation weight (memory sources)
 
 
 class AVCIL(Strategy):
     """Contrastive terms on the current model + attention and mask distillation on memory."""
 
     name: ClassVar[str] = "avcil"
-    Params: ClassVar[type] = AVCILParams
+    Params: ClassVar[type[StrategyParams]] = AVCILParams
     needs_internals: ClassVar[bool] = True
-
-    def __init__(self, params: AVCILParams):
-        super().__init__(params)
-        if params.temperature <= 0:
-            raise ValueError(f"strategy.temperature must be > 0, got {params.temperature}")
 
     def loss_terms(self, batch: StepBatch, out: SeparatorOutput, ctx: StepContext) -> dict[str, torch.Tensor]:
         p = self.params
         clips = batch.clips
         ins, cls = cross_sdc(features_of(out), clips.labels, clips.rows, p.temperature)
         flags = memory_flags(batch, ctx)
-        has_attention = out.attention is not None
-        old = old_outputs_on(ctx, batch, flags, return_internals=has_attention)
+        attention = out.attention
+        old = old_outputs_on(ctx, batch, flags, return_internals=attention is not None)
         if old is None:
             old_masks = out.masks.new_zeros((0, *out.masks.shape[2:]))
         else:
             old_masks = old.masks[:, 0]
         dist = mask_distillation_loss(out.masks, old_masks, batch.spectra.weight, flags)
-        if not has_attention:
+        if attention is None:
             att = out.masks.sum() * 0.0
         elif old is None:
-            att = attention_distillation(out.attention, out.attention.new_zeros((0, *out.attention.shape[2:])), flags)
+            att = attention_distillation(attention, attention.new_zeros((0, *attention.shape[2:])), flags)
         else:
-            att = attention_distillation(out.attention, old.attention[:, 0], flags)
+            # the old model ran with return_internals, so it returned its attention too
+            assert old.attention is not None
+            att = attention_distillation(attention, old.attention[:, 0], flags)
         return {"ins": p.lambda_ins * ins, "cls": p.lambda_cls * cls, "att": p.lambda_att * att, "dist": p.lambda_dist * dist}

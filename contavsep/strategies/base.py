@@ -22,13 +22,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
-from contavsep.config import StrategyConfig
+from contavsep.config import StrategyConfig, StrategyParams
 from contavsep.scenario import Scenario
+
+if TYPE_CHECKING:  # annotations only: the contract itself needs no torch (a strategy's module may)
+    import torch
+    from torch import nn
+
+    from contavsep.models.separator import Separator
 
 
 @dataclass
@@ -37,8 +40,8 @@ class StepContext:
 
     step: int
     scenario: Scenario
-    model: nn.Module
-    old_model: nn.Module | None  # frozen copy of the model after the previous step (eval, no grad); None at step 0
+    model: Separator
+    old_model: Separator | None  # frozen copy of the model after the previous step (eval, no grad); None at step 0
     device: torch.device
     # Fresh training batches (StepBatch, on the device) of the current step, e.g. for Fisher estimation.
     sample_batches: Callable[[int], Iterator[Any]]
@@ -49,15 +52,19 @@ class StepContext:
 
 
 @dataclass(frozen=True)
-class NoParams:
+class NoParams(StrategyParams):
     """A strategy without hyperparameters of its own."""
 
 
 class Strategy:
-    """Base class: every hook is a no-op. Subclasses set ``name``, ``Params`` and overrides."""
+    """Base class: every hook is a no-op. Subclasses set ``name``, ``Params`` and overrides.
+
+    ``Params`` is a frozen dataclass deriving from :class:`contavsep.config.StrategyParams`: its
+    fields are the strategy's ``strategy.*`` keys, with their defaults, types and ranges
+    (:func:`contavsep.config.bounded`, :func:`contavsep.config.one_of`), and nowhere else."""
 
     name: ClassVar[str] = "base"
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type[StrategyParams]] = NoParams
     # Ask the model(s) for attention maps and U-Net feature maps (return_internals=True).
     needs_internals: ClassVar[bool] = False
     # What step 0 (no old model, no memory) is for this strategy, for shared first steps
@@ -74,9 +81,10 @@ class Strategy:
 
     @classmethod
     def from_config(cls, cfg: StrategyConfig) -> Strategy:
-        """Pick this strategy's own hyperparameters out of the shared ``strategy.*`` keys."""
-        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls.Params)}
-        return cls(cls.Params(**values))
+        """The strategy of a config's ``strategy`` section (which holds this strategy's Params)."""
+        if cfg.name != cls.name or not isinstance(cfg.params, cls.Params):
+            raise ValueError(f"strategy {cls.name} cannot be built from the config of strategy '{cfg.name}'")
+        return cls(cfg.params)
 
     # -- hooks -------------------------------------------------------------------------------
     def train_class_ids(self, step: int, scenario: Scenario) -> Sequence[int]:
@@ -115,5 +123,5 @@ class Strategy:
 
 def params_table(cls: type[Strategy]) -> list[tuple[str, Any]]:
     """(dotted key, default) of a strategy's hyperparameters, for `contavsep strategies`."""
-    defaults = StrategyConfig()
+    defaults = cls.Params()
     return [(f"strategy.{f.name}", getattr(defaults, f.name)) for f in dataclasses.fields(cls.Params)]

@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import torch
 
+from contavsep.config import StrategyParams, bounded, one_of
 from contavsep.losses import (
     CROSS_SDC_FORMS,
     FeatureSet,
@@ -45,12 +46,12 @@ from contavsep.strategies.subset import memory_flags, old_outputs_on
 
 
 @dataclass(frozen=True)
-class ContAVSepParams:
-    lambda_ins: float = 0.1  # CrossSDC instance-aware term weight
-    lambda_cls: float = 0.3  # CrossSDC class-aware term weight
-    lambda_dist: float = 0.3  # output-mask distillation weight (memory sources)
-    temperature: float = 0.05  # InfoNCE temperature tau
-    crosssdc_form: str = "anchors"  # old features as CrossSDC keys only (anchors) | keys + queries (reference)
+class ContAVSepParams(StrategyParams):
+    lambda_ins: float = bounded(0.1, at_least=0)  # CrossSDC instance-aware term weight
+    lambda_cls: float = bounded(0.3, at_least=0)  # CrossSDC class-aware term weight
+    lambda_dist: float = bounded(0.3, at_least=0)  # output-mask distillation weight (memory sources)
+    temperature: float = bounded(0.05, above=0)  # InfoNCE temperature tau
+    crosssdc_form: str = one_of("anchors", CROSS_SDC_FORMS)  # old features as CrossSDC keys only (anchors) | keys + queries (reference)
 
 
 def features_of(out: SeparatorOutput) -> FeatureSet:
@@ -65,16 +66,7 @@ class ContAVSep(Strategy):
     """CrossSDC with old-model anchors for memory clips + output-mask distillation on memory."""
 
     name: ClassVar[str] = "contavsep"
-    Params: ClassVar[type] = ContAVSepParams
-
-    def __init__(self, params: ContAVSepParams):
-        super().__init__(params)
-        if params.temperature <= 0:
-            raise ValueError(f"strategy.temperature must be > 0, got {params.temperature}")
-        if params.crosssdc_form not in CROSS_SDC_FORMS:
-            raise ValueError(
-                f"strategy.crosssdc_form must be one of {', '.join(CROSS_SDC_FORMS)}, got '{params.crosssdc_form}'"
-            )
+    Params: ClassVar[type[StrategyParams]] = ContAVSepParams
 
     def loss_terms(self, batch: StepBatch, out: SeparatorOutput, ctx: StepContext) -> dict[str, torch.Tensor]:
         p = self.params

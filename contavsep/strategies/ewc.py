@@ -38,16 +38,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from contavsep.config import StrategyParams, bounded
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
 from contavsep.strategies.base import StepContext, Strategy
 
 
 @dataclass(frozen=True)
-class EWCParams:
-    lambda_ewc: float = 1000.0  # weight of the quadratic Fisher penalty
-    ewc_decay: float = 1.0  # F <- ewc_decay * F_old + F_new (1.0 = accumulate over steps)
-    fisher_batches: int = 32  # training batches of the step used to estimate F
+class EWCParams(StrategyParams):
+    lambda_ewc: float = bounded(1000.0, at_least=0)  # weight of the quadratic Fisher penalty
+    ewc_decay: float = bounded(1.0, at_least=0)  # F <- ewc_decay * F_old + F_new (1.0 = accumulate over steps)
+    fisher_batches: int = bounded(32, at_least=1)  # training batches of the step used to estimate F
 
 
 class EWC(Strategy):
@@ -60,12 +61,10 @@ class EWC(Strategy):
     name: ClassVar[str] = "ewc"
     first_step: ClassVar[str] = "plain"  # the Fisher comes after the iterations (after_task)
     first_step_zero_terms: ClassVar[tuple[str, ...]] = ("ewc",)
-    Params: ClassVar[type] = EWCParams
+    Params: ClassVar[type[StrategyParams]] = EWCParams
 
     def __init__(self, params: EWCParams):
         super().__init__(params)
-        if params.fisher_batches < 1:
-            raise ValueError(f"strategy.fisher_batches must be >= 1, got {params.fisher_batches}")
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 

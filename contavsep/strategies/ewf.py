@@ -30,12 +30,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from contavsep.config import StrategyParams, bounded
 from contavsep.strategies.base import StepContext, Strategy
 
 
 @dataclass(frozen=True)
-class EWFParams:
-    ewf_alpha: float = 0.5  # weight of the old endpoint: theta = alpha * theta_old + (1 - alpha) * theta_new
+class EWFParams(StrategyParams):
+    ewf_alpha: float = bounded(0.5, at_least=0, at_most=1)  # weight of the old endpoint: theta = alpha * theta_old + (1 - alpha) * theta_new
 
 
 @torch.no_grad()
@@ -67,12 +68,7 @@ class EWF(Strategy):
 
     name: ClassVar[str] = "ewf"
     first_step: ClassVar[str] = "plain"  # fusion starts after step 1
-    Params: ClassVar[type] = EWFParams
-
-    def __init__(self, params: EWFParams):
-        super().__init__(params)
-        if not 0.0 <= params.ewf_alpha <= 1.0:
-            raise ValueError(f"strategy.ewf_alpha must be in [0, 1], got {params.ewf_alpha}")
+    Params: ClassVar[type[StrategyParams]] = EWFParams
 
     def after_task(self, ctx: StepContext) -> None:
         if ctx.old_model is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from contavsep.strategies.base import NoParams, Strategy
+from contavsep.strategies.base import Strategy
 
 
 class FineTune(Strategy):
@@ -18,4 +18,3 @@ class FineTune(Strategy):
 
     name: ClassVar[str] = "finetune"
     first_step: ClassVar[str] = "plain"
-    Params: ClassVar[type] = NoParams

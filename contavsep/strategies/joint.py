@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from contavsep.scenario import Scenario
-from contavsep.strategies.base import NoParams, Strategy
+from contavsep.strategies.base import Strategy
 
 
 class Joint(Strategy):
@@ -21,7 +21,6 @@ class Joint(Strategy):
 
     name: ClassVar[str] = "joint"
     first_step: ClassVar[str] = "plain"  # step 0 draws task 0 only, like fine-tuning
-    Params: ClassVar[type] = NoParams
 
     def train_class_ids(self, step: int, scenario: Scenario) -> Sequence[int]:
         """Dataset class ids of all tasks ``0 .. step``."""

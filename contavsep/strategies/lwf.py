@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from contavsep.config import StrategyParams, bounded
 from contavsep.losses import mask_distillation_loss
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
@@ -47,8 +48,8 @@ from contavsep.strategies.subset import known_to, with_labels
 
 
 @dataclass(frozen=True)
-class LwFParams:
-    lambda_dist: float = 0.3  # weight of the output-mask distillation on all sources
+class LwFParams(StrategyParams):
+    lambda_dist: float = bounded(0.3, at_least=0)  # weight of the output-mask distillation on all sources
 
 
 class LwF(Strategy):
@@ -60,7 +61,7 @@ class LwF(Strategy):
     name: ClassVar[str] = "lwf"
     first_step: ClassVar[str] = "plain"
     first_step_zero_terms: ClassVar[tuple[str, ...]] = ("dist",)
-    Params: ClassVar[type] = LwFParams
+    Params: ClassVar[type[StrategyParams]] = LwFParams
 
     def __init__(self, params: LwFParams):
         super().__init__(params)

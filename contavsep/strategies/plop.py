@@ -31,6 +31,7 @@ from typing import ClassVar
 
 import torch
 
+from contavsep.config import StrategyParams, bounded
 from contavsep.losses import pod_loss
 from contavsep.models.output import SeparatorOutput
 from contavsep.step_batch import StepBatch
@@ -39,9 +40,9 @@ from contavsep.strategies.subset import known_to, with_labels
 
 
 @dataclass(frozen=True)
-class PLOPParams:
-    lambda_pod: float = 0.01  # weight of the local POD distillation
-    pod_scales: int = 3  # pyramid levels of local POD (windows 1, 2x2, 4x4, ...)
+class PLOPParams(StrategyParams):
+    lambda_pod: float = bounded(0.01, at_least=0)  # weight of the local POD distillation
+    pod_scales: int = bounded(3, at_least=1)  # pyramid levels of local POD (windows 1, 2x2, 4x4, ...)
 
 
 class PLOP(Strategy):
@@ -50,13 +51,8 @@ class PLOP(Strategy):
     name: ClassVar[str] = "plop"
     first_step: ClassVar[str] = "plain"
     first_step_zero_terms: ClassVar[tuple[str, ...]] = ("pod",)
-    Params: ClassVar[type] = PLOPParams
+    Params: ClassVar[type[StrategyParams]] = PLOPParams
     needs_internals: ClassVar[bool] = True
-
-    def __init__(self, params: PLOPParams):
-        super().__init__(params)
-        if params.pod_scales < 1:
-            raise ValueError(f"strategy.pod_scales must be >= 1, got {params.pod_scales}")
 
     def wants_internals(self, ctx: StepContext) -> bool:
         # the U-Net maps only matter against an old model's; without one (step 0) the plain

@@ -22,6 +22,7 @@ from torch import nn
 from contavsep.audio import MixtureSpectra
 from contavsep.data.mixtures import MixtureBatch
 from contavsep.models.output import SeparatorOutput
+from contavsep.models.separator import Separator
 from contavsep.step_batch import StepBatch
 from contavsep.strategies.base import StepContext
 
@@ -76,7 +77,7 @@ def reads_class_ids(model: nn.Module) -> bool:
     return isinstance(getattr(model, "class_queries", None), torch.Tensor)
 
 
-def known_to(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+def known_to(model: Separator, labels: torch.Tensor) -> torch.Tensor:
     """Which sources ``model`` can be asked to separate: all, or those with a query.
 
     Shape:

@@ -237,7 +237,7 @@ def compare(
                 configuration=c,
                 estimates={m: c.estimate(m) for m in columns},
                 vs_reference=vs_ref,
-                reference="" if vs_ref is None else reference.method,
+                reference="" if reference is None else reference.method,  # vs_ref is None exactly when reference is
                 vs_next=vs_next,
                 next_method="" if below is None else below.method,
                 chosen_on=chosen_on.get(c.config_id) or (c.estimate(select_by) if select_by else None),

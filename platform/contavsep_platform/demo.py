@@ -97,7 +97,7 @@ def main(verbose: int = 0, progress: bool = True) -> int:
     sys.stdout.flush()
     for line in error_lines(outcome):
         print(f"contavsep demo: error: {line}", file=sys.stderr)
-    # the sweep's exit statuses (README "Exit statuses"): a demo whose trials failed did not run
+    # the sweep's exit statuses (docs/commands.md "Exit statuses and faults"): a demo whose trials failed did not run
     if outcome.errored:
         return 1
     return 130 if outcome.interrupted else 0

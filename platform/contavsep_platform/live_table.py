@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ray.tune import Callback
 
 from contavsep_platform.comparison import method_label
 from contavsep_platform.spaces import CONFIRM_TRIAL_KEY, STRATEGY_KEY, SearchSpace
 from contavsep_platform.trial import NUM_STEPS_KEY, STEP_KEY
+
+if TYPE_CHECKING:
+    from ray.tune.stopper import Stopper
 
 # Rows the terminal table shows at most: running trials first, then the most recently ended
 # (a 100-trial sweep must not scroll the live view off the screen).
@@ -64,7 +67,8 @@ class LiveTable(Callback):
 
     # -- Tune's callback interface ---------------------------------------------------------------
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, stop: Stopper | None = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
         if self.stream is None or not self.is_tty or self._live is not None:
             return
         from rich.console import Console

@@ -55,6 +55,8 @@ class GroupASHA(FIFOScheduler):
 
     def _score(self, result: dict) -> float:
         value = result.get(self._metric)
+        if value is None:  # not reported
+            return -math.inf
         try:
             v = float(value)
         except (TypeError, ValueError):

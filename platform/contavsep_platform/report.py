@@ -55,6 +55,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from contavsep.metric_names import FINAL_PREFIX, final_name, step_name_of_final
 from contavsep.suggest import did_you_mean
 from contavsep_platform.artifacts import (
     final_scores_figure,
@@ -95,7 +96,6 @@ from contavsep_platform.spaces import (
 )
 from contavsep_platform.tracking import (
     CONFIG_TAG,
-    FINAL_PREFIX,
     PARENT_TAG,
     ROLE_TAG,
     STAGE_TAG,
@@ -124,9 +124,6 @@ _GROUP_KEYS = ("strategy.name",)
 NOT_HYPERPARAMETERS = ("data.uri", "data.cache_dir", "train.device", "model.weights")
 # Keys a repeat sets (spaces.RepeatSpec): the same configuration on another seed / class order.
 REPEAT_KEYS = REPEAT_CONFIG_KEYS
-# final/<prefix><m> -> <group>/<m>: the logged names of tracking.final_metrics, back to the
-# names of the engine's summary that spaces and comparisons use.
-_FINAL_GROUPS = (("forgetting_", "forgetting/"), ("bwt_", "bwt/"), ("avg_incremental_", "average_incremental/"))
 # Estimated for every ranked method (the sweep metric first, then these, then the objectives).
 RANKING_COLUMNS = ("sdr", "sir", "sar", "forgetting/sdr", "bwt/sdr")
 PARETO_FILE = "pareto.png"
@@ -145,15 +142,7 @@ class SweepNotFoundError(UserError):
 def comparison_name(key: str) -> str:
     """An MLflow metric key as a comparison value name: ``final/forgetting_sdr`` ->
     ``forgetting/sdr``, ``final/sdr`` -> ``sdr``; other keys (``memory/clips``) are unchanged."""
-    if not key.startswith(FINAL_PREFIX):
-        return key
-    name = key[len(FINAL_PREFIX):]
-    split = "val/" if name.startswith("val/") else ""  # final/val/forgetting_sdr -> val/forgetting/sdr
-    name = name.removeprefix(split)
-    for prefix, group in _FINAL_GROUPS:
-        if name.startswith(prefix):
-            return split + group + name[len(prefix):]
-    return split + name
+    return step_name_of_final(key)
 
 
 def _param_value(text: str) -> object:
@@ -200,10 +189,11 @@ class TrialRecord:
     @property
     def complete(self) -> bool:
         """Finished the whole task sequence (has final metrics)."""
-        return f"{FINAL_PREFIX}sdr" in self.metrics
+        return final_name("sdr") in self.metrics
 
     def final(self, name: str) -> float:
-        value = self.metrics.get(FINAL_PREFIX + name)
+        """A final value by step name (``sdr``, ``forgetting/sdr``); NaN where it was not logged."""
+        value = self.metrics.get(final_name(name))
         return math.nan if value is None else float(value)
 
     @property
@@ -402,7 +392,8 @@ def space_info(text: str) -> SpaceInfo:
         objectives = tuple((str(o["metric"]), str(o.get("mode", "max"))) for o in listed if isinstance(o, Mapping) and "metric" in o)
     elif raw.get("metric") is not None:
         objectives = ((str(raw["metric"]), str(raw.get("mode", "max"))),)
-    repeats = raw.get("repeats") if isinstance(raw.get("repeats"), Mapping) else {}
+    raw_repeats = raw.get("repeats")
+    repeats = raw_repeats if isinstance(raw_repeats, Mapping) else {}
     seeds, orders = repeats.get("seeds", 1 if repeats else None), repeats.get("class_orders", 1 if repeats else None)
     select_on = str(raw.get("select_on", "val"))
     objectives = tuple((named_metric(m, select_on if select_on in SPLITS else "val"), mode) for m, mode in objectives)
@@ -657,11 +648,11 @@ def build_report(
     }
     steps = sorted({s for points in per_step.values() for s, _ in points})
     if steps:
-        rows = []
+        step_rows: list[list[str | None]] = []  # None: no value at that step ('-')
         for label, points in per_step.items():
             by_step = dict(points)
-            rows.append([label] + [_with_n(by_step[s]) if s in by_step else None for s in steps])
-        md.append(markdown_table(["method"] + [f"step {s + 1}" for s in steps], rows))
+            step_rows.append([label, *(_with_n(by_step[s]) if s in by_step else None for s in steps)])
+        md.append(markdown_table(["method"] + [f"step {s + 1}" for s in steps], step_rows))
         curves = {label: [(s, e.mean) for s, e in points] for label, points in per_step.items()}
         bands = {label: [(s, e.low, e.high) for s, e in points] for label, points in per_step.items()}
         files.append(save_figure(strategy_curves_figure(curves, bands=bands), out / STEP_FILE))
@@ -691,7 +682,7 @@ def build_report(
     md += ["## All runs", ""]
     if trials:
         header = ["run", "stage", "configuration", "repeat", "method", "status", "steps done", "final SDR", "forgetting SDR"]
-        rows = []
+        run_rows: list[list[object]] = []
 
         def method_of(t: TrialRecord) -> str:
             return f"{strategy_label(t.strategy)} ({', '.join([f'mem {t.memory_per_class}', *(t.params.get(k, '?') for k in space.factors)])})"
@@ -706,12 +697,13 @@ def build_report(
             status = "complete" if t.complete else t.status
             if record.run_id not in counted:
                 status += f" (repeats {trial_of[table.duplicates[record.run_id]].name}; not counted)"
-            rows.append([t.name, t.stage, record.config_id, record.repeat, method_of(t),
-                         status, _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr")])
+            run_rows.append([t.name, t.stage, record.config_id, record.repeat, method_of(t), status,
+                             _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting/sdr")])
         for t in search_trials if confirm_trials else ():  # what chose the confirmed configurations
-            rows.append([t.name, t.stage, t.config_id, t.repeat, method_of(t), "complete" if t.complete else t.status,
-                         _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting_sdr")])
-        md.append(markdown_table(header, rows))
+            run_rows.append([t.name, t.stage, t.config_id, t.repeat, method_of(t),
+                             "complete" if t.complete else t.status,
+                             _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting/sdr")])
+        md.append(markdown_table(header, run_rows))
     else:
         md.append("No runs logged.")
     text = "\n".join(md) + "\n"

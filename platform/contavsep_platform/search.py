@@ -47,7 +47,7 @@ from contavsep_platform.spaces import (
     SearchSpace,
     make_sampler,
 )
-from contavsep_platform.study import StudyJournal
+from contavsep_platform.study import Direction, StudyJournal
 
 log = logging.getLogger("contavsep.search")
 
@@ -73,7 +73,8 @@ class Group:
     optuna_trials: list[int]  # numbers of the Optuna trial that proposed it, then of its aliases
     members: dict[str, str] = field(default_factory=dict)  # repeat label -> Tune trial id
     outcomes: dict[str, str] = field(default_factory=dict)  # repeat label -> complete | pruned | error
-    values: dict[str, list[float]] = field(default_factory=dict)  # repeat label -> objective values
+    # repeat label -> objective values (None: the run reported no finite value for it)
+    values: dict[str, list[float | None]] = field(default_factory=dict)
     told: tuple[str, list[float] | None] | None = None  # what Optuna was told: (state, values)
 
 
@@ -99,7 +100,8 @@ class GroupedOptunaSearch(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric and mode come from the space
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates suggest as returning dict | None, but documents (and checks for) Searcher.FINISHED, a str.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         if not self.queue and not self._propose():
             return Searcher.FINISHED
         config_id, label = self.queue.pop(0)
@@ -166,7 +168,7 @@ class GroupedOptunaSearch(Searcher):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        directions = ["maximize" if o.mode == "max" else "minimize" for o in self.objectives]
+        directions: list[Direction] = ["maximize" if o.mode == "max" else "minimize" for o in self.objectives]
         if self.journal is None:
             self._study, created = optuna.create_study(sampler=make_sampler(self.space), directions=directions), True
         else:
@@ -230,11 +232,13 @@ class GroupedOptunaSearch(Searcher):
         from optuna.trial import TrialState
 
         outcomes = set(group.outcomes.values())
+        told: tuple[str, list[float] | None]
         if outcomes == {"complete"}:
             columns = list(zip(*group.values.values()))
-            values = [_mean(c) for c in columns]
-            state = TrialState.COMPLETE if all(v is not None for v in values) else TrialState.FAIL
-            told = (state.name, values if state == TrialState.COMPLETE else None)
+            means = [_mean(c) for c in columns]
+            values = [v for v in means if v is not None]
+            # COMPLETE needs every objective's mean; one missing fails the trial.
+            told = (TrialState.COMPLETE.name, values) if len(values) == len(means) else (TrialState.FAIL.name, None)
         elif "error" in outcomes:
             told = (TrialState.FAIL.name, None)
         else:
@@ -250,6 +254,7 @@ class GroupedOptunaSearch(Searcher):
         state = TrialState[state_name]
         # skip_if_finished: a journal ahead of Tune's checkpoint may have this outcome already.
         if state == TrialState.COMPLETE:
+            assert values is not None  # _tell tells COMPLETE only with every objective's value
             self.study.tell(number, values if len(values) > 1 else values[0], skip_if_finished=True)
         else:
             self.study.tell(number, state=state, skip_if_finished=True)

@@ -23,10 +23,10 @@ the report page shows instead of an image.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import matplotlib
 import numpy as np
@@ -34,6 +34,9 @@ from matplotlib.figure import Figure
 
 from contavsep_platform.artifacts import save_figure
 from contavsep_platform.comparison import Comparison, Configuration
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 IMPORTANCE_FILE = "importance.png"
 PARALLEL_FILE = "parallel_coordinates.png"
@@ -81,7 +84,7 @@ def _varying(configs: Sequence[Configuration], key: str) -> bool:
     return len({str(_value(c, key)) for c in configs}) > 1
 
 
-def _numeric(values: Sequence[object]) -> bool:
+def _numeric(values: Sequence[object]) -> TypeGuard[Sequence[int | float]]:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
@@ -92,9 +95,14 @@ def _distribution(values: Sequence[object]) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     if _numeric(values):
-        lo, hi = float(min(values)), float(max(values))  # type: ignore[type-var]
+        lo, hi = float(min(values)), float(max(values))
         return FloatDistribution(lo, hi, log=lo > 0 and hi / lo > LOG_SPAN)
     return CategoricalDistribution(sorted({str(v) for v in values}))
+
+
+def _objective_value(i: int) -> Callable[[FrozenTrial], float]:
+    """Optuna's importance target for the ``i``-th objective of a multi-objective trial."""
+    return lambda t: t.values[i]
 
 
 def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectives: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
@@ -115,7 +123,7 @@ def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectiv
     out = []
     for i in range(len(objectives)):
         scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=list(keys),
-                                       target=lambda t, i=i: t.values[i], normalize=True)
+                                       target=_objective_value(i), normalize=True)
         out.append({k: float(scores.get(k, 0.0)) for k in keys})
     return out
 
@@ -218,7 +226,8 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
             pos = np.array([levels.index(str(v)) * step if v is not None else np.nan for v in values], dtype=float)
             columns.append((pos, levels, [i * step for i in range(len(levels))]))
             continue
-        x = np.array([float(v) if v is not None else np.nan for v in values])
+        # _numeric(present): every value that is not None is an int or a float.
+        x = np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in values])
         lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
         log = lo > 0 and hi / lo > LOG_SPAN
         t = np.log10(x) if log else x
@@ -232,14 +241,14 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     fig = Figure(figsize=(max(6.0, 1.6 * len(axes_names)), 4.2), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"]
-    xs = np.arange(len(axes_names))
+    xs = np.arange(len(axes_names))  # one axis per column, at x = 0, 1, ...
     for i in range(len(configs)):
         ys = np.array([col[0][i] for col in columns])
         ax.plot(xs, ys, color=cmap(norm[i] if mode == "max" else 1 - norm[i]), alpha=0.8, linewidth=1.5, marker="o", markersize=3)
-    for x, (_, labels, ticks) in zip(xs, columns):
-        ax.axvline(x, color="0.6", linewidth=0.8)
+    for axis_x, (_, labels, ticks) in enumerate(columns):
+        ax.axvline(axis_x, color="0.6", linewidth=0.8)
         for label, y in zip(labels, ticks):
-            ax.text(x + 0.03, y, label, fontsize=7, va="center")
+            ax.text(axis_x + 0.03, y, label, fontsize=7, va="center")
     ax.set_xticks(xs, axes_names, rotation=20, ha="right", fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(-0.08, 1.08)
@@ -303,6 +312,7 @@ def r_matrices_view(best_runs: Mapping[str, tuple[str, Mapping[str, Any] | None]
         if seen.size > 1:
             findings.append(f"{label.splitlines()[0]}: task 1 {seen[0]:.2f} dB after step 1, {seen[-1]:.2f} dB after the"
                             f" last step ({seen[-1] - seen[0]:+.2f})")
+    assert image is not None  # matrices is not empty, so the loop drew at least one
     fig.colorbar(image, ax=list(axes), shrink=0.8, label=f"{metric.upper()} (dB)")
     caption = ("R[i][j]: mean score after step i on the classes of task j, of the best run (highest final value) of"
                " each strategy's best configuration; below the diagonal is what it kept of earlier tasks. Runs: "

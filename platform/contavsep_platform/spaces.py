@@ -60,10 +60,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from contavsep.config import (
     LEGACY_DEFAULTS,
+    LEGACY_STRATEGY_DEFAULTS,
     RETIRED_KEYS,
     SPEED_KEYS,
     Config,
@@ -73,8 +74,12 @@ from contavsep.config import (
     valid_keys,
     yaml_error_line,
 )
+from contavsep.metric_names import SCORES, group_name
 from contavsep.suggest import did_you_mean
 from contavsep_platform.errors import PlatformError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 STRATEGY_KEY = "strategy.name"
 STORAGE_PLACEHOLDER = "{storage}"
@@ -89,13 +94,11 @@ REPEAT_CONFIG_KEYS = ("train.seed", "data.seed", "data.shuffle_classes")
 # Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
 # they do not exist at step 1, where ASHA already compares trials).
 OBJECTIVES = (
-    "sdr", "sir", "sar", "sdri", "sdr_new", "sir_new", "sar_new",
-    "average_incremental/sdr", "average_incremental/sir", "average_incremental/sar",
+    *SCORES, "sdri", *(f"{m}_new" for m in SCORES), *(group_name("average_incremental", m) for m in SCORES),
 )
 # Values that may be further objectives (final values only; the first objective is pruned on).
 FINAL_OBJECTIVES = OBJECTIVES + (
-    "sdr_old", "sir_old", "sar_old", "forgetting/sdr", "forgetting/sir", "forgetting/sar",
-    "bwt/sdr", "bwt/sir", "bwt/sar", "memory/clips",
+    *(f"{m}_old" for m in SCORES), *(group_name(group, m) for group in ("forgetting", "bwt") for m in SCORES), "memory/clips",
 )
 # The first step whose evaluation includes old classes, as Tune's completed-steps count: a rung
 # before it compares trials that have not met forgetting yet (step 1 is plain supervised training).
@@ -229,6 +232,11 @@ class Distribution:
             return list(self.choices)
         return [self.low, self.high]
 
+    def _bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a uniform, loguniform or int distribution (the parser always sets both)."""
+        assert self.low is not None and self.high is not None, f"a {self.kind} distribution without bounds"
+        return self.low, self.high
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a value this distribution can produce (for starting points)."""
         if self.kind == "fixed":
@@ -237,13 +245,14 @@ class Distribution:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if not self.low <= value <= self.high:
+        low, high = self._bounds()
+        if not low <= value <= high:
             return False
         if self.kind == "int":
             step = int(self.step or 1)
-            return float(value).is_integer() and (int(value) - int(self.low)) % step == 0
+            return float(value).is_integer() and (int(value) - int(low)) % step == 0
         if self.kind == "uniform" and self.step:
-            ratio = (value - self.low) / self.step
+            ratio = (value - low) / self.step
             return abs(ratio - round(ratio)) < 1e-9
         return True
 
@@ -254,7 +263,8 @@ class Distribution:
         if self.kind == "loguniform":
             return trial.suggest_float(name, self.low, self.high, log=True)
         if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+            low, high = self._bounds()
+            return trial.suggest_int(name, int(low), int(high), step=int(self.step or 1), log=self.log)
         if self.kind == "choice":
             return trial.suggest_categorical(name, list(self.choices))
         raise ValueError(f"a fixed value is not suggested ({name})")
@@ -644,13 +654,16 @@ class DefineByRun:
 # loading and validation
 
 
-def _section(raw: Any, where: str, cls: type, aliases: Mapping[str, str] | None = None) -> Any:
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _section(raw: Any, where: str, cls: type[_Section], aliases: Mapping[str, str] | None = None) -> _Section:
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
         raise SpaceError(f"{where} must be a mapping, got {raw!r}")
     names = list(cls.__dataclass_fields__)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         key = (aliases or {}).get(key, key)
         if key not in names:
@@ -823,7 +836,12 @@ def fingerprint(space: SearchSpace) -> dict[str, str]:
     """What defines a sweep's trials, as {dotted key: text}: stored with the sweep so that a
     ``--resume`` with another space (or ``--set``) is refused naming the keys that differ."""
     # The resolved config of the base: a value from the YAML (3) and from --set ('3') are one value.
-    out = {f"base.{k}": repr(v) for k, v in flat(_build(space.base, "base")).items()}
+    out = {f"base.{k}": repr(v) for k, v in flat(_build_base(space.base, "base")).items() if not _is_strategy_key(k)}
+    # base's strategy keys, typed as every strategy of the space reads them (validate_space checked they all have them)
+    own = [k for k in space.base if _is_strategy_key(k)]
+    if own:
+        typed = flat(_build({**space.base, STRATEGY_KEY: next(iter(space.strategies))}, "base"))
+        out.update({f"base.{k}": repr(typed[k]) for k in own})
     for name, params in space.strategies.items():
         out[f"strategies.{name}"] = "(searched)"
         out.update({f"strategies.{name}.{k}": d.describe() for k, d in params.items()})
@@ -851,6 +869,10 @@ def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -
     ignored = set(_RESUMABLE_KEYS) | {f"base.{k}" for k in RETIRED_KEYS}
     # ... and may lack keys added since, which meant the value in effect then
     stored = {**{f"base.{k}": repr(v) for k, v in LEGACY_DEFAULTS.items()}, **stored}
+    # ... and, written before each strategy declared its own keys, holds the default strategy's
+    # keys at their defaults (what the base did not set): those were never the base's
+    legacy = {f"base.{k}": repr(v) for k, v in {**LEGACY_STRATEGY_DEFAULTS, STRATEGY_KEY: "contavsep"}.items()}
+    stored = {k: v for k, v in stored.items() if k in now or legacy.get(k) != v}
     return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
             for k in sorted(set(stored) | set(now)) if k not in ignored and stored.get(k) != now.get(k)]
 
@@ -872,6 +894,16 @@ def _build(overrides: Mapping[str, Any], where: str) -> Config:
         raise SpaceError(f"{where}: {exc}") from None
 
 
+def _is_strategy_key(key: str) -> bool:
+    return key.startswith("strategy.") and key != STRATEGY_KEY
+
+
+def _build_base(base: Mapping[str, Any], where: str) -> Config:
+    """The base's config without its strategy keys: those belong to each strategy of the space,
+    and are checked when each strategy's config is built (with the strategy's own Params)."""
+    return _build({k: v for k, v in base.items() if not _is_strategy_key(k)}, where)
+
+
 def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
     """Check every key, strategy, bound, choice and setting; return the space with
     ``num_steps`` filled in and starting points completed. Raises :class:`SpaceError`."""
@@ -883,7 +915,7 @@ def validate_space(space: SearchSpace, source: str = "<space>") -> SearchSpace:
             raise SpaceError(f"{where}: base must not set {STRATEGY_KEY}; list strategies under 'strategies'")
         if key != "preset":
             _check_key(key, f"{where}: base")
-    base_cfg = _build(space.base, f"{where}: base")
+    base_cfg = _build_base(space.base, f"{where}: base")
     if base_cfg.model.weights:  # every trial would fail on a missing file: refuse it before any starts
         from contavsep.models.weights_file import WeightsError, weights_path
 

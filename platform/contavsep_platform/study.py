@@ -23,13 +23,15 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from contavsep import storage
 
 log = logging.getLogger("contavsep.study")
 
 JOURNAL_FILE = "optuna-journal.log"
+# An objective's direction, as optuna.create_study takes it.
+Direction = Literal["minimize", "maximize"]
 
 
 def journal_uri(sweep_uri: str) -> str:
@@ -98,7 +100,7 @@ class StudyJournal:
         # The open-lock (O_EXCL lock file) works on every filesystem the storage may be on.
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
-    def open(self, directions: list[str], sampler: Any) -> tuple[Any, bool]:
+    def open(self, directions: list[Direction], sampler: Any) -> tuple[Any, bool]:
         """The study: created when the journal has none of that name, else loaded (its trials
         kept). Returns ``(study, created)``."""
         import optuna

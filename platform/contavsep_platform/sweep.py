@@ -956,7 +956,7 @@ class ConfirmStage:
         comparison = comparison_of(rows, confirm, chosen_on)
         objectives = tuple(zip(published_keys(confirm), (o.mode for o in confirm.objectives)))
         pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
-        if stage_run is not None:
+        if self.tracking_uri and stage_run is not None:  # a stage run is only opened with tracking
             from contavsep_platform.tracking import end_stage_run
 
             end_stage_run(self.tracking_uri, stage_run, "KILLED" if interrupted else "FAILED" if any(

@@ -118,7 +118,8 @@ def note_ray_logs(log_file: TextIO) -> None:
     try:
         import ray
 
-        logs = ray._private.worker._global_node.get_logs_dir_path()  # private in Ray 2.60; only a pointer
+        # Private in Ray 2.60; only a pointer. Ray declares `_global_node = None` and sets a Node when it starts.
+        logs = ray._private.worker._global_node.get_logs_dir_path()  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - attached to a cluster (no local node) or another Ray: nothing to name
         return
     print(f"Ray's process logs (GCS, raylet, workers): {logs}", file=log_file, flush=True)

@@ -14,9 +14,11 @@ What lands in MLflow (names are the report's and the UI's vocabulary):
   ``contavsep.trial``, ``contavsep.strategy`` and the parent's ``contavsep.sweep``; the same
   dataset input; MLflow's system metrics (``system/...``: CPU, memory, disk, network, GPU where
   one exists; :mod:`contavsep_platform.system_metrics`) every 10 s while the trial runs;
-  params = the flattened dotted config; metrics with ``step=k`` after every incremental step
-  (``sdr``, ``sdr_old``, ``sdr_new``, ``sir``, ``sar``, ``task_sdr/<j>``, ``loss/<term>``, ...,
-  plus ``forgetting/<m>`` and ``bwt/<m>`` as of that step); final metrics ``final/<name>``
+  params = the flattened dotted config (its strategy's keys alone); metrics with ``step=k``
+  after every incremental step, named as Tune gets them (:mod:`contavsep.metric_names`:
+  ``sdr``, ``sdr_old``, ``sdr_new``, ``sir``, ``sar``, ``task_sdr/<j>``, ``loss/<term>``, ...,
+  ``forgetting/<m>``, ``bwt/<m>``, ``average_incremental/<m>`` as of that step, ``val/...``);
+  final metrics ``final/<name>``
   (``final/sdr``, ``final/forgetting_sdr``, ``final/bwt_sdr``, ``final/avg_incremental_sdr``,
   ...); artifacts ``config.yaml``, ``results/R.json``, ``results/summary.json``,
   ``plots/R_matrices.png``, ``plots/step_curves.png`` and ``examples/<k>_<classes>/`` (WAVs and
@@ -56,14 +58,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_STATE
 
 from contavsep import storage
+from contavsep.metric_names import final_name, final_values, summary_values
 from contavsep.storage import S3Settings
 from contavsep_platform.artifacts import (
     example_dirname,
@@ -79,6 +84,8 @@ from contavsep_platform.mlflow_links import link_lines, run_url
 from contavsep_platform.system_metrics import RunSystemMetrics
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from contavsep.engine import Example, StepResult
 
 log = logging.getLogger("contavsep_platform.tracking")
@@ -101,7 +108,6 @@ MODEL_TRAINING_KIND = "custom_model_development"
 _UNCHOSEN_KINDS = frozenset({"", "no_inferred_type", "genai_development_inferred", "custom_model_development_inferred"})
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # MLflow's input tag for what a dataset was used for
 SYSTEM_METRICS_INTERVAL_S = 10.0  # seconds between two samples of a trial's system metrics
-FINAL_PREFIX = "final/"
 
 # MLflow's REST limits per log_batch call.
 _PARAMS_PER_BATCH = 100
@@ -199,7 +205,7 @@ class _Op:
     """One MLflow call to make, in order. ``call`` must be safe to repeat (it is retried whole)."""
 
     label: str
-    call: Callable[[], None]
+    call: Callable[[], object]  # what it returns is not used
     cleanup: Callable[[], None] | None = None  # runs once the op is done with (sent or dropped)
 
 
@@ -298,7 +304,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if exp.lifecycle_stage == "deleted":
         raise MlflowException(
             f"MLflow experiment '{name}' is deleted; restore it (`mlflow experiments restore`) or use another experiment name",
-            error_code="INVALID_STATE",
+            error_code=INVALID_STATE,
         )
     if exp.tags.get(EXPERIMENT_KIND_TAG, "") in _UNCHOSEN_KINDS:  # an experiment from before, or made elsewhere
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
@@ -372,40 +378,24 @@ def _as_metric_value(value: Any) -> float | None:
         return None
 
 
-def progress_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Forgetting and BWT as of a step, from a results summary (absent while undefined); the
-    validation results' as ``val/forgetting/<m>``, ``val/bwt/<m>``."""
-    out: dict[str, float] = {}
-    for prefix, part in (("", summary), ("val/", summary.get("val") or {})):
-        for group in ("forgetting", "bwt"):
-            for name, value in (part.get(group) or {}).items():
-                if value is not None:
-                    out[f"{prefix}{group}/{name}"] = float(value)
-    return out
+def step_values(result: StepResult) -> dict[str, float]:
+    """The MLflow metrics of one step: every value Tune gets with it
+    (:func:`contavsep_platform.trial.tune_metrics`), under the same names, less Tune's counters."""
+    values: dict[str, float] = {}
+    for key, value in result.metrics.items():
+        number = _as_metric_value(value)
+        if number is not None and key != "step":  # the step is the x axis, not a metric
+            values[key] = number
+    values.update(summary_values(result.summary or {}))
+    return values
 
 
 def final_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The ``final/...`` metrics of a finished trial from its results summary.
-
-    ``final/<m>``, ``final/<m>_old``, ``final/<m>_new`` (m in sdr, sir, sar) over the classes
-    seen after the last step, ``final/sdr_mix``, ``final/sdri``, ``final/forgetting_<m>``,
-    ``final/bwt_<m>``, ``final/avg_incremental_<m>``, ``final/sources``, ``final/skipped``; the
-    validation results' (``summary["val"]``) under ``final/val/`` with the same names.
-    Undefined values (None) are left out.
-    """
-    val = final_metrics(summary["val"]) if summary.get("val") else {}
-    out: dict[str, Any] = {}
-    last = summary.get("final") or {}
-    for key, value in last.items():
-        if key != "step":
-            out[key] = value
-    for group, prefix in (("forgetting", "forgetting_"), ("bwt", "bwt_"), ("average_incremental", "avg_incremental_")):
-        for name, value in (summary.get(group) or {}).items():
-            out[prefix + name] = value
-    out["skipped"] = summary.get("skipped", last.get("skipped"))
-    finals = {FINAL_PREFIX + k: v for k, v in ((k, _as_metric_value(v)) for k, v in out.items()) if v is not None}
-    finals.update({FINAL_PREFIX + "val/" + k.removeprefix(FINAL_PREFIX): v for k, v in val.items()})
-    return finals
+    """The ``final/...`` MLflow metrics of a finished trial, from its results summary: every
+    value of :func:`contavsep.metric_names.final_values` under its final name
+    (:func:`contavsep.metric_names.final_name`: ``final/sdr``, ``final/forgetting_sdr``,
+    ``final/val/sdr``, ...). Undefined values are left out."""
+    return {final_name(k): v for k, v in final_values(summary).items()}
 
 
 def _metrics_batches(values: Mapping[str, float], step: int, timestamp_ms: int) -> list[list[Metric]]:
@@ -449,14 +439,21 @@ class _RunLogger:
     def require_run(self) -> str:
         if self.run_id is None:
             # The run could not be opened for a non-transient reason (already warned).
-            raise MlflowException("no MLflow run to log to", error_code="INVALID_STATE")
+            raise MlflowException("no MLflow run to log to", error_code=INVALID_STATE)
         return self.run_id
+
+    def require_experiment(self) -> str:
+        """The run's experiment id: set with the run (before its id), so there whenever the run is."""
+        self.require_run()
+        if self.experiment_id is None:
+            raise MlflowException("no MLflow experiment of the run", error_code=INVALID_STATE)
+        return self.experiment_id
 
     def queue_metrics(self, values: Mapping[str, float], step: int, label: str) -> None:
         # The timestamp is taken now, not at send time: buffered points keep their real time.
         timestamp_ms = int(time.time() * 1000)
         for batch in _metrics_batches(values, step, timestamp_ms):
-            self.outbox.add(_Op(label, lambda b=batch: self.log_metrics_once(b)))
+            self.outbox.add(_Op(label, partial(self.log_metrics_once, batch)))
 
     def log_metrics_once(self, batch: list[Metric]) -> None:
         """Log ``batch`` (one step) unless its first metric already has a point at that step.
@@ -641,10 +638,10 @@ class SweepTracker:
         """Child runs still RUNNING when the sweep ends were stopped (by the scheduler, or a
         failure that could not report): mark them KILLED so the UI does not show them live."""
         client = run_log.client
-        run_log.require_run()
+        experiment = run_log.require_experiment()
         # every run of the sweep below its parent: trials of both stages and the confirmation stage's run
         for run in client.search_runs(
-            [run_log.experiment_id], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and"
+            [experiment], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and"
             f" tags.`{ROLE_TAG}` != 'sweep' and attributes.status = 'RUNNING'", max_results=10000
         ):
             client.set_tag(run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)")
@@ -653,8 +650,8 @@ class SweepTracker:
     def _tag_pareto_trials(self, run_log: _RunLogger, trial_ids: list[str]) -> None:
         """Tag the child runs of Pareto-optimal configurations (``contavsep.pareto = true``)."""
         client = run_log.client
-        run_log.require_run()
-        for run in client.search_runs([run_log.experiment_id], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')}"
+        experiment = run_log.require_experiment()
+        for run in client.search_runs([experiment], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')}"
                                       f" and tags.`{ROLE_TAG}` = 'trial'", max_results=10000):
             if run.data.tags.get(TRIAL_TAG) in trial_ids:
                 client.set_tag(run.info.run_id, PARETO_TAG, "true")
@@ -919,20 +916,14 @@ class TrialTracker:
         assert self._log is not None
         base = "examples" if not self.examples_every_step else f"examples/step={step}"
         for index, example in enumerate(examples):
-            self._log.queue_files(lambda d, e=example: write_example(e, d), f"{base}/{example_dirname(index, example)}",
+            self._log.queue_files(partial(write_example, example), f"{base}/{example_dirname(index, example)}",
                                   f"example {index} of step {step}")
 
     def log_step(self, result: StepResult) -> None:
         """Metrics of one incremental step with ``step=result.step`` (and examples at the last)."""
         if self._log is None:
             return
-        values: dict[str, float] = {}
-        for key, value in result.metrics.items():
-            number = _as_metric_value(value)
-            if number is not None and key != "step":  # the step is the x axis, not a metric
-                values[key] = number
-        values.update(progress_metrics(result.summary or {}))
-        self._log.queue_metrics(values, result.step, f"metrics of step {result.step}")
+        self._log.queue_metrics(step_values(result), result.step, f"metrics of step {result.step}")
         if result.examples and (result.is_last or self.examples_every_step):
             self._queue_examples(result.examples, result.step)
         self._log.outbox.flush()
@@ -969,6 +960,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _save_plot(draw: Callable[[Mapping[str, Any]], Figure], summary: Mapping[str, Any], name: str,
+               directory: Path) -> Path:
+    """Draw ``summary`` with ``draw`` and save the figure as ``directory / name``."""
+    return save_figure(draw(summary), directory / name)
+
+
 def _queue_trial_final(run_log: _RunLogger, summary: Mapping[str, Any], config_yaml: str) -> None:
     """Queue a trial run's end (what :meth:`TrialTracker.log_final` sends; repeatable)."""
     if summary:
@@ -976,7 +973,7 @@ def _queue_trial_final(run_log: _RunLogger, summary: Mapping[str, Any], config_y
         run_log.queue_text("R.json", r_matrices_json(summary), "results")
         run_log.queue_text("summary.json", json.dumps(summary, indent=2, default=_json_default), "results")
         for name, draw in (("R_matrices.png", r_matrix_figure), ("step_curves.png", step_curves_figure)):
-            run_log.queue_files(lambda d, n=name, f=draw: save_figure(f(summary), d / n), "plots", f"plot {name}")
+            run_log.queue_files(partial(_save_plot, draw, summary, name), "plots", f"plot {name}")
     run_log.queue_text("config.yaml", config_yaml)
     run_log.queue_tags({"contavsep.complete": "true"}, "completion tag")
     run_log.queue_status("FINISHED")

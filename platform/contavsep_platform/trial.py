@@ -31,8 +31,9 @@ from typing import Any
 
 from contavsep import storage
 from contavsep.config import Config, flat, to_yaml
-from contavsep.engine import VAL_PREFIX, Distributed, StepResult
+from contavsep.engine import Distributed, StepResult
 from contavsep.first_step import FIRST_STEPS_DIR, FirstStepStore
+from contavsep.metric_names import completed_steps, summary_values, val_name
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.spaces import GROUP_KEY, SearchSpace
 
@@ -46,9 +47,6 @@ WORKERS_KEY = "workers"  # Train workers (DDP ranks) of the trial
 # The placement group of the trial's Train workers (hex id): the sweep removes it once Tune has
 # stopped the trial (see sweep.PlacementGroupReaper).
 PLACEMENT_GROUP_KEY = "placement_group"
-# Summary values copied into every Tune result, so the final table and Tune's best-trial logic
-# see forgetting without reading MLflow.
-SUMMARY_GROUPS = ("forgetting", "bwt", "average_incremental")
 
 
 @dataclass(frozen=True)
@@ -84,12 +82,8 @@ def s3_settings() -> storage.S3Settings | None:
 def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, worker_seconds: float) -> dict[str, Any]:
     """The Tune/Train result of one step: the engine's metrics, summary values, step counters."""
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    for prefix, summary in (("", result.summary), (VAL_PREFIX, result.summary.get("val") or {})):
-        for group in SUMMARY_GROUPS:
-            for name, value in (summary.get(group) or {}).items():
-                if value is not None:
-                    metrics[f"{prefix}{group}/{name}"] = float(value)
-    metrics[STEP_KEY] = float(result.step + 1)
+    metrics.update(summary_values(result.summary))
+    metrics[STEP_KEY] = float(completed_steps(result.step))
     metrics[NUM_STEPS_KEY] = float(num_steps)
     metrics[ENGINE_TIME_KEY] = engine_seconds
     metrics[WORKER_TIME_KEY] = worker_seconds
@@ -149,7 +143,7 @@ class TrainReporter:
         with tempfile.TemporaryDirectory(prefix="contavsep-ckpt-") as tmp:
             directory = save_checkpoint(Path(tmp) / name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name)
-        log.info("trial step %d/%d reported (%s %.3f)", result.step + 1, self.num_steps, self.metric, metrics[self.metric])
+        log.info("trial step %d/%d reported (%s %.3f)", completed_steps(result.step), self.num_steps, self.metric, metrics[self.metric])
 
 
 def _distributed(rank: int, world_size: int) -> Distributed:
@@ -181,7 +175,7 @@ def restored_result(state: Any) -> StepResult:
     metrics, summary = step_metrics(results, state.step), results.summary(state.step)
     if state.val_results is not None:
         val = ContinualResults.from_state_dict(state.val_results)
-        metrics.update({VAL_PREFIX + k: v for k, v in step_metrics(val, state.step).items()})
+        metrics.update({val_name(k): v for k, v in step_metrics(val, state.step).items()})
         summary["val"] = val.summary(state.step)
     return StepResult(state.step, metrics, summary, [], is_last=state.step + 1 == results.num_steps)
 
@@ -225,7 +219,8 @@ def latest_intact_checkpoint(uri: str, into: Path, settings: storage.S3Settings 
     """
     from contavsep.checkpoint import load_checkpoint
 
-    names = sorted((n for n in storage.list_dir(uri, settings) if _step_index(n) is not None), key=_step_index, reverse=True)
+    step_of = {n: k for n in storage.list_dir(uri, settings) if (k := _step_index(n)) is not None}
+    names = sorted(step_of, key=step_of.__getitem__, reverse=True)
     for name in names:
         source = storage.join(uri, name)
         local = into / name
@@ -317,7 +312,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=context.space.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),  # one per step: all kept
-            callbacks=[TuneReportCallback()],
+            # mypy sees ray.train's v1 RunConfig (Tune callbacks); trials run v2 (sweep.TRAIN_V2_ENV), which takes this.
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()

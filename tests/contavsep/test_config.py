@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from contavsep.config import (
+    LEGACY_STRATEGY_DEFAULTS,
     PRESETS,
     Config,
     ConfigError,
@@ -21,9 +22,9 @@ def test_paper_defaults_match_the_paper():
     cfg = make_config("paper")
     assert (cfg.audio.sample_rate, cfg.audio.clip_samples, cfg.audio.n_fft, cfg.audio.hop) == (11025, 65535, 1022, 256)
     assert cfg.audio.warp_bins == 256
-    s = cfg.strategy
+    s = cfg.strategy.params
     assert (s.lambda_ins, s.lambda_cls, s.lambda_dist, s.temperature) == (0.1, 0.3, 0.3, 0.05)
-    assert s.crosssdc_form == "anchors"  # old features as CrossSDC keys only (ARCHITECTURE.md section 4)
+    assert s.crosssdc_form == "anchors"  # old features as CrossSDC keys only (docs/architecture.md section 4)
     assert cfg.memory.per_class == 1
     assert (cfg.data.num_steps, cfg.data.classes_per_step) == (4, 5)
     # the reference's budget: batch 32, 100 epochs of the 40x list per step, derived per step
@@ -42,7 +43,7 @@ def test_every_preset_is_valid_and_frozen(preset):
 
 def test_dotted_overrides_are_typed_from_strings():
     cfg = make_config("tiny", parse_overrides(["strategy.lambda_ins=0.25", "memory.per_class=3", "train.amp=false"]))
-    assert cfg.strategy.lambda_ins == 0.25 and isinstance(cfg.strategy.lambda_ins, float)
+    assert cfg.strategy.params.lambda_ins == 0.25 and isinstance(cfg.strategy.params.lambda_ins, float)
     assert cfg.memory.per_class == 3 and isinstance(cfg.memory.per_class, int)
     assert cfg.train.amp is False
     # the preset's own sizes survive overrides of other keys
@@ -83,7 +84,7 @@ def test_wrong_values_are_refused_with_the_key(override, expected):
 
 
 def test_crosssdc_form_override():
-    assert make_config("tiny", {"strategy.crosssdc_form": "reference"}).strategy.crosssdc_form == "reference"
+    assert make_config("tiny", {"strategy.crosssdc_form": "reference"}).strategy.params.crosssdc_form == "reference"
 
 
 def test_unknown_preset():
@@ -94,9 +95,19 @@ def test_unknown_preset():
 def test_flat_round_trip_and_vocabulary():
     cfg = make_config("small", {"strategy.name": "ewc", "strategy.lambda_ewc": 50})
     items = flat(cfg)
-    assert list(items) == valid_keys(Config)
+    assert list(items) == valid_keys(Config, strategy="ewc")
     assert items["strategy.lambda_ewc"] == 50.0 and items["preset"] == "small"
     assert from_flat(items) == cfg
+
+
+def test_a_config_stored_before_strategies_declared_their_own_keys_reads_as_its_strategy():
+    # Checkpoints and sweep records written before issue 21 hold every strategy's keys; the ones
+    # the stored strategy does not have meant nothing to it and are dropped on reading.
+    cfg = make_config("small", {"strategy.name": "lwf", "strategy.lambda_dist": 0.7})
+    legacy = {**LEGACY_STRATEGY_DEFAULTS, **flat(cfg)}
+    assert "strategy.lambda_ewc" in legacy and "strategy.lambda_ewc" not in flat(cfg)
+    assert from_flat(legacy) == cfg
+    assert from_flat({**legacy, "strategy.lambda_dist": 0.3}) != cfg  # its own keys still count
 
 
 def test_yaml_overlay_nested_and_dotted(tmp_path):
@@ -104,7 +115,7 @@ def test_yaml_overlay_nested_and_dotted(tmp_path):
     path.write_text("preset: tiny\nstrategy:\n  name: lwf\n  lambda_dist: 0.7\nmemory.per_class: 0\n")
     cfg = make_config(yaml_path=path, overrides={"strategy.lambda_dist": 0.9})
     assert cfg.preset == "tiny" and cfg.strategy.name == "lwf"
-    assert cfg.strategy.lambda_dist == 0.9  # --set wins over the YAML
+    assert cfg.strategy.params.lambda_dist == 0.9  # --set wins over the YAML
     assert cfg.memory.per_class == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy:\n  lamda_dist: 1\n")
@@ -117,7 +128,7 @@ def test_yaml_overlay_nested_and_dotted(tmp_path):
 def test_apply_overrides_keeps_preset_and_validates():
     cfg = make_config("tiny")
     out = apply_overrides(cfg, {"strategy.temperature": 0.1})
-    assert out.strategy.temperature == 0.1 and out.audio == cfg.audio
+    assert out.strategy.params.temperature == 0.1 and out.audio == cfg.audio
     with pytest.raises(ConfigError, match="strategy.temperature must be > 0"):
         apply_overrides(cfg, {"strategy.temperature": 0})
     with pytest.raises(ConfigError, match="preset"):

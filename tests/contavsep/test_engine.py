@@ -11,20 +11,13 @@ import pytest
 import torch
 
 from contavsep.checkpoint import CheckpointError, load_checkpoint
-from contavsep.config import ConfigError, make_config
+from contavsep.config import LEGACY_STRATEGY_DEFAULTS, ConfigError, make_config
 from contavsep.data.reader import open_dataset
 from contavsep.data.synth import SynthConfig, build_synthetic
 from contavsep.engine import Engine, run_sequence
+from contavsep.testing import TINY_SEQUENCE
 
-SETTINGS = {
-    "data.classes_per_step": 2,
-    "data.num_steps": 2,
-    "train.iters_per_step": 3,
-    "train.batch_size": 4,
-    "memory.per_class": 1,
-    "eval.windows_per_clip": 2,
-    "eval.pairs_per_clip": 1,
-}
+SETTINGS = TINY_SEQUENCE
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +90,8 @@ def test_a_model_that_does_not_change_forgets_exactly_nothing(dataset):
 @pytest.mark.parametrize("strategy", ["finetune", "ewc", "contavsep"])
 def test_resume_from_a_step_checkpoint_reproduces_the_uninterrupted_run(dataset, tmp_path, strategy):
     _, table = dataset
-    cfg = _cfg(**{"strategy.name": strategy, "strategy.fisher_batches": 2})
+    few_fisher_batches = {"strategy.fisher_batches": 2} if strategy == "ewc" else {}
+    cfg = _cfg(**{"strategy.name": strategy, **few_fisher_batches})
     full = Collect(tmp_path / "full")
     final_full = run_sequence(cfg, table, reporter=full)
 
@@ -149,6 +143,21 @@ def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
     rep = Collect()
     run_sequence(legacy, table, reporter=rep, resume_from=tmp_path / "step=0")
     assert [r.step for r in rep.results] == [1] and np.isfinite(rep.results[-1].metrics["val/sir"])
+    # A checkpoint written before each strategy declared its own keys holds every strategy's keys
+    # (finetune's config then carried lambda_ewc, temperature, ...): the others' are dropped on
+    # reading, and it resumes
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload["config"] = {**LEGACY_STRATEGY_DEFAULTS, **payload["config"]}
+    torch.save(payload, path)
+    assert load_checkpoint(tmp_path / "step=0").config == legacy
+    rep = Collect()
+    run_sequence(legacy, table, reporter=rep, resume_from=tmp_path / "step=0")
+    assert [r.step for r in rep.results] == [1]
+    # one whose strategy this version does not have is refused in one line that says so
+    payload["config"]["strategy.name"] = "retired"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"holds a config this version cannot run: strategy.name: unknown strategy 'retired'"):
+        run_sequence(legacy, table, resume_from=tmp_path / "step=0")
 
 
 @pytest.mark.slow

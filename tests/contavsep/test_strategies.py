@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
-from contavsep.config import make_config
+from contavsep.config import ConfigError, flat, make_config
 from contavsep.data.mixtures import MixtureBatch
 from contavsep.losses import (
     FeatureSet,
@@ -34,10 +34,10 @@ from contavsep.strategies.base import StepContext, Strategy, params_table
 from contavsep.strategies.ewf import fuse_weights
 from contavsep.strategies.subset import select_sources, with_labels
 
-CFG = make_config("tiny", {"strategy.fisher_batches": 2})
+CFG = make_config("tiny")
 SCENARIO = Scenario(class_names=tuple(f"class{i}" for i in range(6)), class_order=(0, 1, 2, 3, 4, 5), classes_per_step=2)
 FRONT_END = SpectralFrontEnd(CFG.audio)
-STRATEGY_NAMES = ["finetune", "lwf", "ewc", "plop", "ewf", "avcil", "contavsep", "joint"]
+STRATEGY_NAMES = STRATEGIES.names()
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -152,7 +152,9 @@ def tiny_model(num_classes: int = 2, name: str = "iquery", seed: int = 0) -> tor
 
 
 def strategy(name: str, **overrides) -> Strategy:
-    cfg = make_config("tiny", {"strategy.fisher_batches": 2, **{f"strategy.{k}": v for k, v in overrides.items()}})
+    few_fisher_batches = {"fisher_batches": 2} if name == "ewc" else {}
+    keys = {f"strategy.{k}": v for k, v in {**few_fisher_batches, **overrides}.items()}
+    cfg = make_config("tiny", {"strategy.name": name, **keys})
     return STRATEGIES.get(name).from_config(cfg.strategy)
 
 
@@ -262,22 +264,29 @@ def test_two_tiny_steps_follow_the_contract(name):
     assert log.calls == per_step * 2
 
 
-def test_every_strategy_reads_its_params_from_the_shared_strategy_keys():
-    overrides = {
+def test_every_strategy_reads_its_own_keys_and_only_those():
+    values = {
         "lambda_ins": 0.11, "lambda_cls": 0.22, "lambda_dist": 0.33, "temperature": 0.07, "lambda_att": 0.5,
         "lambda_ewc": 12.0, "ewc_decay": 0.9, "fisher_batches": 3, "lambda_pod": 0.02, "pod_scales": 2, "ewf_alpha": 0.25,
         "crosssdc_form": "reference",
     }
-    cfg = make_config("tiny", {f"strategy.{k}": v for k, v in overrides.items()})
+    every_key = {f.name for name in STRATEGY_NAMES for f in dataclasses.fields(STRATEGIES.get(name).Params)}
+    assert every_key <= set(values), "give the new strategy's keys a test value here"
     for name in STRATEGY_NAMES:
         cls = STRATEGIES.get(name)
         assert cls.name == name
+        own = [f.name for f in dataclasses.fields(cls.Params)]
+        cfg = make_config("tiny", {"strategy.name": name, **{f"strategy.{k}": values[k] for k in own}})
         strat = cls.from_config(cfg.strategy)
-        for field in dataclasses.fields(strat.params):
-            assert getattr(strat.params, field.name) == overrides[field.name], (name, field.name)
-        # The dataclass defaults agree with the config defaults (one source of truth for users).
-        for key, default in params_table(cls):
-            assert getattr(cls.Params(), key.split(".", 1)[1]) == default
+        assert {k: getattr(strat.params, k) for k in own} == {k: values[k] for k in own}
+        # flat() (what MLflow logs and checkpoints store) carries this strategy's keys alone
+        assert sorted(k for k in flat(cfg) if k.startswith("strategy.")) == sorted(["strategy.name", *(f"strategy.{k}" for k in own)])
+        # the defaults users see (`contavsep strategies`) are the Params' own
+        assert params_table(cls) == [(f"strategy.{k}", getattr(cls.Params(), k)) for k in own]
+        others = sorted(every_key - set(own))
+        if others:
+            with pytest.raises(ConfigError, match=f"strategy '{name}' has no key 'strategy.{others[0]}' \\(a key of "):
+                make_config("tiny", {"strategy.name": name, f"strategy.{others[0]}": values[others[0]]})
     assert {f.name for f in dataclasses.fields(STRATEGIES.get("contavsep").Params)} == {
         "lambda_ins", "lambda_cls", "lambda_dist", "temperature", "crosssdc_form"
     }

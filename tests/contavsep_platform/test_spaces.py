@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from contavsep.config import LEGACY_STRATEGY_DEFAULTS
 from contavsep.registry import STRATEGIES
 from contavsep_platform.spaces import (
     STRATEGY_KEY,
@@ -197,7 +198,7 @@ def test_define_by_run_asks_for_the_strategy_first_then_only_its_parameters():
         cfg = space.trial_config({**trial.params, **fixed})  # every sampled config is a valid Config
         assert cfg.strategy.name == strategy and cfg.preset == "tiny"
         if strategy == "contavsep":
-            assert cfg.strategy.temperature == 0.07 and 0 <= cfg.memory.per_class <= 3
+            assert cfg.strategy.params.temperature == 0.07 and 0 <= cfg.memory.per_class <= 3
         study.tell(trial, 0.0)
     assert seen == {"finetune", "lwf", "contavsep"}
 
@@ -242,7 +243,7 @@ def test_set_overrides_fix_a_key_for_every_trial():
     )
     assert all("strategy.lambda_dist" not in p for p in space.strategies.values())
     cfg = space.trial_config({STRATEGY_KEY: "lwf"})
-    assert (cfg.strategy.lambda_dist, cfg.data.uri, cfg.train.iters_per_step) == (0.7, "s3://bucket/datasets/music21", 5)
+    assert (cfg.strategy.params.lambda_dist, cfg.data.uri, cfg.train.iters_per_step) == (0.7, "s3://bucket/datasets/music21", 5)
     with pytest.raises(SpaceError, match="strategies"):
         parse("lwf: {}\n", overrides={STRATEGY_KEY: "ewc"})
     with pytest.raises(SpaceError, match="did you mean 'train.iters_per_step'"):
@@ -311,3 +312,14 @@ def test_resume_ignores_speed_only_and_retired_keys_but_not_the_science():
     before = {k: v for k, v in stored.items() if k != "base.eval.val_metrics"}
     assert fingerprint_differences(before, fp()) == ["base.eval.val_metrics: 'all' -> 'sdr'"]
     assert fingerprint_differences(before, fp("eval.val_metrics: all\n")) == []
+    # a sweep recorded before each strategy declared its own keys holds the default strategy's
+    # keys in its base (all of them, at their defaults): it resumes; a value the base set counts
+    legacy = {**stored, **{f"base.{k}": repr(v) for k, v in LEGACY_STRATEGY_DEFAULTS.items()},
+              "base.strategy.name": "'contavsep'"}
+    assert "base.strategy.lambda_ewc" in legacy and "base.strategy.lambda_ewc" not in stored
+    assert fingerprint_differences(legacy, fp()) == []
+    assert fingerprint_differences({**legacy, "base.strategy.lambda_dist": "0.7"}, fp()) == [
+        "base.strategy.lambda_dist: 0.7 -> (not set)"]
+    # a strategy key set in base is the base's (typed), for every strategy of the space
+    ewc = parse_space(space_text("ewc: {}\n", base_extra="strategy.fisher_batches: '7'\n"), storage_uri=STORAGE)
+    assert fingerprint(ewc)["base.strategy.fisher_batches"] == "7"

@@ -37,6 +37,7 @@ from contavsep_platform.tracking import (
     final_metrics,
     metric_key,
     short_http_requests,
+    step_values,
 )
 
 LOGGER = "contavsep_platform.tracking"
@@ -381,6 +382,20 @@ def test_final_metric_names_and_values():
     one_step = make_step_results(1)[0].summary
     assert "final/forgetting_sdr" not in final_metrics(one_step)  # undefined after one step
     assert metric_key("task_sdr/0") == "task_sdr/0" and metric_key("loss(main)") == "loss_main_"
+
+
+def test_mlflow_gets_every_value_tune_gets_with_a_step_under_the_same_name():
+    # (issue 21: average_incremental/* reached Tune but not MLflow's per-step metrics)
+    from contavsep_platform.trial import NUM_STEPS_KEY, STEP_KEY, tune_metrics
+
+    for result in make_step_results(3):
+        tune = tune_metrics(result, 3, 1.0, 2.0)
+        tune_counters = {STEP_KEY, NUM_STEPS_KEY, "time/engine_s", "time/worker_s"}
+        mlflow = step_values(result)
+        assert set(tune) - tune_counters == set(mlflow)
+        assert all(mlflow[k] == tune[k] for k in mlflow)
+        if result.step >= 1:
+            assert {"average_incremental/sdr", "forgetting/sdr", "bwt/sdr"} <= set(mlflow)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def _clips_per_class(text: str) -> tuple[int, int, int]:
         counts = ()
     if len(counts) != 3:
         raise argparse.ArgumentTypeError(f"expected three integers train,val,test (e.g. 24,5,5), got {text!r}")
-    return counts  # type: ignore[return-value]
+    return counts
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -27,7 +27,7 @@ def _ratios(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"'{text}' is not three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
         raise argparse.ArgumentTypeError(f"'{text}' must be three non-negative numbers train,val,test, e.g. 0.8,0.1,0.1")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:

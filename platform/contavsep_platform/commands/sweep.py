@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TypedDict
 
 EXIT_TRIAL_ERRORED = 1  # some trial ended in an error (named on stderr); --resume retries it
 EXIT_INTERRUPTED = 130  # stopped (Ctrl-C, `ray job stop`) before every trial ended; --resume continues it
@@ -41,7 +42,14 @@ def add_console_flags(p: argparse.ArgumentParser) -> None:
                          help="Tune's own progress tables and Ray's messages on the console instead of the live table and the log file")
 
 
-def console_kwargs(args: argparse.Namespace) -> dict[str, object]:
+class ConsoleKwargs(TypedDict):
+    """The console keyword arguments of run_sweep (and of the demo's main)."""
+
+    verbose: int
+    progress: bool
+
+
+def console_kwargs(args: argparse.Namespace) -> ConsoleKwargs:
     """run_sweep's console arguments for the flags of :func:`add_console_flags`."""
     return {"verbose": 1 if args.verbose else 0, "progress": not (args.quiet or args.verbose)}
 
@@ -122,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     for line in error_lines(outcome):
         print(f"contavsep sweep: error: {line}", file=sys.stderr)
-    # Exit statuses (README "Exit statuses"): 1 = a trial errored, 130 = stopped, resumable.
+    # Exit statuses (docs/commands.md "Exit statuses and faults"): 1 = a trial errored, 130 = stopped, resumable.
     if outcome.errored:
         return EXIT_TRIAL_ERRORED
     return EXIT_INTERRUPTED if outcome.interrupted else 0
