@@ -70,8 +70,8 @@ def _reader(uri: str, cache_dir: str, mode: str) -> None:
     import pyarrow.parquet as pq
 
     from contavsep import storage
-    from contavsep.data.manifest import read_manifest
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.manifest import read_manifest
+    from contavsep.data.format.reader import open_dataset
 
     pa.array([1])  # pyarrow's lazy imports happen here, not inside the measured part
     before = _memory_kib()
@@ -118,7 +118,7 @@ def _run_readers(uri: str, cache_dir: str, modes: list[str]) -> list[dict[str, A
 
 def _spectral_accuracy(uri: str, cache_dir: str) -> float:
     """Nearest-centroid accuracy of the test split on mean log spectra (centroids from train)."""
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
 
     table = open_dataset(uri, cache_dir=cache_dir)
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         _reader(args.uri, args.cache_dir, args.reader)
         return 0
 
-    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic, default_workers
 
     workers = args.workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="contavsep-bench-data-") as tmp:

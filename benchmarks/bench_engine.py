@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from contavsep.config import make_config, parse_overrides
-from contavsep.data.reader import ClipTable, open_dataset
+from contavsep.data.format.reader import ClipTable, open_dataset
 from contavsep.engine import Engine, make_optimizers
 from contavsep.loss_log import LossLog
 

@@ -19,7 +19,7 @@ import statistics
 import time
 
 from contavsep.config import make_config, parse_overrides
-from contavsep.data.reader import open_dataset
+from contavsep.data.format.reader import open_dataset
 from contavsep.engine import Engine
 
 SETTINGS = {

@@ -11,7 +11,7 @@
     python -m benchmarks.bench_gpu --combos "all+cudagraphs,defaults (auto)"   # exactly these combinations
 
 Needs nothing but torch, numpy, pyarrow, filelock and fast_bss_eval (mir_eval optional): it builds
-a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synth``). Sections, each
+a small synthetic dataset itself (10 classes, 6.5 s clips; ``contavsep.data.synthetic.synth``). Sections, each
 guarded (an error is printed and recorded, the next section runs), results written to
 ``OUT/gpu_summary.json`` after every section:
 
@@ -115,7 +115,7 @@ def environment() -> dict[str, Any]:
 
 
 def build_dataset(root: Path, quick: bool) -> str:
-    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic, default_workers
 
     uri = f"file://{root}/synth"
     if (root / "synth" / "manifest.json").exists():
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     uri = run.section("dataset", build_dataset, work, args.quick)
     if uri is None:
         return
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
 
     table = open_dataset(uri, cache_dir=work / "cache")
     if args.kernels:  # seconds: which conv form is fastest per level, and that the forms train alike, before compiling

@@ -33,7 +33,7 @@ CLASS_STYLES = [  # (class, colour, fundamental Hz)
 
 def write_tree(root: Path, clips: int, seconds: float, size: tuple[int, int], fps: int) -> list[Path]:
     """``clips`` videos spread over the classes of :data:`CLASS_STYLES` under ``root``."""
-    from contavsep.data.media import write_synthetic_video
+    from contavsep.data.ingest.media import write_synthetic_video
 
     paths = []
     for i in range(clips):
@@ -48,8 +48,8 @@ def run(clips: int = 16, seconds: float = 10.0, size: tuple[int, int] = (360, 48
     """Build the tree, warm up on one clip, time the ingestion of all clips; return the numbers."""
     import torch
 
-    from contavsep.data.extractors import build_random_tiny_extractors
-    from contavsep.data.ingest import IngestSettings, discover, ingest, open_writer
+    from contavsep.data.ingest.extractors import build_random_tiny_extractors
+    from contavsep.data.ingest.pipeline import IngestSettings, discover, ingest, open_writer
 
     with tempfile.TemporaryDirectory(prefix="contavsep-bench-ingest-") as tmp:
         root = Path(tmp) / "videos"

@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.bench_engine import Bench, device_peak
 from contavsep.config import parse_overrides
-from contavsep.data.reader import open_dataset
+from contavsep.data.format.reader import open_dataset
 
 # Operator-name fragments -> kind, first match wins (aten names as the profiler reports them).
 KINDS = (

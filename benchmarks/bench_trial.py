@@ -61,7 +61,7 @@ class TrialClock(Callback):
 
 
 def _dataset(root: Path) -> str:
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 
     uri = f"file://{root}/datasets/synth-bench"
     build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 1, 2), seconds=1.6))
@@ -70,7 +70,7 @@ def _dataset(root: Path) -> str:
 
 def _direct_engine_seconds(space: Any, params: dict[str, Any]) -> float:
     """The same trial's engine run in this process, without Ray (no checkpoints)."""
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
     from contavsep.engine import run_sequence
 
     cfg = space.trial_config(params)

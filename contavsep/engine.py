@@ -55,10 +55,10 @@ from contavsep.checkpoint import (
     set_rng_state,
 )
 from contavsep.config import CUDAGRAPH_MODES, Config, ConfigError
-from contavsep.data.batch_producer import BatchProducer
-from contavsep.data.evaluation_set import EvaluationSet, evaluation_set
-from contavsep.data.mixtures import MixtureBatch, TrainingSampler
-from contavsep.data.reader import ClipTable
+from contavsep.data.format.reader import ClipTable
+from contavsep.data.sampling.batch_producer import BatchProducer
+from contavsep.data.sampling.evaluation_set import EvaluationSet, evaluation_set
+from contavsep.data.sampling.mixtures import MixtureBatch, TrainingSampler
 from contavsep.loss_log import LossLog
 from contavsep.losses import weighted_l1_mask_loss
 from contavsep.memory import ExemplarMemory
@@ -328,37 +328,17 @@ class Engine:
         return self.save(directory, step)
 
     def run_step(self, step: int) -> StepResult:
-        cfg, t = self.cfg, self.cfg.train
-        torch.manual_seed(_seed(t.seed, step, self.dist.rank, 2))
+        """One incremental step, top to bottom: grow the model for the step's classes, train (or
+        load a shared step 0), let the strategy and the memory close the step, evaluate, report."""
+        torch.manual_seed(_seed(self.cfg.train.seed, step, self.dist.rank, 2))
         self._expand_classes(self.scenario.num_seen(step))
         train_model = self.dist.wrap(self.model)  # re-wrapped each step: expanding adds parameters
         sampler = self._sampler(step)
-        # on demand (depth 0): a strategy may stop early, and must leave the sampler where the
-        # training thread would have
-        def batches_of_step(n: int) -> Iterator[StepBatch]:
-            produced = BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
-                                     device=self.device, depth=0)
-            return (self._to_step_batch(clips) for clips in produced)
-
-        ctx = StepContext(
-            step=step,
-            scenario=self.scenario,
-            model=self.model,
-            old_model=self.old_model,
-            device=self.device,
-            sample_batches=batches_of_step,
-            forward=self.forward,
-            main_loss=self.main_loss,
-        )
+        ctx = self._context(step, sampler)
         plan = self.plan(step, sampler)
-        optimizers, schedulers = make_optimizers(self.model, cfg, plan, fused=self.speed.fused_optimizer)
+        optimizers, schedulers = make_optimizers(self.model, self.cfg, plan, fused=self.speed.fused_optimizer)
         self.strategy.before_task(ctx)
-        log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
-                 [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
-        log.info("  budget: %d iterations x batch %d = %d mixtures (%s); lr drops after iterations %s (U-Net), %s (transformer)",
-                 plan.iterations, plan.batch_size, plan.mixtures,
-                 f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
-                 list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
+        self._log_plan(step, sampler, plan)
 
         # Step 0 may already have been trained by a trial of the same sweep with the same step-0
         # keys (contavsep/first_step.py): then its end state is loaded instead of trained.
@@ -373,21 +353,62 @@ class Engine:
             loss_means, train_seconds = self._train(step, ctx, train_model, sampler, plan, optimizers, schedulers)
             if first_key is not None:
                 self._publish_first_step(first_key, loss_means, plan, train_seconds, optimizers, schedulers, sampler)
+        if first_key is not None:
+            self.first_step_shared = shared is not None
 
         self.strategy.after_task(ctx)
-        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step), random.Random(_seed(t.seed, step, 3)))
+        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step),
+                           random.Random(_seed(self.cfg.train.seed, step, 3)))
         self._last_optim = (optimizers, schedulers)
 
-        started = time.perf_counter()
-        examples = self._evaluate(step, "test") if self.dist.is_main else []
-        eval_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        if self.dist.is_main and self.val_results is not None:
-            self._evaluate(step, "val")
-        val_seconds = time.perf_counter() - started
+        examples, seconds = self._evaluate_step(step)
         self.dist.barrier()
         self.old_model = self._frozen_copy(self.model)
 
+        seconds["time/train_s"] = train_seconds
+        if shared is None:
+            seconds["throughput/mixtures_per_s"] = plan.mixtures / max(train_seconds, 1e-9)
+        metrics, summary = self._step_results(step, loss_means, seconds)
+        return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
+
+    def _context(self, step: int, sampler: TrainingSampler) -> StepContext:
+        """What the strategy's hooks see during ``step``."""
+
+        # on demand (depth 0): a strategy may stop early, and must leave the sampler where the
+        # training thread would have
+        def batches_of_step(n: int) -> Iterator[StepBatch]:
+            produced = BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
+                                     device=self.device, depth=0)
+            return (self._to_step_batch(clips) for clips in produced)
+
+        return StepContext(step=step, scenario=self.scenario, model=self.model, old_model=self.old_model,
+                           device=self.device, sample_batches=batches_of_step, forward=self.forward,
+                           main_loss=self.main_loss)
+
+    def _log_plan(self, step: int, sampler: TrainingSampler, plan: StepPlan) -> None:
+        log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
+                 [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
+        log.info("  budget: %d iterations x batch %d = %d mixtures (%s); lr drops after iterations %s (U-Net), %s (transformer)",
+                 plan.iterations, plan.batch_size, plan.mixtures,
+                 f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
+                 list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
+
+    def _evaluate_step(self, step: int) -> tuple[list[Example], dict[str, float]]:
+        """Score the test sets (and the validation sets) of the tasks seen so far on the main
+        rank; the examples and the seconds each took (``time/eval_s``, ``time/val_s``)."""
+        started = time.perf_counter()
+        examples = self._evaluate(step, "test") if self.dist.is_main else []
+        seconds = {"time/eval_s": time.perf_counter() - started}
+        started = time.perf_counter()
+        if self.dist.is_main and self.val_results is not None:
+            self._evaluate(step, "val")
+        if self.val_results is not None:
+            seconds["time/val_s"] = time.perf_counter() - started
+        return examples, seconds
+
+    def _step_results(self, step: int, loss_means: dict[str, float], seconds: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
+        """The step's flat metrics (scores, loss terms, times, memory; see
+        :mod:`contavsep.metric_names`) and the results summary as of the step (main rank)."""
         metrics: dict[str, float] = {}
         summary: dict[str, Any] = {}
         if self.dist.is_main:
@@ -397,22 +418,20 @@ class Engine:
                 metrics.update({val_name(k): v for k, v in step_metrics(self.val_results, step).items()})
                 summary["val"] = self.val_results.summary(step)
         metrics.update({loss_name(k): v for k, v in loss_means.items()})
-        metrics.update({"step": float(step), "time/train_s": train_seconds, "time/eval_s": eval_seconds,
+        metrics.update({"step": float(step), "time/train_s": seconds["time/train_s"], "time/eval_s": seconds["time/eval_s"],
                         "memory/clips": float(len(self.memory))})
-        if self.val_results is not None:
-            metrics["time/val_s"] = val_seconds
-        if shared is None:
-            metrics["throughput/mixtures_per_s"] = plan.mixtures / max(train_seconds, 1e-9)
-        if first_key is not None:
-            self.first_step_shared = shared is not None
+        for key in ("time/val_s", "throughput/mixtures_per_s"):
+            if key in seconds:
+                metrics[key] = seconds[key]
         if self.first_step_shared is not None:  # a property of the sequence: in every step's metrics
             metrics[first_step.SHARED_KEY] = float(self.first_step_shared)
         if self.dist.is_main:
             log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f, val SDR %s  [train %.1fs, test %.1fs, val %.1fs]",
                      step + 1, metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-",
                      metrics.get("sdr_new", math.nan), metrics["sir"], metrics["sar"],
-                     f"{metrics[val_name('sdr')]:.2f}" if val_name("sdr") in metrics else "-", train_seconds, eval_seconds, val_seconds)
-        return StepResult(step, metrics, summary, examples, is_last=step + 1 == self.scenario.num_steps)
+                     f"{metrics[val_name('sdr')]:.2f}" if val_name("sdr") in metrics else "-",
+                     seconds["time/train_s"], seconds["time/eval_s"], seconds.get("time/val_s", 0.0))
+        return metrics, summary
 
     def _train(self, step: int, ctx: StepContext, train_model: nn.Module, sampler: TrainingSampler, plan: StepPlan,
                optimizers: list[torch.optim.Optimizer], schedulers: list[Any]) -> tuple[dict[str, float], float]:

@@ -37,7 +37,6 @@ trial trains step 0 itself).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -49,6 +48,7 @@ import torch
 from contavsep import storage
 from contavsep.checkpoint import LOCATION_KEYS
 from contavsep.config import SPEED_KEYS, Config, flat
+from contavsep.signature import signature
 
 log = logging.getLogger("contavsep.first_step")
 
@@ -115,9 +115,9 @@ def trial_key(cfg: Config, data_content_hash: str, world_size: int = 1) -> tuple
 
 
 def key_of(fields: dict[str, Any]) -> str:
-    """The content address of a step-0 state: SHA-256 of its key fields (24 hex digits)."""
-    text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    """The content address of a step-0 state: the configuration signature of its key fields
+    (:func:`contavsep.signature.signature`, 24 hex digits)."""
+    return signature(fields, 24)
 
 
 class FirstStepStore:

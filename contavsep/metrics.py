@@ -218,7 +218,7 @@ class ContinualResults:
 
     - ``R[i][j]`` (:meth:`matrix`): mean over the sources of task j's classes in task j's test
       set, evaluated after step i; NaN for j > i (task not seen yet) and for cells without
-      sources. With fixed per-task sets (:mod:`contavsep.data.evaluation_set`) every
+      sources. With fixed per-task sets (:mod:`contavsep.data.sampling.evaluation_set`) every
       ``R[i][j]``, ``i >= j``, scores the same mixtures, so a model that does not change has
       forgetting and BWT exactly 0.
     - per step i (:meth:`step_summary`): the mean over *all evaluated sources* of the seen

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contavsep.audio import MixtureSpectra
-from contavsep.data.mixtures import MixtureBatch
+from contavsep.data.sampling.mixtures import MixtureBatch
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CONTAVSEP_HOME", str(out / "home"))
     storage_uri = f"file://{out}/storage"
 
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
     from contavsep_platform.comparison import paired_difference, t_interval
     from contavsep_platform.spaces import STRATEGY_KEY, parse_space
     from contavsep_platform.sweep import comparison_of, connect_ray

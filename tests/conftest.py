@@ -158,8 +158,8 @@ def s3_bucket(s3_server: S3TestServer) -> str:
 @pytest.fixture(scope="session")
 def synth_dataset_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     """Build (once per distinct arguments, per session) a small synthetic dataset on file:// and
-    return its URI. Arguments are those of :class:`contavsep.data.synth.SynthConfig`."""
-    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
+    return its URI. Arguments are those of :class:`contavsep.data.synthetic.synth.SynthConfig`."""
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic, default_workers
 
     built: dict[tuple, str] = {}
 

@@ -107,14 +107,22 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def import_graph() -> dict[str, set[str]]:
     modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    # A package's __init__ runs before any of its modules: importing `a.b` imports `a`. Those
-    # edges are real, but a package __init__ that imports nothing cannot close a cycle, so they
-    # are only added where the __init__ imports something.
-    for name in modules:
-        parent = name.rpartition(".")[0]
-        if parent in graph and graph[parent]:
-            graph[name].add(parent)
+    explicit = {name: _imports(name, path, modules) for name, path in modules.items()}
+    graph = {name: set(targets) for name, targets in explicit.items()}
+    # A package's __init__ runs before any of its modules: importing `a.b` from outside `a` imports
+    # `a` first, so that import is an edge to `a` as well. A package __init__ that imports nothing
+    # cannot close a cycle, so the edge is only added where the __init__ imports something. Inside
+    # `a` the __init__ has run already (or is running: it started that import), so a module's
+    # imports of its own package's modules add no edge to `a`, and an __init__ that re-exports its
+    # modules does not close a cycle with them; a module that imports through its own package
+    # (`from a import x` inside `a`) has that edge in its source, and the cycle shows.
+    for name, targets in explicit.items():
+        for target in targets:
+            package = target.rpartition(".")[0]
+            while package in explicit:
+                if explicit[package] and not name.startswith(package + "."):
+                    graph[name].add(package)
+                package = package.rpartition(".")[0]
     return graph
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from contavsep.audio import MixtureSpectra
-from contavsep.data.mixtures import MixtureBatch
+from contavsep.data.sampling.mixtures import MixtureBatch
 from contavsep.models.output import SeparatorOutput
 from contavsep.models.separator import Separator
 from contavsep.step_batch import StepBatch

@@ -26,7 +26,7 @@ def _say(line: str) -> None:
 def main(verbose: int = 0, progress: bool = True) -> int:
     """Run the demo; ``verbose``/``progress`` set the sweep's console (see ``run_sweep``)."""
     from contavsep import storage
-    from contavsep.data.synth import SynthConfig, build_synthetic, default_workers
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic, default_workers
     from contavsep_platform import services
     from contavsep_platform.settings import (
         default_state_dir,

@@ -29,8 +29,6 @@ running forever; a group told twice keeps its first outcome.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import pickle
 from collections.abc import Mapping
@@ -39,6 +37,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from contavsep.signature import signature
 from contavsep_platform.spaces import (
     GROUP_KEY,
     REPEAT_KEY,
@@ -60,8 +59,7 @@ def configuration_id(space: SearchSpace, params: Mapping[str, Any]) -> str:
     strategy's fixed values, the sampled values), repeat and bookkeeping keys excluded."""
     overrides = space.trial_overrides({k: v for k, v in params.items() if k not in (GROUP_KEY, REPEAT_KEY)})
     resolved = {k: v for k, v in overrides.items() if k not in space.repeats.keys()}
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
+    return signature(resolved)
 
 
 @dataclass

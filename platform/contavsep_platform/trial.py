@@ -45,7 +45,7 @@ ENGINE_TIME_KEY = "time/engine_s"  # seconds inside the engine in this worker pr
 WORKER_TIME_KEY = "time/worker_s"  # seconds since the worker function started (this attempt)
 WORKERS_KEY = "workers"  # Train workers (DDP ranks) of the trial
 # The placement group of the trial's Train workers (hex id): the sweep removes it once Tune has
-# stopped the trial (see sweep.PlacementGroupReaper).
+# stopped the trial (see sweep.ray_cluster.PlacementGroupReaper).
 PLACEMENT_GROUP_KEY = "placement_group"
 
 
@@ -245,7 +245,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from contavsep.checkpoint import check_resumable
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
     from contavsep.engine import run_sequence
 
     started = time.perf_counter()

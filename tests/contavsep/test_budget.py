@@ -12,9 +12,9 @@ from contavsep.budget import (
 )
 from contavsep.checkpoint import load_checkpoint
 from contavsep.config import PRESETS, ConfigError, make_config
-from contavsep.data.reader import open_dataset
-from contavsep.data.splits import music21_contavsep_splits
-from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.ingest.splits import music21_contavsep_splits
+from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 from contavsep.engine import make_optimizers, run_sequence
 
 

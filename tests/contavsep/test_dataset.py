@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from contavsep import storage
-from contavsep.data.manifest import MANIFEST_NAME, DatasetError, read_manifest
-from contavsep.data.reader import open_dataset
-from contavsep.data.schema import SCHEMA_VERSION, ClipRecord
-from contavsep.data.writer import DatasetWriter
+from contavsep.data.format.manifest import MANIFEST_NAME, DatasetError, read_manifest
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.format.schema import SCHEMA_VERSION, ClipRecord
+from contavsep.data.format.writer import DatasetWriter
 from contavsep.storage import S3Settings, StorageError
 
 CLASSES = ["accordion", "bagpipe", "bassoon"]

@@ -12,8 +12,8 @@ import torch
 
 from contavsep.checkpoint import CheckpointError, load_checkpoint
 from contavsep.config import LEGACY_STRATEGY_DEFAULTS, ConfigError, make_config
-from contavsep.data.reader import open_dataset
-from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 from contavsep.engine import Engine, run_sequence
 from contavsep.testing import TINY_SEQUENCE
 

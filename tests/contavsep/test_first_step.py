@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from contavsep.config import make_config
-from contavsep.data.reader import open_dataset
-from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 from contavsep.engine import Engine, run_sequence
 from contavsep.first_step import FirstStepStore, trial_key
 from contavsep.registry import STRATEGIES

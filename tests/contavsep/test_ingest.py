@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contavsep.data.extractors import (
+from contavsep.data.format.manifest import DatasetError, read_manifest
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.ingest.extractors import (
     MOTION_DIM,
     MOTION_TOKENS,
     OBJECT_DIM,
@@ -25,23 +27,21 @@ from contavsep.data.extractors import (
     crop_boxes,
     load_pretrained_extractors,
 )
-from contavsep.data.ingest import (
-    IngestError,
-    IngestSettings,
-    discover,
-    ingest,
-    open_writer,
-)
-from contavsep.data.manifest import DatasetError, read_manifest
-from contavsep.data.media import (
+from contavsep.data.ingest.media import (
     MediaError,
     audio_to_int16,
     decode_clip,
     object_frame_times,
     write_synthetic_video,
 )
-from contavsep.data.reader import open_dataset
-from contavsep.data.splits import (
+from contavsep.data.ingest.pipeline import (
+    IngestError,
+    IngestSettings,
+    discover,
+    ingest,
+    open_writer,
+)
+from contavsep.data.ingest.splits import (
     SplitListError,
     assign_splits,
     load_split_lists,

@@ -12,8 +12,12 @@ def test_did_you_mean():
         MODELS.get("unet9000")
 
 
+PAPER_STRATEGIES = {"finetune", "lwf", "ewc", "plop", "ewf", "avcil", "contavsep", "joint"}  # Table 1's rows
+
+
 def test_all_strategy_names_of_the_paper():
-    assert set(STRATEGIES.names()) == {"finetune", "lwf", "ewc", "plop", "ewf", "avcil", "contavsep", "joint"}
+    # the paper's are registered; a strategy added later needs no edit here (one file + one registry line)
+    assert PAPER_STRATEGIES <= set(STRATEGIES.names())
 
 
 def test_lazy_resolution():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from contavsep.config import ConfigError, DataConfig
-from contavsep.data.evaluation_set import evaluation_set, window_starts
-from contavsep.data.mixtures import TrainingSampler, crop
-from contavsep.data.reader import open_dataset
-from contavsep.data.synth import SynthConfig, build_synthetic
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.sampling.evaluation_set import evaluation_set, window_starts
+from contavsep.data.sampling.mixtures import TrainingSampler, crop
+from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 from contavsep.memory import ExemplarMemory
 from contavsep.scenario import make_scenario
 
@@ -158,7 +158,7 @@ def test_batches_prepared_ahead_are_the_seeded_sequence_and_leave_the_sampler_wh
     batches, are unchanged)."""
     import torch
 
-    from contavsep.data.batch_producer import BatchProducer
+    from contavsep.data.sampling.batch_producer import BatchProducer
 
     sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
     runs = []
@@ -177,7 +177,7 @@ def test_batches_prepared_ahead_are_the_seeded_sequence_and_leave_the_sampler_wh
 def test_a_producer_error_is_raised_in_order_and_leaving_early_stops_the_thread(table):
     import torch
 
-    from contavsep.data.batch_producer import BatchProducer
+    from contavsep.data.sampling.batch_producer import BatchProducer
 
     sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=3))
     sampler = TrainingSampler(table, sc, sc.task_class_ids(0), [], clip_samples=4000, seed=5)
@@ -203,7 +203,7 @@ def test_a_producer_error_is_raised_in_order_and_leaving_early_stops_the_thread(
 
 
 def test_collated_batches_reject_classes_outside_the_scenario(table):
-    from contavsep.data.mixtures import collate_clips
+    from contavsep.data.sampling.mixtures import collate_clips
 
     sc = make_scenario(table.classes, DataConfig(classes_per_step=2, num_steps=2))  # 4 of the 6 classes
     outside = [r for r in table.rows("train") if table.class_id(r) not in sc.class_order][:2]

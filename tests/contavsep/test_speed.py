@@ -53,8 +53,8 @@ def test_bad_values_name_the_key_and_the_choices(key, value):
 
 
 def test_an_engine_on_the_cpu_runs_its_defaults_uncompiled_in_the_default_layout(tmp_path):
-    from contavsep.data.reader import open_dataset
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.format.reader import open_dataset
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
     from contavsep.engine import Engine
 
     uri = f"file://{tmp_path}/synth"

@@ -18,7 +18,7 @@ import torch
 
 from contavsep.audio import SpectralFrontEnd, mix_sources
 from contavsep.config import ConfigError, flat, make_config
-from contavsep.data.mixtures import MixtureBatch
+from contavsep.data.sampling.mixtures import MixtureBatch
 from contavsep.losses import (
     FeatureSet,
     attention_distillation,

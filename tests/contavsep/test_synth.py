@@ -11,17 +11,17 @@ import pytest
 
 from contavsep import storage
 from contavsep.config import ConfigError
-from contavsep.data import soundfont
-from contavsep.data.instruments import MUSIC21_CLASS_ORDER, SYNTH_CLASS_ORDER, TIMBRES
-from contavsep.data.reader import open_dataset
-from contavsep.data.score import compose
-from contavsep.data.synth import (
+from contavsep.data.format.reader import open_dataset
+from contavsep.data.synthetic import soundfont
+from contavsep.data.synthetic.instruments import MUSIC21_CLASS_ORDER, SYNTH_CLASS_ORDER, TIMBRES
+from contavsep.data.synthetic.score import compose
+from contavsep.data.synthetic.synth import (
     MIN_PAPER_SAMPLES,
     SynthConfig,
     build_synthetic,
     synth_clip,
 )
-from contavsep.data.visual_sim import (
+from contavsep.data.synthetic.visual_sim import (
     envelope_descriptor,
     motion_class_component,
     motion_projection,

@@ -117,7 +117,7 @@ def ray_head(services: Endpoints, platform_home: Path) -> Iterator[Endpoints]:
 def s3_dataset(services):
     """A small synthetic dataset on the services' S3 storage (4 classes, tiny clips)."""
     from contavsep import storage
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
 
     uri = storage.join(services.storage_uri, "datasets", "synth-sweep-test")
     storage.ensure_bucket(services.storage_uri, services.s3)

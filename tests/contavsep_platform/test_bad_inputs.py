@@ -188,9 +188,9 @@ def world(platform_home: Path, synth_dataset_factory: Callable[..., str], tmp_pa
     from contavsep import storage
     from contavsep.checkpoint import TrainingState, save_checkpoint
     from contavsep.config import make_config
-    from contavsep.data.manifest import read_manifest
-    from contavsep.data.media import write_synthetic_video
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.manifest import read_manifest
+    from contavsep.data.format.reader import open_dataset
+    from contavsep.data.ingest.media import write_synthetic_video
     from contavsep_platform.spaces import load_space
     from contavsep_platform.sweep import SPACE_RECORD, space_record
 
@@ -324,8 +324,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case: Case, world: dict[st
 def s3_world(services, platform_home: Path, synth_dataset_factory: Callable[..., str]) -> dict[str, str]:
     """A small dataset on the services' S3 and a sweep 'recorded-s3' started on it (its record)."""
     from contavsep import storage
-    from contavsep.data.manifest import read_manifest
-    from contavsep.data.synth import SynthConfig, build_synthetic
+    from contavsep.data.format.manifest import read_manifest
+    from contavsep.data.synthetic.synth import SynthConfig, build_synthetic
     from contavsep_platform.spaces import load_space
     from contavsep_platform.sweep import SPACE_RECORD, space_record
 

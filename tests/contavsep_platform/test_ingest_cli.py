@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from contavsep.data.manifest import read_manifest
-from contavsep.data.media import write_synthetic_video
+from contavsep.data.format.manifest import read_manifest
+from contavsep.data.ingest.media import write_synthetic_video
 from contavsep_platform.cli import main
 
 TINY = ["--extractors", "random-tiny", "--device", "cpu", "--no-progress"]
@@ -152,7 +152,7 @@ def test_skip_bad_commits_but_exits_non_zero(tmp_path: Path, videos: Path, capsy
 
 
 def test_help_names_the_extractor_defaults(capsys: pytest.CaptureFixture) -> None:
-    from contavsep.data.extractors import PretrainedModelIds
+    from contavsep.data.ingest.extractors import PretrainedModelIds
 
     with pytest.raises(SystemExit) as info:
         _ingest("--help")
@@ -160,4 +160,4 @@ def test_help_names_the_extractor_defaults(capsys: pytest.CaptureFixture) -> Non
     text = "".join(capsys.readouterr().out.split())  # argparse wraps long ids at hyphens
     defaults = PretrainedModelIds()
     for model_id in (defaults.detector, defaults.image, defaults.motion):
-        assert model_id in text  # the help repeats the defaults of contavsep.data.extractors
+        assert model_id in text  # the help repeats the defaults of contavsep.data.ingest.extractors

@@ -369,3 +369,22 @@ def test_repeat_labels_and_configuration_ids():
     assert space_info("metric: sir\nselect_on: test\n").objectives == (("test/sir", "max"),)
     assert comparison_name("final/val/forgetting_sdr") == "val/forgetting/sdr" and comparison_name("final/val/sdr") == "val/sdr"
     assert space_info("objectives: [\n").problem.startswith("search_space.yaml is not valid YAML")
+
+
+def test_a_run_logged_before_strategies_carried_only_their_own_keys_is_the_same_configuration():
+    # A sweep resumed across issue 21 holds runs whose params have every strategy's keys next to
+    # runs with their strategy's alone: both are one configuration, one group of repeats.
+    from contavsep.config import LEGACY_STRATEGY_DEFAULTS, flat, make_config
+    from contavsep_platform.report.records import own_params
+
+    def record(params: dict[str, str]) -> TrialRecord:
+        return TrialRecord(run_id="r", name="t", status="FINISHED", params=own_params(params), metrics={})
+
+    today = {k: str(v) for k, v in flat(make_config("tiny", {"strategy.name": "lwf"})).items()}
+    before = {**{k: str(v) for k, v in LEGACY_STRATEGY_DEFAULTS.items()}, **today}
+    assert "strategy.lambda_ewc" in before and "strategy.lambda_ewc" not in today
+    assert record(before).config_id == record(today).config_id
+    assert record({**before, "strategy.lambda_dist": "0.9"}).config_id != record(today).config_id
+    # a strategy this version does not know keeps its params as logged
+    unknown = {"strategy.name": "retired", "strategy.lambda_ewc": "5"}
+    assert own_params(unknown) == unknown

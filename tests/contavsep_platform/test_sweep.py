@@ -356,7 +356,7 @@ def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path,
     resumes into that checkpoint: the trial re-reports the step's scores rebuilt from it."""
     from contavsep.checkpoint import load_checkpoint
     from contavsep.config import make_config
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
     from contavsep.engine import run_sequence
     from contavsep_platform.trial import restored_result, tune_metrics
 
@@ -428,3 +428,25 @@ def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp
     shared = [r.metrics["first_step/shared"] for r in outcome.trials]
     assert set(shared) <= {0.0, 1.0} and shared.count(1.0) >= 1 and shared.count(0.0) >= 2
     assert any(n.startswith(f"shared first steps: {shared.count(1.0)} trial(s) loaded step 0") for n in outcome.notes)
+
+
+def test_a_sweep_pickled_before_the_package_split_resumes_through_the_old_module_path():
+    # A sweep started before issue 21 has a tuner.pkl naming its trial-name functions and its
+    # placement-group callback as contavsep_platform.sweep.<name>; --resume unpickles them.
+    # Protocol 2 writes each reference as text ("module\nname\n"): the old ones are today's
+    # with the submodule dropped.
+    import pickle
+    import re
+
+    from contavsep_platform.sweep.names import _trial_dirname, _trial_name
+    from contavsep_platform.sweep.ray_cluster import PlacementGroupReaper
+
+    def before_split(obj: object) -> bytes:
+        today = pickle.dumps(obj, protocol=2)
+        assert re.search(rb"contavsep_platform\.sweep\.\w+\n", today)
+        return re.sub(rb"contavsep_platform\.sweep\.\w+\n", b"contavsep_platform.sweep\n", today)
+
+    assert pickle.loads(before_split(_trial_name)) is _trial_name
+    assert pickle.loads(before_split(_trial_dirname)) is _trial_dirname
+    reaper = pickle.loads(before_split(PlacementGroupReaper(grace_s=2.0)))
+    assert type(reaper) is PlacementGroupReaper

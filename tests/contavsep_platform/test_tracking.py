@@ -401,7 +401,7 @@ def test_mlflow_gets_every_value_tune_gets_with_a_step_under_the_same_name():
 @pytest.mark.slow
 def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_path):
     """The engine's own StepResults (not hand-built ones) go through the tracker unchanged."""
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
     from contavsep.engine import run_sequence
 
     uri = synth_dataset_factory(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11)

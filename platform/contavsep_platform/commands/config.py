@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def train_clips_per_class(spec: str, cfg: Config) -> list[int]:
     """The --train-clips value as one training-clip count per dataset class."""
     if spec == MUSIC21:
-        from contavsep.data.splits import music21_contavsep_splits
+        from contavsep.data.ingest.splits import music21_contavsep_splits
 
         lists = music21_contavsep_splits()
         return [len(lists.clips["train"].get(c, ())) for c in lists.class_order]

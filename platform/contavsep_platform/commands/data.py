@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from contavsep.data.synth import (
+    from contavsep.data.synthetic.synth import (
         MIN_PAPER_SAMPLES,
         SynthConfig,
         build_synthetic,
@@ -120,8 +120,8 @@ def _extractor_line(name: str, entry: object) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from contavsep.data.manifest import read_manifest
-    from contavsep.data.schema import SPLITS
+    from contavsep.data.format.manifest import read_manifest
+    from contavsep.data.format.schema import SPLITS
 
     manifest = read_manifest(args.uri)
     if args.json:

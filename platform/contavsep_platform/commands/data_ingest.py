@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the ratio split (default 0)")
     p.add_argument("--extractors", default="pretrained",
                    help="pretrained (published checkpoints) | random-tiny (tiny random models: tests, offline trials)")
-    # Defaults live in contavsep.data.extractors (None here = theirs); the help repeats them so that
+    # Defaults live in contavsep.data.ingest.extractors (None here = theirs); the help repeats them so that
     # `--help` needs no torch import, and a test checks the two agree.
     p.add_argument("--detector-model", default=None, help=f"OWLv2 hub id or folder (default {_DEFAULT_IDS[0]})")
     p.add_argument("--image-model", default=None, help=f"CLIP hub id or folder (default {_DEFAULT_IDS[1]})")
@@ -92,13 +92,14 @@ def _check_writable(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contavsep.data.extractors import (
+    from contavsep.data.format.manifest import DatasetError
+    from contavsep.data.ingest.extractors import (
         EXTRACTOR_KINDS,
         ExtractorLoadError,
         PretrainedModelIds,
         build_extractors,
     )
-    from contavsep.data.ingest import (
+    from contavsep.data.ingest.pipeline import (
         IngestError,
         IngestSettings,
         check_layout,
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
         iter_lines,
         open_writer,
     )
-    from contavsep.data.manifest import DatasetError
-    from contavsep.data.splits import SplitListError, load_split_lists
+    from contavsep.data.ingest.splits import SplitListError, load_split_lists
     from contavsep.storage import StorageError, ensure_bucket, parse_uri
 
     _positive("--max-seconds", args.max_seconds, allow_none=True)

@@ -84,7 +84,7 @@ def _check_out(out: Path, resuming: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contavsep.data.reader import open_dataset
+    from contavsep.data.format.reader import open_dataset
     from contavsep.engine import run_sequence
 
     overrides = parse_overrides(args.overrides)
