@@ -42,9 +42,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not server"
 
-# ruff (lint rules and import order in pyproject.toml) and mypy over the packages and benchmarks (CI runs it before the tests).
+# ruff (lint rules, import order and the formatter's style, in pyproject.toml) and mypy over the packages
+# and benchmarks (CI runs it before the tests).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 format: $(STAMP)

@@ -82,21 +82,38 @@ def _reader(uri: str, cache_dir: str, mode: str) -> None:
         checksum = _touch_everything(table)
     else:  # "copy": the alternative without the cache, every part decoded into this process's memory
         manifest = read_manifest(uri)
-        tables = [pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, p["path"])))) for p in manifest["parts"]]
+        tables = [
+            pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, p["path"])))) for p in manifest["parts"]
+        ]
         copy = pa.concat_tables(tables).combine_chunks()
         built = False
         checksum = float(sum(np.asarray(c.flatten()).sum(dtype=np.int64) for c in copy.column("audio").chunks))
     seconds = time.perf_counter() - start
     print("ready", flush=True)
     sys.stdin.readline()  # the parent measures all readers while they all hold the data
-    print(json.dumps({"mode": mode, "built_cache": built, "open_and_read_s": round(seconds, 2),
-                      "before_open_kib": before, "kib": _memory_kib(), "checksum": checksum}), flush=True)
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "built_cache": built,
+                "open_and_read_s": round(seconds, 2),
+                "before_open_kib": before,
+                "kib": _memory_kib(),
+                "checksum": checksum,
+            }
+        ),
+        flush=True,
+    )
 
 
 def _run_readers(uri: str, cache_dir: str, modes: list[str]) -> list[dict[str, Any]]:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "benchmarks.bench_data", "--reader", mode, "--uri", uri, "--cache-dir", cache_dir],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_data", "--reader", mode, "--uri", uri, "--cache-dir", cache_dir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for mode in modes
     ]
     pipes: list[tuple[IO[str], IO[str]]] = []
@@ -138,7 +155,9 @@ def _spectral_accuracy(uri: str, cache_dir: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="dataset URI to build (default: a temp file:// folder, removed after)")
+    parser.add_argument(
+        "--out", default=None, help="dataset URI to build (default: a temp file:// folder, removed after)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="render processes (default: usable CPUs, at most 4)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
     parser.add_argument("--reader", choices=["cache", "copy"], help=argparse.SUPPRESS)
@@ -173,29 +192,49 @@ def main(argv: list[str] | None = None) -> int:
         return round(kib / 1024, 1)
 
     results: dict[str, Any] = {  # JSON, written out below
-        "dataset": {"config": {"classes": cfg.classes, "clips_per_class": list(cfg.clips_per_class), "seconds": cfg.seconds},
-                    "clips": sum(manifest["totals"].values()), "parquet_mb": round(size / 1e6, 1),
-                    "parts": len(manifest["parts"]), "build_s": round(build_s, 1), "build_cpu_s": round(build_cpu_s, 1), "workers": workers,
-                    "cpus": os.cpu_count(), "load_avg_1min_before_after": [round(load_before[0], 1), round(load_after[0], 1)]},
+        "dataset": {
+            "config": {"classes": cfg.classes, "clips_per_class": list(cfg.clips_per_class), "seconds": cfg.seconds},
+            "clips": sum(manifest["totals"].values()),
+            "parquet_mb": round(size / 1e6, 1),
+            "parts": len(manifest["parts"]),
+            "build_s": round(build_s, 1),
+            "build_cpu_s": round(build_cpu_s, 1),
+            "workers": workers,
+            "cpus": os.cpu_count(),
+            "load_avg_1min_before_after": [round(load_before[0], 1), round(load_after[0], 1)],
+        },
         "cache_file_mib": cache_mib,
         "spectral_nearest_centroid_accuracy": round(accuracy, 3),
         "readers": [
-            {"mode": r["mode"], "built_cache": r["built_cache"], "open_and_read_s": r["open_and_read_s"],
-             "rss_mib": mib(r["kib"]["VmRSS"]), "rss_anon_mib": mib(r["kib"]["RssAnon"]), "rss_file_mib": mib(r["kib"]["RssFile"]),
-             "pss_mib": mib(r["kib"].get("Pss", 0)), "anon_growth_mib": mib(r["kib"]["RssAnon"] - r["before_open_kib"]["RssAnon"])}
+            {
+                "mode": r["mode"],
+                "built_cache": r["built_cache"],
+                "open_and_read_s": r["open_and_read_s"],
+                "rss_mib": mib(r["kib"]["VmRSS"]),
+                "rss_anon_mib": mib(r["kib"]["RssAnon"]),
+                "rss_file_mib": mib(r["kib"]["RssFile"]),
+                "pss_mib": mib(r["kib"].get("Pss", 0)),
+                "anon_growth_mib": mib(r["kib"]["RssAnon"] - r["before_open_kib"]["RssAnon"]),
+            }
             for r in [*readers, copy_reader]
         ],
     }
     d = results["dataset"]
-    print(f"default synthetic dataset: {d['clips']} clips, {d['parquet_mb']} MB Parquet in {d['parts']} parts, "
-          f"built in {d['build_s']} s ({d['build_cpu_s']} CPU-s) with {d['workers']} worker(s) on {d['cpus']} CPUs "
-          f"(1-min load {d['load_avg_1min_before_after'][0]} -> {d['load_avg_1min_before_after'][1]})")
-    print(f"node-local cache file: {results['cache_file_mib']} MiB; spectral nearest-centroid accuracy (test split): "
-          f"{results['spectral_nearest_centroid_accuracy']:.1%}")
+    print(
+        f"default synthetic dataset: {d['clips']} clips, {d['parquet_mb']} MB Parquet in {d['parts']} parts, "
+        f"built in {d['build_s']} s ({d['build_cpu_s']} CPU-s) with {d['workers']} worker(s) on {d['cpus']} CPUs "
+        f"(1-min load {d['load_avg_1min_before_after'][0]} -> {d['load_avg_1min_before_after'][1]})"
+    )
+    print(
+        f"node-local cache file: {results['cache_file_mib']} MiB; spectral nearest-centroid accuracy (test split): "
+        f"{results['spectral_nearest_centroid_accuracy']:.1%}"
+    )
     for r in results["readers"]:
-        print(f"  reader ({r['mode']:5s}{', built cache' if r['built_cache'] else ''}): RSS {r['rss_mib']} MiB "
-              f"(anon {r['rss_anon_mib']}, file {r['rss_file_mib']}), PSS {r['pss_mib']} MiB, "
-              f"anon growth from opening {r['anon_growth_mib']} MiB, open+read {r['open_and_read_s']} s")
+        print(
+            f"  reader ({r['mode']:5s}{', built cache' if r['built_cache'] else ''}): RSS {r['rss_mib']} MiB "
+            f"(anon {r['rss_anon_mib']}, file {r['rss_file_mib']}), PSS {r['pss_mib']} MiB, "
+            f"anon growth from opening {r['anon_growth_mib']} MiB, open+read {r['open_and_read_s']} s"
+        )
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=1))
     return 0

@@ -78,10 +78,13 @@ def flop_counter() -> Any:
         return sdpa_backward_flop_count(grad_out, query, key, value)
 
     aten = torch.ops.aten
-    return FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
-    })
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+        },
+    )
 
 
 class Bench:
@@ -92,8 +95,9 @@ class Bench:
         self.engine = Engine(self.cfg, table)
         self.engine.model.expand_classes(self.engine.scenario.num_seen(0))
         self.sampler = self.engine._sampler(0)
-        self.optimizers, _ = make_optimizers(self.engine.model, self.cfg, self.engine.plan(0, self.sampler),
-                                             fused=self.engine.speed.fused_optimizer)
+        self.optimizers, _ = make_optimizers(
+            self.engine.model, self.cfg, self.engine.plan(0, self.sampler), fused=self.engine.speed.fused_optimizer
+        )
         self.engine.model.train()
         self.device = self.engine.device
         self.batch = self.cfg.train.batch_size
@@ -174,8 +178,9 @@ class Bench:
         return float(counter.get_total_flops())
 
 
-def measure(table: ClipTable, preset: str, iters: int, warmup: int, overrides: dict[str, Any],
-            peak: float | None = None) -> dict[str, Any]:
+def measure(
+    table: ClipTable, preset: str, iters: int, warmup: int, overrides: dict[str, Any], peak: float | None = None
+) -> dict[str, Any]:
     """Breakdown, pipelined iteration time, mixtures/s, FLOPs and MFU of one configuration."""
     bench = Bench(table, preset, overrides)
     phases = bench.breakdown(iters, warmup)
@@ -201,7 +206,9 @@ def measure(table: ClipTable, preset: str, iters: int, warmup: int, overrides: d
     }
 
 
-def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repeats: int = 1, split: str = "test") -> dict[str, Any]:
+def measure_eval(
+    table: ClipTable, preset: str, overrides: dict[str, Any], repeats: int = 1, split: str = "test"
+) -> dict[str, Any]:
     """Evaluation of task 0's fixed test set (``split="val"``: its validation set, always scored
     with the fast backend): separation + scoring, scored mixtures/s.
 
@@ -221,12 +228,20 @@ def measure_eval(table: ClipTable, preset: str, overrides: dict[str, Any], repea
         engine._evaluate(0, split)
     sync_device(engine.device)
     again = (time.perf_counter() - started) / repeats
-    return {"backend": cfg.eval.backend if split == "test" else "fast", "device": str(engine.device), "eval_batch": cfg.eval.batch_size,
-            "mixtures": mixtures, "first_s": first, "steady_s": again, "mixtures_per_s": mixtures / again}
+    return {
+        "backend": cfg.eval.backend if split == "test" else "fast",
+        "device": str(engine.device),
+        "eval_batch": cfg.eval.batch_size,
+        "mixtures": mixtures,
+        "first_s": first,
+        "steady_s": again,
+        "mixtures_per_s": mixtures / again,
+    }
 
 
-def measure_prepare(table: ClipTable, preset: str, overrides: dict[str, Any], batches: int = 10,
-                    rounds: int = 6) -> dict[str, float]:
+def measure_prepare(
+    table: ClipTable, preset: str, overrides: dict[str, Any], batches: int = 10, rounds: int = 6
+) -> dict[str, float]:
     """Host milliseconds per mixture to build a batch with float32 audio (CPU runs) and with int16
     PCM (CUDA runs), interleaved in rounds; the medians."""
     bench = Bench(table, preset, overrides)
@@ -239,19 +254,25 @@ def measure_prepare(table: ClipTable, preset: str, overrides: dict[str, Any], ba
             for _ in range(batches):
                 bench.sampler.sample(bench.batch, pcm=pcm)
             times[pcm].append(1e3 * (time.perf_counter() - started) / batches / bench.batch)
-    return {"float32_ms_per_mixture": float(np.median(times[False])), "pcm_ms_per_mixture": float(np.median(times[True]))}
+    return {
+        "float32_ms_per_mixture": float(np.median(times[False])),
+        "pcm_ms_per_mixture": float(np.median(times[True])),
+    }
 
 
 def print_breakdown(label: str, r: dict[str, Any]) -> None:
     ms = {k: 1e3 * r[f"{k}_s"] for k in ("prepare", "transfer", "forward_backward", "optimizer", "sum")}
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (no known peak)"
-    print(f"{label}: batch {r['batch']} on {r['device']}\n"
-          f"  in sequence, ms/iter: prepare {ms['prepare']:.1f} ({r['prepare_ms_per_mixture']:.3f}/mixture)"
-          f"  transfer {ms['transfer']:.1f}  forward+backward {ms['forward_backward']:.1f}  optimizer {ms['optimizer']:.1f}"
-          f"  = {ms['sum']:.1f}\n"
-          f"  pipelined (producer, no syncs): {1e3 * r['iteration_s']:.1f} ms/iter, {r['mixtures_per_s']:.1f} mixtures/s;"
-          f" {r['gflop_per_mixture']:.1f} GFLOP/mixture ({r['executed_gflop_per_mixture']:.1f} executed),"
-          f" {r['achieved_tflops']:.2f} TFLOP/s, MFU {mfu}", flush=True)
+    print(
+        f"{label}: batch {r['batch']} on {r['device']}\n"
+        f"  in sequence, ms/iter: prepare {ms['prepare']:.1f} ({r['prepare_ms_per_mixture']:.3f}/mixture)"
+        f"  transfer {ms['transfer']:.1f}  forward+backward {ms['forward_backward']:.1f}  optimizer {ms['optimizer']:.1f}"
+        f"  = {ms['sum']:.1f}\n"
+        f"  pipelined (producer, no syncs): {1e3 * r['iteration_s']:.1f} ms/iter, {r['mixtures_per_s']:.1f} mixtures/s;"
+        f" {r['gflop_per_mixture']:.1f} GFLOP/mixture ({r['executed_gflop_per_mixture']:.1f} executed),"
+        f" {r['achieved_tflops']:.2f} TFLOP/s, MFU {mfu}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)")
-    p.add_argument("--eval", action="store_true", help="also time the evaluation of task 0's test set (fast and mir_eval)")
+    p.add_argument(
+        "--eval", action="store_true", help="also time the evaluation of task 0's test set (fast and mir_eval)"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
     overrides = parse_overrides(args.overrides)
@@ -271,17 +294,25 @@ def main(argv: list[str] | None = None) -> None:
         r = measure(table, preset, args.iters, args.warmup, overrides, args.peak_tflops and args.peak_tflops * 1e12)
         print_breakdown(preset, r)
         prep = measure_prepare(table, preset, overrides)
-        print(f"  batch preparation, median ms/mixture: float32 audio {prep['float32_ms_per_mixture']:.3f},"
-              f" int16 PCM (what a CUDA run builds) {prep['pcm_ms_per_mixture']:.3f}", flush=True)
+        print(
+            f"  batch preparation, median ms/mixture: float32 audio {prep['float32_ms_per_mixture']:.3f},"
+            f" int16 PCM (what a CUDA run builds) {prep['pcm_ms_per_mixture']:.3f}",
+            flush=True,
+        )
         if args.eval:
             for backend in ("fast", "mir_eval"):
                 e = measure_eval(table, preset, {**overrides, "eval.backend": backend})
-                print(f"  eval ({backend} on {e['device']}, eval batch {e['eval_batch']}): {e['mixtures']} mixtures,"
-                      f" first pass {e['first_s']:.1f} s, then {e['steady_s']:.1f} s = {e['mixtures_per_s']:.1f} scored mixtures/s",
-                      flush=True)
+                print(
+                    f"  eval ({backend} on {e['device']}, eval batch {e['eval_batch']}): {e['mixtures']} mixtures,"
+                    f" first pass {e['first_s']:.1f} s, then {e['steady_s']:.1f} s = {e['mixtures_per_s']:.1f} scored mixtures/s",
+                    flush=True,
+                )
             v = measure_eval(table, preset, overrides, split="val")
-            print(f"  validation (fast on {v['device']}): {v['mixtures']} mixtures, first pass {v['first_s']:.1f} s, then"
-                  f" {v['steady_s']:.1f} s = {v['mixtures_per_s']:.1f} scored mixtures/s", flush=True)
+            print(
+                f"  validation (fast on {v['device']}): {v['mixtures']} mixtures, first pass {v['first_s']:.1f} s, then"
+                f" {v['steady_s']:.1f} s = {v['mixtures_per_s']:.1f} scored mixtures/s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,16 @@ def main(argv: list[str] | None = None) -> None:
         bwt.append(abs(summary["bwt"]["sdr"]))
         r00.append(summary["R"]["sdr"][0][0])
         sources = [row["sources"] for row in summary["steps"]]
-        print(f"test-set seed {seed}: forgetting {summary['forgetting']['sdr']:+.3f} dB, BWT {summary['bwt']['sdr']:+.3f} dB,"
-              f" R[0][0] {r00[-1]:.3f} dB, sources per step {sources}, evaluation of steps 2..T {eval_s[-1]:.1f} s", flush=True)
-    print(f"fixed model over {args.seeds} test-set seeds: |forgetting| mean {statistics.mean(forgetting):.3f} max {max(forgetting):.3f} dB;"
-          f" |BWT| mean {statistics.mean(bwt):.3f} dB; R[0][0] sd {statistics.stdev(r00) if len(r00) > 1 else 0.0:.3f} dB;"
-          f" evaluation {statistics.mean(eval_s):.1f} s per sequence (steps 2..T)")
+        print(
+            f"test-set seed {seed}: forgetting {summary['forgetting']['sdr']:+.3f} dB, BWT {summary['bwt']['sdr']:+.3f} dB,"
+            f" R[0][0] {r00[-1]:.3f} dB, sources per step {sources}, evaluation of steps 2..T {eval_s[-1]:.1f} s",
+            flush=True,
+        )
+    print(
+        f"fixed model over {args.seeds} test-set seeds: |forgetting| mean {statistics.mean(forgetting):.3f} max {max(forgetting):.3f} dB;"
+        f" |BWT| mean {statistics.mean(bwt):.3f} dB; R[0][0] sd {statistics.stdev(r00) if len(r00) > 1 else 0.0:.3f} dB;"
+        f" evaluation {statistics.mean(eval_s):.1f} s per sequence (steps 2..T)"
+    )
 
 
 if __name__ == "__main__":

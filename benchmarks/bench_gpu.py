@@ -55,8 +55,14 @@ import torch
 from torch import Tensor
 
 # --kernels: the best options so far, then each kernel-level variant, most promising first
-KERNEL_COMBOS = ("all+cudagraphs", "all+cudagraphs+s2d+subpixel", "all+cudagraphs+subpixel", "all+cudagraphs+s2d",
-                 "all+cudagraphs+sdpa=flash", "all+cudagraphs+sdpa=efficient")
+KERNEL_COMBOS = (
+    "all+cudagraphs",
+    "all+cudagraphs+s2d+subpixel",
+    "all+cudagraphs+subpixel",
+    "all+cudagraphs+s2d",
+    "all+cudagraphs+sdpa=flash",
+    "all+cudagraphs+sdpa=efficient",
+)
 REFERENCE_MIXTURES = 5.76e6  # training mixtures of the reference budget per sequence (issue 11)
 PAPER_STEPS = 4  # evaluations: after step t the test sets of tasks 0..t
 
@@ -96,12 +102,23 @@ class Run:
 
 
 def environment() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-                            "host": platform.node(), "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(device=torch.cuda.get_device_name(0), capability=f"{p.major}.{p.minor}", memory_gib=p.total_memory / 2**30,
-                    cuda_version=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            capability=f"{p.major}.{p.minor}",
+            memory_gib=p.total_memory / 2**30,
+            cuda_version=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     from importlib import metadata
 
     for module in ("fast_bss_eval", "mir_eval", "pyarrow", "scipy"):
@@ -120,15 +137,22 @@ def build_dataset(root: Path, quick: bool) -> str:
     uri = f"file://{root}/synth"
     if (root / "synth" / "manifest.json").exists():
         return uri
-    cfg = SynthConfig(classes=10, clips_per_class=(3, 1, 1) if quick else (6, 5, 5), seconds=1.6 if quick else 6.5, seed=3)
+    cfg = SynthConfig(
+        classes=10, clips_per_class=(3, 1, 1) if quick else (6, 5, 5), seconds=1.6 if quick else 6.5, seed=3
+    )
     started = time.perf_counter()
     build_synthetic(uri, cfg, workers=max(1, min(8, (os.cpu_count() or 1))) if not quick else default_workers())
-    print(f"synthetic dataset {uri}: {cfg.classes} classes x {cfg.clips_per_class} clips of {cfg.seconds} s"
-          f" in {time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"synthetic dataset {uri}: {cfg.classes} classes x {cfg.clips_per_class} clips of {cfg.seconds} s"
+        f" in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return uri
 
 
-def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool, run: Run, key: str) -> dict[str, Any]:
+def train_options(
+    args: argparse.Namespace, table: Any, base: dict[str, Any], compiled: bool, run: Run, key: str
+) -> dict[str, Any]:
     from benchmarks.bench_engine import measure, print_breakdown
 
     if compiled:  # "all" first: the combination most likely to become the default
@@ -136,15 +160,28 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
             ("all", {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "default"}),
             # CUDA graphs replay forward and backward without a launch per kernel: the H100 run
             # spent ~24 ms/iter on the host for ~12 ms of kernels (issue 11), i.e. launch-bound
-            ("all+cudagraphs", {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "reduce-overhead"}),
+            (
+                "all+cudagraphs",
+                {"train.channels_last": True, "train.fused_optimizer": True, "train.compile": "reduce-overhead"},
+            ),
             # the same without channels_last: once launches stop hiding it, does the layout pay?
             ("fused+cudagraphs", {"train.fused_optimizer": True, "train.compile": "reduce-overhead"}),
             ("compile", {"train.compile": "default"}),
             # what a run gets without setting any key (contavsep/speed.py): must equal the best
-            ("defaults (auto)", {"train.channels_last": "auto", "train.fused_optimizer": "auto", "train.compile": "auto"}),
+            (
+                "defaults (auto)",
+                {"train.channels_last": "auto", "train.fused_optimizer": "auto", "train.compile": "auto"},
+            ),
             # is the paper's batch too small to fill the GPU?
-            ("all+cudagraphs@64", {"train.channels_last": True, "train.fused_optimizer": True,
-                                   "train.compile": "reduce-overhead", "train.batch_size": 64}),
+            (
+                "all+cudagraphs@64",
+                {
+                    "train.channels_last": True,
+                    "train.fused_optimizer": True,
+                    "train.compile": "reduce-overhead",
+                    "train.batch_size": 64,
+                },
+            ),
         ]
         # Kernel-level variants (``--kernels``) of the best options. The H100 profile with graphs
         # (~10.3 ms of compute kernels/iteration; 35 % MFU needs <= 8.4 ms) ran the transposed decoder
@@ -156,7 +193,10 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
         combos += [
             ("all+cudagraphs+subpixel", {**graphs, "train.decoder_conv": "subpixel"}),
             ("all+cudagraphs+s2d", {**graphs, "train.encoder_conv": "space_to_depth"}),
-            ("all+cudagraphs+s2d+subpixel", {**graphs, "train.encoder_conv": "space_to_depth", "train.decoder_conv": "subpixel"}),
+            (
+                "all+cudagraphs+s2d+subpixel",
+                {**graphs, "train.encoder_conv": "space_to_depth", "train.decoder_conv": "subpixel"},
+            ),
             ("all+cudagraphs+sdpa=flash", {**graphs, "bench.sdpa": "FLASH_ATTENTION"}),
             ("all+cudagraphs+sdpa=efficient", {**graphs, "bench.sdpa": "EFFICIENT_ATTENTION"}),
         ]
@@ -179,10 +219,24 @@ def train_options(args: argparse.Namespace, table: Any, base: dict[str, Any], co
         combos.sort(key=lambda c: KERNEL_COMBOS.index(c[0]))
     elif args.short:  # the MFU check: the best eager options, compiled, CUDA graphs with and without
         # channels_last, and with the decoder's literal "upsample, then 3x3 conv" (train.decoder_conv=upsample)
-        combos = [c for c in combos if c[0] in ("channels_last+fused", "all", "all+cudagraphs", "fused+cudagraphs",
-                                                "defaults (auto)", "all+cudagraphs@64")]
-        combos += [(f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
-                   for label, extra in combos if label in ("all+cudagraphs",)]
+        combos = [
+            c
+            for c in combos
+            if c[0]
+            in (
+                "channels_last+fused",
+                "all",
+                "all+cudagraphs",
+                "fused+cudagraphs",
+                "defaults (auto)",
+                "all+cudagraphs@64",
+            )
+        ]
+        combos += [
+            (f"{label}+upsample", {**extra, "train.decoder_conv": "upsample"})
+            for label, extra in combos
+            if label in ("all+cudagraphs",)
+        ]
     results: dict[str, Any] = {}
     for label, extra in combos:
         if time.perf_counter() - args.started > args.train_budget_s:
@@ -254,8 +308,10 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
     unet = unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inputs: dict[str, Tensor] = {}
     names = {id(m): f"down{i}" for i, m in enumerate(unet.down)} | {id(m): f"up{i}" for i, m in enumerate(unet.up)}
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(names[id(m)], a[0].detach()))
-             for m in list(unet.down) + list(unet.up)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(names[id(m)], a[0].detach()))
+        for m in list(unet.down) + list(unet.up)
+    ]
     with torch.no_grad():
         unet(torch.rand(batch, 1, *grid, device=device, dtype=dtype))
     for h in hooks:
@@ -292,9 +348,16 @@ def conv_forms(args: argparse.Namespace) -> dict[str, Any]:
             totals[f"{kind}:{form}"] = totals.get(f"{kind}:{form}", 0.0) + row[form]
         row["best"] = min(forms, key=lambda f: row[f])
         levels[name] = row
-        print(f"  {name:6s} {str(tuple(x.shape)):24s} " + "  ".join(f"{f} {row[f]:7.3f}" for f in forms)
-              + f"  ms fwd+bwd  best: {row['best']}", flush=True)
-    print("  totals (ms fwd+bwd per iteration, all levels): " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()), flush=True)
+        print(
+            f"  {name:6s} {str(tuple(x.shape)):24s} "
+            + "  ".join(f"{f} {row[f]:7.3f}" for f in forms)
+            + f"  ms fwd+bwd  best: {row['best']}",
+            flush=True,
+        )
+    print(
+        "  totals (ms fwd+bwd per iteration, all levels): " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()),
+        flush=True,
+    )
     return {"batch": batch, "dtype": str(dtype), "levels": levels, "totals_ms": totals}
 
 
@@ -304,8 +367,11 @@ def evaluation(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> di
     out = {}
     for eval_batch in args.eval_batches:
         e = measure_eval(table, args.preset, {**base, "eval.backend": "fast", "eval.batch_size": eval_batch}, repeats=1)
-        print(f"  fast backend on {e['device']}, eval batch {eval_batch}: {e['mixtures']} mixtures; first pass (with mixture SDR)"
-              f" {e['first_s']:.2f} s, then {e['steady_s']:.2f} s = {e['mixtures_per_s']:.1f} scored mixtures/s", flush=True)
+        print(
+            f"  fast backend on {e['device']}, eval batch {eval_batch}: {e['mixtures']} mixtures; first pass (with mixture SDR)"
+            f" {e['first_s']:.2f} s, then {e['steady_s']:.2f} s = {e['mixtures_per_s']:.1f} scored mixtures/s",
+            flush=True,
+        )
         out[f"eval_batch_{eval_batch}"] = e
     return out
 
@@ -315,9 +381,19 @@ def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> d
     from contavsep.engine import Engine
     from contavsep.metrics import separation_scores
 
-    cfg = make_config(args.preset, {**base, "strategy.name": "contavsep", "memory.per_class": 1, "train.iters_per_step": 6,
-                                    "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
-                                    "eval.backend": "fast"})
+    cfg = make_config(
+        args.preset,
+        {
+            **base,
+            "strategy.name": "contavsep",
+            "memory.per_class": 1,
+            "train.iters_per_step": 6,
+            "train.batch_size": 8,
+            "eval.windows_per_clip": 1,
+            "eval.pairs_per_clip": 1,
+            "eval.backend": "fast",
+        },
+    )
     engine = Engine(cfg, table)
     steps = []
     for step in range(engine.scenario.num_steps):
@@ -331,30 +407,51 @@ def correctness(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> d
     _, _, mix, refs, ests = next(iter(engine._separate(engine._evaluation_set(0))))
     on_device = separation_scores(refs, ests, "fast", mixture=mix)
     on_cpu = separation_scores(refs.cpu(), ests.cpu(), "fast", mixture=mix.cpu())
-    diff = {m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(on_cpu, m)))) for m in ("sdr", "sir", "sar", "sdr_mix")}
+    diff = {
+        m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(on_cpu, m))))
+        for m in ("sdr", "sir", "sar", "sdr_mix")
+    }
     out: dict[str, Any] = {"steps": steps, "all_finite": bool(finite), "device_vs_cpu_max_abs_db": diff}
     try:
         reference = separation_scores(refs.cpu(), ests.cpu(), "mir_eval")
-        out["device_vs_mir_eval_max_abs_db"] = {m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(reference, m))))
-                                                for m in ("sdr", "sir", "sar")}
+        out["device_vs_mir_eval_max_abs_db"] = {
+            m: float(np.nanmax(np.abs(getattr(on_device, m) - getattr(reference, m)))) for m in ("sdr", "sir", "sar")
+        }
     except ImportError as exc:
         out["mir_eval"] = f"not installed: {exc}"
-    print(f"  all losses and scores finite: {finite}; device vs CPU max |diff| dB: {diff};"
-          f" mir_eval: {out.get('device_vs_mir_eval_max_abs_db', out.get('mir_eval'))}", flush=True)
+    print(
+        f"  all losses and scores finite: {finite}; device vs CPU max |diff| dB: {diff};"
+        f" mir_eval: {out.get('device_vs_mir_eval_max_abs_db', out.get('mir_eval'))}",
+        flush=True,
+    )
     return out
 
 
-def _sequence(args: argparse.Namespace, table: Any, base: dict[str, Any], strategy: str, extra: dict[str, Any],
-              label: str) -> dict[str, Any]:
+def _sequence(
+    args: argparse.Namespace, table: Any, base: dict[str, Any], strategy: str, extra: dict[str, Any], label: str
+) -> dict[str, Any]:
     """A two-step sequence through the engine (8 iterations per step, batch 8): losses, SDR, seconds."""
     from contavsep.config import make_config
     from contavsep.engine import Engine
 
     torch._dynamo.reset()
-    cfg = make_config(args.preset, {**base, "strategy.name": strategy, "memory.per_class": 1, "train.iters_per_step": 8,
-                                    "train.batch_size": 8, "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1,
-                                    "eval.backend": "fast", "train.channels_last": True, "train.fused_optimizer": True,
-                                    "train.compile": "off", **extra})
+    cfg = make_config(
+        args.preset,
+        {
+            **base,
+            "strategy.name": strategy,
+            "memory.per_class": 1,
+            "train.iters_per_step": 8,
+            "train.batch_size": 8,
+            "eval.windows_per_clip": 1,
+            "eval.pairs_per_clip": 1,
+            "eval.backend": "fast",
+            "train.channels_last": True,
+            "train.fused_optimizer": True,
+            "train.compile": "off",
+            **extra,
+        },
+    )
     started = time.perf_counter()
     engine = Engine(cfg, table)
     steps = []
@@ -363,8 +460,11 @@ def _sequence(args: argparse.Namespace, table: Any, base: dict[str, Any], strate
         engine.next_step = step + 1
         steps.append({k: float(v) for k, v in r.metrics.items() if k.startswith("loss/") or k == "sdr"})
     seconds = time.perf_counter() - started
-    print(f"  {strategy} {label}: {seconds:.0f} s; "
-          + "; ".join(f"step {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for i, s in enumerate(steps)), flush=True)
+    print(
+        f"  {strategy} {label}: {seconds:.0f} s; "
+        + "; ".join(f"step {i}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) for i, s in enumerate(steps)),
+        flush=True,
+    )
     return {"steps": steps, "seconds": seconds}
 
 
@@ -386,11 +486,16 @@ def engine_modes(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> 
     """
     out: dict[str, Any] = {}
     for strategy in args.engine_strategies:
-        runs = {mode: _sequence(args, table, base, strategy, {"train.compile": mode}, f"compile={mode}")
-                for mode in ("off", "reduce-overhead")}
+        runs = {
+            mode: _sequence(args, table, base, strategy, {"train.compile": mode}, f"compile={mode}")
+            for mode in ("off", "reduce-overhead")
+        }
         out[strategy] = {**runs, **_agreement(runs, "off", "reduce-overhead")}
-        print(f"  {strategy}: all finite {out[strategy]['all_finite']}; max |eager - cudagraphs| over losses and SDR:"
-              f" {out[strategy]['max_abs_diff']:.4f}", flush=True)
+        print(
+            f"  {strategy}: all finite {out[strategy]['all_finite']}; max |eager - cudagraphs| over losses and SDR:"
+            f" {out[strategy]['max_abs_diff']:.4f}",
+            flush=True,
+        )
     return out
 
 
@@ -401,11 +506,15 @@ def kernel_forms_engine(args: argparse.Namespace, table: Any, base: dict[str, An
     SDR must agree within bf16 noise, as eager and CUDA graphs do (``engine_modes``).
     """
     forms = {"train.encoder_conv": "space_to_depth", "train.decoder_conv": "subpixel"}
-    runs = {"strided+transposed": _sequence(args, table, base, "contavsep", {}, "strided+transposed"),
-            "s2d+subpixel": _sequence(args, table, base, "contavsep", forms, "s2d+subpixel")}
+    runs = {
+        "strided+transposed": _sequence(args, table, base, "contavsep", {}, "strided+transposed"),
+        "s2d+subpixel": _sequence(args, table, base, "contavsep", forms, "s2d+subpixel"),
+    }
     out = {**runs, **_agreement(runs, "strided+transposed", "s2d+subpixel")}
-    print(f"  all finite {out['all_finite']}; max |default forms - stride-1 forms| over losses and SDR: {out['max_abs_diff']:.4f}",
-          flush=True)
+    print(
+        f"  all finite {out['all_finite']}; max |default forms - stride-1 forms| over losses and SDR: {out['max_abs_diff']:.4f}",
+        flush=True,
+    )
     return out
 
 
@@ -416,9 +525,20 @@ def recompiles(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> di
     from contavsep.config import make_config
     from contavsep.engine import Engine
 
-    cfg = make_config("tiny", {**base, "strategy.name": "finetune", "memory.per_class": 0, "train.iters_per_step": 3,
-                               "data.num_steps": 3, "data.classes_per_step": 3, "train.compile": "default",
-                               "eval.windows_per_clip": 1, "eval.pairs_per_clip": 1})
+    cfg = make_config(
+        "tiny",
+        {
+            **base,
+            "strategy.name": "finetune",
+            "memory.per_class": 0,
+            "train.iters_per_step": 3,
+            "data.num_steps": 3,
+            "data.classes_per_step": 3,
+            "train.compile": "default",
+            "eval.windows_per_clip": 1,
+            "eval.pairs_per_clip": 1,
+        },
+    )
     torch._dynamo.reset()
     engine = Engine(cfg, table)
     per_step = []
@@ -427,16 +547,26 @@ def recompiles(args: argparse.Namespace, table: Any, base: dict[str, Any]) -> di
         started = time.perf_counter()
         engine.run_step(step)
         engine.next_step = step + 1
-        per_step.append({"step": step, "classes": engine.model.num_classes, "new_graphs": counters["stats"]["unique_graphs"] - before,
-                         "seconds": time.perf_counter() - started})
+        per_step.append(
+            {
+                "step": step,
+                "classes": engine.model.num_classes,
+                "new_graphs": counters["stats"]["unique_graphs"] - before,
+                "seconds": time.perf_counter() - started,
+            }
+        )
         print(f"  step {step}: {per_step[-1]}", flush=True)
     return {"per_step": per_step}
 
 
 def extrapolate(summary: dict[str, Any]) -> dict[str, Any]:
     ev = summary.get("eval") or {}
-    train = {k: v for part in ("train", "train_compiled") for k, v in (summary.get(part) or {}).items()
-             if isinstance(v, dict) and "mixtures_per_s" in v and "@" not in k}  # @: another batch than the paper's
+    train = {
+        k: v
+        for part in ("train", "train_compiled")
+        for k, v in (summary.get(part) or {}).items()
+        if isinstance(v, dict) and "mixtures_per_s" in v and "@" not in k
+    }  # @: another batch than the paper's
     best = max(train, key=lambda k: train[k]["mixtures_per_s"]) if train else None
     if best is None:
         raise RuntimeError("no training measurement to extrapolate from")
@@ -444,18 +574,28 @@ def extrapolate(summary: dict[str, Any]) -> dict[str, Any]:
     evals = [v for v in ev.values() if isinstance(v, dict) and "steady_s" in v]
     e = min(evals, key=lambda v: v["steady_s"]) if evals else None
     train_h = REFERENCE_MIXTURES / mps / 3600
-    out: dict[str, Any] = {"best_option": best, "mixtures_per_s": mps, "train_h": train_h,
-                           "mfu": train[best].get("mfu")}
+    out: dict[str, Any] = {
+        "best_option": best,
+        "mixtures_per_s": mps,
+        "train_h": train_h,
+        "mfu": train[best].get("mfu"),
+    }
     if e is not None:
         # after step t: the sets of tasks 0..t (a new task's first pass also scores its mixtures)
         task_sets = sum(range(1, PAPER_STEPS + 1))
         eval_s = task_sets * e["steady_s"] + PAPER_STEPS * max(0.0, e["first_s"] - e["steady_s"])
-        out.update(eval_h=eval_s / 3600, last_step_eval_s=PAPER_STEPS * e["steady_s"] + max(0.0, e["first_s"] - e["steady_s"]),
-                   eval_mixtures_per_set=e["mixtures"])
+        out.update(
+            eval_h=eval_s / 3600,
+            last_step_eval_s=PAPER_STEPS * e["steady_s"] + max(0.0, e["first_s"] - e["steady_s"]),
+            eval_mixtures_per_set=e["mixtures"],
+        )
     out["total_h"] = train_h + out.get("eval_h", 0.0)
-    print(f"  reference budget ({REFERENCE_MIXTURES / 1e6:.2f} M mixtures) with '{best}' at {mps:.0f} mixtures/s:"
-          f" training {train_h:.2f} h, evaluation {out.get('eval_h', float('nan')):.3f} h"
-          f" (last step's evaluation {out.get('last_step_eval_s', float('nan')):.1f} s), total {out['total_h']:.2f} h", flush=True)
+    print(
+        f"  reference budget ({REFERENCE_MIXTURES / 1e6:.2f} M mixtures) with '{best}' at {mps:.0f} mixtures/s:"
+        f" training {train_h:.2f} h, evaluation {out.get('eval_h', float('nan')):.3f} h"
+        f" (last step's evaluation {out.get('last_step_eval_s', float('nan')):.1f} s), total {out['total_h']:.2f} h",
+        flush=True,
+    )
     return out
 
 
@@ -463,18 +603,32 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/contavsep-gpu-check"))
     p.add_argument("--work", default="/tmp/contavsep-gpu-work", help="synthetic dataset and cache")
-    p.add_argument("--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny preset, few iterations (a CPU smoke run of every section)"
+    )
     p.add_argument("--compile-on-cpu", action="store_true", help="also time torch.compile without CUDA (slow)")
-    p.add_argument("--short", action="store_true",
-                   help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
-                        " train.decoder_conv=upsample (no eval/correctness/recompiles)")
-    p.add_argument("--kernels", action="store_true",
-                   help="kernel-level variants: each U-Net level per conv form (eager), then the best options with"
-                        " stride-1 encoder/decoder convs and each SDPA backend, compiled with CUDA graphs")
-    p.add_argument("--combos", default="", help="comma-separated compiled combinations to time (e.g. 'all+cudagraphs,defaults (auto)');"
-                                                " no eager options, no sequences")
+    p.add_argument(
+        "--short",
+        action="store_true",
+        help="training MFU only: baseline, channels_last+fused, compiled with both, the last two also with"
+        " train.decoder_conv=upsample (no eval/correctness/recompiles)",
+    )
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="kernel-level variants: each U-Net level per conv form (eager), then the best options with"
+        " stride-1 encoder/decoder convs and each SDPA backend, compiled with CUDA graphs",
+    )
+    p.add_argument(
+        "--combos",
+        default="",
+        help="comma-separated compiled combinations to time (e.g. 'all+cudagraphs,defaults (auto)');"
+        " no eager options, no sequences",
+    )
     p.add_argument("--budget-s", type=float, default=380.0, help="sections starting after this are skipped")
-    p.add_argument("--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped")
+    p.add_argument(
+        "--train-budget-s", type=float, default=280.0, help="option combinations starting after this are skipped"
+    )
     args = p.parse_args(argv)
     args.combos = [c.strip() for c in args.combos.split(",") if c.strip()]
     args.preset = "tiny" if args.quick else "paper"
@@ -485,7 +639,11 @@ def main(argv: list[str] | None = None) -> None:
     run = Run(Path(args.out), args.budget_s)
     args.started = run.started
     work = Path(args.work)
-    base: dict[str, Any] = {"data.num_steps": 2, "data.cache_dir": str(work / "cache"), "train.device": "cuda" if cuda else "cpu"}
+    base: dict[str, Any] = {
+        "data.num_steps": 2,
+        "data.cache_dir": str(work / "cache"),
+        "train.device": "cuda" if cuda else "cpu",
+    }
     if not args.quick:
         base["train.batch_size"] = 32  # the paper's batch, bf16 autocast (train.amp, on by default on CUDA)
     if cuda:
@@ -515,8 +673,10 @@ def main(argv: list[str] | None = None) -> None:
             run.section("engine_modes", engine_modes, args, table, base, need_s=100)
         if not (args.short or args.combos or args.kernels):
             run.section("recompiles", recompiles, args, table, base, need_s=60)
-    print(f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
-          flush=True)
+    print(
+        f"== done in {run.elapsed():.0f} s; errors: {run.summary['errors'] or 'none'}; skipped: {run.summary['skipped'] or 'none'}",
+        flush=True,
+    )
     print(f"summary: {Path(args.out) / 'gpu_summary.json'}", flush=True)
 
 

@@ -38,13 +38,29 @@ def write_tree(root: Path, clips: int, seconds: float, size: tuple[int, int], fp
     paths = []
     for i in range(clips):
         name, colour, tone = CLASS_STYLES[i % len(CLASS_STYLES)]
-        paths.append(write_synthetic_video(root / name / f"{name}-{i:04d}.mp4", seconds=seconds, fps=fps, size=size,
-                                           colour=colour, tone_hz=tone, seed=i))
+        paths.append(
+            write_synthetic_video(
+                root / name / f"{name}-{i:04d}.mp4",
+                seconds=seconds,
+                fps=fps,
+                size=size,
+                colour=colour,
+                tone_hz=tone,
+                seed=i,
+            )
+        )
     return paths
 
 
-def run(clips: int = 16, seconds: float = 10.0, size: tuple[int, int] = (360, 480), fps: int = 25,
-        decode_workers: int = 2, group_clips: int = 8, device: str = "cpu") -> dict[str, Any]:
+def run(
+    clips: int = 16,
+    seconds: float = 10.0,
+    size: tuple[int, int] = (360, 480),
+    fps: int = 25,
+    decode_workers: int = 2,
+    group_clips: int = 8,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Build the tree, warm up on one clip, time the ingestion of all clips; return the numbers."""
     import torch
 
@@ -65,13 +81,25 @@ def run(clips: int = 16, seconds: float = 10.0, size: tuple[int, int] = (360, 48
         warm_root = Path(tmp) / "warm"
         write_tree(warm_root, 1, min(seconds, 2.0), size, fps)
         warm = discover("music21", warm_root)
-        ingest(warm, open_writer(warm, f"file://{tmp}/warm-ds", extractors, settings), extractors, settings,
-               root=warm_root, progress=False)
+        ingest(
+            warm,
+            open_writer(warm, f"file://{tmp}/warm-ds", extractors, settings),
+            extractors,
+            settings,
+            root=warm_root,
+            progress=False,
+        )
 
         found = discover("music21", root)
         t0 = time.perf_counter()
-        report = ingest(found, open_writer(found, f"file://{tmp}/ds", extractors, settings), extractors, settings,
-                        root=root, progress=False)
+        report = ingest(
+            found,
+            open_writer(found, f"file://{tmp}/ds", extractors, settings),
+            extractors,
+            settings,
+            root=root,
+            progress=False,
+        )
         wall = time.perf_counter() - t0
         if not report.ok:
             raise RuntimeError(f"benchmark ingestion failed: {[str(p) for p in report.problems]}")
@@ -111,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     args = parser.parse_args(argv)
     height, _, width = args.size.partition("x")
-    result = run(args.clips, args.seconds, (int(height), int(width)), args.fps, args.decode_workers, args.group_clips, args.device)
+    result = run(
+        args.clips,
+        args.seconds,
+        (int(height), int(width)),
+        args.fps,
+        args.decode_workers,
+        args.group_clips,
+        args.device,
+    )
     print(json.dumps(result))
     return 0
 

@@ -97,7 +97,9 @@ def _parse_case(case: str) -> tuple[str, str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", action="append", help="model:preset:batch (repeatable); default: " + " ".join(DEFAULT_CASES))
+    parser.add_argument(
+        "--case", action="append", help="model:preset:batch (repeatable); default: " + " ".join(DEFAULT_CASES)
+    )
     parser.add_argument("--sources", type=int, default=2, help="sources per mixture (N)")
     parser.add_argument("--iters", type=int, default=5, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if not args.json:
-        print(f"{'case':<24}{'N':>3}{'thr':>5}{'params':>12}{'median s':>10}{'min s':>9}{'RSS built MiB':>15}{'peak RSS MiB':>14}")
+        print(
+            f"{'case':<24}{'N':>3}{'thr':>5}{'params':>12}{'median s':>10}{'min s':>9}{'RSS built MiB':>15}{'peak RSS MiB':>14}"
+        )
     for case in cases:
         cmd = [sys.executable, "-m", "benchmarks.bench_models", "--in-process", "--case", case,
                "--sources", str(args.sources), "--iters", str(args.iters), "--warmup", str(args.warmup),

@@ -49,7 +49,15 @@ KINDS = (
 # names list the aten ops whose pointwise and reduction parts they fused
 # ("triton_poi_fused_add_convolution_backward_leaky_relu_backward_..."); the convolutions and
 # matrix products themselves stay cuDNN / cuBLAS calls.
-INDUCTOR_FUSED = ("triton_poi_", "triton_red_", "triton_per_", "triton_for_", "triton_spl_", "triton_unk_", "cpp_fused_")
+INDUCTOR_FUSED = (
+    "triton_poi_",
+    "triton_red_",
+    "triton_per_",
+    "triton_for_",
+    "triton_spl_",
+    "triton_unk_",
+    "cpp_fused_",
+)
 TENSOR_CORE_KINDS = ("convolution", "matmul")
 
 
@@ -212,9 +220,11 @@ def kernels(bench: Bench, iters: int, top: int) -> dict[str, Any]:
     total = max(kernel_total, op_total) or 1.0
     if kernel_total > op_total:
         by_kind["unattributed"] = kernel_total - op_total
-    print(f"  device time per iteration: {total / 1e3:.2f} ms in {sum(r[2] for r in kernel_rows)} kernels"
-          f" ({op_total / 1e3:.2f} ms under {sum(r[2] for r in ops)} operator calls); besides: host-to-device copies"
-          f" {transfer / 1e3:.2f} ms (copy stream, overlapped)")
+    print(
+        f"  device time per iteration: {total / 1e3:.2f} ms in {sum(r[2] for r in kernel_rows)} kernels"
+        f" ({op_total / 1e3:.2f} ms under {sum(r[2] for r in ops)} operator calls); besides: host-to-device copies"
+        f" {transfer / 1e3:.2f} ms (copy stream, overlapped)"
+    )
     for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"    {kind:20s} {us / 1e3:8.2f} ms  {100 * us / total:5.1f} %")
     for title, part in (("operators", ops), ("kernels", kernel_rows)):
@@ -225,17 +235,24 @@ def kernels(bench: Bench, iters: int, top: int) -> dict[str, Any]:
     print(f"  top {top} kernels by launching operators (ms/iter, calls/iter, kernel <- operator < parents):")
     for name, chain, us, calls in sources[:top]:
         print(f"    {us / 1e3:8.3f}  {calls:5d}  {name[:70]}  <-  {chain[:120]}")
-    return {"device_ms": total / 1e3, "operator_ms": op_total / 1e3, "kernel_ms": kernel_total / 1e3,
-            "transfer_ms": transfer / 1e3,
-            "by_kind_ms": {k: v / 1e3 for k, v in by_kind.items()},
-            "annotations_ms": {n: us / 1e3 for n, us, _ in rows.annotations},
-            "top": [{"op": n, "ms": us / 1e3, "calls": c} for n, us, c in ops[:top]],
-            "top_kernels": [{"kernel": n, "ms": us / 1e3, "calls": c} for n, us, c in kernel_rows[:top]],
-            "kernel_sources": [{"kernel": n, "launched_by": chain, "ms": us / 1e3, "calls": c}
-                               for n, chain, us, c in sources[:top]]}
+    return {
+        "device_ms": total / 1e3,
+        "operator_ms": op_total / 1e3,
+        "kernel_ms": kernel_total / 1e3,
+        "transfer_ms": transfer / 1e3,
+        "by_kind_ms": {k: v / 1e3 for k, v in by_kind.items()},
+        "annotations_ms": {n: us / 1e3 for n, us, _ in rows.annotations},
+        "top": [{"op": n, "ms": us / 1e3, "calls": c} for n, us, c in ops[:top]],
+        "top_kernels": [{"kernel": n, "ms": us / 1e3, "calls": c} for n, us, c in kernel_rows[:top]],
+        "kernel_sources": [
+            {"kernel": n, "launched_by": chain, "ms": us / 1e3, "calls": c} for n, chain, us, c in sources[:top]
+        ],
+    }
 
 
-def scaling(table: Any, preset: str, overrides: dict[str, Any], batches: list[int], iters: int, warmup: int) -> dict[str, Any]:
+def scaling(
+    table: Any, preset: str, overrides: dict[str, Any], batches: list[int], iters: int, warmup: int
+) -> dict[str, Any]:
     """Pipelined mixtures/s and MFU per batch size."""
     out: dict[str, Any] = {}
     for b in batches:
@@ -265,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--batches", default="32,64,128", help="comma-separated batch sizes for the scaling table ('' = none)")
+    p.add_argument(
+        "--batches", default="32,64,128", help="comma-separated batch sizes for the scaling table ('' = none)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--scaling-only", action="store_true", help="only the batch-scaling table (no phases, no kernels)")
     p.add_argument("--json", default="", help="write the numbers here")

@@ -31,6 +31,10 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contavsep_platform.settings import Endpoints
 
 
 def _free_port() -> int:
@@ -91,10 +95,10 @@ class MemorySampler:
             self._stop.wait(self.interval_s)
 
 
-def _workload(endpoints: object, with_ray: bool) -> None:
+def _workload(endpoints: Endpoints, with_ray: bool) -> None:
     from contavsep import storage
 
-    s3 = endpoints.s3  # type: ignore[attr-defined]
+    s3 = endpoints.s3
     blob = secrets.token_bytes(1 << 20)
     for i in range(16):
         uri = f"s3://contavsep/bench/object-{i}.bin"
@@ -102,7 +106,7 @@ def _workload(endpoints: object, with_ray: bool) -> None:
         assert storage.read_bytes(uri, s3) == blob
     storage.delete_prefix("s3://contavsep/bench", s3)
 
-    api = f"{endpoints.mlflow_tracking_uri}/api/2.0"  # type: ignore[attr-defined]
+    api = f"{endpoints.mlflow_tracking_uri}/api/2.0"
 
     def call(url: str, body: dict | None = None, data: bytes | None = None, method: str | None = None) -> bytes:
         payload = json.dumps(body).encode() if body is not None else data
@@ -112,7 +116,9 @@ def _workload(endpoints: object, with_ray: bool) -> None:
         with urllib.request.urlopen(request, timeout=60) as reply:
             return reply.read()
 
-    exp = json.loads(call(f"{api}/mlflow/experiments/create", {"name": f"bench-{secrets.token_hex(4)}"}))["experiment_id"]
+    exp = json.loads(call(f"{api}/mlflow/experiments/create", {"name": f"bench-{secrets.token_hex(4)}"}))[
+        "experiment_id"
+    ]
     run = json.loads(call(f"{api}/mlflow/runs/create", {"experiment_id": exp}))["run"]["info"]["run_id"]
     for step in range(0, 200, 50):
         metrics = [{"key": "sdr", "value": float(k), "timestamp": 0, "step": k} for k in range(step, step + 50)]
@@ -124,11 +130,25 @@ def _workload(endpoints: object, with_ray: bool) -> None:
         assert call(f"{api}/mlflow-artifacts/artifacts/{path}") == artifact
 
     if with_ray:
+        assert endpoints.ray_dashboard_url, "with_ray: the Ray head's dashboard URL is in the services' state"
         probe = "import ray; ray.init(); f = ray.remote(lambda x: x * x); print('SUM', sum(ray.get([f.remote(i) for i in range(20)])))"
         done = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
-             endpoints.ray_dashboard_url, "--", "python", "-c", probe],  # type: ignore[attr-defined]
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "job",
+                "submit",
+                "--address",
+                endpoints.ray_dashboard_url,
+                "--",
+                "python",
+                "-c",
+                probe,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if "SUM 2470" not in done.stdout:
             raise RuntimeError(f"the Ray job failed: {done.stdout[-1500:]} {done.stderr[-1500:]}")
@@ -153,8 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     stop_s: dict[str, float] = {}
     try:
         with MemorySampler(state_dir) as sampler:
-            services.up(state_dir, ports=ports, ray=with_ray, num_cpus=2, ray_temp_dir=ray_temp,
-                        echo=lambda line: print(line, file=sys.stderr, flush=True))
+            services.up(
+                state_dir,
+                ports=ports,
+                ray=with_ray,
+                num_cpus=2,
+                ray_temp_dir=ray_temp,
+                echo=lambda line: print(line, file=sys.stderr, flush=True),
+            )
             startup = {n: r.startup_s for n, r in read_state(state_dir).services.items()}
             time.sleep(args.idle_s)
             idle_rss = dict(sampler.peak_rss)
@@ -178,12 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         if ray_temp:
             shutil.rmtree(ray_temp, ignore_errors=True)
 
-    print(f"{'service':<8} {'startup s':>9} {'idle RSS MiB':>12} {'peak RSS MiB':>12} {'peak PSS MiB':>12} {'processes':>9} {'stop s':>7}")
+    print(
+        f"{'service':<8} {'startup s':>9} {'idle RSS MiB':>12} {'peak RSS MiB':>12} {'peak PSS MiB':>12} {'processes':>9} {'stop s':>7}"
+    )
     for name in services.SERVICES:
         if name not in startup:
             continue
-        print(f"{name:<8} {startup[name] or 0:>9.1f} {idle_rss.get(name, 0) / 1024:>12.0f} {sampler.peak_rss.get(name, 0) / 1024:>12.0f} "
-              f"{sampler.peak_pss.get(name, 0) / 1024:>12.0f} {sampler.processes.get(name, 0):>9d} {stop_s.get(name, 0):>7.1f}")
+        print(
+            f"{name:<8} {startup[name] or 0:>9.1f} {idle_rss.get(name, 0) / 1024:>12.0f} {sampler.peak_rss.get(name, 0) / 1024:>12.0f} "
+            f"{sampler.peak_pss.get(name, 0) / 1024:>12.0f} {sampler.processes.get(name, 0):>9d} {stop_s.get(name, 0):>7.1f}"
+        )
     print(f"workload {workload_s:.1f} s; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0
 

@@ -82,7 +82,9 @@ def _direct_engine_seconds(space: Any, params: dict[str, Any]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_trial", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None, help="dataset URI (default: build a small synthetic one in a temp folder)")
+    parser.add_argument(
+        "--data", default=None, help="dataset URI (default: build a small synthetic one in a temp folder)"
+    )
     parser.add_argument("--trials", type=int, default=None, help="number of trials (default: the smoke space's)")
     parser.add_argument("--direct", action="store_true", help="also run the first config once without Ray")
     parser.add_argument("--out", default=None, help="write the measurements as JSON here")
@@ -115,14 +117,27 @@ def main(argv: list[str] | None = None) -> int:
             wall = clock.ended.get(row.trial_id, 0.0) - clock.started.get(row.trial_id, 0.0)
             engine = row.engine_seconds or 0.0
             worker = float(row.metrics.get("time/worker_s", 0.0))
-            rows.append({"trial": row.trial_id, "strategy": row.strategy, "steps": row.steps, "wall_s": wall,
-                         "engine_s": engine, "worker_s": worker, "overhead_s": wall - engine})
+            rows.append(
+                {
+                    "trial": row.trial_id,
+                    "strategy": row.strategy,
+                    "steps": row.steps,
+                    "wall_s": wall,
+                    "engine_s": engine,
+                    "worker_s": worker,
+                    "overhead_s": wall - engine,
+                }
+            )
         direct = _direct_engine_seconds(space, outcome.trials[0].params) if args.direct and outcome.trials else None
 
     print("\nper-trial Ray overhead (smoke space): wall = Tune trial start..end, engine = run_sequence in the worker")
-    print(f"{'trial':<10} {'strategy':<10} {'steps':>5} {'wall s':>8} {'engine s':>9} {'worker s':>9} {'overhead s':>11}")
+    print(
+        f"{'trial':<10} {'strategy':<10} {'steps':>5} {'wall s':>8} {'engine s':>9} {'worker s':>9} {'overhead s':>11}"
+    )
     for r in rows:
-        print(f"{r['trial']:<10} {r['strategy']:<10} {r['steps']:>5} {r['wall_s']:>8.1f} {r['engine_s']:>9.1f} {r['worker_s']:>9.1f} {r['overhead_s']:>11.1f}")
+        print(
+            f"{r['trial']:<10} {r['strategy']:<10} {r['steps']:>5} {r['wall_s']:>8.1f} {r['engine_s']:>9.1f} {r['worker_s']:>9.1f} {r['overhead_s']:>11.1f}"
+        )
     overheads = [r["overhead_s"] for r in rows]
     summary = {
         "trials": rows,
@@ -134,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
     }
-    print(f"median overhead {summary['median_overhead_s']:.1f} s per trial; local Ray start {ray_start:.1f} s;"
-          f" sweep {sweep_wall:.1f} s with {outcome.max_concurrent} trial(s) at once; load average {summary['load_average_1min']:.1f}"
-          + (f"; the first config without Ray: engine {direct:.1f} s" if direct is not None else ""))
+    print(
+        f"median overhead {summary['median_overhead_s']:.1f} s per trial; local Ray start {ray_start:.1f} s;"
+        f" sweep {sweep_wall:.1f} s with {outcome.max_concurrent} trial(s) at once; load average {summary['load_average_1min']:.1f}"
+        + (f"; the first config without Ray: engine {direct:.1f} s" if direct is not None else "")
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
     import ray

@@ -320,7 +320,12 @@ class SpectralFrontEnd(torch.nn.Module):
             - mix_spec: :math:`(B, F, T)` complex
             - output: :math:`(B, N, length)`
         """
-        if masks.dim() != 4 or mix_spec.dim() != 3 or masks.shape[0] != mix_spec.shape[0] or masks.shape[3] != mix_spec.shape[2]:
+        if (
+            masks.dim() != 4
+            or mix_spec.dim() != 3
+            or masks.shape[0] != mix_spec.shape[0]
+            or masks.shape[3] != mix_spec.shape[2]
+        ):
             raise ValueError(
                 f"expected masks (B, N, F_w, T) and mix_spec (B, F, T), got {tuple(masks.shape)} and {tuple(mix_spec.shape)}"
             )

@@ -43,7 +43,9 @@ def epoch_draws(new_clips: int, memory_clips: int, train: TrainConfig, memory: M
     """
     if memory_clips and 0.0 <= memory.share <= 1.0:
         if memory.share == 1.0:
-            raise ConfigError("memory.share=1 never draws a new clip, so an epoch has no length: set train.iters_per_step")
+            raise ConfigError(
+                "memory.share=1 never draws a new clip, so an epoch has no length: set train.iters_per_step"
+            )
         return int(train.dup_trainset * new_clips / (1.0 - memory.share))
     return int(train.dup_trainset * (new_clips + memory.oversample * memory_clips))
 
@@ -101,7 +103,9 @@ def plan_step(step: int, new_clips: int, memory_clips: int, cfg: Config) -> Step
         iterations=iterations,
         batch_size=t.batch_size,
         lr_drops_unet=tuple(at(e) for e in drop_epochs(t.lr_drop_epochs_unet, "train.lr_drop_epochs_unet")),
-        lr_drops_transformer=tuple(at(e) for e in drop_epochs(t.lr_drop_epochs_transformer, "train.lr_drop_epochs_transformer")),
+        lr_drops_transformer=tuple(
+            at(e) for e in drop_epochs(t.lr_drop_epochs_transformer, "train.lr_drop_epochs_transformer")
+        ),
         val_every=t.val_every or max(1, at(1)),
     )
 
@@ -154,8 +158,12 @@ def describe(budget: SequenceBudget) -> str:
     rows = ["step  new clips  memory  draws/epoch  iterations  lr drops U-Net | transformer  mixtures"]
     for s in budget.steps:
         drops = f"{','.join(map(str, s.lr_drops_unet)) or '-'} | {','.join(map(str, s.lr_drops_transformer)) or '-'}"
-        rows.append(f"{s.step + 1:4d}  {s.new_clips:9d}  {s.memory_clips:6d}  {s.draws_per_epoch or '-':>11}  {s.iterations:10d}"
-                    f"  {drops:>28s}  {s.mixtures:8d}")
-    rows.append(f"total: {budget.iterations} iterations, {budget.mixtures} training mixtures per sequence ="
-                f" {100 * budget.share:.3g} % of the paper's {PAPER_MIXTURES} (ContAV-Sep on MUSIC-21)")
+        rows.append(
+            f"{s.step + 1:4d}  {s.new_clips:9d}  {s.memory_clips:6d}  {s.draws_per_epoch or '-':>11}  {s.iterations:10d}"
+            f"  {drops:>28s}  {s.mixtures:8d}"
+        )
+    rows.append(
+        f"total: {budget.iterations} iterations, {budget.mixtures} training mixtures per sequence ="
+        f" {100 * budget.share:.3g} % of the paper's {PAPER_MIXTURES} (ContAV-Sep on MUSIC-21)"
+    )
     return "\n".join(rows)

@@ -95,10 +95,14 @@ def load_checkpoint(directory: str | Path) -> TrainingState:
     """Read a checkpoint written by :func:`save_checkpoint` (on CPU; the engine moves tensors)."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a contavsep checkpoint (no {STATE_FILE}); pass a step checkpoint directory")
+        raise CheckpointError(
+            f"{directory} is not a contavsep checkpoint (no {STATE_FILE}); pass a step checkpoint directory"
+        )
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {payload.get('format_version')}, this version reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload.get('format_version')}, this version reads {FORMAT_VERSION}"
+        )
     try:
         config = from_flat(payload["config"])
     except ConfigError as exc:  # e.g. its strategy, or a value its strategy now refuses
@@ -131,11 +135,19 @@ def check_resumable(state: TrainingState, cfg: Config, data_content_hash: str, w
     keys = list(dict.fromkeys([*now, *stored]))
     if stored.get("strategy.name") != now.get("strategy.name"):  # then its keys are another strategy's: noise
         keys = [k for k in keys if k == "strategy.name" or not k.startswith("strategy.")]
-    diff = [f"{k}: {stored.get(k)!r} -> {now.get(k)!r}" for k in keys if k not in LOCATION_KEYS and stored.get(k) != now.get(k)]
+    diff = [
+        f"{k}: {stored.get(k)!r} -> {now.get(k)!r}"
+        for k in keys
+        if k not in LOCATION_KEYS and stored.get(k) != now.get(k)
+    ]
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise CheckpointError(f"checkpoint {where} was written with another config: {'; '.join(diff[:3])}{more};"
-                              f" resume with the same settings")
+        raise CheckpointError(
+            f"checkpoint {where} was written with another config: {'; '.join(diff[:3])}{more};"
+            f" resume with the same settings"
+        )
     if state.data_content_hash and data_content_hash and state.data_content_hash != data_content_hash:
-        raise CheckpointError(f"checkpoint {where} was trained on dataset content {state.data_content_hash[:16]}, but"
-                              f" data.uri {cfg.data.uri} holds {data_content_hash[:16]}; resume with the same dataset")
+        raise CheckpointError(
+            f"checkpoint {where} was trained on dataset content {state.data_content_hash[:16]}, but"
+            f" data.uri {cfg.data.uri} holds {data_content_hash[:16]}; resume with the same dataset"
+        )

@@ -134,7 +134,9 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def make_optimizers(model: Separator, cfg: Config, plan: StepPlan, fused: bool = False) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+def make_optimizers(
+    model: Separator, cfg: Config, plan: StepPlan, fused: bool = False
+) -> tuple[list[torch.optim.Optimizer], list[Any]]:
     """The paper's optimizers, recreated at every step: U-Net Adam, the rest AdamW; each with the
     plan's lr drops (schedulers step once per iteration). ``fused``: the resolved
     ``train.fused_optimizer`` (:class:`contavsep.speed.SpeedOptions`)."""
@@ -143,18 +145,28 @@ def make_optimizers(model: Separator, cfg: Config, plan: StepPlan, fused: bool =
     # (None leaves torch's own choice, as a call without the argument does)
     opts: list[torch.optim.Optimizer] = [
         torch.optim.Adam(model.unet_parameters(), lr=t.lr_unet, fused=fused or None),
-        torch.optim.AdamW(model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, fused=fused or None),
+        torch.optim.AdamW(
+            model.head_parameters(), lr=t.lr_transformer, weight_decay=t.weight_decay, fused=fused or None
+        ),
     ]
     drops = (plan.lr_drops_unet, plan.lr_drops_transformer)
-    scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)]
+    scheds = [
+        torch.optim.lr_scheduler.MultiStepLR(o, milestones=list(d), gamma=t.lr_decay_gamma) for o, d in zip(opts, drops)
+    ]
     return opts, scheds
 
 
 class Engine:
     """Runs one task sequence for a resolved :class:`Config` on an opened dataset."""
 
-    def __init__(self, cfg: Config, table: ClipTable, *, distributed: Distributed | None = None,
-                 first_steps: first_step.FirstStepStore | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        table: ClipTable,
+        *,
+        distributed: Distributed | None = None,
+        first_steps: first_step.FirstStepStore | None = None,
+    ):
         self.cfg = cfg
         self.first_steps = first_steps  # a sweep's shared step-0 states (None: every step trained here)
         self.first_step_shared: bool | None = None  # whether step 0 was loaded (None: not keyed, or resumed)
@@ -171,10 +183,14 @@ class Engine:
             # algorithms once and keep the fastest (CUDA runs are not bit-reproducible anyway)
             torch.backends.cudnn.benchmark = True
         self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and cfg.train.amp else nullcontext()
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and cfg.train.amp
+            else nullcontext()
         )
         if cfg.train.batch_size % self.dist.world_size:
-            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the {self.dist.world_size} DDP workers")
+            raise ConfigError(
+                f"train.batch_size ({cfg.train.batch_size}) must be divisible by the {self.dist.world_size} DDP workers"
+            )
         self.local_batch = cfg.train.batch_size // self.dist.world_size
         self._check_dataset()
 
@@ -214,20 +230,30 @@ class Engine:
         self.next_step = 0
         self._last_optim: tuple[list, list] = ([], [])
         # validation: the same measurement on the val split (what sweeps select on); None when off
-        self.val_results: ContinualResults | None = ContinualResults(self.scenario.num_steps) if cfg.eval.validate else None
+        self.val_results: ContinualResults | None = (
+            ContinualResults(self.scenario.num_steps) if cfg.eval.validate else None
+        )
         self._sets: dict[tuple[str, int], EvaluationSet] = {}  # (split, task) -> its fixed mixtures
-        self._mix_sdr: dict[tuple[str, int], np.ndarray] = {}  # (split, task) -> SDR of its unprocessed mixtures, (P, N)
+        self._mix_sdr: dict[
+            tuple[str, int], np.ndarray
+        ] = {}  # (split, task) -> SDR of its unprocessed mixtures, (P, N)
 
     # ------------------------------------------------------------------ setup
     def _check_dataset(self) -> None:
         sr = self.table.sample_rate
         if sr != self.cfg.audio.sample_rate:
-            raise ConfigError(f"dataset {self.table.uri} has audio at {sr} Hz but audio.sample_rate={self.cfg.audio.sample_rate}")
+            raise ConfigError(
+                f"dataset {self.table.uri} has audio at {sr} Hz but audio.sample_rate={self.cfg.audio.sample_rate}"
+            )
         for split in ("train", "test", *(("val",) if self.cfg.eval.validate else ())):
             counts = self.table.rows_by_class(split)
             empty = [self.table.classes[c] for c in self.scenario.class_order if len(counts[c]) == 0]
             if empty:
-                fix = "; set eval.validate=false to train without validation sets (a sweep cannot select then)" if split == "val" else ""
+                fix = (
+                    "; set eval.validate=false to train without validation sets (a sweep cannot select then)"
+                    if split == "val"
+                    else ""
+                )
                 raise ConfigError(f"dataset {self.table.uri} has no {split} clips for classes {empty}{fix}")
 
     def restore(self, state: TrainingState) -> None:
@@ -241,9 +267,11 @@ class Engine:
         self.results = ContinualResults.from_state_dict(state.results)
         if self.val_results is not None:
             if state.val_results is None:
-                raise CheckpointError("the checkpoint was written without validation results (before validation sets"
-                                      " existed, or with eval.validate=false); start a new run, or resume with"
-                                      " eval.validate=false")
+                raise CheckpointError(
+                    "the checkpoint was written without validation results (before validation sets"
+                    " existed, or with eval.validate=false); start a new run, or resume with"
+                    " eval.validate=false"
+                )
             self.val_results = ContinualResults.from_state_dict(state.val_results)
         set_rng_state(state.rng)
         self.old_model = self._frozen_copy(self.model)
@@ -283,7 +311,9 @@ class Engine:
     @staticmethod
     def forward(model: nn.Module, batch: StepBatch, return_internals: bool = False) -> SeparatorOutput:
         c = batch.clips
-        return model(batch.spectra.mix_input, c.labels, c.object_features, c.motion_features, return_internals=return_internals)
+        return model(
+            batch.spectra.mix_input, c.labels, c.object_features, c.motion_features, return_internals=return_internals
+        )
 
     @staticmethod
     def main_loss(out: SeparatorOutput, batch: StepBatch) -> torch.Tensor:
@@ -291,8 +321,12 @@ class Engine:
 
     def batches(self, sampler: TrainingSampler, count: int) -> BatchProducer:
         """``count`` training batches of ``sampler`` on the device, prepared ahead (train.prefetch_batches)."""
-        return BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), count, device=self.device,
-                             depth=self.cfg.train.prefetch_batches)
+        return BatchProducer(
+            lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches),
+            count,
+            device=self.device,
+            depth=self.cfg.train.prefetch_batches,
+        )
 
     def plan(self, step: int, sampler: TrainingSampler) -> StepPlan:
         """The step's budget, from the pool its sampler draws from."""
@@ -348,7 +382,9 @@ class Engine:
         if shared is not None:
             loss_means = self._load_first_step(shared, optimizers, schedulers, sampler)
             train_seconds = time.perf_counter() - started
-            log.info("  step 0 shared: loaded %s (trained once in %.1fs by another trial)", shared.key, shared.train_seconds)
+            log.info(
+                "  step 0 shared: loaded %s (trained once in %.1fs by another trial)", shared.key, shared.train_seconds
+            )
         else:
             loss_means, train_seconds = self._train(step, ctx, train_model, sampler, plan, optimizers, schedulers)
             if first_key is not None:
@@ -357,8 +393,11 @@ class Engine:
             self.first_step_shared = shared is not None
 
         self.strategy.after_task(ctx)
-        self.memory.update(self.table.rows_by_class("train"), self.scenario.task_class_ids(step),
-                           random.Random(_seed(self.cfg.train.seed, step, 3)))
+        self.memory.update(
+            self.table.rows_by_class("train"),
+            self.scenario.task_class_ids(step),
+            random.Random(_seed(self.cfg.train.seed, step, 3)),
+        )
         self._last_optim = (optimizers, schedulers)
 
         examples, seconds = self._evaluate_step(step)
@@ -377,21 +416,40 @@ class Engine:
         # on demand (depth 0): a strategy may stop early, and must leave the sampler where the
         # training thread would have
         def batches_of_step(n: int) -> Iterator[StepBatch]:
-            produced = BatchProducer(lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n,
-                                     device=self.device, depth=0)
+            produced = BatchProducer(
+                lambda: sampler.sample(self.local_batch, pcm=self.pcm_batches), n, device=self.device, depth=0
+            )
             return (self._to_step_batch(clips) for clips in produced)
 
-        return StepContext(step=step, scenario=self.scenario, model=self.model, old_model=self.old_model,
-                           device=self.device, sample_batches=batches_of_step, forward=self.forward,
-                           main_loss=self.main_loss)
+        return StepContext(
+            step=step,
+            scenario=self.scenario,
+            model=self.model,
+            old_model=self.old_model,
+            device=self.device,
+            sample_batches=batches_of_step,
+            forward=self.forward,
+            main_loss=self.main_loss,
+        )
 
     def _log_plan(self, step: int, sampler: TrainingSampler, plan: StepPlan) -> None:
-        log.info("step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)", step + 1, self.scenario.num_steps,
-                 [self.table.classes[c] for c in self.scenario.task_class_ids(step)], len(self.memory), 100 * sampler.memory_share)
-        log.info("  budget: %d iterations x batch %d = %d mixtures (%s); lr drops after iterations %s (U-Net), %s (transformer)",
-                 plan.iterations, plan.batch_size, plan.mixtures,
-                 f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
-                 list(plan.lr_drops_unet), list(plan.lr_drops_transformer))
+        log.info(
+            "step %d/%d: classes %s (memory: %d clips, %.0f%% of draws)",
+            step + 1,
+            self.scenario.num_steps,
+            [self.table.classes[c] for c in self.scenario.task_class_ids(step)],
+            len(self.memory),
+            100 * sampler.memory_share,
+        )
+        log.info(
+            "  budget: %d iterations x batch %d = %d mixtures (%s); lr drops after iterations %s (U-Net), %s (transformer)",
+            plan.iterations,
+            plan.batch_size,
+            plan.mixtures,
+            f"{plan.draws_per_epoch} draws per epoch" if plan.draws_per_epoch else "train.iters_per_step",
+            list(plan.lr_drops_unet),
+            list(plan.lr_drops_transformer),
+        )
 
     def _evaluate_step(self, step: int) -> tuple[list[Example], dict[str, float]]:
         """Score the test sets (and the validation sets) of the tasks seen so far on the main
@@ -406,7 +464,9 @@ class Engine:
             seconds["time/val_s"] = time.perf_counter() - started
         return examples, seconds
 
-    def _step_results(self, step: int, loss_means: dict[str, float], seconds: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
+    def _step_results(
+        self, step: int, loss_means: dict[str, float], seconds: dict[str, float]
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         """The step's flat metrics (scores, loss terms, times, memory; see
         :mod:`contavsep.metric_names`) and the results summary as of the step (main rank)."""
         metrics: dict[str, float] = {}
@@ -418,23 +478,45 @@ class Engine:
                 metrics.update({val_name(k): v for k, v in step_metrics(self.val_results, step).items()})
                 summary["val"] = self.val_results.summary(step)
         metrics.update({loss_name(k): v for k, v in loss_means.items()})
-        metrics.update({"step": float(step), "time/train_s": seconds["time/train_s"], "time/eval_s": seconds["time/eval_s"],
-                        "memory/clips": float(len(self.memory))})
+        metrics.update(
+            {
+                "step": float(step),
+                "time/train_s": seconds["time/train_s"],
+                "time/eval_s": seconds["time/eval_s"],
+                "memory/clips": float(len(self.memory)),
+            }
+        )
         for key in ("time/val_s", "throughput/mixtures_per_s"):
             if key in seconds:
                 metrics[key] = seconds[key]
         if self.first_step_shared is not None:  # a property of the sequence: in every step's metrics
             metrics[first_step.SHARED_KEY] = float(self.first_step_shared)
         if self.dist.is_main:
-            log.info("step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f, val SDR %s  [train %.1fs, test %.1fs, val %.1fs]",
-                     step + 1, metrics["sdr"], f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-",
-                     metrics.get("sdr_new", math.nan), metrics["sir"], metrics["sar"],
-                     f"{metrics[val_name('sdr')]:.2f}" if val_name("sdr") in metrics else "-",
-                     seconds["time/train_s"], seconds["time/eval_s"], seconds.get("time/val_s", 0.0))
+            log.info(
+                "step %d: SDR %.2f (old %s, new %.2f) SIR %.2f SAR %.2f, val SDR %s  [train %.1fs, test %.1fs, val %.1fs]",
+                step + 1,
+                metrics["sdr"],
+                f"{metrics['sdr_old']:.2f}" if "sdr_old" in metrics else "-",
+                metrics.get("sdr_new", math.nan),
+                metrics["sir"],
+                metrics["sar"],
+                f"{metrics[val_name('sdr')]:.2f}" if val_name("sdr") in metrics else "-",
+                seconds["time/train_s"],
+                seconds["time/eval_s"],
+                seconds.get("time/val_s", 0.0),
+            )
         return metrics, summary
 
-    def _train(self, step: int, ctx: StepContext, train_model: nn.Module, sampler: TrainingSampler, plan: StepPlan,
-               optimizers: list[torch.optim.Optimizer], schedulers: list[Any]) -> tuple[dict[str, float], float]:
+    def _train(
+        self,
+        step: int,
+        ctx: StepContext,
+        train_model: nn.Module,
+        sampler: TrainingSampler,
+        plan: StepPlan,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+    ) -> tuple[dict[str, float], float]:
         """The step's iterations; returns the loss means by term and the seconds they took."""
         t = self.cfg.train
         best: tuple[float, dict[str, Any] | None] = (-math.inf, None)
@@ -490,8 +572,13 @@ class Engine:
             return None
         return first_step.trial_key(self.cfg, str(self.table.manifest.get("content_hash", "")), self.dist.world_size)
 
-    def _load_first_step(self, shared: first_step.FirstStepState, optimizers: list[torch.optim.Optimizer],
-                         schedulers: list[Any], sampler: TrainingSampler) -> dict[str, float]:
+    def _load_first_step(
+        self,
+        shared: first_step.FirstStepState,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+        sampler: TrainingSampler,
+    ) -> dict[str, float]:
         """Put the model, optimizers, sampler and generators where step 0's iterations left them;
         returns the step's loss means as this strategy logs them."""
         self.model.load_state_dict(shared.model)
@@ -505,9 +592,16 @@ class Engine:
         means.update({name: 0.0 for name in type(self.strategy).first_step_zero_terms})
         return means
 
-    def _publish_first_step(self, key: tuple[str, dict[str, Any]], loss_means: dict[str, float], plan: StepPlan,
-                            train_seconds: float, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
-                            sampler: TrainingSampler) -> None:
+    def _publish_first_step(
+        self,
+        key: tuple[str, dict[str, Any]],
+        loss_means: dict[str, float],
+        plan: StepPlan,
+        train_seconds: float,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+        sampler: TrainingSampler,
+    ) -> None:
         """Offer this trial's step 0 to the sweep, after checking it was as plain as declared."""
         strategy = type(self.strategy)
         own_terms = {k: v for k, v in loss_means.items() if k not in first_step.SHARED_TERMS}
@@ -515,13 +609,22 @@ class Engine:
             unexpected = {k: v for k, v in own_terms.items() if k not in strategy.first_step_zero_terms or v != 0.0}
             if unexpected:
                 # a declaration that does not hold must not spread to other strategies' trials
-                log.error("strategy %s declares a plain step 0 but logged %s: step 0 not shared", strategy.name, unexpected)
+                log.error(
+                    "strategy %s declares a plain step 0 but logged %s: step 0 not shared", strategy.name, unexpected
+                )
                 return
             loss_means = {k: v for k, v in loss_means.items() if k in first_step.SHARED_TERMS}
         state = first_step.FirstStepState(
-            key=key[0], fields=key[1], model=self.model.state_dict(), num_classes=self.model.num_classes,
-            optimizers=[o.state_dict() for o in optimizers], schedulers=[sched.state_dict() for sched in schedulers],
-            sampler=sampler.state_dict(), rng=rng_state(), losses=loss_means, iterations=plan.iterations,
+            key=key[0],
+            fields=key[1],
+            model=self.model.state_dict(),
+            num_classes=self.model.num_classes,
+            optimizers=[o.state_dict() for o in optimizers],
+            schedulers=[sched.state_dict() for sched in schedulers],
+            sampler=sampler.state_dict(),
+            rng=rng_state(),
+            losses=loss_means,
+            iterations=plan.iterations,
             train_seconds=train_seconds,
         )
         assert self.first_steps is not None  # _first_step_key gave a key, so a store is set
@@ -534,16 +637,27 @@ class Engine:
         and seed), drawn once and scored after every later step."""
         if (split, task) not in self._sets:
             e = self.cfg.eval
-            windows, pairs, seed = ((e.windows_per_clip, e.pairs_per_clip, e.seed) if split == "test"
-                                    else (e.val_windows_per_clip, e.val_pairs_per_clip, e.val_seed))
+            windows, pairs, seed = (
+                (e.windows_per_clip, e.pairs_per_clip, e.seed)
+                if split == "test"
+                else (e.val_windows_per_clip, e.val_pairs_per_clip, e.val_seed)
+            )
             self._sets[split, task] = evaluation_set(
-                self.table, self.scenario, task, clip_samples=self.cfg.audio.clip_samples, split=split,
-                windows_per_clip=windows, pairs_per_clip=pairs, seed=seed,
+                self.table,
+                self.scenario,
+                task,
+                clip_samples=self.cfg.audio.clip_samples,
+                split=split,
+                windows_per_clip=windows,
+                pairs_per_clip=pairs,
+                seed=seed,
             )
         return self._sets[split, task]
 
     @torch.no_grad()
-    def _separate(self, mixtures: EvaluationSet) -> Iterator[tuple[slice, MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _separate(
+        self, mixtures: EvaluationSet
+    ) -> Iterator[tuple[slice, MixtureBatch, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (index in the set, clips, mixture (B,S), scaled references (B,N,S), estimates (B,N,S)) per eval batch."""
         self.model.eval()
         size = self.cfg.eval.batch_size
@@ -575,8 +689,14 @@ class Engine:
             known = self._mix_sdr.get((split, task))  # the mixture's own SDR does not depend on the model
             computed = []
             for index, clips, mix, refs, ests in self._separate(mixtures):
-                scores = separation_scores(refs, ests, backend, mixture=mix, sdr_mix=None if known is None else known[index],
-                                           sdr_only=split == "val" and e.val_metrics == "sdr")
+                scores = separation_scores(
+                    refs,
+                    ests,
+                    backend,
+                    mixture=mix,
+                    sdr_mix=None if known is None else known[index],
+                    sdr_only=split == "val" and e.val_metrics == "sdr",
+                )
                 computed.append(scores.sdr_mix)
                 results.add_scores(step, scores, clips.tasks.cpu().numpy(), set_id=task)
                 for b in range(min(len(clips), e.examples - len(examples)) if split == "test" else 0):
@@ -622,8 +742,6 @@ class Engine:
             data_content_hash=str(self.table.manifest.get("content_hash", "")),
         )
         return save_checkpoint(state, directory)
-
-
 
 
 def step_metrics(results: ContinualResults, step: int) -> dict[str, float]:

@@ -78,8 +78,9 @@ class FirstStepState:
     train_seconds: float  # how long the publishing trial trained
 
 
-def key_fields(cfg: Config, first_step: str, strategy_params: dict[str, Any], data_content_hash: str,
-               world_size: int) -> dict[str, Any] | None:
+def key_fields(
+    cfg: Config, first_step: str, strategy_params: dict[str, Any], data_content_hash: str, world_size: int
+) -> dict[str, Any] | None:
     """The values step 0's iterations depend on, or None where sharing does not apply.
 
     ``first_step`` is the strategy's :attr:`Strategy.first_step` (``plain`` | ``own`` |
@@ -91,8 +92,11 @@ def key_fields(cfg: Config, first_step: str, strategy_params: dict[str, Any], da
         raise ValueError(f"first_step must be plain, own or never, got {first_step!r}")
     eval_counts = cfg.train.select == "best_val"
     values = {
-        k: v for k, v in flat(cfg).items()
-        if k not in LOCATION_KEYS and k not in SPEED_KEYS and not k.startswith(("memory.", "strategy."))
+        k: v
+        for k, v in flat(cfg).items()
+        if k not in LOCATION_KEYS
+        and k not in SPEED_KEYS
+        and not k.startswith(("memory.", "strategy."))
         and (eval_counts or not k.startswith("eval."))
     }
     values["strategy"] = "plain" if first_step == "plain" else {"name": cfg.strategy.name, **strategy_params}
@@ -137,13 +141,17 @@ class FirstStepStore:
         try:
             if not storage.exists(uri, self.settings):
                 return None
-            payload = torch.load(io.BytesIO(storage.read_bytes(uri, self.settings)), map_location="cpu", weights_only=False)
+            payload = torch.load(
+                io.BytesIO(storage.read_bytes(uri, self.settings)), map_location="cpu", weights_only=False
+            )
             state = FirstStepState(**payload["state"])
             if payload.get("format_version") != FORMAT_VERSION or state.key != key:
                 raise ValueError(f"it holds format {payload.get('format_version')} key {state.key}")
             return state
         except Exception as exc:  # noqa: BLE001 - storage down, a cut or foreign file: train step 0 instead
-            log.warning("shared first step %s does not load (%s); training step 0 here", uri, " ".join(str(exc).split())[:200])
+            log.warning(
+                "shared first step %s does not load (%s); training step 0 here", uri, " ".join(str(exc).split())[:200]
+            )
             return None
 
     def publish(self, state: FirstStepState) -> bool:
@@ -156,8 +164,11 @@ class FirstStepStore:
             buffer = io.BytesIO()
             torch.save({"format_version": FORMAT_VERSION, "state": state.__dict__}, buffer)
             storage.write_bytes_atomic(uri, buffer.getvalue(), self.settings)
-            storage.write_bytes_atomic(storage.join(self.uri, f"{state.key}.json"),
-                                       json.dumps(state.fields, indent=1, sort_keys=True, default=str).encode(), self.settings)
+            storage.write_bytes_atomic(
+                storage.join(self.uri, f"{state.key}.json"),
+                json.dumps(state.fields, indent=1, sort_keys=True, default=str).encode(),
+                self.settings,
+            )
         except (storage.StorageError, OSError) as exc:  # sharing saves compute; it never fails the trial that trained
             log.warning("shared first step %s not published (%s)", uri, " ".join(str(exc).split())[:200])
             return False

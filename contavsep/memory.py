@@ -34,7 +34,9 @@ class ExemplarMemory:
     def rows_of(self, class_id: int) -> list[int]:
         return list(self._rows.get(class_id, []))
 
-    def update(self, train_rows_by_class: Mapping[int, Iterable[int]], class_ids: Sequence[int], rng: random.Random) -> None:
+    def update(
+        self, train_rows_by_class: Mapping[int, Iterable[int]], class_ids: Sequence[int], rng: random.Random
+    ) -> None:
         """Select exemplars for the classes a step just introduced (random selection)."""
         if self.per_class == 0:
             return

@@ -123,7 +123,9 @@ def _fast_sdr(references: torch.Tensor, estimates: torch.Tensor) -> np.ndarray:
     filter, solved once instead of also for SIR/SAR) at about 40 % of its time."""
     import fast_bss_eval
 
-    return (-fast_bss_eval.torch.sdr_loss(estimates, references, filter_length=FILTER_TAPS, pairwise=False)).cpu().numpy()
+    return (
+        (-fast_bss_eval.torch.sdr_loss(estimates, references, filter_length=FILTER_TAPS, pairwise=False)).cpu().numpy()
+    )
 
 
 def separation_scores(
@@ -196,8 +198,11 @@ def separation_scores(
         elif mix is not None:
             mix_as_estimates = mix[keep].unsqueeze(1).expand(-1, n_src, -1).contiguous()
             # only the mixture's SDR is kept: the fast backend skips its SIR/SAR
-            scores[3, index] = (_fast_sdr(ref_v, mix_as_estimates) if backend == "fast"
-                                else _mir_eval_scores(ref_v, mix_as_estimates)[0])
+            scores[3, index] = (
+                _fast_sdr(ref_v, mix_as_estimates)
+                if backend == "fast"
+                else _mir_eval_scores(ref_v, mix_as_estimates)[0]
+            )
     return ScoreBatch(sdr=scores[0], sir=scores[1], sar=scores[2], sdr_mix=scores[3], valid=valid)
 
 
@@ -291,9 +296,13 @@ class ContinualResults:
         if sets.size and (sets.max() > step or (tasks > sets).any()):
             raise ValueError(f"a source of task k is in the test set of a task j with k <= j <= {step}")
         unmeasured = all(np.isnan(columns[name]).all() for name in ("sir", "sar"))
-        if np.isnan(columns["sdr"]).any() or (not unmeasured and any(np.isnan(columns[name]).any() for name in ("sir", "sar"))):
-            raise ValueError("NaN scores are skipped items: leave them out and pass their count as `skipped`"
-                             " (only SIR and SAR may be NaN, all of them: not measured)")
+        if np.isnan(columns["sdr"]).any() or (
+            not unmeasured and any(np.isnan(columns[name]).any() for name in ("sir", "sar"))
+        ):
+            raise ValueError(
+                "NaN scores are skipped items: leave them out and pass their count as `skipped`"
+                " (only SIR and SAR may be NaN, all of them: not measured)"
+            )
         if skipped < 0:
             raise ValueError(f"skipped must be >= 0, got {skipped}")
         record = self._records.setdefault(step, {"task": [], "set": [], **{name: [] for name in columns}})
@@ -319,7 +328,16 @@ class ContinualResults:
             raise ValueError(f"task_ids must have the scores' shape {scores.sdr.shape}, got {tasks.shape}")
         v = scores.valid
         sets = None if set_id is None else np.full(tasks[v].shape, int(set_id))
-        self.add(step, tasks[v], scores.sdr[v], scores.sir[v], scores.sar[v], scores.sdr_mix[v], skipped=scores.skipped, set_ids=sets)
+        self.add(
+            step,
+            tasks[v],
+            scores.sdr[v],
+            scores.sir[v],
+            scores.sar[v],
+            scores.sdr_mix[v],
+            skipped=scores.skipped,
+            set_ids=sets,
+        )
 
     # ------------------------------------------------------------------ views
 
@@ -438,8 +456,10 @@ class ContinualResults:
         return {
             "num_steps": self.num_steps,
             # unmeasured SIR/SAR (NaN) as null: strict JSON
-            "records": {str(s): {k: [None if isinstance(x, float) and math.isnan(x) else x for x in v] for k, v in r.items()}
-                        for s, r in self._records.items()},
+            "records": {
+                str(s): {k: [None if isinstance(x, float) and math.isnan(x) else x for x in v] for k, v in r.items()}
+                for s, r in self._records.items()
+            },
             "skipped": {str(s): n for s, n in self._skipped.items()},
         }
 

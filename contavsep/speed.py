@@ -70,7 +70,10 @@ class MeasuredSpeed:
 # The one place the GPU speed lives (sweep --check's GPU-hours read it). Update it with a new
 # measurement, on the card named here.
 MEASURED_GPU = MeasuredSpeed(
-    card="NVIDIA H100 80GB HBM3", preset="paper", batch_size=32, mixtures_per_s=2874.0,
+    card="NVIDIA H100 80GB HBM3",
+    preset="paper",
+    batch_size=32,
+    mixtures_per_s=2874.0,
     source="bash scripts/gpu_mfu.sh, the auto defaults with int16 PCM batches (issue 11; 26.3 % MFU)",
 )
 
@@ -85,13 +88,16 @@ class SpeedOptions:
 
     def describe(self) -> str:
         """One phrase for the log, e.g. ``channels_last, fused Adam, compile=reduce-overhead``."""
-        parts = [name for name, on in (("channels_last", self.channels_last), ("fused Adam", self.fused_optimizer)) if on]
+        parts = [
+            name for name, on in (("channels_last", self.channels_last), ("fused Adam", self.fused_optimizer)) if on
+        ]
         parts.append(f"compile={self.compile}")
         return ", ".join(parts)
 
 
-def resolve_speed(channels_last: str, fused_optimizer: str, compile: str, device: torch.device,
-                  world_size: int = 1) -> SpeedOptions:
+def resolve_speed(
+    channels_last: str, fused_optimizer: str, compile: str, device: torch.device, world_size: int = 1
+) -> SpeedOptions:
     """The options for ``device`` (and ``world_size`` DDP workers) from the config's values.
 
     Args:

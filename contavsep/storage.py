@@ -107,10 +107,14 @@ class S3Settings:
         secret, secret_var = pick("CONTAVSEP_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
         region, _ = pick("CONTAVSEP_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
         if (access is None) != (secret is None):  # name the missing one, not "None"
-            given, missing = (access_var, "CONTAVSEP_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)") if access else (
-                secret_var, "CONTAVSEP_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)")
-            raise StorageError(f"{given} is set but {missing} is not: set both S3 keys, or neither for the AWS"
-                               f" default credentials")
+            given, missing = (
+                (access_var, "CONTAVSEP_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)")
+                if access
+                else (secret_var, "CONTAVSEP_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)")
+            )
+            raise StorageError(
+                f"{given} is set but {missing} is not: set both S3 keys, or neither for the AWS default credentials"
+            )
         keys_from = (
             f"{access_var} / {secret_var}"
             if access_var or secret_var
@@ -170,7 +174,9 @@ def parse_uri(uri: str) -> StorageURI:
         raise StorageError("empty storage URI: use file:///absolute/path or s3://bucket/prefix")
     if "://" not in uri:
         hint = f"file://{os.path.abspath(uri)}" if not uri.startswith("/") else f"file://{uri}"
-        raise StorageError(f"'{uri}' is not a storage URI: use file:///absolute/path or s3://bucket/prefix (e.g. {hint})")
+        raise StorageError(
+            f"'{uri}' is not a storage URI: use file:///absolute/path or s3://bucket/prefix (e.g. {hint})"
+        )
     scheme, _, rest = uri.partition("://")
     if scheme == "file":
         if not rest.startswith("/"):
@@ -281,8 +287,16 @@ def resolve(uri: str, settings: S3Settings | None = None) -> tuple[pafs.FileSyst
 # ----------------------------------------------------------------------------------------------
 # error translation: one clear line naming the setting to change
 
-_REFUSED = ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "AccessDenied",
-            "SignatureDoesNotMatch", "InvalidAccessKeyId", "Forbidden", "403")
+_REFUSED = (
+    "ACCESS_DENIED",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "INVALID_ACCESS_KEY_ID",
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "Forbidden",
+    "403",
+)
 
 
 def _refused(settings: S3Settings, detail: str) -> StorageError:
@@ -309,14 +323,19 @@ def _translate_s3_error(exc: BaseException, uri: str, settings: S3Settings) -> B
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     name = type(exc).__name__
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError") or "NETWORK_CONNECTION" in text:
+    if (
+        name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError")
+        or "NETWORK_CONNECTION" in text
+    ):
         detail = text.split("Details:")[-1].strip() if "Details:" in text else text
         return _unreachable(settings, detail.splitlines()[0] if detail else name)
     if name == "NoCredentialsError":
         return StorageError(f"no S3 credentials for {uri}: set {settings.keys_from}")
     if code in ("NoSuchBucket",) or "NO_SUCH_BUCKET" in text:
         bucket = parse_uri(uri).bucket
-        return StorageError(f"S3 bucket '{bucket}' does not exist at {settings.endpoint_label} (for {uri}); create it first")
+        return StorageError(
+            f"S3 bucket '{bucket}' does not exist at {settings.endpoint_label} (for {uri}); create it first"
+        )
     if code in _REFUSED or any(marker in text for marker in _REFUSED[:3]):
         return _refused(settings, code or next(m for m in _REFUSED[:3] if m in text))
     return exc
@@ -364,7 +383,9 @@ def read_bytes(uri: str, settings: S3Settings | None = None) -> bytes:
     with _errors(uri, settings):
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
-            raise FileNotFoundError(f"{uri} does not exist" + (" (it is a directory)" if info.type == pafs.FileType.Directory else ""))
+            raise FileNotFoundError(
+                f"{uri} does not exist" + (" (it is a directory)" if info.type == pafs.FileType.Directory else "")
+            )
         with fs.open_input_file(path) as f:
             return f.read()
 
@@ -378,7 +399,9 @@ def open_input_file(uri: str, settings: S3Settings | None = None) -> pa.NativeFi
         return fs.open_input_file(path)
 
 
-def write_bytes_atomic(uri: str, data: bytes | bytearray | memoryview | pa.Buffer, settings: S3Settings | None = None) -> None:
+def write_bytes_atomic(
+    uri: str, data: bytes | bytearray | memoryview | pa.Buffer, settings: S3Settings | None = None
+) -> None:
     """Write ``data`` so that readers see either the old content or all of the new one.
 
     file://: a temp file in the same directory, fsync, then ``os.replace``; parent directories
@@ -419,7 +442,7 @@ def list_dir(uri: str, settings: S3Settings | None = None, *, recursive: bool = 
     for info in infos:
         if recursive and info.type != pafs.FileType.File:
             continue
-        rel = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
+        rel = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
         if not rel or rel.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
             continue
         names.add(rel)  # a set: some servers list a stray marker file and a directory of one name
@@ -456,15 +479,23 @@ def delete_prefix(uri: str, settings: S3Settings | None = None) -> int:
                 client.head_object(Bucket=parsed.bucket, Key=parsed.path)
                 keys.append(parsed.path)
             except Exception as exc:  # absent object: a 404 is the normal case
-                if str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) not in ("404", "NoSuchKey", "NotFound"):
+                if str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) not in (
+                    "404",
+                    "NoSuchKey",
+                    "NotFound",
+                ):
                     raise
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
-            reply = client.delete_objects(Bucket=parsed.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            reply = client.delete_objects(
+                Bucket=parsed.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
             errors = reply.get("Errors", [])
             if errors:
                 first = errors[0]
-                raise StorageError(f"could not delete s3://{parsed.bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip())
+                raise StorageError(
+                    f"could not delete s3://{parsed.bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".strip()
+                )
             deleted += len(batch)
     return deleted
 

@@ -103,7 +103,9 @@ def imperfect_estimates(
     taps[..., 1:] = 0.1 * torch.randn(batch, n_src, 7, generator=gen, dtype=torch.float64)
     smeared = torch.stack(
         [
-            torch.stack([torch.from_numpy(np.convolve(refs[b, n].numpy(), taps[b, n].numpy())[:samples]) for n in range(n_src)])
+            torch.stack(
+                [torch.from_numpy(np.convolve(refs[b, n].numpy(), taps[b, n].numpy())[:samples]) for n in range(n_src)]
+            )
             for b in range(batch)
         ]
     )

@@ -50,7 +50,10 @@ STRATEGIES = {
     "contavsep": {"strategy.lambda_ins": [0.03, 0.1, 0.3], "strategy.lambda_dist": [0.3, 1.0]},
     "lwf": {"strategy.lambda_dist": [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]},
 }
-DEFAULTS = {"contavsep": {"strategy.lambda_ins": 0.1, "strategy.lambda_dist": 0.3}, "lwf": {"strategy.lambda_dist": 0.3}}
+DEFAULTS = {
+    "contavsep": {"strategy.lambda_ins": 0.1, "strategy.lambda_dist": 0.3},
+    "lwf": {"strategy.lambda_dist": 0.3},
+}
 SEARCH_SEEDS, FRESH_SEEDS = 2, 3
 TAIL = """\
 scheduler: {type: fifo}
@@ -99,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for storage, Ray's state and results.json")
     parser.add_argument("--strategies", default="contavsep,lwf")
-    parser.add_argument("--quick", action="store_true",
-                        help="a check of the script, not a measurement: 3 iterations per step, 2 values per key")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a check of the script, not a measurement: 3 iterations per step, 2 values per key",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         ITERS = 3
         for grid in STRATEGIES.values():
             for k in grid:
-                grid[k] = sorted({*grid[k][:2], *[v for d in DEFAULTS.values() for key, v in d.items() if key == k and v in grid[k]]})
+                grid[k] = sorted(
+                    {*grid[k][:2], *[v for d in DEFAULTS.values() for key, v in d.items() if key == k and v in grid[k]]}
+                )
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CONTAVSEP_HOME", str(out / "home"))
@@ -130,11 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
     for strategy in args.strategies.split(","):
         grid = STRATEGIES[strategy]
-        print(f"{strategy}: {math.prod(len(v) for v in grid.values())} configurations x {SEARCH_SEEDS} seeds", flush=True)
+        print(
+            f"{strategy}: {math.prod(len(v) for v in grid.values())} configurations x {SEARCH_SEEDS} seeds", flush=True
+        )
         confirm = f"repeats: {{seeds: {SEARCH_SEEDS}}}\nconfirm: {{seeds: {FRESH_SEEDS}}}\n"
-        full_space, full = _sweep(space_text(f"full-{strategy}-{stamp}", strategy, grid, confirm), f"full-{strategy}-{stamp}", storage_uri)
-        first_space, first = _sweep(space_text(f"first-{strategy}-{stamp}", strategy, grid, confirm + "protocol: {type: first_tasks, tasks: 2}\n"),
-                                    f"first-{strategy}-{stamp}", storage_uri)
+        full_space, full = _sweep(
+            space_text(f"full-{strategy}-{stamp}", strategy, grid, confirm), f"full-{strategy}-{stamp}", storage_uri
+        )
+        first_space, first = _sweep(
+            space_text(
+                f"first-{strategy}-{stamp}", strategy, grid, confirm + "protocol: {type: first_tasks, tasks: 2}\n"
+            ),
+            f"first-{strategy}-{stamp}",
+            storage_uri,
+        )
         rows = {}
         for protocol, outcome in (("validation", full), ("first tasks", first)):
             (row,) = outcome.comparison.rows
@@ -142,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             fresh[key(strategy, params)] = row.configuration.per_repeat("sdr")
             rows[protocol] = (params, row.chosen_on.mean)
         # test selection: the same search runs, chosen on their test means
-        test_space = parse_space(space_text("t", strategy, grid, f"repeats: {{seeds: {SEARCH_SEEDS}}}\nselect_on: test\n"),
-                                 storage_uri=storage_uri)
+        test_space = parse_space(
+            space_text("t", strategy, grid, f"repeats: {{seeds: {SEARCH_SEEDS}}}\nselect_on: test\n"),
+            storage_uri=storage_uri,
+        )
         search_rows = [r for r in full.trials if r.stage == "search"]
         (row,) = comparison_of(search_rows, test_space).rows
         rows["test"] = (dict(row.configuration.params), row.estimates["sdr"].mean)
@@ -157,15 +176,30 @@ def main(argv: list[str] | None = None) -> int:
             params, chosen_on = rows[protocol]
             confirmed = fresh[key(strategy, params)]
             e, d = t_interval(confirmed.values()), paired_difference(confirmed, base)
-            results[strategy][protocol] = {"params": params, "chosen_on": chosen_on, "confirmed": [e.mean, e.low, e.high, e.n],
-                                           "vs_defaults": [d.mean, d.low, d.high, d.n], "fresh": confirmed}
+            results[strategy][protocol] = {
+                "params": params,
+                "chosen_on": chosen_on,
+                "confirmed": [e.mean, e.low, e.high, e.n],
+                "vs_defaults": [d.mean, d.low, d.high, d.n],
+                "fresh": confirmed,
+            }
         e = t_interval(base.values())
-        results[strategy]["defaults"] = {"params": DEFAULTS[strategy], "confirmed": [e.mean, e.low, e.high, e.n], "fresh": base}
+        results[strategy]["defaults"] = {
+            "params": DEFAULTS[strategy],
+            "confirmed": [e.mean, e.low, e.high, e.n],
+            "fresh": base,
+        }
         (out / "results.json").write_text(json.dumps(results, indent=1))
 
-    split = {"test": "test, search seeds", "validation": "validation, search seeds", "first tasks": "validation, first 2 tasks"}
-    print("\n| method | protocol | chosen configuration | score it was chosen on (2 seeds) | confirmed test SDR, 3 fresh seeds"
-          " (mean ± 95 % CI) | gap | Δ vs paper defaults, paired [95 % CI] |")
+    split = {
+        "test": "test, search seeds",
+        "validation": "validation, search seeds",
+        "first tasks": "validation, first 2 tasks",
+    }
+    print(
+        "\n| method | protocol | chosen configuration | score it was chosen on (2 seeds) | confirmed test SDR, 3 fresh seeds"
+        " (mean ± 95 % CI) | gap | Δ vs paper defaults, paired [95 % CI] |"
+    )
     print("|---|---|---|---|---|---|---|")
     for strategy, by in results.items():
         for protocol in ("test", "validation", "first tasks"):
@@ -173,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             mean, low, high, _ = r["confirmed"]
             dm, dl, dh, _ = r["vs_defaults"]
             params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["params"].items())
-            print(f"| {strategy} | {protocol} | {params} | {r['chosen_on']:.2f} ({split[protocol]}) | {mean:.2f} ± {(high - low) / 2:.2f}"
-                  f" | {mean - r['chosen_on']:+.2f} | {dm:+.2f} [{dl:+.2f}, {dh:+.2f}] |")
+            print(
+                f"| {strategy} | {protocol} | {params} | {r['chosen_on']:.2f} ({split[protocol]}) | {mean:.2f} ± {(high - low) / 2:.2f}"
+                f" | {mean - r['chosen_on']:+.2f} | {dm:+.2f} [{dl:+.2f}, {dh:+.2f}] |"
+            )
         mean, low, high, _ = by["defaults"]["confirmed"]
-        print(f"| {strategy} | paper defaults (no search) | {by['defaults']['params']} | - | {mean:.2f} ± {(high - low) / 2:.2f} | - | - |")
+        print(
+            f"| {strategy} | paper defaults (no search) | {by['defaults']['params']} | - | {mean:.2f} ± {(high - low) / 2:.2f} | - | - |"
+        )
     return 0
 
 

@@ -26,8 +26,17 @@ from contavsep.storage import S3Settings, ensure_bucket
 # A test is `server` when it asks for a fixture that starts one (below), or its module or itself
 # is marked so (tests that start services, Ray clusters or Chromium on their own).
 SERVER_FIXTURES = frozenset(
-    {"s3_server", "s3_bucket", "platform_home", "services", "s3_dataset", "ray_local", "_ray_local_session", "ray_head",
-     "rclone"}
+    {
+        "s3_server",
+        "s3_bucket",
+        "platform_home",
+        "services",
+        "s3_dataset",
+        "ray_local",
+        "_ray_local_session",
+        "ray_head",
+        "rclone",
+    }
 )
 # pytest-timeout's limit per test (pyproject's `timeout`) is for unit tests; end-to-end tests
 # train several task sequences on 2 cores and get this one instead, unless they set their own.
@@ -121,10 +130,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer
     port = _free_port()
     access, secret = "test" + secrets.token_hex(8), secrets.token_hex(16)
     cmd = [
-        str(find_rclone()), "serve", "s3", str(root),
-        "--addr", f"127.0.0.1:{port}",
-        "--auth-key", f"{access},{secret}",
-        "--config", "/dev/null",  # no rclone.conf lookup, no warning about it
+        str(find_rclone()),
+        "serve",
+        "s3",
+        str(root),
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--auth-key",
+        f"{access},{secret}",
+        "--config",
+        "/dev/null",  # no rclone.conf lookup, no warning about it
     ]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)

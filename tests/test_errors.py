@@ -69,22 +69,45 @@ def test_one_suggestion_rule_for_every_refusal():
 
 def test_a_missing_weights_file_is_one_line_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "runs" / "DIR"
-    code = main(["run", "--data", f"file://{tmp_path}/no-dataset", "--preset", "tiny",
-                 "--set", f"model.weights={tmp_path}/nonexistent.pt", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--data",
+            f"file://{tmp_path}/no-dataset",
+            "--preset",
+            "tiny",
+            "--set",
+            f"model.weights={tmp_path}/nonexistent.pt",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == [f"contavsep run: error: model weights file {tmp_path}/nonexistent.pt does not exist"
-                   " (model.weights names a local .pt file)"]
+    assert err == [
+        f"contavsep run: error: model weights file {tmp_path}/nonexistent.pt does not exist"
+        " (model.weights names a local .pt file)"
+    ]
     assert not (tmp_path / "runs").exists()
 
 
 def test_sweep_check_refuses_a_missing_weights_file_every_trial_would_fail_on(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
-    code = main(["sweep", "--check", str(ROOT / "search_spaces" / "smoke.yaml"),
-                 "--set", f"model.weights={tmp_path}/nonexistent.pt"])
+    code = main(
+        [
+            "sweep",
+            "--check",
+            str(ROOT / "search_spaces" / "smoke.yaml"),
+            "--set",
+            f"model.weights={tmp_path}/nonexistent.pt",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("contavsep sweep: error: space smoke: base: model weights file") and "does not exist" in err[0]
+    assert (
+        err[0].startswith("contavsep sweep: error: space smoke: base: model weights file")
+        and "does not exist" in err[0]
+    )
     # an s3:// object cannot be read by the loader: refused the same way, naming what to do
     code = main(["sweep", "--check", str(ROOT / "search_spaces" / "smoke.yaml"), "--set", "model.weights=s3://b/w.pt"])
     assert code == 2 and "only local paths and file:// URIs" in capsys.readouterr().err

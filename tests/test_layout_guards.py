@@ -61,7 +61,9 @@ def test_console_script_help():
 
 def test_cli_bad_key_is_one_clear_line_and_nonzero():
     exe = Path(sys.executable).parent / "contavsep"
-    out = subprocess.run([str(exe), "config", "--set", "strategy.lamda_ins=1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(exe), "config", "--set", "strategy.lamda_ins=1"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2
     assert "did you mean 'strategy.lambda_ins'" in out.stderr
     assert "Traceback" not in out.stderr

@@ -76,8 +76,23 @@ def toy() -> Iterator[type[Toy]]:
 
 def test_a_strategy_declared_in_one_file_runs_through_contavsep_run(toy, synth_dataset_factory, tmp_path, capsys):
     uri = synth_dataset_factory(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11)
-    args = ["run", "--data", uri, "--preset", "tiny", "--strategy", "toy", "--set", "strategy.gain=0.25",
-            "--set", "strategy.passes=2", "--out", str(tmp_path / "out"), "--quiet", "--no-checkpoints"]
+    args = [
+        "run",
+        "--data",
+        uri,
+        "--preset",
+        "tiny",
+        "--strategy",
+        "toy",
+        "--set",
+        "strategy.gain=0.25",
+        "--set",
+        "strategy.passes=2",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--no-checkpoints",
+    ]
     for key, value in {**SETTINGS, "data.cache_dir": str(tmp_path / "cache")}.items():
         args += ["--set", f"{key}={value}"]
     assert cli.main(args) == 0, capsys.readouterr().err
@@ -86,21 +101,25 @@ def test_a_strategy_declared_in_one_file_runs_through_contavsep_run(toy, synth_d
     assert doc["complete"] and len(doc["steps"]) == 2
     # the run's config (what MLflow logs and checkpoints store) carries the toy's keys, no other strategy's
     assert {k: v for k, v in doc["config"].items() if k.startswith("strategy.")} == {
-        "strategy.name": "toy", "strategy.gain": 0.25, "strategy.passes": 2}
+        "strategy.name": "toy",
+        "strategy.gain": 0.25,
+        "strategy.passes": 2,
+    }
     # the engine logged the strategy's own loss term at every step
     assert all(step["loss/toy"] > 0 for step in doc["steps"])
     # the contract, as the real engine keeps it: hooks in order, once per iteration, every step
     per_iteration = ["transform_batch", "loss_terms", "after_backward"]
-    expected = [(hook, step) for step in (0, 1)
-                for hook in ["before_task", *per_iteration * ITERATIONS, "after_task"]]
+    expected = [(hook, step) for step in (0, 1) for hook in ["before_task", *per_iteration * ITERATIONS, "after_task"]]
     assert toy.calls == expected
 
     # a key of another strategy is refused in one line, naming whose key it is, before anything runs
     bad = [*args[:-2], "--out", str(tmp_path / "bad"), "--set", "strategy.lambda_ewc=3"]
     assert cli.main(bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["contavsep run: error: strategy 'toy' has no key 'strategy.lambda_ewc' (a key of ewc); its keys: strategy.gain,"
-                   " strategy.passes"]
+    assert err == [
+        "contavsep run: error: strategy 'toy' has no key 'strategy.lambda_ewc' (a key of ewc); its keys: strategy.gain,"
+        " strategy.passes"
+    ]
     assert not (tmp_path / "bad").exists()
 
 
@@ -129,7 +148,9 @@ def test_a_strategy_declared_in_one_file_is_searched_by_a_space(toy):
     # the toy's ranges are checked where it declares them; another strategy's key is refused
     with pytest.raises(SpaceError, match=r"strategy.gain must be >= 0, got -1.0"):
         parse_space(SPACE.replace("{loguniform: [0.01, 1.0]}", "-1.0"), source="toy.yaml")
-    with pytest.raises(SpaceError, match=r"strategy 'toy' has no key 'strategy.temperature' \(a key of avcil, contavsep\)"):
+    with pytest.raises(
+        SpaceError, match=r"strategy 'toy' has no key 'strategy.temperature' \(a key of avcil, contavsep\)"
+    ):
         parse_space(SPACE.replace("strategy.gain", "strategy.temperature"), source="toy.yaml")
 
 

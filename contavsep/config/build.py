@@ -40,7 +40,9 @@ def make_config(
         if "strategy.name" in layer:
             strategy = layer["strategy.name"]
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}; choose from {sorted(PRESETS)}")
+        raise ConfigError(
+            f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}; choose from {sorted(PRESETS)}"
+        )
     cfg = _apply(Config(), {**PRESETS[preset], "preset": preset, "strategy.name": strategy})
     for layer in layers:
         cfg = _apply(cfg, {k: v for k, v in layer.items() if k != "preset"})

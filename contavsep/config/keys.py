@@ -127,7 +127,9 @@ def _apply(cfg: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
         tp = types_[head]
         if dataclasses.is_dataclass(tp):
             if not rest:
-                raise ConfigError(f"'{prefix}{key}' is a section; set one of its keys, e.g. '{prefix}{key}.{valid_keys(typing.cast(type, tp))[0]}'")
+                raise ConfigError(
+                    f"'{prefix}{key}' is a section; set one of its keys, e.g. '{prefix}{key}.{valid_keys(typing.cast(type, tp))[0]}'"
+                )
             grouped.setdefault(head, {})[rest] = value
         else:
             if rest:
@@ -155,7 +157,9 @@ def _apply_strategy(current: StrategyConfig, updates: Mapping[str, Any], prefix:
             raise ConfigError(f"'{prefix}name' is a value, not a section (got '{prefix}{key}')")
         if key != "name" and key.partition(".")[0] not in own:
             owners = _strategies_with_key(key.partition(".")[0])
-            whose = f" (a key of {', '.join(owners)})" if owners else did_you_mean(prefix + key, [prefix + k for k in own])
+            whose = (
+                f" (a key of {', '.join(owners)})" if owners else did_you_mean(prefix + key, [prefix + k for k in own])
+            )
             has = ", ".join(prefix + k for k in own) or "none"
             raise ConfigError(f"strategy '{name}' has no key '{prefix}{key}'{whose}; its keys: {has}")
     rest = {k: v for k, v in updates.items() if k != "name"}

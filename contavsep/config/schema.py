@@ -49,7 +49,8 @@ class TrainConfig:
     lr_unet: float = 1e-4  # Adam learning rate of the U-Net
     lr_transformer: float = 1e-4  # AdamW learning rate of the transformer / fusion part
     weight_decay: float = 1e-4  # AdamW weight decay of the transformer part
-    lr_drop_epochs_unet: str = "31,51"  # epochs after which the U-Net lr drops (reference lr_steps 30 50: 0-based indices)
+    # (the reference's lr_steps 30 50 are 0-based indices)
+    lr_drop_epochs_unet: str = "31,51"  # epochs after which the U-Net lr drops
     lr_drop_epochs_transformer: str = "80"  # epochs after which the transformer lr drops (reference StepLR(80))
     lr_decay_gamma: float = 0.1  # multiplicative factor of each lr drop
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
@@ -61,18 +62,26 @@ class TrainConfig:
     # Speed only (results do not depend on them, except compile/channels_last/fused within float rounding):
     prefetch_batches: int = 2  # batches prepared ahead on a background thread (pinned, copied on a side stream on CUDA); 0 = on the training thread
     # auto = the measured choice for the device (contavsep/speed.py): all on with CUDA graphs on one GPU, all off on a CPU
-    channels_last: str = "auto"  # auto | true | false: U-Net convolutions in channels-last memory format (tensor cores on CUDA)
+    channels_last: str = "auto"  # auto | true | false: U-Net convolutions channels-last (tensor cores on CUDA)
     compile: str = "auto"  # auto | off | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs: torch.compile of the training forward
     fused_optimizer: str = "auto"  # auto | true | false: fused Adam/AdamW kernels (one launch per parameter group)
-    share_first_step: bool = True  # reuse a sweep's step 0 trained by a trial with the same step-0 keys (contavsep/first_step.py)
+    # (contavsep/first_step.py)
+    share_first_step: bool = True  # reuse a sweep's step 0 trained by a trial with the same step-0 keys
     decoder_conv: str = "transposed"  # U-Net decoder "2x nearest upsample + 3x3 conv" as one stride-2 transposed conv (2.25x fewer FLOPs) | subpixel (the same taps as a stride-1 conv + depth-to-space) | upsample (literally)
     encoder_conv: str = "strided"  # U-Net encoder 4x4 stride-2 convs as written | space_to_depth (a stride-1 2x2 conv over 2x2 blocks, same FLOPs)
 
 
 # train.* keys that change speed, not results (TrainConfig's "Speed only" block): left out of a
 # shared first step's key and of what a sweep's --resume must keep equal.
-SPEED_KEYS = ("train.prefetch_batches", "train.channels_last", "train.compile", "train.fused_optimizer",
-              "train.decoder_conv", "train.encoder_conv", "train.share_first_step")
+SPEED_KEYS = (
+    "train.prefetch_batches",
+    "train.channels_last",
+    "train.compile",
+    "train.fused_optimizer",
+    "train.decoder_conv",
+    "train.encoder_conv",
+    "train.share_first_step",
+)
 
 # train.compile: "auto" (contavsep/speed.py), "off" or a torch.compile mode.
 # Allowed values of the speed and layout switches. They live with the schema, not with the torch

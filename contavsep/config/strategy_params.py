@@ -14,15 +14,24 @@ from contavsep.config.error import ConfigError
 # they had: configs stored then (checkpoints, sweep fingerprints) carry all of them, whatever the
 # strategy; the ones the stored strategy does not have are dropped when such a config is read.
 LEGACY_STRATEGY_DEFAULTS: dict[str, Any] = {
-    "strategy.lambda_ins": 0.1, "strategy.lambda_cls": 0.3, "strategy.lambda_dist": 0.3, "strategy.temperature": 0.05,
-    "strategy.crosssdc_form": "anchors", "strategy.lambda_att": 1.0, "strategy.lambda_ewc": 1000.0,
-    "strategy.ewc_decay": 1.0, "strategy.fisher_batches": 32, "strategy.lambda_pod": 0.01, "strategy.pod_scales": 3,
+    "strategy.lambda_ins": 0.1,
+    "strategy.lambda_cls": 0.3,
+    "strategy.lambda_dist": 0.3,
+    "strategy.temperature": 0.05,
+    "strategy.crosssdc_form": "anchors",
+    "strategy.lambda_att": 1.0,
+    "strategy.lambda_ewc": 1000.0,
+    "strategy.ewc_decay": 1.0,
+    "strategy.fisher_batches": 32,
+    "strategy.lambda_pod": 0.01,
+    "strategy.pod_scales": 3,
     "strategy.ewf_alpha": 0.5,
 }
 
 
-def bounded(default: Any, *, above: float | None = None, at_least: float | None = None,
-            at_most: float | None = None) -> Any:
+def bounded(
+    default: Any, *, above: float | None = None, at_least: float | None = None, at_most: float | None = None
+) -> Any:
     """A hyperparameter field (of a strategy's ``Params``) with its valid range, checked whenever
     a config is built: ``above`` is a strict lower limit, ``at_least``/``at_most`` inclusive ones."""
     return field(default=default, metadata={"above": above, "at_least": at_least, "at_most": at_most})

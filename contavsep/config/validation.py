@@ -14,23 +14,51 @@ from contavsep.config.strategy_params import strategy_params
 # keys declare their own ranges in its Params (:func:`bounded`, :func:`one_of`).
 _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = (">", 0), (">=", 0), (">=", 1)
 RANGES: dict[str, tuple[str, float]] = {
-    "audio.sample_rate": _POSITIVE, "audio.clip_samples": _POSITIVE, "audio.n_fft": _POSITIVE, "audio.hop": _POSITIVE,
-    "audio.warp_bins": _NON_NEGATIVE, "audio.mask_max": _POSITIVE, "audio.weight_min": _NON_NEGATIVE,
+    "audio.sample_rate": _POSITIVE,
+    "audio.clip_samples": _POSITIVE,
+    "audio.n_fft": _POSITIVE,
+    "audio.hop": _POSITIVE,
+    "audio.warp_bins": _NON_NEGATIVE,
+    "audio.mask_max": _POSITIVE,
+    "audio.weight_min": _NON_NEGATIVE,
     "audio.weight_max": _POSITIVE,
-    "model.unet_channels": _AT_LEAST_ONE, "model.unet_depth": _AT_LEAST_ONE, "model.mask_channels": _AT_LEAST_ONE,
-    "model.d_model": _AT_LEAST_ONE, "model.n_heads": _AT_LEAST_ONE, "model.ffn_dim": _AT_LEAST_ONE,
-    "model.encoder_layers": _NON_NEGATIVE, "model.decoder_layers": _AT_LEAST_ONE, "model.dropout": _NON_NEGATIVE,
-    "model.object_dim": _AT_LEAST_ONE, "model.motion_tokens": _AT_LEAST_ONE, "model.motion_dim": _AT_LEAST_ONE,
+    "model.unet_channels": _AT_LEAST_ONE,
+    "model.unet_depth": _AT_LEAST_ONE,
+    "model.mask_channels": _AT_LEAST_ONE,
+    "model.d_model": _AT_LEAST_ONE,
+    "model.n_heads": _AT_LEAST_ONE,
+    "model.ffn_dim": _AT_LEAST_ONE,
+    "model.encoder_layers": _NON_NEGATIVE,
+    "model.decoder_layers": _AT_LEAST_ONE,
+    "model.dropout": _NON_NEGATIVE,
+    "model.object_dim": _AT_LEAST_ONE,
+    "model.motion_tokens": _AT_LEAST_ONE,
+    "model.motion_dim": _AT_LEAST_ONE,
     "model.feature_dim": _AT_LEAST_ONE,
-    "train.iters_per_step": _NON_NEGATIVE, "train.epochs_per_step": _AT_LEAST_ONE, "train.dup_trainset": _AT_LEAST_ONE,
-    "train.batch_size": _AT_LEAST_ONE, "train.lr_unet": _POSITIVE, "train.lr_transformer": _POSITIVE,
-    "train.weight_decay": _NON_NEGATIVE, "train.lr_decay_gamma": _POSITIVE, "train.grad_clip": _NON_NEGATIVE,
-    "train.val_every": _NON_NEGATIVE, "train.seed": _NON_NEGATIVE,
-    "memory.per_class": _NON_NEGATIVE, "memory.oversample": _POSITIVE,
-    "eval.windows_per_clip": _AT_LEAST_ONE, "eval.pairs_per_clip": _AT_LEAST_ONE, "eval.batch_size": _AT_LEAST_ONE,
-    "eval.seed": _NON_NEGATIVE, "eval.examples": _NON_NEGATIVE,
-    "eval.val_windows_per_clip": _AT_LEAST_ONE, "eval.val_pairs_per_clip": _AT_LEAST_ONE, "eval.val_seed": _NON_NEGATIVE,
-    "data.classes_per_step": _AT_LEAST_ONE, "data.num_steps": _AT_LEAST_ONE, "data.seed": _NON_NEGATIVE,
+    "train.iters_per_step": _NON_NEGATIVE,
+    "train.epochs_per_step": _AT_LEAST_ONE,
+    "train.dup_trainset": _AT_LEAST_ONE,
+    "train.batch_size": _AT_LEAST_ONE,
+    "train.lr_unet": _POSITIVE,
+    "train.lr_transformer": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.lr_decay_gamma": _POSITIVE,
+    "train.grad_clip": _NON_NEGATIVE,
+    "train.val_every": _NON_NEGATIVE,
+    "train.seed": _NON_NEGATIVE,
+    "memory.per_class": _NON_NEGATIVE,
+    "memory.oversample": _POSITIVE,
+    "eval.windows_per_clip": _AT_LEAST_ONE,
+    "eval.pairs_per_clip": _AT_LEAST_ONE,
+    "eval.batch_size": _AT_LEAST_ONE,
+    "eval.seed": _NON_NEGATIVE,
+    "eval.examples": _NON_NEGATIVE,
+    "eval.val_windows_per_clip": _AT_LEAST_ONE,
+    "eval.val_pairs_per_clip": _AT_LEAST_ONE,
+    "eval.val_seed": _NON_NEGATIVE,
+    "data.classes_per_step": _AT_LEAST_ONE,
+    "data.num_steps": _AT_LEAST_ONE,
+    "data.seed": _NON_NEGATIVE,
 }
 
 
@@ -40,7 +68,9 @@ def drop_epochs(value: str, key: str) -> tuple[int, ...]:
     try:
         return tuple(sorted(int(p) for p in parts))
     except ValueError:
-        raise ConfigError(f"{key} must be comma-separated whole epochs like '31,51' (or '' for none), got {value!r}") from None
+        raise ConfigError(
+            f"{key} must be comma-separated whole epochs like '31,51' (or '' for none), got {value!r}"
+        ) from None
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -88,7 +118,9 @@ def validate(cfg: Config) -> None:
     except RegistryError as exc:
         raise ConfigError(f"model.name: {exc}") from None
     if not isinstance(cfg.strategy.params, strategy_params(cfg.strategy.name)):
-        raise ConfigError(f"strategy.params must be strategy '{cfg.strategy.name}''s own Params; build configs with make_config")
+        raise ConfigError(
+            f"strategy.params must be strategy '{cfg.strategy.name}''s own Params; build configs with make_config"
+        )
     for key in ("lr_drop_epochs_unet", "lr_drop_epochs_transformer"):
         for epoch in drop_epochs(getattr(cfg.train, key), f"train.{key}"):
             if not 0 < epoch < cfg.train.epochs_per_step:
@@ -102,9 +134,13 @@ def validate(cfg: Config) -> None:
         if getattr(cfg.train, key) not in SWITCH_VALUES:
             raise ConfigError(f"train.{key} must be one of {', '.join(SWITCH_VALUES)}, got '{getattr(cfg.train, key)}'")
     if cfg.train.decoder_conv not in DECODER_CONVS:
-        raise ConfigError(f"train.decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{cfg.train.decoder_conv}'")
+        raise ConfigError(
+            f"train.decoder_conv must be one of {', '.join(DECODER_CONVS)}, got '{cfg.train.decoder_conv}'"
+        )
     if cfg.train.encoder_conv not in ENCODER_CONVS:
-        raise ConfigError(f"train.encoder_conv must be one of {', '.join(ENCODER_CONVS)}, got '{cfg.train.encoder_conv}'")
+        raise ConfigError(
+            f"train.encoder_conv must be one of {', '.join(ENCODER_CONVS)}, got '{cfg.train.encoder_conv}'"
+        )
     if cfg.train.prefetch_batches < 0:
         raise ConfigError("train.prefetch_batches must be >= 0 (0 = prepare batches on the training thread)")
     if cfg.train.select not in ("last", "best_val"):
@@ -112,6 +148,8 @@ def validate(cfg: Config) -> None:
     if cfg.eval.backend not in ("mir_eval", "fast"):
         raise ConfigError(f"eval.backend must be 'mir_eval' or 'fast', got '{cfg.eval.backend}'")
     if cfg.eval.val_metrics not in ("sdr", "all"):
-        raise ConfigError(f"eval.val_metrics must be 'sdr' (SDR only, the fast default) or 'all' (also SIR/SAR), got '{cfg.eval.val_metrics}'")
+        raise ConfigError(
+            f"eval.val_metrics must be 'sdr' (SDR only, the fast default) or 'all' (also SIR/SAR), got '{cfg.eval.val_metrics}'"
+        )
     if cfg.memory.share > 1:
         raise ConfigError("memory.share must be <= 1 (negative = use memory.oversample)")

@@ -7,9 +7,7 @@ from __future__ import annotations
 import torch
 
 
-def weighted_l1_mask_loss(
-    est_masks: torch.Tensor, target_masks: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
+def weighted_l1_mask_loss(est_masks: torch.Tensor, target_masks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted L1 between estimated and target masks (Sound-of-Pixels / iQuery ``L_main``).
 
     ``mean(weight * |est_masks - target_masks|)`` over all B * N * F * T elements, which equals

@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 
 
-def pod_loss(
-    new_feats: Sequence[torch.Tensor], old_feats: Sequence[torch.Tensor], scales: int = 3
-) -> torch.Tensor:
+def pod_loss(new_feats: Sequence[torch.Tensor], old_feats: Sequence[torch.Tensor], scales: int = 3) -> torch.Tensor:
     """Local POD distillation (PLOP, Douillard et al. CVPR 2021) between new and old feature maps.
 
     For each layer, activations are squared (as PODNet/PLOP do: pooling energy, so signed
@@ -40,11 +38,15 @@ def pod_loss(
     if scales < 1:
         raise ValueError(f"scales must be >= 1, got {scales}")
     if len(new_feats) == 0 or len(new_feats) != len(old_feats):
-        raise ValueError(f"need the same non-zero number of new and old layers, got {len(new_feats)} and {len(old_feats)}")
+        raise ValueError(
+            f"need the same non-zero number of new and old layers, got {len(new_feats)} and {len(old_feats)}"
+        )
     total: torch.Tensor | None = None
     for index, (new, old) in enumerate(zip(new_feats, old_feats)):
         if new.dim() != 4 or new.shape != old.shape:
-            raise ValueError(f"layer {index}: new {tuple(new.shape)} and old {tuple(old.shape)} must be equal (B, C, H, W)")
+            raise ValueError(
+                f"layer {index}: new {tuple(new.shape)} and old {tuple(old.shape)} must be equal (B, C, H, W)"
+            )
         phi_new = F.normalize(_local_pod_descriptor(new.float().pow(2), scales), dim=-1)
         phi_old = F.normalize(_local_pod_descriptor(old.detach().float().pow(2), scales), dim=-1)
         layer = (phi_new - phi_old).norm(dim=-1).mean()

@@ -99,7 +99,9 @@ class MultiHeadAttention(nn.Module):
         b, length, d = x.shape
         return x.view(b, length, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
         p = self.dropout if self.training else 0.0
         weights = None
@@ -214,7 +216,9 @@ class AVTransformer(nn.Module):
           the last layer's audio attention :math:`(B, H, N Q, h w)`.
     """
 
-    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, encoder_layers: int, decoder_layers: int, dropout: float):
+    def __init__(
+        self, d_model: int, n_heads: int, ffn_dim: int, encoder_layers: int, decoder_layers: int, dropout: float
+    ):
         super().__init__()
         if decoder_layers < 2:
             raise ValueError(

@@ -42,7 +42,9 @@ def _read_state_dict(source: str | Path | BinaryIO) -> Mapping[str, Tensor]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise WeightsError(f"model weights {name}: not a readable torch state_dict ({exc.__class__.__name__}: {exc})") from exc
+        raise WeightsError(
+            f"model weights {name}: not a readable torch state_dict ({exc.__class__.__name__}: {exc})"
+        ) from exc
     # Accept a bare state_dict or a checkpoint dict that nests it under "model" / "state_dict".
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):

@@ -56,7 +56,9 @@ class IQuerySeparator(Separator):
         latent_channels = 4 * cfg.unet_channels
         # The reference projects the latent only when its width differs from the transformer's.
         self.input_proj: nn.Module = nn.Identity() if latent_channels == d else nn.Conv2d(latent_channels, d, 1)
-        self.transformer = AVTransformer(d, cfg.n_heads, cfg.ffn_dim, cfg.encoder_layers, cfg.decoder_layers, cfg.dropout)
+        self.transformer = AVTransformer(
+            d, cfg.n_heads, cfg.ffn_dim, cfg.encoder_layers, cfg.decoder_layers, cfg.dropout
+        )
         self.class_queries = nn.Parameter(torch.randn(num_classes, d))
         self.object_proj = nn.Linear(cfg.object_dim, d)
         self.motion_proj = nn.Linear(cfg.motion_dim, d)
@@ -116,7 +118,9 @@ class IQuerySeparator(Separator):
         # Decoder content: zero everywhere except the object feature on the source's class row.
         # (a comparison rather than one_hot(ids, Q): Q stays symbolic under torch.compile, so
         # adding the next step's queries does not compile the forward again)
-        rows = (ids[:, None] == torch.arange(self.class_queries.shape[0], device=ids.device)).to(objects.dtype)  # (BN, Q)
+        rows = (ids[:, None] == torch.arange(self.class_queries.shape[0], device=ids.device)).to(
+            objects.dtype
+        )  # (BN, Q)
         content = rows[:, :, None] * objects[:, None, :]
         query_pos = self.class_queries.to(objects.dtype).expand(b * n, -1, -1)
         decoded, weights = self.transformer(audio, content, query_pos, motion, need_weights=return_internals)

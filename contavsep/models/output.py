@@ -64,10 +64,14 @@ def check_separator_inputs(
         raise ValueError(f"mix_input must be (B, 1, F, T), got {tuple(mix_input.shape)}")
     b = mix_input.shape[0]
     if class_ids.dim() != 2 or class_ids.shape[0] != b or class_ids.is_floating_point():
-        raise ValueError(f"class_ids must be an integer (B={b}, N) tensor, got {class_ids.dtype} {tuple(class_ids.shape)}")
+        raise ValueError(
+            f"class_ids must be an integer (B={b}, N) tensor, got {class_ids.dtype} {tuple(class_ids.shape)}"
+        )
     n = class_ids.shape[1]
     if tuple(object_features.shape) != (b, n, object_dim):
-        raise ValueError(f"object_features must be (B, N, object_dim) = {(b, n, object_dim)}, got {tuple(object_features.shape)}")
+        raise ValueError(
+            f"object_features must be (B, N, object_dim) = {(b, n, object_dim)}, got {tuple(object_features.shape)}"
+        )
     if motion_shape is not None:
         expected = (b, n, *motion_shape)
         if motion_features is None or tuple(motion_features.shape) != expected:

@@ -186,10 +186,14 @@ def subpixel_conv3x3(x: Tensor, weight: Tensor) -> Tensor:
     y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel)  # (B, 4 C_out, H+1, W+1)
     if channels_last:  # interleave in NHWC order: the output is channels_last like the input
         phases = y.permute(0, 2, 3, 1).reshape(b, h + 1, w + 1, 2, 2, c_out)
-        rows = [torch.stack([phases[:, a:a + h, c:c + w, a, c] for c in (0, 1)], dim=3) for a in (0, 1)]  # (B, H, W, 2, C)
+        rows = [
+            torch.stack([phases[:, a : a + h, c : c + w, a, c] for c in (0, 1)], dim=3) for a in (0, 1)
+        ]  # (B, H, W, 2, C)
         return torch.stack(rows, dim=2).reshape(b, 2 * h, 2 * w, c_out).permute(0, 3, 1, 2)
     phases = y.reshape(b, 2, 2, c_out, h + 1, w + 1)
-    rows = [torch.stack([phases[:, a, c, :, a:a + h, c:c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]  # (B, C, H, W, 2)
+    rows = [
+        torch.stack([phases[:, a, c, :, a : a + h, c : c + w] for c in (0, 1)], dim=-1) for a in (0, 1)
+    ]  # (B, C, H, W, 2)
     return torch.stack(rows, dim=3).reshape(b, c_out, 2 * h, 2 * w)
 
 
@@ -223,7 +227,7 @@ def space_to_depth_conv4x4(x: Tensor, weight: Tensor) -> Tensor:
             # a 4-channel conv (see TENSOR_CORE_MIN_CHANNELS). Row (i, j) holds the taps of blocks
             # (i+s, j+t), s, t in {0, 1}: 4x the input's values, kept for the backward. The product
             # is NHWC, i.e. channels_last.
-            patches = torch.cat([blocks[:, s:s + hb - 1, t:t + wb - 1] for s in (0, 1) for t in (0, 1)], dim=-1)
+            patches = torch.cat([blocks[:, s : s + hb - 1, t : t + wb - 1] for s in (0, 1) for t in (0, 1)], dim=-1)
             taps = kernel.permute(0, 2, 3, 1).reshape(c_out, 16 * c)  # columns in the patches' (s, t, channel) order
             return torch.matmul(patches, taps.t()).permute(0, 3, 1, 2)
         return F.conv2d(blocks.permute(0, 3, 1, 2), kernel.contiguous(memory_format=torch.channels_last))
@@ -263,7 +267,9 @@ class _InputNorm(nn.BatchNorm2d):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
         var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0, keepdim=True)
         with torch.no_grad():
-            assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+            assert (
+                self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+            )
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
@@ -284,7 +290,9 @@ class _Down(nn.Module):
     over 2x2 blocks (:func:`space_to_depth_conv4x4`). Same parameters and function either way.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, activation: bool, norm: bool, encoder_conv: str = "strided"):
+    def __init__(
+        self, in_channels: int, out_channels: int, activation: bool, norm: bool, encoder_conv: str = "strided"
+    ):
         super().__init__()
         self.activation = nn.LeakyReLU(0.2) if activation else nn.Identity()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=False)
@@ -307,8 +315,14 @@ class _Up(nn.Module):
     H x W), else literally; "upsample" always literally. Same parameters and function either way.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: bool, decoder_conv: str = "transposed",
-                 min_pixels: int = TRANSPOSED_MIN_PIXELS):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm: bool,
+        decoder_conv: str = "transposed",
+        min_pixels: int = TRANSPOSED_MIN_PIXELS,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
@@ -388,8 +402,7 @@ class UNet(nn.Module):
         step = 2**self.depth
         if spec.dim() != 4 or spec.shape[1] != 1 or spec.shape[2] % step or spec.shape[3] % step:
             raise ValueError(
-                f"U-Net input must be (B, 1, F, T) with F and T divisible by 2**depth = {step}, "
-                f"got {tuple(spec.shape)}"
+                f"U-Net input must be (B, 1, F, T) with F and T divisible by 2**depth = {step}, got {tuple(spec.shape)}"
             )
         maps: list[Tensor] = []
         x = self.input_norm(spec)

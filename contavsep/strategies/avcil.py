@@ -75,4 +75,9 @@ class AVCIL(Strategy):
             # the old model ran with return_internals, so it returned its attention too
             assert old.attention is not None
             att = attention_distillation(attention, old.attention[:, 0], flags)
-        return {"ins": p.lambda_ins * ins, "cls": p.lambda_cls * cls, "att": p.lambda_att * att, "dist": p.lambda_dist * dist}
+        return {
+            "ins": p.lambda_ins * ins,
+            "cls": p.lambda_cls * cls,
+            "att": p.lambda_att * att,
+            "dist": p.lambda_dist * dist,
+        }

@@ -51,7 +51,9 @@ class ContAVSepParams(StrategyParams):
     lambda_cls: float = bounded(0.3, at_least=0)  # CrossSDC class-aware term weight
     lambda_dist: float = bounded(0.3, at_least=0)  # output-mask distillation weight (memory sources)
     temperature: float = bounded(0.05, above=0)  # InfoNCE temperature tau
-    crosssdc_form: str = one_of("anchors", CROSS_SDC_FORMS)  # old features as CrossSDC keys only (anchors) | keys + queries (reference)
+    crosssdc_form: str = one_of(
+        "anchors", CROSS_SDC_FORMS
+    )  # old features as CrossSDC keys only (anchors) | keys + queries (reference)
 
 
 def features_of(out: SeparatorOutput) -> FeatureSet:

@@ -82,7 +82,9 @@ class EWC(Strategy):
             term = (fisher.to(param.device) * (anchored - anchor).pow(2)).sum()
             total = term if total is None else total + term
         if total is None:
-            raise ValueError("EWC has a Fisher for none of the model's parameters (was the state loaded into another model?)")
+            raise ValueError(
+                "EWC has a Fisher for none of the model's parameters (was the state loaded into another model?)"
+            )
         return total
 
     def loss_terms(self, batch: StepBatch, out: SeparatorOutput, ctx: StepContext) -> dict[str, torch.Tensor]:

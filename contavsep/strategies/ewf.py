@@ -36,7 +36,9 @@ from contavsep.strategies.base import StepContext, Strategy
 
 @dataclass(frozen=True)
 class EWFParams(StrategyParams):
-    ewf_alpha: float = bounded(0.5, at_least=0, at_most=1)  # weight of the old endpoint: theta = alpha * theta_old + (1 - alpha) * theta_new
+    ewf_alpha: float = bounded(
+        0.5, at_least=0, at_most=1
+    )  # weight of the old endpoint: theta = alpha * theta_old + (1 - alpha) * theta_new
 
 
 @torch.no_grad()

@@ -63,7 +63,9 @@ class PLOP(Strategy):
         if ctx.old_model is None:
             return {"pod": out.masks.sum() * 0.0}
         if out.unet_features is None:
-            raise ValueError("plop needs the U-Net feature maps: the engine must call the model with return_internals=True")
+            raise ValueError(
+                "plop needs the U-Net feature maps: the engine must call the model with return_internals=True"
+            )
         labels = batch.clips.labels
         # The U-Net never reads the label: any query the old model has gives the same maps.
         old_labels = torch.where(known_to(ctx.old_model, labels), labels, torch.zeros_like(labels))

@@ -43,7 +43,9 @@ def select_sources(batch: StepBatch, flags: torch.Tensor) -> StepBatch:
     """
     clips, spectra = batch.clips, batch.spectra
     if flags.dtype != torch.bool or flags.shape != clips.labels.shape:
-        raise ValueError(f"flags must be a bool {tuple(clips.labels.shape)} tensor, got {flags.dtype} {tuple(flags.shape)}")
+        raise ValueError(
+            f"flags must be a bool {tuple(clips.labels.shape)} tensor, got {flags.dtype} {tuple(flags.shape)}"
+        )
     flags = flags.to(clips.labels.device)
     mixture_index = flags.nonzero()[:, 0]  # (S,) the mixture of each selected source
     selected_clips = MixtureBatch(

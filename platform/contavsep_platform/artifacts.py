@@ -65,7 +65,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 # ---------------------------------------------------------------------------- examples
 
 
-def log_magnitude_spectrogram(wave: np.ndarray, n_fft: int = 512, hop: int = 128, floor_db: float = -80.0) -> np.ndarray:
+def log_magnitude_spectrogram(
+    wave: np.ndarray, n_fft: int = 512, hop: int = 128, floor_db: float = -80.0
+) -> np.ndarray:
     """Hann-windowed STFT magnitude in dB re. full scale, for display only.
 
     A sine of amplitude 1 at a bin centre reads 0 dB. Values below ``floor_db`` are clipped so
@@ -97,8 +99,15 @@ def example_spectrogram_figure(example: Example, n_fft: int = 512, hop: int = 12
 
     def show(ax: Any, wave: np.ndarray, title: str) -> Any:
         spec = log_magnitude_spectrogram(wave, n_fft, hop)
-        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=-80.0, vmax=0.0,
-                          extent=(0.0, duration, 0.0, sr / 2000.0))
+        image = ax.imshow(
+            spec,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-80.0,
+            vmax=0.0,
+            extent=(0.0, duration, 0.0, sr / 2000.0),
+        )
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("kHz", fontsize=8)
         return image
@@ -203,7 +212,15 @@ def r_matrix_figure(summary: Mapping[str, Any], metrics: Sequence[str] = ("sdr",
                 if np.isfinite(r[i, j]):
                     # Dark text on the bright end of viridis, light text elsewhere.
                     light = (r[i, j] - lo) / (hi - lo) < 0.6
-                    ax.text(j, i, f"{r[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if light else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{r[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if light else "black",
+                    )
         ax.set_xticks(range(steps), [str(j + 1) for j in range(steps)])
         ax.set_yticks(range(steps), [str(i + 1) for i in range(steps)])
         ax.set_xlabel("task j")
@@ -271,11 +288,20 @@ def strategy_curves_figure(
         xs = [int(s) + 1 for s, _ in points]
         ticks.update(xs)
         (line,) = ax.plot(xs, [float(v) for _, v in points], marker=markers[k % len(markers)], label=label)
-        band = [(int(s) + 1, float(lo), float(hi)) for s, lo, hi in (bands or {}).get(label, ())
-                if math.isfinite(float(lo)) and math.isfinite(float(hi))]
+        band = [
+            (int(s) + 1, float(lo), float(hi))
+            for s, lo, hi in (bands or {}).get(label, ())
+            if math.isfinite(float(lo)) and math.isfinite(float(hi))
+        ]
         if band:
-            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     ax.set_xlabel("incremental step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -302,7 +328,14 @@ def final_scores_figure(
         yerr = None
         if errors is not None:
             yerr = [0.0 if math.isnan(float(e[k])) else float(e[k]) for e in errors]
-        ax.bar(index + (k - 1) * width, [float(r[k + 1]) for r in rows], width, yerr=yerr, capsize=3 if yerr else 0, label=name)
+        ax.bar(
+            index + (k - 1) * width,
+            [float(r[k + 1]) for r in rows],
+            width,
+            yerr=yerr,
+            capsize=3 if yerr else 0,
+            label=name,
+        )
     ax.set_xticks(index, [r[0] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("dB after the last step")
     ax.axhline(0.0, color="black", linewidth=0.6)
@@ -328,8 +361,18 @@ def pareto_figure(
 
     front = sorted((p for p in points if p[5]), key=lambda p: p[1])
     for label, x, xh, y, yh, on_front in points:
-        ax.errorbar([x], [y], xerr=bar(xh), yerr=bar(yh), fmt="o" if on_front else ".", color="C3" if on_front else "0.55",
-                    markersize=8 if on_front else 6, capsize=2, linewidth=0.8, zorder=3 if on_front else 2)
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=bar(xh),
+            yerr=bar(yh),
+            fmt="o" if on_front else ".",
+            color="C3" if on_front else "0.55",
+            markersize=8 if on_front else 6,
+            capsize=2,
+            linewidth=0.8,
+            zorder=3 if on_front else 2,
+        )
         if on_front:
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if front:

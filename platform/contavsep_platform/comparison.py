@@ -144,7 +144,9 @@ def group_configurations(runs: Iterable[RunRecord]) -> list[Configuration]:
     for r in runs:
         groups.setdefault(r.config_id, []).append(r)
     return [
-        Configuration(cid, rs[0].strategy, rs[0].memory, rs[0].params, tuple(sorted(rs, key=lambda r: r.repeat)), rs[0].factors)
+        Configuration(
+            cid, rs[0].strategy, rs[0].memory, rs[0].params, tuple(sorted(rs, key=lambda r: r.repeat)), rs[0].factors
+        )
         for cid, rs in groups.items()
     ]
 
@@ -160,7 +162,9 @@ class MethodRow:
     rank: int
     configuration: Configuration
     estimates: Mapping[str, Estimate]
-    vs_reference: Estimate | None  # paired difference to fine-tuning (same memory if it exists; fine-tuning: to no memory)
+    vs_reference: (
+        Estimate | None
+    )  # paired difference to fine-tuning (same memory if it exists; fine-tuning: to no memory)
     reference: str  # that fine-tuning method's label ("" when none / itself)
     vs_next: Estimate | None  # paired difference to the method ranked just below (the runner-up for rank 1)
     next_method: str
@@ -187,8 +191,15 @@ class Comparison:
 
 
 def compare(
-    configurations: Sequence[Configuration], metric: str, mode: str, columns: Sequence[str] = ("forgetting/sdr",), *,
-    select_by: str = "", select_mode: str = "", chosen_on: Mapping[str, Estimate] | None = None, selection: str = "",
+    configurations: Sequence[Configuration],
+    metric: str,
+    mode: str,
+    columns: Sequence[str] = ("forgetting/sdr",),
+    *,
+    select_by: str = "",
+    select_mode: str = "",
+    chosen_on: Mapping[str, Estimate] | None = None,
+    selection: str = "",
 ) -> Comparison:
     """Rank the methods by the mean ``metric`` of their best complete configuration, chosen by
     ``select_by`` (a validation value; default ``metric`` itself, which is optimistic when a
@@ -208,7 +219,11 @@ def compare(
     def choice_value(c: Configuration) -> float:
         return chosen_on[c.config_id].mean if c.config_id in chosen_on else c.estimate(by).mean
 
-    complete = [c for c in configurations if c.complete and c.per_repeat(metric) and (c.config_id in chosen_on or c.per_repeat(by))]
+    complete = [
+        c
+        for c in configurations
+        if c.complete and c.per_repeat(metric) and (c.config_id in chosen_on or c.per_repeat(by))
+    ]
     best: dict[str, Configuration] = {}
     for c in complete:
         current = best.get(c.method)
@@ -279,22 +294,46 @@ def ranking_table(comparison: Comparison, compact: bool = False) -> tuple[list[s
     the next method (the summary lines give the leader's), no parameters."""
     chosen = _chosen(comparison)
     if compact:  # the values' form (mean ± CI) and what "chosen on" reads are said above the table
-        header = ["rank", "method", "runs", *comparison.columns, *(["chosen on", "gap"] if chosen else []),
-                  f"Δ{comparison.metric} vs fine-tuning"]
+        header = [
+            "rank",
+            "method",
+            "runs",
+            *comparison.columns,
+            *(["chosen on", "gap"] if chosen else []),
+            f"Δ{comparison.metric} vs fine-tuning",
+        ]
     else:
         choice = [f"chosen on {comparison.select_by}", "gap"] if chosen else []
-        header = ["rank", "method", "runs", *[f"{m} (mean ± 95% CI)" for m in comparison.columns], *choice,
-                  f"Δ{comparison.metric} vs fine-tuning [95% CI]", f"Δ{comparison.metric} vs next [95% CI]", "configuration"]
+        header = [
+            "rank",
+            "method",
+            "runs",
+            *[f"{m} (mean ± 95% CI)" for m in comparison.columns],
+            *choice,
+            f"Δ{comparison.metric} vs fine-tuning [95% CI]",
+            f"Δ{comparison.metric} vs next [95% CI]",
+            "configuration",
+        ]
     rows = []
     for r in comparison.rows:
         c = r.configuration
-        cells = [str(r.rank), c.method, str(len(c.per_repeat(comparison.metric))), *[r.estimates[m].text() for m in comparison.columns]]
+        cells = [
+            str(r.rank),
+            c.method,
+            str(len(c.per_repeat(comparison.metric))),
+            *[r.estimates[m].text() for m in comparison.columns],
+        ]
         if chosen:
             cells += ["-" if r.chosen_on is None else r.chosen_on.text(), "-" if r.gap is None else f"{r.gap:+.2f}"]
         if compact:
             d = r.vs_reference
-            cells.append("-" if d is None else f"{d.mean:+.2f} (n={d.n})" if d.n < 2 else
-                         f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict(comparison.mode)}")
+            cells.append(
+                "-"
+                if d is None
+                else f"{d.mean:+.2f} (n={d.n})"
+                if d.n < 2
+                else f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict(comparison.mode)}"
+            )
         else:
             vs_ref = "-" if r.vs_reference is None else f"{_diff_text(r.vs_reference, comparison.mode)} ({r.reference})"
             vs_next = "-" if r.vs_next is None else f"{_diff_text(r.vs_next, comparison.mode)} ({r.next_method})"
@@ -307,12 +346,25 @@ def configurations_table(comparison: Comparison) -> tuple[list[str], list[list[s
     """Header and rows: every configuration with its runs' status and estimates (and the value
     each method's configuration is chosen by, next to them)."""
     columns = tuple(dict.fromkeys((*comparison.columns, *([comparison.select_by] if comparison.select_by else []))))
-    header = ["configuration", "method", "runs (complete/all)", *[f"{m} (mean ± 95% CI)" for m in columns], "parameters"]
+    header = [
+        "configuration",
+        "method",
+        "runs (complete/all)",
+        *[f"{m} (mean ± 95% CI)" for m in columns],
+        "parameters",
+    ]
     rows = []
     for c in comparison.configurations:
         done = sum(r.complete for r in c.runs)
-        rows.append([c.config_id, c.method, f"{done}/{len(c.runs)}", *[c.estimate(m).text() for m in columns],
-                     _params_text(c.params)])
+        rows.append(
+            [
+                c.config_id,
+                c.method,
+                f"{done}/{len(c.runs)}",
+                *[c.estimate(m).text() for m in columns],
+                _params_text(c.params),
+            ]
+        )
     return header, rows
 
 
@@ -324,13 +376,22 @@ def summary_lines(comparison: Comparison) -> list[str]:
     lines = []
     if top.vs_next is not None:
         verdict = top.vs_next.verdict(comparison.mode)
-        what = {"better": "ahead of", "worse": "behind", "within noise": "not distinguishable from", "n < 2": "unpaired with"}[verdict]
-        lines.append(f"{top.configuration.method} is {what} the runner-up {top.next_method}: "
-                     f"Δ{comparison.metric} {_diff_text(top.vs_next, comparison.mode)} over {top.vs_next.n} paired run(s)")
+        what = {
+            "better": "ahead of",
+            "worse": "behind",
+            "within noise": "not distinguishable from",
+            "n < 2": "unpaired with",
+        }[verdict]
+        lines.append(
+            f"{top.configuration.method} is {what} the runner-up {top.next_method}: "
+            f"Δ{comparison.metric} {_diff_text(top.vs_next, comparison.mode)} over {top.vs_next.n} paired run(s)"
+        )
     for row in comparison.rows:
         if row.vs_reference is not None:
-            lines.append(f"{row.configuration.method} vs {row.reference}: Δ{comparison.metric}"
-                         f" {_diff_text(row.vs_reference, comparison.mode)} over {row.vs_reference.n} paired run(s)")
+            lines.append(
+                f"{row.configuration.method} vs {row.reference}: Δ{comparison.metric}"
+                f" {_diff_text(row.vs_reference, comparison.mode)} over {row.vs_reference.n} paired run(s)"
+            )
     return lines
 
 

@@ -65,8 +65,10 @@ def main(verbose: int = 0, progress: bool = True) -> int:
         build_synthetic(data_uri, cfg, workers=default_workers(), settings=endpoints.s3, progress=built)
         _say(f"  built in {time.perf_counter() - t0:.0f} s")
 
-    _say(f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} configurations x {space.repeats.count} seeds"
-         f" = {space.num_trials} trials of {space.num_steps} incremental steps ({space.base['preset']} preset) on local Ray")
+    _say(
+        f"sweep {space.name}: {', '.join(space.strategies)}; {space.num_samples} configurations x {space.repeats.count} seeds"
+        f" = {space.num_trials} trials of {space.num_steps} incremental steps ({space.base['preset']} preset) on local Ray"
+    )
     outcome = run_sweep(
         space,
         storage_uri=endpoints.storage_uri,
@@ -82,7 +84,9 @@ def main(verbose: int = 0, progress: bool = True) -> int:
     wall = time.perf_counter() - started
     print()
     if outcome.errored:
-        _say(f"FAILED after {wall / 60:.1f} min: {len(outcome.errored)} of {len(outcome.trials)} trials errored (named below)")
+        _say(
+            f"FAILED after {wall / 60:.1f} min: {len(outcome.errored)} of {len(outcome.trials)} trials errored (named below)"
+        )
     else:
         _say(f"done in {wall / 60:.1f} min")
     if endpoints.mlflow_tracking_uri:

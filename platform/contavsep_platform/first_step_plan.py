@@ -36,7 +36,9 @@ def trial_configs(space: SearchSpace, order_seed: int | None) -> list[tuple[str,
 
     grid = space.grid()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=make_sampler(space) if order_seed is None else optuna.samplers.GridSampler(grid, seed=order_seed))
+    study = optuna.create_study(
+        sampler=make_sampler(space) if order_seed is None else optuna.samplers.GridSampler(grid, seed=order_seed)
+    )
     out = []
     for _ in range(space.num_samples):
         trial = study.ask()  # never told: the grid sampler skips points of running trials
@@ -47,14 +49,17 @@ def trial_configs(space: SearchSpace, order_seed: int | None) -> list[tuple[str,
     return out
 
 
-def planned_trials(space: SearchSpace, train_clips_per_class: Sequence[int], order_seed: int | None = None) -> list[PlannedTrial]:
+def planned_trials(
+    space: SearchSpace, train_clips_per_class: Sequence[int], order_seed: int | None = None
+) -> list[PlannedTrial]:
     """The grid's trials with their step-0 keys (one dataset for all: its hash is a placeholder)."""
     trials = []
     for label, cfg in trial_configs(space, order_seed):
         key = trial_key(cfg, "the sweep's dataset", space.resources.workers)
         budget = sequence_budget(cfg, train_clips_per_class)
-        trials.append(PlannedTrial(label, None if key is None else key[0], budget.steps[0].iterations,
-                                   budget.iterations))
+        trials.append(
+            PlannedTrial(label, None if key is None else key[0], budget.steps[0].iterations, budget.iterations)
+        )
     return trials
 
 
@@ -75,17 +80,23 @@ def replay(trials: Sequence[PlannedTrial], concurrency: int) -> list[bool]:
     return reused
 
 
-def describe(space: SearchSpace, train_clips_per_class: Sequence[int], concurrencies: Sequence[int] = (1, 4, 8, 16)) -> list[str]:
+def describe(
+    space: SearchSpace, train_clips_per_class: Sequence[int], concurrencies: Sequence[int] = (1, 4, 8, 16)
+) -> list[str]:
     """Lines for ``sweep --check``: the shared first steps of a grid sweep at a few concurrencies."""
     trials = planned_trials(space, train_clips_per_class)
     total = sum(t.iterations for t in trials)
     step0 = sum(t.step0_iterations for t in trials)
     groups = len({t.key for t in trials if t.key is not None})
-    lines = [f"shared first steps: {len(trials)} trials have {groups} distinct step-0 key(s)"
-             f" ({sum(1 for t in trials if t.key is None)} not shared); step 0 is {step0:,} of the sweep's {total:,} iterations"]
+    lines = [
+        f"shared first steps: {len(trials)} trials have {groups} distinct step-0 key(s)"
+        f" ({sum(1 for t in trials if t.key is None)} not shared); step 0 is {step0:,} of the sweep's {total:,} iterations"
+    ]
     for c in concurrencies:
         reused = replay(trials, c)
         saved = sum(t.step0_iterations for t, r in zip(trials, reused) if r)
-        lines.append(f"  {c:>2} trial(s) at a time: {sum(reused)} step 0s loaded instead of trained,"
-                     f" {saved:,} iterations saved ({100 * saved / max(total, 1):.1f} % of the sweep)")
+        lines.append(
+            f"  {c:>2} trial(s) at a time: {sum(reused)} step 0s loaded instead of trained,"
+            f" {saved:,} iterations saved ({100 * saved / max(total, 1):.1f} % of the sweep)"
+        )
     return lines

@@ -52,7 +52,9 @@ def methods(space: SearchSpace) -> int:
     """How many methods (table rows) a space has: per strategy, its memory sizes x factor values."""
     total = 0
     for params in space.strategies.values():
-        total += math.prod(len(d.choices) if d.kind == "choice" else 1 for k, d in params.items() if k in space.method_keys)
+        total += math.prod(
+            len(d.choices) if d.kind == "choice" else 1 for k, d in params.items() if k in space.method_keys
+        )
     return total
 
 
@@ -72,14 +74,19 @@ def gpu_hours(space: SearchSpace, train_clips_per_class: Sequence[int]) -> GpuHo
         search_mixtures = sum(_mixtures(cfg, train_clips_per_class) for cfg in configs)
         search_trials = len(configs)
     else:
-        per_strategy = [_mixtures(search.trial_config(_default_params(search, s)), train_clips_per_class) for s in search.strategies]
+        per_strategy = [
+            _mixtures(search.trial_config(_default_params(search, s)), train_clips_per_class) for s in search.strategies
+        ]
         search_trials = search.num_trials
         search_mixtures = search_trials * sum(per_strategy) / len(per_strategy)
     confirm_trials, confirm_mixtures = 0, 0.0
     if space.confirms:
         confirm = space.stage("confirm")
         chosen = methods(space) + (space.confirm.max_pareto if len(space.objectives) > 1 else 0)
-        per_strategy = [_mixtures(confirm.trial_config(_default_params(confirm, s)), train_clips_per_class) for s in confirm.strategies]
+        per_strategy = [
+            _mixtures(confirm.trial_config(_default_params(confirm, s)), train_clips_per_class)
+            for s in confirm.strategies
+        ]
         confirm_trials = chosen * confirm.repeats.count
         confirm_mixtures = confirm_trials * sum(per_strategy) / len(per_strategy)
     return GpuHours(search_trials, search_mixtures, confirm_trials, confirm_mixtures)
@@ -89,11 +96,17 @@ def describe(space: SearchSpace, train_clips_per_class: Sequence[int]) -> list[s
     """Lines for ``sweep --check``."""
     est = gpu_hours(space, train_clips_per_class)
     rate = MEASURED_GPU.mixtures_per_s
-    lines = [f"expected GPU time on one {MEASURED_GPU.card} ({rate:,.0f} training mixtures/s, measured at the"
-             f" {MEASURED_GPU.preset} preset, batch {MEASURED_GPU.batch_size}): {est.hours:,.1f} GPU-hours"]
-    lines.append(f"  search: {est.search_trials} trial(s), {est.search_mixtures / rate / 3600:,.1f} GPU-hours"
-                 + (" at most (ASHA may stop trials early)" if space.scheduler.type == "asha" else ""))
+    lines = [
+        f"expected GPU time on one {MEASURED_GPU.card} ({rate:,.0f} training mixtures/s, measured at the"
+        f" {MEASURED_GPU.preset} preset, batch {MEASURED_GPU.batch_size}): {est.hours:,.1f} GPU-hours"
+    ]
+    lines.append(
+        f"  search: {est.search_trials} trial(s), {est.search_mixtures / rate / 3600:,.1f} GPU-hours"
+        + (" at most (ASHA may stop trials early)" if space.scheduler.type == "asha" else "")
+    )
     if est.confirm_trials:
-        lines.append(f"  confirmation: {est.confirm_trials} trial(s), {est.confirm_mixtures / rate / 3600:,.1f} GPU-hours")
+        lines.append(
+            f"  confirmation: {est.confirm_trials} trial(s), {est.confirm_mixtures / rate / 3600:,.1f} GPU-hours"
+        )
     lines.append("  (training only: evaluation and compilation not counted; smaller batches run fewer mixtures/s)")
     return lines

@@ -18,5 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """``GridSampler`` whose ``after_trial`` does not stop the study (see the module docstring)."""
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
         return None

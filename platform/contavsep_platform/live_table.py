@@ -59,7 +59,14 @@ class LiveTable(Callback):
         self._started = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"space": self.space, "stream": None, "metric": self.metric, "trials": {}, "_live": None, "_started": 0.0}
+        return {
+            "space": self.space,
+            "stream": None,
+            "metric": self.metric,
+            "trials": {},
+            "_live": None,
+            "_started": 0.0,
+        }
 
     @property
     def is_tty(self) -> bool:
@@ -67,8 +74,13 @@ class LiveTable(Callback):
 
     # -- Tune's callback interface ---------------------------------------------------------------
 
-    def setup(self, stop: Stopper | None = None, num_samples: int | None = None, total_num_samples: int | None = None,
-              **info: Any) -> None:
+    def setup(
+        self,
+        stop: Stopper | None = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         if self.stream is None or not self.is_tty or self._live is not None:
             return
         from rich.console import Console
@@ -76,8 +88,14 @@ class LiveTable(Callback):
 
         # sys.stdout/sys.stderr point at the log file while the sweep runs: rich must not
         # redirect them (it would print Ray's noise above the table).
-        self._live = Live(get_renderable=self._render, console=Console(file=self.stream), refresh_per_second=1,
-                          redirect_stdout=False, redirect_stderr=False, vertical_overflow="crop")
+        self._live = Live(
+            get_renderable=self._render,
+            console=Console(file=self.stream),
+            refresh_per_second=1,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            vertical_overflow="crop",
+        )
         self._live.start()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -148,7 +166,9 @@ class LiveTable(Callback):
     def _line(self, trial: Any) -> TrialLine:
         line = self.trials.get(trial.trial_id)
         if line is None:  # a trial restored by --resume that ended before it started here
-            line = self.trials[trial.trial_id] = TrialLine(trial.trial_id, self._method(trial.config), started=time.monotonic())
+            line = self.trials[trial.trial_id] = TrialLine(
+                trial.trial_id, self._method(trial.config), started=time.monotonic()
+            )
         return line
 
     def _refresh(self) -> None:
@@ -169,7 +189,11 @@ class LiveTable(Callback):
         (``what`` follows: ``complete``, ``stopped``, ...; a start is ``trial ...  started``)."""
         parts = [f"trial {line.trial_id}", line.method]
         if what != "started":
-            parts += [f"step {line.step}/{line.total or self.space.num_steps}", f"{self.metric} {_value(line.value)}", _elapsed(line)]
+            parts += [
+                f"step {line.step}/{line.total or self.space.num_steps}",
+                f"{self.metric} {_value(line.value)}",
+                _elapsed(line),
+            ]
         return "  ".join(parts + ([what] if what else []))
 
     def _render(self) -> Any:
@@ -178,16 +202,26 @@ class LiveTable(Callback):
         from rich.text import Text
 
         lines = sorted(self.trials.values(), key=lambda t: (t.ended is not None, -(t.ended or 0.0), t.started))
-        counts = {s: sum(t.status == s for t in self.trials.values()) for s in ("running", "complete", "stopped", "error")}
+        counts = {
+            s: sum(t.status == s for t in self.trials.values()) for s in ("running", "complete", "stopped", "error")
+        }
         waiting = max(0, self.space.num_trials - len(self.trials))
-        summary = (f"{counts['running']} running, {counts['complete']} complete, {counts['stopped']} stopped,"
-                   f" {counts['error']} errored, {waiting} waiting  |  {_seconds(time.monotonic() - self._started)}")
+        summary = (
+            f"{counts['running']} running, {counts['complete']} complete, {counts['stopped']} stopped,"
+            f" {counts['error']} errored, {waiting} waiting  |  {_seconds(time.monotonic() - self._started)}"
+        )
         table = Table(box=None, pad_edge=False)
         for column in ("trial", "method", "step", self.metric, "status", "elapsed"):
             table.add_column(column, justify="right" if column in ("step", self.metric, "elapsed") else "left")
         for line in lines[:MAX_ROWS]:
-            table.add_row(line.trial_id, line.method, f"{line.step}/{line.total or self.space.num_steps}", _value(line.value),
-                          line.status, _elapsed(line))
+            table.add_row(
+                line.trial_id,
+                line.method,
+                f"{line.step}/{line.total or self.space.num_steps}",
+                _value(line.value),
+                line.status,
+                _elapsed(line),
+            )
         if len(lines) > MAX_ROWS:
             table.add_row(f"... {len(lines) - MAX_ROWS} more", "", "", "", "", "")
         return Group(table, Text(summary, style="dim"))

@@ -58,11 +58,15 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     base = _base(tracking_uri)
     if base is None:
         return None
-    return (f"{base}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
-            f"?{urlencode({WORKFLOW_PARAM: MACHINE_LEARNING})}")
+    return (
+        f"{base}/#/experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}"
+        f"?{urlencode({WORKFLOW_PARAM: MACHINE_LEARNING})}"
+    )
 
 
-def link_lines(tracking_uri: str | None, experiment_id: str | None, sweep_name: str, parent_run_id: str | None) -> list[str]:
+def link_lines(
+    tracking_uri: str | None, experiment_id: str | None, sweep_name: str, parent_run_id: str | None
+) -> list[str]:
     """The lines a command ends with: where to compare the sweep's runs and its parent run.
 
     Falls back to the bare server address when the experiment id is unknown (tracking was off

@@ -39,7 +39,9 @@ def asha_cutoff(recorded: list[float], reduction_factor: float) -> float | None:
 class GroupASHA(FIFOScheduler):
     """ASHA on the mean of each configuration group (see the module docstring)."""
 
-    def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float, group_size: int):
+    def __init__(
+        self, *, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float, group_size: int
+    ):
         super().__init__()
         self._metric, self._mode = metric, mode
         self.max_t = max_t

@@ -49,16 +49,41 @@ UPLOAD_ATTEMPTS = 13
 
 # Markers of transient failures in pyarrow's (AWS C++ SDK) and botocore's error texts.
 _TRANSIENT = (
-    "NETWORK_CONNECTION", "Couldn't connect", "Connection refused", "Connection reset", "connection reset",
-    "Timeout was reached", "timed out", "REQUEST_TIMEOUT", "SERVICE_UNAVAILABLE", "SLOW_DOWN", "SlowDown",
-    "INTERNAL_FAILURE", "InternalError", "HTTP response code: 500", "HTTP response code: 502",
-    "HTTP response code: 503", "HTTP response code: 504", "curlCode: 7", "curlCode: 28", "curlCode: 52",
-    "curlCode: 55", "curlCode: 56", "Broken pipe", "Empty reply from server",
+    "NETWORK_CONNECTION",
+    "Couldn't connect",
+    "Connection refused",
+    "Connection reset",
+    "connection reset",
+    "Timeout was reached",
+    "timed out",
+    "REQUEST_TIMEOUT",
+    "SERVICE_UNAVAILABLE",
+    "SLOW_DOWN",
+    "SlowDown",
+    "INTERNAL_FAILURE",
+    "InternalError",
+    "HTTP response code: 500",
+    "HTTP response code: 502",
+    "HTTP response code: 503",
+    "HTTP response code: 504",
+    "curlCode: 7",
+    "curlCode: 28",
+    "curlCode: 52",
+    "curlCode: 55",
+    "curlCode: 56",
+    "Broken pipe",
+    "Empty reply from server",
 )
 
 
-_TRANSIENT_BOTO = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                   "ConnectionError", "ProxyConnectionError")
+_TRANSIENT_BOTO = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ConnectionError",
+    "ProxyConnectionError",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -86,8 +111,12 @@ def resolve_settings(endpoint_url: str | None, region: str) -> storage.S3Setting
     mine = resolve_endpoints().s3
     if mine is not None and mine.endpoint_url == endpoint_url:
         return mine
-    return replace(storage.S3Settings.from_env(), endpoint_url=endpoint_url, region=region,
-                   endpoint_from="the sweep's storage filesystem (pickled by Ray Tune)")
+    return replace(
+        storage.S3Settings.from_env(),
+        endpoint_url=endpoint_url,
+        region=region,
+        endpoint_from="the sweep's storage filesystem (pickled by Ray Tune)",
+    )
 
 
 def _rebuild(endpoint_url: str | None, region: str, outage_s: float) -> S3Storage:
@@ -140,8 +169,13 @@ class S3Storage(pafs.FileSystemHandler):
                     self._outage_logged = True
                 if first:
                     detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-                    log.warning("storage %s unavailable (%s: %s); retrying for up to %.0f s",
-                                self.settings.endpoint_label, what, detail, self.outage_s)
+                    log.warning(
+                        "storage %s unavailable (%s: %s); retrying for up to %.0f s",
+                        self.settings.endpoint_label,
+                        what,
+                        detail,
+                        self.outage_s,
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
@@ -152,7 +186,9 @@ class S3Storage(pafs.FileSystemHandler):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, S3Storage) and (self.settings.endpoint_url, self.settings.region) == (
-            other.settings.endpoint_url, other.settings.region)
+            other.settings.endpoint_url,
+            other.settings.region,
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self == other

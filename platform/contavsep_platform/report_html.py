@@ -41,8 +41,9 @@ img { max-width: 100%; border: 1px solid #eee; }
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -52,8 +53,10 @@ def _view(view: View) -> str:
         parts.append(f'<p class="missing">{html.escape(view.caption)}</p>')
     else:
         data = base64.b64encode(view.file.read_bytes()).decode("ascii")
-        parts.append(f'<img src="data:image/png;base64,{data}" data-file="{html.escape(view.file.name)}"'
-                     f' alt="{html.escape(view.title)}">')
+        parts.append(
+            f'<img src="data:image/png;base64,{data}" data-file="{html.escape(view.file.name)}"'
+            f' alt="{html.escape(view.title)}">'
+        )
         parts.append(f'<p class="caption">{html.escape(view.caption)}</p>')
     if view.findings:
         parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in view.findings) + "</ul>")
@@ -61,8 +64,13 @@ def _view(view: View) -> str:
     return "\n".join(parts)
 
 
-def write_html(out: Path, title: str, intro: Sequence[str], ranking: tuple[Sequence[str], Sequence[Sequence[object]]],
-               views: Sequence[View]) -> Path:
+def write_html(
+    out: Path,
+    title: str,
+    intro: Sequence[str],
+    ranking: tuple[Sequence[str], Sequence[Sequence[object]]],
+    views: Sequence[View],
+) -> Path:
     """Write ``out/report.html`` (atomically) with ``intro`` lines, the ranking table and the views."""
     header, rows = ranking
     body = [f"<h1>{html.escape(title)}</h1>"]
@@ -71,8 +79,12 @@ def write_html(out: Path, title: str, intro: Sequence[str], ranking: tuple[Seque
     body.append(_table(header, rows) if rows else '<p class="missing">No configuration completed all its runs.</p>')
     body.append('<p class="caption">Full tables: <a href="report.md">report.md</a>.</p></section>')
     body += [_view(v) for v in views]
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title>{_STYLE}{_IMAGE_CHECK}</head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>{_STYLE}{_IMAGE_CHECK}</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
     path = out / HTML_FILE
     tmp = out / f"{HTML_FILE}.tmp"
     tmp.write_text(page, encoding="utf-8")

@@ -182,7 +182,11 @@ class GroupedOptunaSearch(Searcher):
         from optuna.trial import TrialState
 
         held = {n for g in self.groups.values() for n in g.optuna_trials}
-        lost = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in held]
+        lost = [
+            t.number
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in held
+        ]
         for number in lost:
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         if lost:

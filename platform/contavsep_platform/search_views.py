@@ -66,8 +66,11 @@ def _objective_label(metric: str, mode: str) -> str:
 
 def _complete(comparison: Comparison, objectives: Sequence[tuple[str, str]]) -> list[Configuration]:
     """Complete configurations with every objective defined."""
-    return [c for c in comparison.configurations
-            if c.complete and all(not math.isnan(c.estimate(m).mean) for m, _ in objectives)]
+    return [
+        c
+        for c in comparison.configurations
+        if c.complete and all(not math.isnan(c.estimate(m).mean) for m, _ in objectives)
+    ]
 
 
 def _value(c: Configuration, key: str) -> object:
@@ -105,7 +108,9 @@ def _objective_value(i: int) -> Callable[[FrozenTrial], float]:
     return lambda t: t.values[i]
 
 
-def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectives: Sequence[tuple[str, str]]) -> list[dict[str, float]]:
+def _importances(
+    configs: Sequence[Configuration], keys: Sequence[str], objectives: Sequence[tuple[str, str]]
+) -> list[dict[str, float]]:
     """fANOVA importance of ``keys`` for each objective, over one Optuna trial per configuration."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
@@ -115,20 +120,28 @@ def _importances(configs: Sequence[Configuration], keys: Sequence[str], objectiv
     trials = []
     for c in configs:
         params = {k: _value(c, k) if _numeric([_value(c, k)]) else str(_value(c, k)) for k in keys}
-        trials.append(create_trial(params=params, distributions=distributions,
-                                   values=[c.estimate(m).mean for m, _ in objectives]))
+        trials.append(
+            create_trial(params=params, distributions=distributions, values=[c.estimate(m).mean for m, _ in objectives])
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize" if mode == "max" else "minimize" for _, mode in objectives])
     study.add_trials(trials)
     out = []
     for i in range(len(objectives)):
-        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=list(keys),
-                                       target=_objective_value(i), normalize=True)
+        scores = get_param_importances(
+            study,
+            evaluator=FanovaImportanceEvaluator(seed=0),
+            params=list(keys),
+            target=_objective_value(i),
+            normalize=True,
+        )
         out.append({k: float(scores.get(k, 0.0)) for k in keys})
     return out
 
 
-def importance_panels(comparison: Comparison, objectives: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, list[str], list[dict[str, float]]]], list[str]]:
+def importance_panels(
+    comparison: Comparison, objectives: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, list[str], list[dict[str, float]]]], list[str]]:
     """``([(panel title, keys, importance per objective)], [why a panel is missing])``."""
     configs = _complete(comparison, objectives)
     panels: list[tuple[str, list[str], list[dict[str, float]]]] = []
@@ -140,16 +153,23 @@ def importance_panels(comparison: Comparison, objectives: Sequence[tuple[str, st
     groups = [("all strategies", configs, across)] if len(strategies) > 1 else []
     for name in strategies:
         members = [c for c in configs if c.strategy == name]
-        keys = sorted(k for k in set().union(*(c.params for c in members))
-                      if all(k in c.params for c in members) and _varying(members, k))
+        keys = sorted(
+            k
+            for k in set().union(*(c.params for c in members))
+            if all(k in c.params for c in members) and _varying(members, k)
+        )
         groups.append((name, members, keys))
     for title, members, keys in groups:
         if len(keys) < 2:
-            missing.append(f"{title}: {len(keys)} searched key(s) vary ({', '.join(keys) or 'none'}); importance needs"
-                           " at least 2 (one key explains all the variance by construction)")
+            missing.append(
+                f"{title}: {len(keys)} searched key(s) vary ({', '.join(keys) or 'none'}); importance needs"
+                " at least 2 (one key explains all the variance by construction)"
+            )
         elif len(members) < MIN_IMPORTANCE_CONFIGURATIONS:
-            missing.append(f"{title}: {len(members)} complete configuration(s); importance needs at least"
-                           f" {MIN_IMPORTANCE_CONFIGURATIONS}")
+            missing.append(
+                f"{title}: {len(members)} complete configuration(s); importance needs at least"
+                f" {MIN_IMPORTANCE_CONFIGURATIONS}"
+            )
         else:
             panels.append((title, keys, _importances(members, keys, objectives)))
     return panels, missing
@@ -185,15 +205,22 @@ def importance_view(comparison: Comparison, objectives: Sequence[tuple[str, str]
             ax.tick_params(labelsize=8)
             ax.set_xlabel("share of variance explained")
             top = order[-1]
-            findings.append(f"{name}, {metric}: {top} explains {score[top]:.0%}"
-                            f" ({', '.join(f'{k} {score[k]:.0%}' for k in reversed(order[:-1]))})")
+            findings.append(
+                f"{name}, {metric}: {top} explains {score[top]:.0%}"
+                f" ({', '.join(f'{k} {score[k]:.0%}' for k in reversed(order[:-1]))})"
+            )
         members = [c for c in configs if name == "all strategies" or c.strategy == name]
-        findings += [f"{name}: {b} follows from {a} in these configurations (one {b} per {a}): their shares are not"
-                     " separable" for a in keys for b in keys if a != b and _determines(members, a, b)
-                     and not (a > b and _determines(members, b, a))]
+        findings += [
+            f"{name}: {b} follows from {a} in these configurations (one {b} per {a}): their shares are not separable"
+            for a in keys
+            for b in keys
+            if a != b and _determines(members, a, b) and not (a > b and _determines(members, b, a))
+        ]
     path = save_figure(fig, out / IMPORTANCE_FILE)
-    caption = ("Share of each objective's variance over the complete configurations (means over their repeats) that"
-               " each searched key explains, fANOVA (Optuna's FanovaImportanceEvaluator, seed 0).")
+    caption = (
+        "Share of each objective's variance over the complete configurations (means over their repeats) that"
+        " each searched key explains, fANOVA (Optuna's FanovaImportanceEvaluator, seed 0)."
+    )
     if why:
         caption += f" Not drawn: {why}."
     return View(title, path, caption, tuple(findings))
@@ -208,8 +235,12 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     configs = _complete(comparison, objectives)
     keys = sorted(k for k in {MEMORY_KEY}.union(*(c.params for c in configs)) if _varying(configs, k))
     if len(configs) < 2 or not keys:
-        return View(title, None, f"Not drawn: {len(configs)} complete configuration(s) and {len(keys)} searched key(s)"
-                                 " that vary; the view needs at least 2 configurations and 1 key.")
+        return View(
+            title,
+            None,
+            f"Not drawn: {len(configs)} complete configuration(s) and {len(keys)} searched key(s)"
+            " that vary; the view needs at least 2 configurations and 1 key.",
+        )
     strategies = list(dict.fromkeys(c.strategy for c in configs))
     axes_names = [STRATEGY_AXIS, *keys, *(m for m, _ in objectives)]
 
@@ -244,7 +275,15 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     xs = np.arange(len(axes_names))  # one axis per column, at x = 0, 1, ...
     for i in range(len(configs)):
         ys = np.array([col[0][i] for col in columns])
-        ax.plot(xs, ys, color=cmap(norm[i] if mode == "max" else 1 - norm[i]), alpha=0.8, linewidth=1.5, marker="o", markersize=3)
+        ax.plot(
+            xs,
+            ys,
+            color=cmap(norm[i] if mode == "max" else 1 - norm[i]),
+            alpha=0.8,
+            linewidth=1.5,
+            marker="o",
+            markersize=3,
+        )
     for axis_x, (_, labels, ticks) in enumerate(columns):
         ax.axvline(axis_x, color="0.6", linewidth=0.8)
         for label, y in zip(labels, ticks):
@@ -252,15 +291,18 @@ def parallel_coordinates_view(comparison: Comparison, objectives: Sequence[tuple
     ax.set_xticks(xs, axes_names, rotation=20, ha="right", fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(-0.08, 1.08)
-    ax.set_title(f"{len(configs)} complete configurations; colour: final {first} (bright = better)",
-                 fontsize=9)
+    ax.set_title(f"{len(configs)} complete configurations; colour: final {first} (bright = better)", fontsize=9)
     best = configs[int(np.argmax(colour) if mode == "max" else np.argmin(colour))]
-    finding = (f"best final {first}: {best.method} with "
-               + (", ".join(f"{k}={_short(best.params[k])}" for k in keys if k in best.params) or "its defaults")
-               + f" ({best.estimate(first).text()})")
+    finding = (
+        f"best final {first}: {best.method} with "
+        + (", ".join(f"{k}={_short(best.params[k])}" for k in keys if k in best.params) or "its defaults")
+        + f" ({best.estimate(first).text()})"
+    )
     path = save_figure(fig, out / PARALLEL_FILE)
-    caption = ("One line per complete configuration (means over its repeats) through the strategy, each searched key"
-               " (min and max marked; a gap where a strategy has no such key) and the final objectives.")
+    caption = (
+        "One line per complete configuration (means over its repeats) through the strategy, each searched key"
+        " (min and max marked; a gap where a strategy has no such key) and the final objectives."
+    )
     return View(title, path, caption, (finding,))
 
 
@@ -271,7 +313,9 @@ def _short(value: object) -> str:
 # ---------------------------------------------------------------------------- R matrices
 
 
-def r_matrices_view(best_runs: Mapping[str, tuple[str, Mapping[str, Any] | None]], out: Path, metric: str = "sdr") -> View:
+def r_matrices_view(
+    best_runs: Mapping[str, tuple[str, Mapping[str, Any] | None]], out: Path, metric: str = "sdr"
+) -> View:
     """``best_runs[strategy] = (run label, R.json document or None)``: the ``metric`` R matrix of
     each strategy's best run side by side, one colour scale."""
     title = f"R matrices ({metric.upper()}) of each strategy's best run"
@@ -300,8 +344,15 @@ def r_matrices_view(best_runs: Mapping[str, tuple[str, Mapping[str, Any] | None]
         for i in range(steps):
             for j in range(r.shape[1]):
                 if np.isfinite(r[i, j]):
-                    ax.text(j, i, f"{r[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="white" if (r[i, j] - lo) / (hi - lo) < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{r[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if (r[i, j] - lo) / (hi - lo) < 0.6 else "black",
+                    )
         ax.set_xticks(range(r.shape[1]), [str(j + 1) for j in range(r.shape[1])])
         ax.set_yticks(range(steps), [str(i + 1) for i in range(steps)])
         ax.set_xlabel("task j")
@@ -310,13 +361,18 @@ def r_matrices_view(best_runs: Mapping[str, tuple[str, Mapping[str, Any] | None]
         first_task = r[:, 0]
         seen = first_task[np.isfinite(first_task)]
         if seen.size > 1:
-            findings.append(f"{label.splitlines()[0]}: task 1 {seen[0]:.2f} dB after step 1, {seen[-1]:.2f} dB after the"
-                            f" last step ({seen[-1] - seen[0]:+.2f})")
+            findings.append(
+                f"{label.splitlines()[0]}: task 1 {seen[0]:.2f} dB after step 1, {seen[-1]:.2f} dB after the"
+                f" last step ({seen[-1] - seen[0]:+.2f})"
+            )
     assert image is not None  # matrices is not empty, so the loop drew at least one
     fig.colorbar(image, ax=list(axes), shrink=0.8, label=f"{metric.upper()} (dB)")
-    caption = ("R[i][j]: mean score after step i on the classes of task j, of the best run (highest final value) of"
-               " each strategy's best configuration; below the diagonal is what it kept of earlier tasks. Runs: "
-               + "; ".join(label.replace("\n", ": ") for label in matrices) + ".")
+    caption = (
+        "R[i][j]: mean score after step i on the classes of task j, of the best run (highest final value) of"
+        " each strategy's best configuration; below the diagonal is what it kept of earlier tasks. Runs: "
+        + "; ".join(label.replace("\n", ": ") for label in matrices)
+        + "."
+    )
     if missing:
         caption += f" Missing: {'; '.join(missing)}."
     return View(title, save_figure(fig, out / R_MATRICES_FILE), caption, tuple(findings))

@@ -298,8 +298,10 @@ TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", 
 def check_tracking_uri(uri: str, setting: str) -> None:
     """Refuse a tracking URI MLflow cannot serve runs from, naming the ``setting`` it came from."""
     if not uri.startswith(TRACKING_SCHEMES):
-        raise SettingsError(f"{setting} {uri!r} is not an MLflow tracking server or database: use http://host:port"
-                            f" (`contavsep services status` shows the local one) or sqlite:///path/mlflow.db")
+        raise SettingsError(
+            f"{setting} {uri!r} is not an MLflow tracking server or database: use http://host:port"
+            f" (`contavsep services status` shows the local one) or sqlite:///path/mlflow.db"
+        )
 
 
 # `ray job stop` sends SIGTERM, and Ray's job supervisor SIGKILLs the entrypoint

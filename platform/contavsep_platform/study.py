@@ -107,11 +107,14 @@ class StudyJournal:
 
         journal = self.storage()
         created = self.study_name not in {s.study_name for s in journal.get_all_studies()}
-        study = optuna.create_study(storage=journal, study_name=self.study_name, sampler=sampler,
-                                    directions=directions, load_if_exists=True)
+        study = optuna.create_study(
+            storage=journal, study_name=self.study_name, sampler=sampler, directions=directions, load_if_exists=True
+        )
         if not created and [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
-            raise ValueError(f"the Optuna study '{self.study_name}' in {self.uri} has other objectives"
-                             f" ({[d.name.lower() for d in study.directions]}) than the space ({directions})")
+            raise ValueError(
+                f"the Optuna study '{self.study_name}' in {self.uri} has other objectives"
+                f" ({[d.name.lower() for d in study.directions]}) than the space ({directions})"
+            )
         return study, created
 
     def sync(self) -> None:

@@ -77,7 +77,10 @@ def noise_to_log(path: Path) -> Iterator[TextIO]:
 
 def _stream_handlers() -> list[logging.StreamHandler]:
     """Every stream handler of the root logger and of the loggers created so far (not files)."""
-    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
     found: dict[int, logging.StreamHandler] = {}
     for lg in loggers:
         for h in lg.handlers:

@@ -37,10 +37,21 @@ class RunSystemMetrics(SystemMetricsMonitor):
         node_id: inserted into the names (``system/<node>/...``) for multi-node runs; None for one node.
     """
 
-    def __init__(self, publish: Callable[[dict[str, float]], None], tracking_uri: str, interval_s: float = 10.0,
-                 samples_before_logging: int = 1, node_id: str | None = None):
-        super().__init__(run_id="", sampling_interval=interval_s, samples_before_logging=samples_before_logging,
-                         node_id=node_id, tracking_uri=tracking_uri)
+    def __init__(
+        self,
+        publish: Callable[[dict[str, float]], None],
+        tracking_uri: str,
+        interval_s: float = 10.0,
+        samples_before_logging: int = 1,
+        node_id: str | None = None,
+    ):
+        super().__init__(
+            run_id="",
+            sampling_interval=interval_s,
+            samples_before_logging=samples_before_logging,
+            node_id=node_id,
+            tracking_uri=tracking_uri,
+        )
         self._publish = publish
         self._pending_samples = 0  # samples collected since the last published point
 

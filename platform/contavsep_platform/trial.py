@@ -93,8 +93,16 @@ def tune_metrics(result: StepResult, num_steps: int, engine_seconds: float, work
 class TrainReporter:
     """The engine's reporter inside a Train worker: MLflow (rank 0), checkpoint, ``ray.train.report``."""
 
-    def __init__(self, cfg: Config, num_steps: int, rank: int, world_size: int, tracker: Any | None, metric: str,
-                 worker_started: float):
+    def __init__(
+        self,
+        cfg: Config,
+        num_steps: int,
+        rank: int,
+        world_size: int,
+        tracker: Any | None,
+        metric: str,
+        worker_started: float,
+    ):
         self.cfg = cfg
         self.num_steps = num_steps
         self.rank = rank
@@ -142,8 +150,16 @@ class TrainReporter:
                 self.tracker.log_final(result.summary, to_yaml(self.cfg))
         with tempfile.TemporaryDirectory(prefix="contavsep-ckpt-") as tmp:
             directory = save_checkpoint(Path(tmp) / name)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name)
-        log.info("trial step %d/%d reported (%s %.3f)", completed_steps(result.step), self.num_steps, self.metric, metrics[self.metric])
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name
+            )
+        log.info(
+            "trial step %d/%d reported (%s %.3f)",
+            completed_steps(result.step),
+            self.num_steps,
+            self.metric,
+            metrics[self.metric],
+        )
 
 
 def _distributed(rank: int, world_size: int) -> Distributed:
@@ -194,10 +210,18 @@ def _tracker(context: TrialContext, trial_id: str, cfg: Config, manifest: dict[s
     )
 
     pending = storage.join(trial_uri(context.storage_uri, context.sweep_name, trial_id), PENDING_FILE)
-    return TrialTracker(context.tracking_uri, context.space.experiment_name, context.parent_run_id, trial_id, flat(cfg),
-                        pending_uri=pending, s3=s3_settings(), dataset=dataset_input(cfg.data.uri, manifest),
-                        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S,
-                        tags={STAGE_TAG: context.stage, **({CONFIG_TAG: group} if group else {})})
+    return TrialTracker(
+        context.tracking_uri,
+        context.space.experiment_name,
+        context.parent_run_id,
+        trial_id,
+        flat(cfg),
+        pending_uri=pending,
+        s3=s3_settings(),
+        dataset=dataset_input(cfg.data.uri, manifest),
+        system_metrics_interval_s=SYSTEM_METRICS_INTERVAL_S,
+        tags={STAGE_TAG: context.stage, **({CONFIG_TAG: group} if group else {})},
+    )
 
 
 def _step_index(name: str) -> int | None:
@@ -206,7 +230,9 @@ def _step_index(name: str) -> int | None:
     return int(k) if prefix == "step" and k.isdigit() else None
 
 
-def latest_intact_checkpoint(uri: str, into: Path, settings: storage.S3Settings | None = None) -> tuple[str, Path, Any] | None:
+def latest_intact_checkpoint(
+    uri: str, into: Path, settings: storage.S3Settings | None = None
+) -> tuple[str, Path, Any] | None:
     """The newest step checkpoint under a trial folder that loads, copied into ``into``:
     ``(its uri, local folder, TrainingState)``, or None when the trial has none.
 
@@ -236,7 +262,9 @@ def latest_intact_checkpoint(uri: str, into: Path, settings: storage.S3Settings 
         except storage.StorageError:
             raise
         except Exception as exc:  # noqa: BLE001 - torch.load of a cut file raises anything from EOFError to RuntimeError
-            log.warning("checkpoint %s is not intact (%s); trying the one before", source, " ".join(str(exc).split())[:200])
+            log.warning(
+                "checkpoint %s is not intact (%s); trying the one before", source, " ".join(str(exc).split())[:200]
+            )
     return None
 
 
@@ -253,7 +281,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     trial_id: str = loop_config["trial_id"]
     train_ctx = ray.train.get_context()
     rank, world_size = train_ctx.get_world_rank(), train_ctx.get_world_size()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{trial_id} r{rank}] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s [{trial_id} r{rank}] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     cfg = context.space.trial_config(loop_config["params"])
     table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
     group = str(loop_config["params"].get(GROUP_KEY) or "")
@@ -264,18 +297,32 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             resume_from = None
             # Train's own checkpoint (a restart within the trial) or one it never registered
             # (a Tune restart after an upload fault): the trial folder's newest intact one.
-            found = latest_intact_checkpoint(trial_uri(context.storage_uri, context.sweep_name, trial_id), Path(tmp), s3_settings())
+            found = latest_intact_checkpoint(
+                trial_uri(context.storage_uri, context.sweep_name, trial_id), Path(tmp), s3_settings()
+            )
             if found is not None:
                 source, resume_from, state = found
                 known = ray.train.get_checkpoint()
-                log.info("trial %s resumes from %s (step %d of %d; Ray Train's latest: %s)", trial_id, source, state.step + 1,
-                         context.space.num_steps, known.path if known is not None else "none")
+                log.info(
+                    "trial %s resumes from %s (step %d of %d; Ray Train's latest: %s)",
+                    trial_id,
+                    source,
+                    state.step + 1,
+                    context.space.num_steps,
+                    known.path if known is not None else "none",
+                )
                 if state.step + 1 >= context.space.num_steps:
                     check_resumable(state, cfg, str(table.manifest.get("content_hash", "")), source)
                     reporter.report_restored_final(restored_result(state))
                     return
-            run_sequence(cfg, table, reporter=reporter, resume_from=resume_from, distributed=_distributed(rank, world_size),
-                         first_steps=FirstStepStore(storage.join(context.sweep_uri, FIRST_STEPS_DIR), s3_settings()))
+            run_sequence(
+                cfg,
+                table,
+                reporter=reporter,
+                resume_from=resume_from,
+                distributed=_distributed(rank, world_size),
+                first_steps=FirstStepStore(storage.join(context.sweep_uri, FIRST_STEPS_DIR), s3_settings()),
+            )
     except Exception:
         if tracker is not None:  # a Train restart re-opens the run (RUNNING again) by its name
             tracker.close("FAILED")

@@ -18,7 +18,9 @@ from benchmarks.bench_profile import device_rows, kernel_sources, kind_of
 
 
 def event(key: str, us: float, count: int, device: DeviceType, annotation: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=device, is_user_annotation=annotation)
+    return SimpleNamespace(
+        key=key, self_device_time_total=us, count=count, device_type=device, is_user_annotation=annotation
+    )
 
 
 def test_annotations_and_the_batch_transfer_are_not_counted_as_compute_kernels():
@@ -48,17 +50,22 @@ def test_events_from_an_older_profiler_without_the_annotation_flag_still_split()
 
 
 def test_each_kernel_is_attributed_to_the_operators_that_launched_it():
-    """"7 bf16 copy kernels, 0.5 ms" is only actionable with the operation that asked for them."""
+    """ "7 bf16 copy kernels, 0.5 ms" is only actionable with the operation that asked for them."""
 
-    def op(name: str, parent: SimpleNamespace | None = None, kernels: tuple[tuple[str, float], ...] = ()) -> SimpleNamespace:
-        return SimpleNamespace(name=name, cpu_parent=parent,
-                               kernels=[SimpleNamespace(name=k, duration=us) for k, us in kernels])
+    def op(
+        name: str, parent: SimpleNamespace | None = None, kernels: tuple[tuple[str, float], ...] = ()
+    ) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name, cpu_parent=parent, kernels=[SimpleNamespace(name=k, duration=us) for k, us in kernels]
+        )
 
     backward = op("aten::convolution_backward")
     clone = op("aten::clone", backward)
     forward = op("aten::convolution")
     events = [
-        backward, clone, forward,
+        backward,
+        clone,
+        forward,
         op("aten::copy_", clone, (("direct_copy_kernel<bf16>", 70.0),)),
         op("aten::copy_", clone, (("direct_copy_kernel<bf16>", 50.0),)),
         op("aten::copy_", op("aten::to"), (("direct_copy_kernel<bf16>", 8.0),)),
@@ -73,9 +80,16 @@ def test_each_kernel_is_attributed_to_the_operators_that_launched_it():
 
 def test_inductor_fused_kernels_are_not_counted_as_the_convolutions_they_are_named_after():
     """Issue 11's H100 profile put such kernels under "convolution" (5.0 ms), hiding how long cuDNN took."""
-    assert kind_of("triton_poi_fused_add_convolution_backward_leaky_relu_backward_slice_threshold_backward_91") == "elementwise/other"
-    assert kind_of("triton_red_fused__native_batch_norm_legit_functional_convolution_backward_native_batch_norm_backward_43") \
+    assert (
+        kind_of("triton_poi_fused_add_convolution_backward_leaky_relu_backward_slice_threshold_backward_91")
+        == "elementwise/other"
+    )
+    assert (
+        kind_of(
+            "triton_red_fused__native_batch_norm_legit_functional_convolution_backward_native_batch_norm_backward_43"
+        )
         == "normalisation"
+    )
     assert kind_of("cpp_fused_convolution_backward_sum_7") == "elementwise/other"
     assert kind_of("triton_per_fused_addmm_native_layer_norm_10") == "normalisation"
     # their other kinds are kept: the bf16 weight casts are copies

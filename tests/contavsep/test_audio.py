@@ -49,7 +49,11 @@ def test_shapes_at_every_preset(preset: str) -> None:
     assert spectra.target_masks.shape == (2, 2, audio.warp_bins, frames)
     assert spectra.weight.shape == (2, 1, audio.warp_bins, frames)
     assert spectra.mix_spec.shape == (2, audio.n_fft // 2 + 1, frames)
-    assert fe.reconstruct(spectra.target_masks, spectra.mix_spec, audio.clip_samples).shape == (2, 2, audio.clip_samples)
+    assert fe.reconstruct(spectra.target_masks, spectra.mix_spec, audio.clip_samples).shape == (
+        2,
+        2,
+        audio.clip_samples,
+    )
 
 
 def _smooth_spectrum(bins: int, frames: int) -> torch.Tensor:
@@ -152,7 +156,9 @@ def test_ideal_ratio_mask_reconstructs_both_sources_above_15_db(paper_front_end:
     mix, scaled = mix_sources(sources)
     spectra = paper_front_end.prepare(mix, scaled)
     estimates = paper_front_end.reconstruct(spectra.target_masks, spectra.mix_spec, 65535)
-    sdr, _, _, _ = bss_eval_sources(scaled[0].double().numpy(), estimates[0].double().numpy(), compute_permutation=False)
+    sdr, _, _, _ = bss_eval_sources(
+        scaled[0].double().numpy(), estimates[0].double().numpy(), compute_permutation=False
+    )
     assert (sdr > 15.0).all(), sdr
     # Swapping the masks must destroy the separation: the targets are tied to their sources.
     swapped = paper_front_end.reconstruct(spectra.target_masks.flip(1), spectra.mix_spec, 65535)
@@ -178,7 +184,9 @@ def test_buffers_follow_module_and_stay_out_of_state_dict() -> None:
 def test_log_frequency_grid_endpoints() -> None:
     grid = log_frequency_grid(512, 256, 7)
     assert grid.shape == (1, 256, 7, 2)
-    assert grid[0, 0, 0].tolist() == [-1.0, -1.0] and torch.allclose(grid[0, -1, -1], torch.ones(2, dtype=torch.float64))
+    assert grid[0, 0, 0].tolist() == [-1.0, -1.0] and torch.allclose(
+        grid[0, -1, -1], torch.ones(2, dtype=torch.float64)
+    )
     inverse = log_frequency_grid(256, 512, 7, inverse=True)
     forward_of_inverse = (torch.pow(21.0, (inverse[0, :, 0, 1] + 1) / 2) - 11) / 10
     assert torch.allclose(forward_of_inverse, torch.linspace(-1, 1, 512, dtype=torch.float64))
@@ -206,5 +214,7 @@ def test_scored_length_excludes_the_ill_conditioned_tail(preset: str) -> None:
     spectra = front_end.prepare(mix, scaled)
     length = front_end.reconstruction_length(cfg.clip_samples)
     estimates = front_end.reconstruct(spectra.target_masks, spectra.mix_spec, length)
-    sdr, _, _, _ = bss_eval_sources(scaled[0, :, :length].double().numpy(), estimates[0].double().numpy(), compute_permutation=False)
+    sdr, _, _, _ = bss_eval_sources(
+        scaled[0, :, :length].double().numpy(), estimates[0].double().numpy(), compute_permutation=False
+    )
     assert (sdr > 8.0).all(), sdr

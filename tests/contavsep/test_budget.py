@@ -71,7 +71,9 @@ def test_engine_schedulers_follow_the_reference_epoch_by_epoch():
     for it in range(plan.iterations):
         epoch = it // 3
         # the reference: U-Net lr x0.1 after each epoch index in lr_steps (30, 50); transformer StepLR(80)
-        assert opts[0].param_groups[0]["lr"] == pytest.approx(1e-4 * 0.1 ** sum(epoch > s for s in (30, 50)), rel=1e-9), it
+        assert opts[0].param_groups[0]["lr"] == pytest.approx(
+            1e-4 * 0.1 ** sum(epoch > s for s in (30, 50)), rel=1e-9
+        ), it
         assert opts[1].param_groups[0]["lr"] == pytest.approx(1e-4 * 0.1 ** (epoch // 80), rel=1e-9), it
         for o in opts:
             o.step()
@@ -156,10 +158,21 @@ def test_engine_trains_the_derived_iterations(tmp_path):
     build_synthetic(uri, SynthConfig(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11))
     table = open_dataset(uri, cache_dir=tmp_path / "cache")
     # 2 epochs per step of 2 classes x 4 clips listed once (+ 1 exemplar per old class, weight 1), batch 4
-    cfg = make_config("tiny", {"data.classes_per_step": 2, "data.num_steps": 2, "train.iters_per_step": 0,
-                               "train.epochs_per_step": 2, "train.dup_trainset": 1, "train.batch_size": 4,
-                               "train.lr_drop_epochs_unet": "1", "memory.per_class": 1, "memory.oversample": 1,
-                               "strategy.name": "finetune"})
+    cfg = make_config(
+        "tiny",
+        {
+            "data.classes_per_step": 2,
+            "data.num_steps": 2,
+            "train.iters_per_step": 0,
+            "train.epochs_per_step": 2,
+            "train.dup_trainset": 1,
+            "train.batch_size": 4,
+            "train.lr_drop_epochs_unet": "1",
+            "memory.per_class": 1,
+            "memory.oversample": 1,
+            "strategy.name": "finetune",
+        },
+    )
 
     class Save:
         def report(self, result, save_checkpoint):

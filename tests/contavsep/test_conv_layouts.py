@@ -55,8 +55,10 @@ def misplaced_operands(graph: torch.fx.Graph) -> list[str]:
         for name, v in zip(names, values):
             if not v.is_contiguous(memory_format=fmt):
                 kind = "transposed " if node.args[len(names) + 4] else ""  # the `transposed` flag
-                bad.append(f"{node.target}: {kind}conv {tuple(w.shape)}, {name} {tuple(v.shape)} stride {v.stride()} "
-                           f"is not {fmt}")
+                bad.append(
+                    f"{node.target}: {kind}conv {tuple(w.shape)}, {name} {tuple(v.shape)} stride {v.stride()} "
+                    f"is not {fmt}"
+                )
     return bad
 
 
@@ -69,8 +71,11 @@ def traced_graphs(model: UNet, spec: Tensor, autocast: bool) -> list[torch.fx.Gr
         return make_boxed_func(gm.forward)
 
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep,
-                                                         decompositions=select_decomp_table()), fullgraph=True)
+    compiled = torch.compile(
+        model,
+        backend=aot_autograd(fw_compiler=keep, bw_compiler=keep, decompositions=select_decomp_table()),
+        fullgraph=True,
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = compiled(spec).mask_features
     out.float().square().mean().backward()
@@ -80,14 +85,19 @@ def traced_graphs(model: UNet, spec: Tensor, autocast: bool) -> list[torch.fx.Gr
 
 
 # (memory format, decoder_conv, encoder_conv, bf16 autocast): the GPU defaults first
-CASES = [(torch.channels_last, "transposed", "strided", True), (torch.channels_last, "subpixel", "space_to_depth", False),
-         (torch.channels_last, "upsample", "strided", False), (torch.contiguous_format, "transposed", "strided", False)]
+CASES = [
+    (torch.channels_last, "transposed", "strided", True),
+    (torch.channels_last, "subpixel", "space_to_depth", False),
+    (torch.channels_last, "upsample", "strided", False),
+    (torch.contiguous_format, "transposed", "strided", False),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("memory_format", "decoder_conv", "encoder_conv", "autocast"), CASES)
-def test_compiled_convs_get_operands_in_the_layout_they_run_in(memory_format: torch.memory_format, decoder_conv: str,
-                                                               encoder_conv: str, autocast: bool) -> None:
+def test_compiled_convs_get_operands_in_the_layout_they_run_in(
+    memory_format: torch.memory_format, decoder_conv: str, encoder_conv: str, autocast: bool
+) -> None:
     torch.manual_seed(0)
     model = UNet(channels=8, depth=5, out_channels=4).to(memory_format=memory_format).train()
     # every decoder level computed by the chosen form (min_pixels 0), as the paper batch's outer levels

@@ -69,8 +69,11 @@ def test_roundtrip_through_cache(where, tmp_path) -> None:
     assert manifest["counts"]["train"] == {"accordion": 3, "bagpipe": 3, "bassoon": 2}
     assert manifest["extra"] == {"note": "test"}
     assert [(p["path"], p["rows"]) for p in manifest["parts"]] == [
-        ("split=train/part-00000.parquet", 3), ("split=train/part-00001.parquet", 3),
-        ("split=train/part-00002.parquet", 2), ("split=val/part-00000.parquet", 3), ("split=test/part-00000.parquet", 3),
+        ("split=train/part-00000.parquet", 3),
+        ("split=train/part-00001.parquet", 3),
+        ("split=train/part-00002.parquet", 2),
+        ("split=val/part-00000.parquet", 3),
+        ("split=test/part-00000.parquet", 3),
     ]
     assert storage.list_dir(uri, settings) == ["manifest.json", "split=test", "split=train", "split=val"]
 
@@ -83,7 +86,11 @@ def test_roundtrip_through_cache(where, tmp_path) -> None:
         np.testing.assert_array_equal(table.object_features(row), r.object_features)
         np.testing.assert_array_equal(table.motion_features(row), r.motion_features)
         assert (table.clip_id(row), table.class_name(row), table.split(row), table.source(row)) == (
-            r.clip_id, r.class_name, r.split, r.source)
+            r.clip_id,
+            r.class_name,
+            r.split,
+            r.source,
+        )
         assert table.class_id(row) == CLASSES.index(r.class_name)
     audio = table.audio(0)
     assert audio.dtype == np.int16 and not audio.flags.writeable  # a view of the shared mapping
@@ -233,8 +240,12 @@ def test_a_cache_does_not_hide_a_damaged_part_and_a_damaged_cache_is_rebuilt(tmp
 def test_refused_s3_keys_on_open(s3_server, s3_bucket, tmp_path) -> None:
     uri = storage.join(s3_bucket, "ds")
     write(uri, s3_server.settings, records(4))
-    bad = S3Settings(endpoint_url=s3_server.settings.endpoint_url, access_key="nobody-at-all", secret_key="x" * 20,
-                     keys_from="CONTAVSEP_S3_ACCESS_KEY / CONTAVSEP_S3_SECRET_KEY")
+    bad = S3Settings(
+        endpoint_url=s3_server.settings.endpoint_url,
+        access_key="nobody-at-all",
+        secret_key="x" * 20,
+        keys_from="CONTAVSEP_S3_ACCESS_KEY / CONTAVSEP_S3_SECRET_KEY",
+    )
     with pytest.raises(StorageError, match="refused the credentials .*CONTAVSEP_S3_ACCESS_KEY"):
         open_dataset(uri, cache_dir=tmp_path / "cache", settings=bad)
 

@@ -50,7 +50,17 @@ def test_reports_every_step_with_the_papers_numbers(dataset):
     summary = run_sequence(_cfg(**{"strategy.name": "finetune"}), table, reporter=rep)
     assert [r.step for r in rep.results] == [0, 1] and rep.results[-1].is_last
     m0, m1 = rep.results[0].metrics, rep.results[1].metrics
-    for key in ("sdr", "sir", "sar", "sdr_new", "sdr_mix", "sdri", "task_sdr/0", "loss/main", "throughput/mixtures_per_s"):
+    for key in (
+        "sdr",
+        "sir",
+        "sar",
+        "sdr_new",
+        "sdr_mix",
+        "sdri",
+        "task_sdr/0",
+        "loss/main",
+        "throughput/mixtures_per_s",
+    ):
         assert np.isfinite(m0[key]), key
     assert "sdr_old" not in m0 and np.isfinite(m1["sdr_old"]) and np.isfinite(m1["task_sdr/1"])
     # task 0's set: 2 test clips x 2 classes x 2 windows, each paired once, 2 sources per mixture;
@@ -156,7 +166,9 @@ def test_resume_refuses_a_checkpoint_of_another_config(dataset, tmp_path):
     # one whose strategy this version does not have is refused in one line that says so
     payload["config"]["strategy.name"] = "retired"
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match=r"holds a config this version cannot run: strategy.name: unknown strategy 'retired'"):
+    with pytest.raises(
+        CheckpointError, match=r"holds a config this version cannot run: strategy.name: unknown strategy 'retired'"
+    ):
         run_sequence(legacy, table, resume_from=tmp_path / "step=0")
 
 
@@ -195,7 +207,19 @@ def test_dataset_and_config_mismatches_are_clear(dataset):
 def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
     uri, _ = dataset
     exe = Path(sys.executable).parent / "contavsep"
-    args = [str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwf", "--out", str(tmp_path / "out"), "--quiet"]
+    args = [
+        str(exe),
+        "run",
+        "--data",
+        uri,
+        "--preset",
+        "tiny",
+        "--strategy",
+        "lwf",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
     for k, v in {**SETTINGS, "data.cache_dir": str(tmp_path / "cache")}.items():
         args += ["--set", f"{k}={v}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -204,8 +228,12 @@ def test_cli_run_writes_results_json_and_checkpoints(dataset, tmp_path):
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["complete"] and doc["config"]["strategy.name"] == "lwf" and len(doc["steps"]) == 2
     assert (tmp_path / "out" / "checkpoints" / "step=1" / "state.pt").is_file()
-    bad = subprocess.run([str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwff", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [str(exe), "run", "--data", uri, "--preset", "tiny", "--strategy", "lwff", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "did you mean 'lwf'" in bad.stderr and not (tmp_path / "x").exists()
 
 
@@ -242,8 +270,11 @@ def test_a_non_finite_loss_names_the_step_iteration_and_term(dataset):
         return loss * torch.tensor(math.inf) if len(calls) == 5 else loss
 
     engine.main_loss = diverging
-    with pytest.raises(FloatingPointError, match=r"step 0: non-finite loss at iteration 4 \(checked over iterations 4\.\.5\)"
-                       r".*main inf, total inf; non-finite: main, total; lower the learning rates"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"step 0: non-finite loss at iteration 4 \(checked over iterations 4\.\.5\)"
+        r".*main inf, total inf; non-finite: main, total; lower the learning rates",
+    ):
         engine.run_step(0)
     assert len(calls) == 6  # raised at the check after iteration 5, not later
 
@@ -298,8 +329,15 @@ def test_a_compiled_forward_compiles_twice_per_sequence_however_many_steps(tmp_p
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: real_compile(fn, backend="aot_eager"))
     torch._dynamo.reset()
-    cfg = _cfg(**{"strategy.name": "finetune", "data.num_steps": 3, "train.compile": "default", "memory.per_class": 0,
-                  "eval.windows_per_clip": 1})
+    cfg = _cfg(
+        **{
+            "strategy.name": "finetune",
+            "data.num_steps": 3,
+            "train.compile": "default",
+            "memory.per_class": 0,
+            "eval.windows_per_clip": 1,
+        }
+    )
     engine = Engine(cfg, table)
     new_graphs = []
     for step in range(engine.scenario.num_steps):

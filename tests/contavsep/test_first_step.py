@@ -60,14 +60,34 @@ def test_the_step_zero_key_counts_what_step_zero_depends_on_and_nothing_else():
     key = _key(base)
     # memory is filled after step 0, evaluation happens after it, speed keys change no result,
     # and every plain strategy trains step 0 the same way whatever its hyperparameters
-    for same in ({"memory.per_class": 0}, {"memory.oversample": 5.0}, {"eval.windows_per_clip": 1}, {"eval.seed": 7},
-                 {"eval.backend": "fast"}, {"train.prefetch_batches": 0}, {"train.fused_optimizer": True},
-                 {"strategy.name": "ewc", "strategy.lambda_ewc": 5.0}, {"strategy.name": "lwf"}, {"strategy.name": "joint"},
-                 {"strategy.name": "plop"}, {"strategy.name": "ewf"}, {"data.uri": "file:///elsewhere"}):
+    for same in (
+        {"memory.per_class": 0},
+        {"memory.oversample": 5.0},
+        {"eval.windows_per_clip": 1},
+        {"eval.seed": 7},
+        {"eval.backend": "fast"},
+        {"train.prefetch_batches": 0},
+        {"train.fused_optimizer": True},
+        {"strategy.name": "ewc", "strategy.lambda_ewc": 5.0},
+        {"strategy.name": "lwf"},
+        {"strategy.name": "joint"},
+        {"strategy.name": "plop"},
+        {"strategy.name": "ewf"},
+        {"data.uri": "file:///elsewhere"},
+    ):
         assert _key(_cfg(**{"strategy.name": "finetune", **same})) == key, same
-    for other in ({"train.seed": 1}, {"train.lr_unet": 2e-4}, {"model.name": "coseparation"}, {"data.shuffle_classes": True},
-                  {"train.iters_per_step": 4}, {"train.batch_size": 2}, {"audio.mask_max": 4.0}, {"train.amp": False},
-                  {"strategy.name": "contavsep"}, {"strategy.name": "avcil"}):
+    for other in (
+        {"train.seed": 1},
+        {"train.lr_unet": 2e-4},
+        {"model.name": "coseparation"},
+        {"data.shuffle_classes": True},
+        {"train.iters_per_step": 4},
+        {"train.batch_size": 2},
+        {"audio.mask_max": 4.0},
+        {"train.amp": False},
+        {"strategy.name": "contavsep"},
+        {"strategy.name": "avcil"},
+    ):
         assert _key(_cfg(**{"strategy.name": "finetune", **other})) != key, other
     assert _key(base, content_hash="def") != key
     # ContAV-Sep trains its own step 0 (CrossSDC): shared only with the same hyperparameters
@@ -106,7 +126,9 @@ def test_every_plain_strategy_trains_the_same_step_zero(dataset):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("producer,reuser", [("finetune", "ewc"), ("plop", "lwf"), ("contavsep", "contavsep")])
-def test_a_trial_that_reused_step_zero_ends_with_the_metrics_of_one_that_trained_it(dataset, tmp_path, producer, reuser):
+def test_a_trial_that_reused_step_zero_ends_with_the_metrics_of_one_that_trained_it(
+    dataset, tmp_path, producer, reuser
+):
     store = FirstStepStore(f"file://{tmp_path}/first-steps")
     first = Collect()
     run_sequence(_cfg(**{"strategy.name": producer}), dataset, reporter=first, first_steps=store)
@@ -120,7 +142,9 @@ def test_a_trial_that_reused_step_zero_ends_with_the_metrics_of_one_that_trained
     trained_engine = Engine(cfg, dataset)
     trained_engine.run(trained)
     assert reused.results[0].metrics["first_step/shared"] == 1.0
-    assert "first_step/shared" not in trained.results[0].metrics and reused.results[1].metrics["first_step/shared"] == 1.0
+    assert (
+        "first_step/shared" not in trained.results[0].metrics and reused.results[1].metrics["first_step/shared"] == 1.0
+    )
     assert len(reused.results) == len(trained.results) == 2
     for a, b in zip(reused.results, trained.results):
         _same(_science(a), _science(b))

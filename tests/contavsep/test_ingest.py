@@ -62,7 +62,9 @@ def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("music21")
     for c, (name, (colour, tone)) in enumerate(CLASSES.items()):
         for i, seconds in enumerate(SECONDS):
-            write_synthetic_video(root / name / f"{name[:3]}{i}.mp4", seconds=seconds, colour=colour, tone_hz=tone, seed=10 * c + i)
+            write_synthetic_video(
+                root / name / f"{name[:3]}{i}.mp4", seconds=seconds, colour=colour, tone_hz=tone, seed=10 * c + i
+            )
     return root
 
 
@@ -234,7 +236,12 @@ def test_discover_with_split_lists(tmp_path: Path, video_root: Path) -> None:
     assert found.classes == ("violin", "flute", "acoustic_guitar")
     assert not found.problems  # congas is listed but outside the class order: noted, not an error
     assert {(i.clip_id, i.split) for i in found.items} == {
-        ("vio0", "train"), ("vio1", "test"), ("flu0", "train"), ("flu1", "test"), ("aco0", "train")}
+        ("vio0", "train"),
+        ("vio1", "test"),
+        ("flu0", "train"),
+        ("flu1", "test"),
+        ("aco0", "train"),
+    }
     notes = " | ".join(found.notes)
     assert "class 'congas' is listed by lists.json but not in its class order" in notes
     assert "acoustic_guitar: 1 video(s) not in lists.json" in notes
@@ -247,7 +254,7 @@ def test_discover_with_split_lists(tmp_path: Path, video_root: Path) -> None:
 
 def test_random_tiny_extractors_shapes_and_seed(video_root: Path, tiny) -> None:
     clip = decode_clip(video_root / "violin" / "vio0.mp4")
-    (boxes, scores), = tiny.detector.top_boxes([clip.frames], ["a photo of a violin"])
+    ((boxes, scores),) = tiny.detector.top_boxes([clip.frames], ["a photo of a violin"])
     assert boxes.shape == (len(clip.frames), 4) and scores.shape == (len(clip.frames),)
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 128).all() and (boxes[:, [1, 3]] <= 96).all()
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -293,11 +300,17 @@ def test_pretrained_loader_reads_saved_checkpoints(tmp_path: Path, video_root: P
     loaded = load_pretrained_extractors(ids, device="cpu", local_files_only=True)
     clip = decode_clip(video_root / "flute" / "flu0.mp4")
     query = ["a photo of a flute"]
-    for (b1, s1), (b2, s2) in zip(tiny.detector.top_boxes([clip.frames], query), loaded.detector.top_boxes([clip.frames], query)):
+    for (b1, s1), (b2, s2) in zip(
+        tiny.detector.top_boxes([clip.frames], query), loaded.detector.top_boxes([clip.frames], query)
+    ):
         np.testing.assert_allclose(b1, b2, atol=1e-4)
         np.testing.assert_allclose(s1, s2, atol=1e-6)
-    np.testing.assert_allclose(tiny.image_encoder.encode(list(clip.frames)), loaded.image_encoder.encode(list(clip.frames)), atol=1e-5)
-    np.testing.assert_allclose(tiny.motion_encoder.encode([clip.motion_frames]), loaded.motion_encoder.encode([clip.motion_frames]), atol=1e-5)
+    np.testing.assert_allclose(
+        tiny.image_encoder.encode(list(clip.frames)), loaded.image_encoder.encode(list(clip.frames)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        tiny.motion_encoder.encode([clip.motion_frames]), loaded.motion_encoder.encode([clip.motion_frames]), atol=1e-5
+    )
     described = loaded.describe()
     assert described["kind"] == "pretrained" and described["image"]["pretrained"] is True
     assert described["image"]["name"] == str(paths["image"]) and described["image"]["revision"] == "local folder"
@@ -310,7 +323,9 @@ def test_missing_pretrained_weights_say_how_to_download(tmp_path: Path, monkeypa
     with pytest.raises(ExtractorLoadError) as info:
         load_pretrained_extractors(device="cpu", local_files_only=True)
     message = str(info.value)
-    assert "google/owlv2-base-patch16-ensemble" in message and "not available in the local Hugging Face cache" in message
+    assert (
+        "google/owlv2-base-patch16-ensemble" in message and "not available in the local Hugging Face cache" in message
+    )
     assert "hf download google/owlv2-base-patch16-ensemble" in message and "--extractors random-tiny" in message
     assert "\n" not in message
 
@@ -396,14 +411,20 @@ def test_skip_bad_commits_and_lists_the_left_out_files(tmp_path: Path, video_roo
     write_synthetic_video(root / "violin" / "mute.mp4", with_audio=False, seconds=1.0)
     uri = f"file://{tmp_path}/ds"
     found = discover("music21", root)
-    report = ingest(found, open_writer(found, uri, tiny), tiny, root=root, skip_bad=True, progress=False, echo=lambda _: None)
+    report = ingest(
+        found, open_writer(found, uri, tiny), tiny, root=root, skip_bad=True, progress=False, echo=lambda _: None
+    )
     assert report.committed and not report.ok
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
-    assert manifest["extra"]["skipped_files"] == [f"{root / 'violin' / 'mute.mp4'}: has no audio track (a sound-separation clip needs its sound)"]
+    assert manifest["extra"]["skipped_files"] == [
+        f"{root / 'violin' / 'mute.mp4'}: has no audio track (a sound-separation clip needs its sound)"
+    ]
     assert sum(manifest["totals"].values()) == 6
 
 
-def test_refused_s3_keys_fail_before_any_work(tmp_path: Path, video_root: Path, tiny, s3_server, s3_bucket: str) -> None:
+def test_refused_s3_keys_fail_before_any_work(
+    tmp_path: Path, video_root: Path, tiny, s3_server, s3_bucket: str
+) -> None:
     from dataclasses import replace
 
     from contavsep.storage import StorageError

@@ -120,7 +120,9 @@ def test_mask_distillation_only_on_flagged_sources():
     assert loss.item() > 0
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # The old masks may also be passed for the flagged sources only.
-    assert mask_distillation_loss(new, old_diff_flagged[flags], weight, flags).item() == pytest.approx(expected, rel=1e-6)
+    assert mask_distillation_loss(new, old_diff_flagged[flags], weight, flags).item() == pytest.approx(
+        expected, rel=1e-6
+    )
     loss.backward()
     assert new.grad[0, 1].abs().sum() > 0  # (1, 0) agrees with the old mask: |0| has zero slope
     assert new.grad[0, 0].abs().sum() == 0 and new.grad[1, 1].abs().sum() == 0
@@ -128,7 +130,9 @@ def test_mask_distillation_only_on_flagged_sources():
 
 def test_mask_distillation_zero_with_graph_when_nothing_flagged():
     new = torch.rand(2, 2, 3, 3, requires_grad=True)
-    loss = mask_distillation_loss(new, torch.rand(2, 2, 3, 3), torch.ones(2, 1, 3, 3), torch.zeros(2, 2, dtype=torch.bool))
+    loss = mask_distillation_loss(
+        new, torch.rand(2, 2, 3, 3), torch.ones(2, 1, 3, 3), torch.zeros(2, 2, dtype=torch.bool)
+    )
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert new.grad is not None and new.grad.abs().sum() == 0
@@ -208,7 +212,9 @@ def test_cross_sdc_forms_differ_with_anchors_and_coincide_without(with_motion: b
     for cols_term, rows_term in zip(with_cols, with_rows):
         assert abs(cols_term.item() - rows_term.item()) > 1e-3
     # No anchors, or an empty anchor set (a batch without memory sources): the same M x M loss.
-    empty = FeatureSet(*(None if t is None else t[:0] for t in (anchor_t["audio"], anchor_t["object"], anchor_t["motion"])))
+    empty = FeatureSet(
+        *(None if t is None else t[:0] for t in (anchor_t["audio"], anchor_t["object"], anchor_t["motion"]))
+    )
     empty_kw = dict(anchors=empty, anchor_labels=torch.zeros(0, dtype=torch.long), anchor_clip_ids=[])
     plain = cross_sdc(current, labels, ids, form="anchors")
     for other in (
@@ -336,7 +342,11 @@ def test_info_nce_rows_without_positive_are_skipped():
 
 def test_pod_zero_for_identical_and_positive_otherwise():
     g = torch.Generator().manual_seed(10)
-    layers = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 4, 5, 3, generator=g), torch.randn(2, 2, 1, 2, generator=g)]
+    layers = [
+        torch.randn(2, 3, 8, 8, generator=g),
+        torch.randn(2, 4, 5, 3, generator=g),
+        torch.randn(2, 2, 1, 2, generator=g),
+    ]
     assert pod_loss(layers, [x.clone() for x in layers], scales=3).item() == pytest.approx(0.0, abs=1e-6)
     other = [x + 0.5 * torch.randn(x.shape, generator=g) for x in layers]
     assert pod_loss(layers, other, scales=3).item() > 0
@@ -379,7 +389,9 @@ def test_attention_distillation_kl_on_flagged_sources():
 def test_cross_sdc_in_float32_under_bf16_autocast():
     feats, ids, labels = _random_setup(13, True)
     bf16 = FeatureSet(*(feats[k].bfloat16().requires_grad_(True) for k in ("audio", "object", "motion")))
-    reference = cross_sdc(FeatureSet(*(getattr(bf16, k).detach().float() for k in ("audio", "object", "motion"))), labels, ids)
+    reference = cross_sdc(
+        FeatureSet(*(getattr(bf16, k).detach().float() for k in ("audio", "object", "motion"))), labels, ids
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss_ins, loss_cls = cross_sdc(bf16, labels, ids)
     assert loss_ins.dtype == torch.float32 and loss_cls.dtype == torch.float32

@@ -34,7 +34,9 @@ def _summary(steps: int = 3) -> dict:
 
 def test_every_final_value_round_trips_between_its_step_name_and_its_final_name():
     values = final_values(_summary())
-    assert {"sdr", "forgetting/sdr", "bwt/sar", "average_incremental/sir", "val/sdr", "val/forgetting/sdr"} <= set(values)
+    assert {"sdr", "forgetting/sdr", "bwt/sar", "average_incremental/sir", "val/sdr", "val/forgetting/sdr"} <= set(
+        values
+    )
     for name in values:
         assert step_name_of_final(final_name(name)) == name, name
     # the spelling MLflow runs have been logged with since the first sweep

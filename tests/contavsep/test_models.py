@@ -111,9 +111,13 @@ def test_each_source_is_separated_as_if_alone(name):
         for b in range(3):
             for n in range(2):
                 s = slice(n, n + 1)
-                alone = model(mix[b : b + 1], ids[b : b + 1, s], obj[b : b + 1, s], motion[b : b + 1, s], return_internals=True)
+                alone = model(
+                    mix[b : b + 1], ids[b : b + 1, s], obj[b : b + 1, s], motion[b : b + 1, s], return_internals=True
+                )
                 torch.testing.assert_close(batched.masks[b, n], alone.masks[0, 0], atol=1e-5, rtol=1e-4)
-                torch.testing.assert_close(batched.audio_features[b, n], alone.audio_features[0, 0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(
+                    batched.audio_features[b, n], alone.audio_features[0, 0], atol=1e-5, rtol=1e-4
+                )
                 torch.testing.assert_close(batched.object_features[b, n], alone.object_features[0, 0])
                 if name == "iquery":
                     torch.testing.assert_close(batched.attention[b, n], alone.attention[0, 0], atol=1e-6, rtol=1e-4)
@@ -285,7 +289,9 @@ def test_load_weights_reports_mismatches(tmp_path):
     with pytest.raises(WeightsError, match=r"unexpected keys \(1\): extra\.weight"):
         load_weights(model, save({**state, "extra.weight": torch.zeros(1)}, "extra.pt"))
     _, grown = tiny_model("iquery", num_classes=10)
-    with pytest.raises(WeightsError, match=r"class_queries: weights \(10, 32\), model \(5, 32\)[\s\S]*expand_classes\(10\)"):
+    with pytest.raises(
+        WeightsError, match=r"class_queries: weights \(10, 32\), model \(5, 32\)[\s\S]*expand_classes\(10\)"
+    ):
         load_weights(model, save(grown.state_dict(), "grown.pt"))
     model.expand_classes(10)
     load_weights(model, tmp_path / "grown.pt")

@@ -73,7 +73,9 @@ def test_training_mixtures_pair_different_classes_and_crop_randomly(table):
     a = sampler.sample(4)
     sampler.load_state_dict(state)
     b = sampler.sample(4)
-    assert np.array_equal(a.rows.numpy(), b.rows.numpy()) and np.array_equal(a.source_wavs.numpy(), b.source_wavs.numpy())
+    assert np.array_equal(a.rows.numpy(), b.rows.numpy()) and np.array_equal(
+        a.source_wavs.numpy(), b.source_wavs.numpy()
+    )
 
 
 def test_memory_share_follows_oversampling_or_fixed_share(table):
@@ -139,7 +141,9 @@ def test_evaluation_sets_are_per_task_fixed_and_drawn_from_tasks_up_to_their_own
     assert np.allclose(batch.source_wavs[1, 0].numpy(), table.audio(r)[start : start + length] / 32768.0)
     assert batch.tasks[:, 0].tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match="at least 2 classes"):
-        evaluation_set(table, make_scenario(table.classes, DataConfig(classes_per_step=1, num_steps=2)), 0, clip_samples=length)
+        evaluation_set(
+            table, make_scenario(table.classes, DataConfig(classes_per_step=1, num_steps=2)), 0, clip_samples=length
+        )
 
 
 def test_crop_pads_short_clips():

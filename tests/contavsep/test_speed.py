@@ -31,7 +31,9 @@ def test_explicit_values_win_on_every_device():
         assert resolve_speed("false", "false", "off", device) == SpeedOptions(False, False, "off")
         assert resolve_speed("true", "true", "default", device) == SpeedOptions(True, True, "default")
         assert resolve_speed("true", "false", "auto", device, 4).compile == "off"
-    assert SpeedOptions(True, True, "reduce-overhead").describe() == "channels_last, fused Adam, compile=reduce-overhead"
+    assert (
+        SpeedOptions(True, True, "reduce-overhead").describe() == "channels_last, fused Adam, compile=reduce-overhead"
+    )
     assert SpeedOptions(False, False, "off").describe() == "compile=off"
 
 
@@ -65,8 +67,13 @@ def test_an_engine_on_the_cpu_runs_its_defaults_uncompiled_in_the_default_layout
     assert engine.train_forward == engine.forward  # not compiled
     conv = next(m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()  # not channels_last
-    explicit = Engine(make_config("tiny", {"data.num_steps": 2, "data.classes_per_step": 2, "train.device": "cpu",
-                                           "train.channels_last": "true"}), engine.table)
+    explicit = Engine(
+        make_config(
+            "tiny",
+            {"data.num_steps": 2, "data.classes_per_step": 2, "train.device": "cpu", "train.channels_last": "true"},
+        ),
+        engine.table,
+    )
     conv = next(m for m in explicit.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
 
@@ -78,6 +85,11 @@ def test_a_retired_key_is_refused_with_why_but_old_stored_configs_still_load():
         make_config("tiny", {"train.num_workers": 4})
     assert "train.num_workers" in str(err.value) and "removed" in str(err.value) and "\n" not in str(err.value)
     # a step checkpoint written before: its flat config holds the key and the old bool switches
-    old = {**flat(make_config("tiny")), "train.num_workers": 0, "train.channels_last": False, "train.fused_optimizer": True}
+    old = {
+        **flat(make_config("tiny")),
+        "train.num_workers": 0,
+        "train.channels_last": False,
+        "train.fused_optimizer": True,
+    }
     cfg = from_flat(old)
     assert (cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.compile) == ("false", "true", "auto")

@@ -121,7 +121,9 @@ def test_s3_unreachable_endpoint_names_the_setting() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = S3Settings(
-        endpoint_url=f"http://127.0.0.1:{port}", access_key="k" * 12, secret_key="s" * 16,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        access_key="k" * 12,
+        secret_key="s" * 16,
         endpoint_from="CONTAVSEP_S3_ENDPOINT",
     )
     with pytest.raises(StorageError, match="cannot reach S3 endpoint .* CONTAVSEP_S3_ENDPOINT"):
@@ -147,17 +149,33 @@ def test_settings_from_env_precedence() -> None:
     }
     aws = S3Settings.from_env(env)
     assert (aws.endpoint_url, aws.access_key, aws.secret_key, aws.region) == (
-        "http://aws-style:9000", "aws-key", "aws-secret", "eu-west-1",
+        "http://aws-style:9000",
+        "aws-key",
+        "aws-secret",
+        "eu-west-1",
     )
     assert aws.keys_from == "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-    ours = S3Settings.from_env({**env, "CONTAVSEP_S3_ENDPOINT": "http://ours:1", "CONTAVSEP_S3_ACCESS_KEY": "k",
-                                "CONTAVSEP_S3_SECRET_KEY": "s", "CONTAVSEP_S3_REGION": "r"})
+    ours = S3Settings.from_env(
+        {
+            **env,
+            "CONTAVSEP_S3_ENDPOINT": "http://ours:1",
+            "CONTAVSEP_S3_ACCESS_KEY": "k",
+            "CONTAVSEP_S3_SECRET_KEY": "s",
+            "CONTAVSEP_S3_REGION": "r",
+        }
+    )
     assert (ours.endpoint_url, ours.access_key, ours.secret_key, ours.region) == ("http://ours:1", "k", "s", "r")
     assert ours.endpoint_from == "CONTAVSEP_S3_ENDPOINT"
     assert "secret" not in repr(ours) and "'s'" not in repr(ours)  # the secret is not in reprs/logs
     with pytest.raises(StorageError, match="CONTAVSEP_S3_ENDPOINT"):
         S3Settings.from_env({"CONTAVSEP_S3_ENDPOINT": "localhost:9000"})
-    with pytest.raises(StorageError, match=r"CONTAVSEP_S3_ACCESS_KEY is set but CONTAVSEP_S3_SECRET_KEY \(or AWS_SECRET_ACCESS_KEY\) is not"):
+    with pytest.raises(
+        StorageError,
+        match=r"CONTAVSEP_S3_ACCESS_KEY is set but CONTAVSEP_S3_SECRET_KEY \(or AWS_SECRET_ACCESS_KEY\) is not",
+    ):
         S3Settings.from_env({"CONTAVSEP_S3_ACCESS_KEY": "only-the-key"})
-    with pytest.raises(StorageError, match=r"CONTAVSEP_S3_SECRET_KEY is set but CONTAVSEP_S3_ACCESS_KEY \(or AWS_ACCESS_KEY_ID\) is not"):
+    with pytest.raises(
+        StorageError,
+        match=r"CONTAVSEP_S3_SECRET_KEY is set but CONTAVSEP_S3_ACCESS_KEY \(or AWS_ACCESS_KEY_ID\) is not",
+    ):
         S3Settings.from_env({"CONTAVSEP_S3_SECRET_KEY": "only-the-secret"})

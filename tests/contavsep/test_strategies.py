@@ -35,7 +35,9 @@ from contavsep.strategies.ewf import fuse_weights
 from contavsep.strategies.subset import select_sources, with_labels
 
 CFG = make_config("tiny")
-SCENARIO = Scenario(class_names=tuple(f"class{i}" for i in range(6)), class_order=(0, 1, 2, 3, 4, 5), classes_per_step=2)
+SCENARIO = Scenario(
+    class_names=tuple(f"class{i}" for i in range(6)), class_order=(0, 1, 2, 3, 4, 5), classes_per_step=2
+)
 FRONT_END = SpectralFrontEnd(CFG.audio)
 STRATEGY_NAMES = STRATEGIES.names()
 
@@ -99,7 +101,9 @@ def scalar(value: torch.Tensor) -> float:
 
 def forward(model: torch.nn.Module, batch: StepBatch, return_internals: bool):
     c = batch.clips
-    return model(batch.spectra.mix_input, c.labels, c.object_features, c.motion_features, return_internals=return_internals)
+    return model(
+        batch.spectra.mix_input, c.labels, c.object_features, c.motion_features, return_internals=return_internals
+    )
 
 
 def main_loss(out, batch: StepBatch) -> torch.Tensor:
@@ -256,8 +260,14 @@ def test_two_tiny_steps_follow_the_contract(name):
         assert all(torch.isfinite(p).all() for p in model.parameters())
         old_model = frozen_copy(model)
     expected_terms = {
-        "finetune": set(), "joint": set(), "ewf": set(), "lwf": {"dist"}, "ewc": {"ewc"}, "plop": {"pod"},
-        "avcil": {"ins", "cls", "att", "dist"}, "contavsep": {"ins", "cls", "dist"},
+        "finetune": set(),
+        "joint": set(),
+        "ewf": set(),
+        "lwf": {"dist"},
+        "ewc": {"ewc"},
+        "plop": {"pod"},
+        "avcil": {"ins", "cls", "att", "dist"},
+        "contavsep": {"ins", "cls", "dist"},
     }[name]
     assert term_names == expected_terms
     per_step = ["before_task"] + ["transform_batch", "loss_terms", "after_backward"] * iterations + ["after_task"]
@@ -266,8 +276,17 @@ def test_two_tiny_steps_follow_the_contract(name):
 
 def test_every_strategy_reads_its_own_keys_and_only_those():
     values = {
-        "lambda_ins": 0.11, "lambda_cls": 0.22, "lambda_dist": 0.33, "temperature": 0.07, "lambda_att": 0.5,
-        "lambda_ewc": 12.0, "ewc_decay": 0.9, "fisher_batches": 3, "lambda_pod": 0.02, "pod_scales": 2, "ewf_alpha": 0.25,
+        "lambda_ins": 0.11,
+        "lambda_cls": 0.22,
+        "lambda_dist": 0.33,
+        "temperature": 0.07,
+        "lambda_att": 0.5,
+        "lambda_ewc": 12.0,
+        "ewc_decay": 0.9,
+        "fisher_batches": 3,
+        "lambda_pod": 0.02,
+        "pod_scales": 2,
+        "ewf_alpha": 0.25,
         "crosssdc_form": "reference",
     }
     every_key = {f.name for name in STRATEGY_NAMES for f in dataclasses.fields(STRATEGIES.get(name).Params)}
@@ -280,7 +299,9 @@ def test_every_strategy_reads_its_own_keys_and_only_those():
         strat = cls.from_config(cfg.strategy)
         assert {k: getattr(strat.params, k) for k in own} == {k: values[k] for k in own}
         # flat() (what MLflow logs and checkpoints store) carries this strategy's keys alone
-        assert sorted(k for k in flat(cfg) if k.startswith("strategy.")) == sorted(["strategy.name", *(f"strategy.{k}" for k in own)])
+        assert sorted(k for k in flat(cfg) if k.startswith("strategy.")) == sorted(
+            ["strategy.name", *(f"strategy.{k}" for k in own)]
+        )
         # the defaults users see (`contavsep strategies`) are the Params' own
         assert params_table(cls) == [(f"strategy.{k}", getattr(cls.Params(), k)) for k in own]
         others = sorted(every_key - set(own))
@@ -288,7 +309,11 @@ def test_every_strategy_reads_its_own_keys_and_only_those():
             with pytest.raises(ConfigError, match=f"strategy '{name}' has no key 'strategy.{others[0]}' \\(a key of "):
                 make_config("tiny", {"strategy.name": name, f"strategy.{others[0]}": values[others[0]]})
     assert {f.name for f in dataclasses.fields(STRATEGIES.get("contavsep").Params)} == {
-        "lambda_ins", "lambda_cls", "lambda_dist", "temperature", "crosssdc_form"
+        "lambda_ins",
+        "lambda_cls",
+        "lambda_dist",
+        "temperature",
+        "crosssdc_form",
     }
 
 
@@ -403,7 +428,10 @@ def test_ewc_fisher_penalty_and_online_decay():
     assert ewc.fisher["class_queries"].shape == (4, CFG.model.d_model)
     torch.testing.assert_close(ewc.fisher[name], f_new[name] + decay * f_old[name], rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(
-        ewc.fisher["class_queries"][:2], f_new["class_queries"][:2] + decay * f_old["class_queries"], rtol=1e-5, atol=1e-12
+        ewc.fisher["class_queries"][:2],
+        f_new["class_queries"][:2] + decay * f_old["class_queries"],
+        rtol=1e-5,
+        atol=1e-12,
     )
     torch.testing.assert_close(ewc.fisher["class_queries"][2:], f_new["class_queries"][2:], rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(ewc.anchor[name], weight.detach(), rtol=0, atol=0)
@@ -486,7 +514,9 @@ def test_lwf_distils_every_source_and_queries_new_classes_with_old_heads():
     with torch.no_grad():
         teacher = forward(old, with_labels(batch, queried), False).masks
     student = forward(model, with_labels(batch, queried), False).masks
-    expected = 2.0 * mask_distillation_loss(student, teacher, batch.spectra.weight, torch.ones_like(labels, dtype=torch.bool))
+    expected = 2.0 * mask_distillation_loss(
+        student, teacher, batch.spectra.weight, torch.ones_like(labels, dtype=torch.bool)
+    )
     torch.testing.assert_close(dist, expected, rtol=1e-5, atol=1e-8)
     assert scalar(dist) > 0
     model.zero_grad(set_to_none=True)
@@ -555,10 +585,17 @@ def test_contavsep_crosssdc_anchors_and_memory_distillation():
     assert calls == ["old"]
     with torch.no_grad():
         old_full = forward(old, with_labels(batch, batch.clips.labels.clamp_max(1)), False)
-    anchors = FeatureSet(old_full.audio_features[flags], old_full.object_features[flags], old_full.motion_features[flags])
+    anchors = FeatureSet(
+        old_full.audio_features[flags], old_full.object_features[flags], old_full.motion_features[flags]
+    )
     ins, cls = cross_sdc(
-        features(out), batch.clips.labels, batch.clips.rows, p.temperature,
-        anchors=anchors, anchor_labels=batch.clips.labels[flags], anchor_clip_ids=batch.clips.rows[flags],
+        features(out),
+        batch.clips.labels,
+        batch.clips.rows,
+        p.temperature,
+        anchors=anchors,
+        anchor_labels=batch.clips.labels[flags],
+        anchor_clip_ids=batch.clips.rows[flags],
     )
     torch.testing.assert_close(terms["ins"], p.lambda_ins * ins, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(terms["cls"], p.lambda_cls * cls, rtol=1e-5, atol=1e-6)
@@ -597,8 +634,14 @@ def test_contavsep_crosssdc_form_comes_from_config():
         p = contav.params
         terms[form] = contav.loss_terms(batch, out, ctx)
         ins, cls = cross_sdc(
-            features(out), batch.clips.labels, batch.clips.rows, p.temperature,
-            anchors=anchors, anchor_labels=batch.clips.labels[flags], anchor_clip_ids=batch.clips.rows[flags], form=form,
+            features(out),
+            batch.clips.labels,
+            batch.clips.rows,
+            p.temperature,
+            anchors=anchors,
+            anchor_labels=batch.clips.labels[flags],
+            anchor_clip_ids=batch.clips.rows[flags],
+            form=form,
         )
         torch.testing.assert_close(terms[form]["ins"], p.lambda_ins * ins, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(terms[form]["cls"], p.lambda_cls * cls, rtol=1e-5, atol=1e-6)

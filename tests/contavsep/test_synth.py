@@ -108,12 +108,16 @@ def test_same_seed_same_hash_on_file_and_s3(s3_server, s3_bucket: str, tmp_path:
     c = build_synthetic(f"file://{tmp_path}/c", SynthConfig(classes=3, clips_per_class=(2, 1, 1), seconds=1.0, seed=8))
     assert a["content_hash"] == b["content_hash"] != c["content_hash"]
     assert a["classes"] == list(MUSIC21_CLASS_ORDER[:3])
-    assert a["extractors"]["object"]["name"] == "synthetic-clip-prototype" and a["extractors"]["object"]["pretrained"] is False
+    assert (
+        a["extractors"]["object"]["name"] == "synthetic-clip-prototype"
+        and a["extractors"]["object"]["pretrained"] is False
+    )
     assert a["extractors"]["motion"]["pretrained"] is False and a["extra"]["synthetic"]["seed"] == 7
     table = open_dataset(storage.join(s3_bucket, "synth"), cache_dir=tmp_path / "cache", settings=s3_server.settings)
     assert table.content_hash == a["content_hash"] and len(table) == 12
-    np.testing.assert_array_equal(table.audio(table.row_of("bagpipe-test-0000")),
-                                  synth_clip("bagpipe", "test", 0, TINY).audio)
+    np.testing.assert_array_equal(
+        table.audio(table.row_of("bagpipe-test-0000")), synth_clip("bagpipe", "test", 0, TINY).audio
+    )
 
 
 def test_config_errors_and_defaults() -> None:
@@ -138,7 +142,9 @@ def test_soundfont_renderer_missing_is_one_clear_error_before_writing(tmp_path: 
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no fluidsynth on PATH
     monkeypatch.setenv(soundfont.SOUNDFONT_ENV, str(tmp_path / "missing.sf2"))
     with pytest.raises(soundfont.RendererUnavailable) as info:
-        build_synthetic(f"file://{tmp_path}/ds", SynthConfig(classes=2, clips_per_class=(1, 0, 0), renderer="soundfont"))
+        build_synthetic(
+            f"file://{tmp_path}/ds", SynthConfig(classes=2, clips_per_class=(1, 0, 0), renderer="soundfont")
+        )
     message = str(info.value)
     assert "fluidsynth" in message and "missing.sf2" in message and "additive" in message and "\n" not in message
     assert not (tmp_path / "ds").exists()
@@ -186,7 +192,10 @@ def _soundfont_available() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _soundfont_available(), reason="fluidsynth or a GM soundfont is not installed (Debian: fluidsynth fluid-soundfont-gm)")
+@pytest.mark.skipif(
+    not _soundfont_available(),
+    reason="fluidsynth or a GM soundfont is not installed (Debian: fluidsynth fluid-soundfont-gm)",
+)
 def test_soundfont_renderer_end_to_end(tmp_path: Path) -> None:
     # .ci/run installs fluidsynth and fluid-soundfont-gm, so CI renders General-MIDI instruments for real.
     uri = f"file://{tmp_path}/sf"

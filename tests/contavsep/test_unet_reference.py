@@ -52,12 +52,24 @@ def relative(a: Tensor, b: Tensor) -> float:
 # (decoder_conv, min_pixels, encoder_conv): literal; transposed on every level; transposed by the
 # default size rule (at these sizes: the two outermost levels merged, the inner ones literal);
 # subpixel on every level and by the size rule, with the encoder as space-to-depth convs
-VARIANTS = [("upsample", 0, "strided"), ("transposed", 0, "strided"), ("transposed", 300, "strided"),
-            ("subpixel", 0, "space_to_depth"), ("subpixel", 300, "strided"), ("upsample", 0, "space_to_depth")]
+VARIANTS = [
+    ("upsample", 0, "strided"),
+    ("transposed", 0, "strided"),
+    ("transposed", 300, "strided"),
+    ("subpixel", 0, "space_to_depth"),
+    ("subpixel", 300, "strided"),
+    ("upsample", 0, "space_to_depth"),
+]
 
 
-def run_both(dtype: torch.dtype, channels_last: bool, decoder_conv: str, min_pixels: int = 0, encoder_conv: str = "strided",
-             iterations: int = 2) -> tuple[UNet, UNet, list[tuple[Tensor, Tensor]]]:
+def run_both(
+    dtype: torch.dtype,
+    channels_last: bool,
+    decoder_conv: str,
+    min_pixels: int = 0,
+    encoder_conv: str = "strided",
+    iterations: int = 2,
+) -> tuple[UNet, UNet, list[tuple[Tensor, Tensor]]]:
     torch.manual_seed(0)
     ours = UNet(channels=8, depth=5, out_channels=8).to(dtype)
     set_decoder_conv(ours, decoder_conv, min_pixels)
@@ -102,8 +114,9 @@ def test_unet_equals_the_reference_computation_in_float64(channels_last, decoder
 
 @pytest.mark.parametrize(("decoder_conv", "min_pixels", "encoder_conv"), VARIANTS)
 def test_unet_equals_the_reference_computation_in_float32(decoder_conv, min_pixels, encoder_conv):
-    ours, ref, outputs = run_both(torch.float32, channels_last=False, decoder_conv=decoder_conv, min_pixels=min_pixels,
-                                  encoder_conv=encoder_conv)
+    ours, ref, outputs = run_both(
+        torch.float32, channels_last=False, decoder_conv=decoder_conv, min_pixels=min_pixels, encoder_conv=encoder_conv
+    )
     for a, b in outputs:
         assert relative(a, b) < 1e-5
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
@@ -159,8 +172,13 @@ def test_transposed_decoder_conv_equals_upsample_then_conv():
 LAYOUTS = ["nchw", "nhwc", "nchw input, channels_last weight"]
 
 
-def assert_same_function(ours: Callable[[Tensor, Tensor], Tensor], reference: Callable[[Tensor, Tensor], Tensor],
-                         x_shape: tuple[int, ...], weight_shape: tuple[int, ...], layout: str) -> Tensor:
+def assert_same_function(
+    ours: Callable[[Tensor, Tensor], Tensor],
+    reference: Callable[[Tensor, Tensor], Tensor],
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    layout: str,
+) -> Tensor:
     """``ours`` equals ``reference`` in float64 (values, input and weight gradients) for operands in ``layout``."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(x_shape, generator=gen, dtype=torch.float64)

@@ -41,8 +41,14 @@ def _example() -> Example:
     refs = np.stack([a, b]) / 2
     # The second estimate exceeds full scale on purpose: it must be scaled down, not clipped.
     ests = np.stack([refs[0] * 0.9, refs[1] * 12.0]).astype(np.float32)
-    return Example(mixture=refs.sum(0), references=refs, estimates=ests, class_names=("acoustic guitar", "erhu/violin"),
-                   sdr=(7.5, -1.25), sample_rate=SR)
+    return Example(
+        mixture=refs.sum(0),
+        references=refs,
+        estimates=ests,
+        class_names=("acoustic guitar", "erhu/violin"),
+        sdr=(7.5, -1.25),
+        sample_rate=SR,
+    )
 
 
 def _summary(steps: int = 3) -> dict:
@@ -74,10 +80,16 @@ def test_example_is_written_as_playable_wavs_and_a_spectrogram(tmp_path):
     example = _example()
     files = write_example(example, tmp_path / example_dirname(0, example))
     names = sorted(p.name for p in files)
-    assert names == sorted([
-        "mixture.wav", "0_acoustic_guitar_reference.wav", "0_acoustic_guitar_estimate.wav",
-        "1_erhu_violin_reference.wav", "1_erhu_violin_estimate.wav", "spectrograms.png",
-    ])
+    assert names == sorted(
+        [
+            "mixture.wav",
+            "0_acoustic_guitar_reference.wav",
+            "0_acoustic_guitar_estimate.wav",
+            "1_erhu_violin_reference.wav",
+            "1_erhu_violin_estimate.wav",
+            "spectrograms.png",
+        ]
+    )
     assert files[0].parent.name == "0_acoustic_guitar+erhu_violin"
     mix, sr = soundfile.read(files[0].parent / "mixture.wav", dtype="float32")
     assert sr == SR and mix.shape == example.mixture.shape
@@ -148,7 +160,11 @@ def test_strategy_curves_with_interval_bands_and_pareto_scatter(tmp_path):
     ys = shaded[0].get_paths()[0].vertices[:, 1]
     assert min(ys) == 4.0 and max(ys) == 6.5
     save_figure(fig, tmp_path / "bands.png")
-    points = [("a", 5.0, 1.0, 1.0, 0.5, True), ("b", 4.0, math.nan, 3.0, math.nan, False), ("c", 2.0, 0.2, 0.5, 0.1, True)]
+    points = [
+        ("a", 5.0, 1.0, 1.0, 0.5, True),
+        ("b", 4.0, math.nan, 3.0, math.nan, False),
+        ("c", 2.0, 0.2, 0.5, 0.1, True),
+    ]
     scatter = pareto_figure(points, "sdr", "forgetting/sdr")
     front = [line for line in scatter.axes[0].get_lines() if line.get_label() == "Pareto front"]
     assert len(front) == 1 and list(front[0].get_xdata()) == [2.0, 5.0]  # joined in x order

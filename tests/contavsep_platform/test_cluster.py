@@ -47,7 +47,13 @@ TUNNEL = "http://127.0.0.1:8265"  # the dashboard through `ray dashboard` / `kub
 # An AWS access key id, or a 40-character secret: neither may appear in a committed file.
 CREDENTIAL_PATTERN = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b|(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 # Variables that would point the cluster at someone's services if a config carried them.
-SETTINGS_VARIABLES = ("CONTAVSEP_STORAGE", "CONTAVSEP_S3_", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI")
+SETTINGS_VARIABLES = (
+    "CONTAVSEP_STORAGE",
+    "CONTAVSEP_S3_",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_URI",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,9 +85,11 @@ def kuberay_config() -> dict[str, Any]:
     return _derive_autoscaling_config_from_ray_cr(manifest(KUBERAY / "raycluster.yaml", "RayCluster"))
 
 
-CLUSTER_CONFIGS = {"aws-gpu.yaml": lambda: launcher_config("aws-gpu.yaml"),
-                   "gcp-gpu.yaml": lambda: launcher_config("gcp-gpu.yaml"),
-                   "kuberay/raycluster.yaml": kuberay_config}
+CLUSTER_CONFIGS = {
+    "aws-gpu.yaml": lambda: launcher_config("aws-gpu.yaml"),
+    "gcp-gpu.yaml": lambda: launcher_config("gcp-gpu.yaml"),
+    "kuberay/raycluster.yaml": kuberay_config,
+}
 
 
 def worker_types(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -142,7 +150,7 @@ def makefile_install_recipe() -> list[str]:
     lines = (ROOT / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("$(STAMP):"))
     recipe = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         recipe.append(line.strip())
@@ -185,7 +193,10 @@ def settings_example() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def shipped_spaces() -> dict[str, SearchSpace]:
-    return {p.stem: load_space(p, storage_uri="s3://my-bucket/contavsep") for p in sorted(shipped_spaces_dir().glob("*.yaml"))}
+    return {
+        p.stem: load_space(p, storage_uri="s3://my-bucket/contavsep")
+        for p in sorted(shipped_spaces_dir().glob("*.yaml"))
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,8 +257,10 @@ def test_launcher_configs_have_the_issues_layout(name: str) -> None:
 
     # The image, started the launcher's way: the head runs the autoscaler, workers join it.
     assert config["docker"]["image"] == the_image()
-    assert any("ray start --head" in c and "--autoscaling-config=~/ray_bootstrap_config.yaml" in c
-               for c in config["head_start_ray_commands"])
+    assert any(
+        "ray start --head" in c and "--autoscaling-config=~/ray_bootstrap_config.yaml" in c
+        for c in config["head_start_ray_commands"]
+    )
     assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
 
 
@@ -303,7 +316,9 @@ def test_raycluster_as_the_ray_autoscaler_reads_it() -> None:
     # Spot only where intended: the head and the on-demand groups exclude spot nodes, the spot
     # group requires them (GKE, EKS managed node groups, Karpenter).
     def terms(pod: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
-        affinity = pod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        affinity = (
+            pod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        )
         return [t["matchExpressions"] for t in affinity.get("nodeSelectorTerms", [])]
 
     spot_labels = {"cloud.google.com/gke-spot", "eks.amazonaws.com/capacityType", "karpenter.sh/capacity-type"}
@@ -358,7 +373,11 @@ def test_mlflow_manifest_sql_store_s3_artifacts_secret_keys_and_allowed_hosts() 
     assert {d["kind"] for d in load_docs(path)} == {"PersistentVolumeClaim", "Deployment", "Service"}
     deployment, service = manifest(path, "Deployment"), manifest(path, "Service")
     namespace = deployment["metadata"]["namespace"]
-    assert service["metadata"]["namespace"] == namespace == manifest(KUBERAY / "raycluster.yaml", "RayCluster")["metadata"]["namespace"]
+    assert (
+        service["metadata"]["namespace"]
+        == namespace
+        == manifest(KUBERAY / "raycluster.yaml", "RayCluster")["metadata"]["namespace"]
+    )
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -369,11 +388,13 @@ def test_mlflow_manifest_sql_store_s3_artifacts_secret_keys_and_allowed_hosts() 
 
     config_map, secret = settings_example()
     env = {e["name"]: e for e in container["env"]}
+
     # Kubernetes expands $(VAR) in args from the container's env: resolve them from the settings.
     def expand(arg: str) -> str:
         def value(m: re.Match) -> str:
             ref = env[m.group(1)]["valueFrom"]["configMapKeyRef"]
             return config_map[ref["key"]]
+
         return re.sub(r"\$\((\w+)\)", value, arg)
 
     params = server.make_context("server", [expand(a) for a in container["args"]]).params  # MLflow's own parser
@@ -418,7 +439,9 @@ def test_settings_resolve_to_the_clusters_storage_and_mlflow(tmp_path: Path) -> 
     assert resolve_endpoints({**config_map, "CONTAVSEP_HOME": str(tmp_path)}).s3.access_key is None
 
     # Every key is read by someone: contavsep's settings code, botocore, or the MLflow manifest.
-    readers = (ROOT / "platform/contavsep_platform/settings.py").read_text() + (ROOT / "contavsep/storage.py").read_text()
+    readers = (ROOT / "platform/contavsep_platform/settings.py").read_text() + (
+        ROOT / "contavsep/storage.py"
+    ).read_text()
     mlflow_refs = (KUBERAY / "mlflow.yaml").read_text()
     for key in [*config_map, *secret]:
         assert key in readers or f"key: {key}" in mlflow_refs, key
@@ -427,8 +450,12 @@ def test_settings_resolve_to_the_clusters_storage_and_mlflow(tmp_path: Path) -> 
     refs = []
     for path in (KUBERAY / "raycluster.yaml", KUBERAY / "mlflow.yaml"):
         refs += re.findall(r"(configMapRef|secretRef|configMapKeyRef|secretKeyRef): \{name: ([\w-]+)", path.read_text())
-    names = {"configMapRef": "contavsep-settings", "configMapKeyRef": "contavsep-settings",
-             "secretRef": "contavsep-s3", "secretKeyRef": "contavsep-s3"}
+    names = {
+        "configMapRef": "contavsep-settings",
+        "configMapKeyRef": "contavsep-settings",
+        "secretRef": "contavsep-s3",
+        "secretKeyRef": "contavsep-s3",
+    }
     assert refs and all(name == names[kind] for kind, name in refs)
     assert manifest(KUBERAY / "settings.example.yaml", "ConfigMap")["metadata"]["name"] == "contavsep-settings"
     assert manifest(KUBERAY / "settings.example.yaml", "Secret")["metadata"]["name"] == "contavsep-s3"
@@ -453,7 +480,11 @@ def test_dockerfile_installs_the_lock_like_the_makefile() -> None:
     assert installs and all("--no-deps -e ." in r for r in installs)  # nothing unpinned on top
 
     # The lock is copied from the repository root before the sync, the code before the install.
-    copies = [(i, args.split()) for i, (keyword, args) in enumerate(instructions) if keyword == "COPY" and "--from=" not in args]
+    copies = [
+        (i, args.split())
+        for i, (keyword, args) in enumerate(instructions)
+        if keyword == "COPY" and "--from=" not in args
+    ]
     position = {keyword + args: i for i, (keyword, args) in enumerate(instructions)}
     lock_copy = next(i for i, a in copies if lock in a[:-1])
     assert lock_copy < position["RUN" + sync] < position["RUN" + installs[0]]
@@ -461,7 +492,9 @@ def test_dockerfile_installs_the_lock_like_the_makefile() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert {"pyproject.toml", "README.md", "contavsep", "platform", "search_spaces"} <= sources
     assert 'where = [".", "platform"]' in pyproject and 'readme = "README.md"' in pyproject
-    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    ignored = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     for source in sources:
         assert (ROOT / source).exists(), source
         assert source not in ignored and source.split("/")[0] not in ignored, source
@@ -515,8 +548,10 @@ def test_search_spaces_fit_these_clusters(cluster_name: str) -> None:
         # All Train workers of a trial fit one node of some type (Train packs them; DDP stays
         # inside a node), CPU-only trials fit a node without GPUs.
         def fits(resources: Mapping[str, float], res: Any = res) -> bool:
-            return (resources.get("CPU", 0) + 1e-9 >= res.workers * res.cpus
-                    and resources.get("GPU", 0) + 1e-9 >= res.workers * res.gpus)
+            return (
+                resources.get("CPU", 0) + 1e-9 >= res.workers * res.cpus
+                and resources.get("GPU", 0) + 1e-9 >= res.workers * res.gpus
+            )
 
         hosts = [n for n, t in workers.items() if fits(t["resources"])]
         assert hosts, f"{name}: no {cluster_name} node type holds {res.workers} x ({res.cpus} CPU, {res.gpus} GPU)"
@@ -571,12 +606,24 @@ def parse_contavsep(argv: list[str]) -> Any:
         raise AssertionError(f"`contavsep {shlex.join(argv)}` does not parse (exit {exc.code})") from None
 
 
-def check_sweep(argv: list[str], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> str:
+def check_sweep(
+    argv: list[str], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> str:
     """Run ``contavsep <argv> --check`` (the real space loading and validation) in the repository
     root with ``env`` as the only service settings; returns the validated space's name."""
-    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CONTAVSEP_STORAGE", "CONTAVSEP_S3_ENDPOINT", "CONTAVSEP_S3_ACCESS_KEY",
-                 "CONTAVSEP_S3_SECRET_KEY", "CONTAVSEP_S3_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "RAY_ADDRESS",
+        "CONTAVSEP_STORAGE",
+        "CONTAVSEP_S3_ENDPOINT",
+        "CONTAVSEP_S3_ACCESS_KEY",
+        "CONTAVSEP_S3_SECRET_KEY",
+        "CONTAVSEP_S3_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -593,7 +640,10 @@ def test_readme_commands_parse_and_sweeps_validate(monkeypatch: pytest.MonkeyPat
     cluster = manifest(KUBERAY / "raycluster.yaml", "RayCluster")
     namespace = cluster["metadata"]["namespace"]
     rayjob = manifest(KUBERAY / "rayjob-sweep.yaml", "RayJob")["metadata"]["name"]
-    services = {f"{cluster['metadata']['name']}-head-svc", manifest(KUBERAY / "mlflow.yaml", "Service")["metadata"]["name"]}
+    services = {
+        f"{cluster['metadata']['name']}-head-svc",
+        manifest(KUBERAY / "mlflow.yaml", "Service")["metadata"]["name"],
+    }
     secret = manifest(KUBERAY / "settings.example.yaml", "Secret")
     image = the_image()
     exported: dict[str, str] = {}
@@ -677,7 +727,14 @@ def test_readme_commands_parse_and_sweeps_validate(monkeypatch: pytest.MonkeyPat
     # The README covers every step the issue asks for.
     assert {"ray", "kubectl", "docker", "contavsep"} <= seen
     ray_verbs = [shlex.join(a[1:3]) for a in readme_commands() if a[0] == "ray"]
-    for verb in ("up cluster/aws-gpu.yaml", "dashboard cluster/aws-gpu.yaml", "job submit", "job logs", "job stop", "down cluster/aws-gpu.yaml"):
+    for verb in (
+        "up cluster/aws-gpu.yaml",
+        "dashboard cluster/aws-gpu.yaml",
+        "job submit",
+        "job logs",
+        "job stop",
+        "down cluster/aws-gpu.yaml",
+    ):
         assert verb in ray_verbs, verb
     assert any("--resume" in s for s in sweeps)
     assert all(submissions)
@@ -700,8 +757,11 @@ def test_readme_commands_parse_and_sweeps_validate(monkeypatch: pytest.MonkeyPat
 def test_readme_job_submit_runs_on_a_real_ray_head(ray_head) -> None:
     # The README's smoke submission, verbatim except for the head's address and a fresh
     # submission id, with the settings of this session's services; --check keeps it short.
-    argv = next(a for a in readme_commands() if a[:3] == ["ray", "job", "submit"] and "search_spaces/smoke.yaml" in a
-                and any(x.startswith("$(") for x in a))
+    argv = next(
+        a
+        for a in readme_commands()
+        if a[:3] == ["ray", "job", "submit"] and "search_spaces/smoke.yaml" in a and any(x.startswith("$(") for x in a)
+    )
     argv = list(argv)
     argv[argv.index("--address") + 1] = ray_head.ray_dashboard_url
     submission = f"smoke-{uuid.uuid4().hex[:8]}"
@@ -709,7 +769,9 @@ def test_readme_job_submit_runs_on_a_real_ray_head(ray_head) -> None:
     i = argv.index("--runtime-env-json") + 1
     inner = shlex.split(argv[i][2:-1])
     bin_dir = Path(sys.executable).parent
-    printed = subprocess.run([str(bin_dir / inner[0]), *inner[1:]], capture_output=True, text=True, timeout=120, check=True)
+    printed = subprocess.run(
+        [str(bin_dir / inner[0]), *inner[1:]], capture_output=True, text=True, timeout=120, check=True
+    )
     argv[i] = printed.stdout.strip()
     assert json.loads(argv[i])["env_vars"]["CONTAVSEP_STORAGE"] == ray_head.storage_uri
     argv.append("--check")
@@ -718,9 +780,17 @@ def test_readme_job_submit_runs_on_a_real_ray_head(ray_head) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "space smoke:" in done.stdout
     # The README's follow-up commands against the same job.
-    status = subprocess.run([str(bin_dir / "ray"), "job", "status", "--address", ray_head.ray_dashboard_url, submission],
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [str(bin_dir / "ray"), "job", "status", "--address", ray_head.ray_dashboard_url, submission],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert status.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower()
-    logs = subprocess.run([str(bin_dir / "ray"), "job", "logs", "--address", ray_head.ray_dashboard_url, submission],
-                          capture_output=True, text=True, timeout=120)
+    logs = subprocess.run(
+        [str(bin_dir / "ray"), "job", "logs", "--address", ray_head.ray_dashboard_url, submission],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert logs.returncode == 0 and f"data.uri = '{ray_head.storage_uri}/datasets/synth-default'" in logs.stdout

@@ -36,4 +36,8 @@ def test_shares(capsys, argv, share) -> None:
 
 def test_bad_train_clips_is_one_line(capsys) -> None:
     code, _, err = run_cli(capsys, "config", "--budget", "--train-clips", "lots")
-    assert code == 2 and err.strip() == "contavsep config: error: --train-clips must be 'music21', N or N1,N2,... (whole numbers), got 'lots'"
+    assert (
+        code == 2
+        and err.strip()
+        == "contavsep config: error: --train-clips must be 'music21', N or N1,N2,... (whole numbers), got 'lots'"
+    )

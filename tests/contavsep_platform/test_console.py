@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # status tables and result boxes (every run), the token-auth warning (every local Ray start
 # without RAY_AUTH_MODE), the raylet's worker-pool warning (when fractional-CPU actors pile up:
 # not every run).
-ALWAYS_NOISE = ("Configuration for experiment", "To visualize your results with TensorBoard", "Trial status:",
-                "completed after 2 iterations", "Token authentication is")
+ALWAYS_NOISE = (
+    "Configuration for experiment",
+    "To visualize your results with TensorBoard",
+    "Trial status:",
+    "completed after 2 iterations",
+    "Token authentication is",
+)
 SOMETIMES_NOISE = ("PYTHON worker processes have been started",)
 
 
@@ -44,17 +49,31 @@ def _space(tmp_path: Path, data: str) -> Path:
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "contavsep_platform.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "contavsep_platform.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.server
 def test_the_console_shows_trials_and_results_and_the_log_file_keeps_ray_and_tune(synth_dataset_factory, tmp_path):
     data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CONTAVSEP_", "AWS_", "RAY_ADDRESS", "RAY_AUTH_MODE"))}
-    env.update(CONTAVSEP_HOME=str(home), CONTAVSEP_STORAGE=f"file://{tmp_path}/storage", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "platform"), env.get("PYTHONPATH", "")]))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "CONTAVSEP_", "AWS_", "RAY_ADDRESS", "RAY_AUTH_MODE"))
+    }
+    env.update(
+        CONTAVSEP_HOME=str(home),
+        CONTAVSEP_STORAGE=f"file://{tmp_path}/storage",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "platform"), env.get("PYTHONPATH", "")]),
+    )
     space = _space(tmp_path, data)
 
     quiet = _cli(["sweep", str(space), "--name", "console"], env)
@@ -72,15 +91,27 @@ def test_the_console_shows_trials_and_results_and_the_log_file_keeps_ray_and_tun
 
     # One line per event: started, each step but the last, then the end line with the last step.
     (trial,) = set(re.findall(r"^trial (\w+)  finetune", quiet.stdout, re.M))
-    events = [line.split("  ", 2)[2] for line in quiet.stdout.splitlines() if line.startswith(f"trial {trial}  finetune (mem ")]
-    assert events[:2] == ["started", events[1]] and re.fullmatch(r"step 1/2  val/sdr -?\d+\.\d\d  \d+:\d\d", events[1]), quiet.stdout
-    assert len(events) == 3 and re.fullmatch(r"step 2/2  val/sdr -?\d+\.\d\d  \d+:\d\d  complete", events[2]), quiet.stdout
-    assert "ranking by final test sdr" in quiet.stdout and re.search(r"^1 +finetune \(mem \d+\)", quiet.stdout, re.M), quiet.stdout
+    events = [
+        line.split("  ", 2)[2]
+        for line in quiet.stdout.splitlines()
+        if line.startswith(f"trial {trial}  finetune (mem ")
+    ]
+    assert events[:2] == ["started", events[1]] and re.fullmatch(
+        r"step 1/2  val/sdr -?\d+\.\d\d  \d+:\d\d", events[1]
+    ), quiet.stdout
+    assert len(events) == 3 and re.fullmatch(r"step 2/2  val/sdr -?\d+\.\d\d  \d+:\d\d  complete", events[2]), (
+        quiet.stdout
+    )
+    assert "ranking by final test sdr" in quiet.stdout and re.search(r"^1 +finetune \(mem \d+\)", quiet.stdout, re.M), (
+        quiet.stdout
+    )
 
     # --verbose: Tune's own output (and Ray's log lines) on the console, no log file named.
     verbose = _cli(["sweep", str(space), "--name", "console", "--resume", "--verbose"], env)
     assert verbose.returncode == 0, (verbose.stdout + verbose.stderr)[-3000:]
-    assert "Configuration for experiment" in verbose.stdout and "Trial status: 1 TERMINATED" in verbose.stdout, verbose.stdout
+    assert "Configuration for experiment" in verbose.stdout and "Trial status: 1 TERMINATED" in verbose.stdout, (
+        verbose.stdout
+    )
     assert "Token authentication is" in verbose.stderr and "output go to" not in verbose.stdout
 
 

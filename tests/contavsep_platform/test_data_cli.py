@@ -89,7 +89,9 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
 
 def test_console_script_exit_status(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "contavsep"
-    done = subprocess.run([str(exe), "data", "info", f"file://{tmp_path}/none"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(exe), "data", "info", f"file://{tmp_path}/none"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "manifest.json does not exist" in done.stderr
     help_text = subprocess.run([str(exe), "data", "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "synth" in help_text and "info" in help_text

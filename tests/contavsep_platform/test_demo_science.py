@@ -21,7 +21,9 @@ def _method(outcome, label: str):
 
 
 @pytest.mark.slow
-def test_the_demo_space_shows_forgetting_memory_contavsep_and_the_upper_bound(tmp_path, synth_dataset_factory, monkeypatch):
+def test_the_demo_space_shows_forgetting_memory_contavsep_and_the_upper_bound(
+    tmp_path, synth_dataset_factory, monkeypatch
+):
     import ray
 
     from contavsep_platform.sweep import connect_ray, format_ranking, run_sweep
@@ -40,11 +42,17 @@ def test_the_demo_space_shows_forgetting_memory_contavsep_and_the_upper_bound(tm
     assert not outcome.interrupted and all(r.status == "complete" for r in outcome.trials)
     seeds = space.repeats.seeds
     finetune0, finetune1 = _method(outcome, "finetune (mem 0)"), _method(outcome, "finetune (mem 1)")
-    lwf1, contavsep1, joint = _method(outcome, "lwf (mem 1)"), _method(outcome, "contavsep (mem 1)"), _method(outcome, "joint (mem 1)")
+    lwf1, contavsep1, joint = (
+        _method(outcome, "lwf (mem 1)"),
+        _method(outcome, "contavsep (mem 1)"),
+        _method(outcome, "joint (mem 1)"),
+    )
     for row in (finetune0, finetune1, lwf1, contavsep1, joint):
         assert row.estimates["sdr"].n == seeds  # every number stands on all the seeds
-    sdr = {name: row.estimates["sdr"].mean for name, row in
-           (("ft0", finetune0), ("ft1", finetune1), ("lwf", lwf1), ("cav", contavsep1), ("joint", joint))}
+    sdr = {
+        name: row.estimates["sdr"].mean
+        for name, row in (("ft0", finetune0), ("ft1", finetune1), ("lwf", lwf1), ("cav", contavsep1), ("joint", joint))
+    }
     # (a) fine-tuning without memory forgets at least 1 dB
     assert finetune0.estimates["forgetting/sdr"].mean >= 1.0
     # (b) one exemplar per class helps fine-tuning, on every seed (paired)

@@ -37,14 +37,21 @@ def _runs(client, experiment: str, sweep: str) -> list:
     if exp is None:
         return []
     # children carry the sweep's tag too (the UI's runs-table filter): the parent is the sweep role
-    parents = client.search_runs([exp.experiment_id], f"tags.`contavsep.sweep` = '{sweep}' and tags.`contavsep.role` = 'sweep'")
-    children = [c for p in parents for c in client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")]
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`contavsep.sweep` = '{sweep}' and tags.`contavsep.role` = 'sweep'"
+    )
+    children = [
+        c
+        for p in parents
+        for c in client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+    ]
     return parents + children
 
 
 @pytest.mark.slow
 def test_an_errored_trial_fails_the_sweep_loudly_and_resumes_from_its_last_intact_checkpoint(
-        services, ray_local, synth_dataset_factory, tmp_path, monkeypatch, capsys):
+    services, ray_local, synth_dataset_factory, tmp_path, monkeypatch, capsys
+):
     import json
 
     from mlflow import MlflowClient
@@ -87,13 +94,16 @@ def test_an_errored_trial_fails_the_sweep_loudly_and_resumes_from_its_last_intac
     lines = [line for line in captured.err.splitlines() if f"trial {trial_id}" in line]
     assert len(lines) == 1 and "failed after 1 step(s)" in lines[0], captured.err[-3000:]
     error_log = lines[0].rsplit("log: ", 1)[1]
-    assert error_log == f"file://{sweep_dir}/tune-{trial_id}/error.txt" and Path(error_log[len("file://"):]).is_file()
+    assert error_log == f"file://{sweep_dir}/tune-{trial_id}/error.txt" and Path(error_log[len("file://") :]).is_file()
     assert f"--name {name} --resume" in captured.out
     client = MlflowClient(services.mlflow_tracking_uri)
     runs = _runs(client, "faults", name)
     assert len(runs) == 2 and all(r.info.status != "RUNNING" for r in runs)  # parent FAILED, child FAILED
     child = next(r for r in runs if r.data.tags.get("contavsep.role") == "trial")
-    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "sdr")) == [0, 1]  # step 1 logged, not checkpointed
+    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "sdr")) == [
+        0,
+        1,
+    ]  # step 1 logged, not checkpointed
 
     # What a fault during the upload of a checkpoint leaves, taken to the worst case: the
     # checkpoint being written is cut short (step=1 with a truncated state) and Ray Train has
@@ -122,7 +132,9 @@ def test_an_errored_trial_fails_the_sweep_loudly_and_resumes_from_its_last_intac
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == [0, 1], key
 
 
-def test_a_refused_sweep_leaves_no_mlflow_run(services, ray_local, synth_dataset_factory, tmp_path, monkeypatch, capsys):
+def test_a_refused_sweep_leaves_no_mlflow_run(
+    services, ray_local, synth_dataset_factory, tmp_path, monkeypatch, capsys
+):
     """Too many GPUs for the cluster: one error line, exit 2, and no parent run in MLflow."""
     from mlflow import MlflowClient
 
@@ -147,11 +159,36 @@ def test_a_failed_run_exits_1_with_one_line_and_its_traceback_in_a_file(synth_da
     out = tmp_path / "out"
     out.mkdir()
     (out / "checkpoints").write_text("in the way")
-    status = main(["run", "--data", data, "--preset", "tiny", "--strategy", "finetune", "--out", str(out), "--quiet",
-                   "--set", "data.num_steps=2", "--set", "data.classes_per_step=2", "--set", "train.iters_per_step=1",
-                   "--set", "train.batch_size=2", "--set", "eval.examples=0"])
+    status = main(
+        [
+            "run",
+            "--data",
+            data,
+            "--preset",
+            "tiny",
+            "--strategy",
+            "finetune",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "data.num_steps=2",
+            "--set",
+            "data.classes_per_step=2",
+            "--set",
+            "train.iters_per_step=1",
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "eval.examples=0",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1, err
-    assert err.count("\n") == 1 and err.startswith("contavsep run: error: the run failed: FileExistsError") and "Traceback" not in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("contavsep run: error: the run failed: FileExistsError")
+        and "Traceback" not in err
+    )
     assert err.strip().endswith(f"log: {out / 'error.txt'}")
     assert "Traceback" in (out / "error.txt").read_text()

@@ -22,7 +22,9 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("videos")
     for c, (name, colour, tone) in enumerate([("violin", (220, 40, 40), 440.0), ("flute", (40, 220, 40), 660.0)]):
         for i in range(2):
-            write_synthetic_video(root / name / f"{name}{i}.mp4", seconds=2.0 + i, colour=colour, tone_hz=tone, seed=c * 10 + i)
+            write_synthetic_video(
+                root / name / f"{name}{i}.mp4", seconds=2.0 + i, colour=colour, tone_hz=tone, seed=c * 10 + i
+            )
     return root
 
 
@@ -54,8 +56,14 @@ def test_ingest_random_tiny_to_file(tmp_path: Path, videos: Path, capsys: pytest
     assert _ingest("--root", str(videos), "--out", uri, "--overwrite", *TINY) == 0
 
 
-def test_ingest_to_s3_with_env_settings(tmp_path: Path, videos: Path, s3_server, s3_bucket: str,
-                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_ingest_to_s3_with_env_settings(
+    tmp_path: Path,
+    videos: Path,
+    s3_server,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     uri = f"{s3_bucket}/datasets/music"
@@ -65,8 +73,14 @@ def test_ingest_to_s3_with_env_settings(tmp_path: Path, videos: Path, s3_server,
     assert "committed" in capsys.readouterr().out
 
 
-def test_refused_s3_keys_is_one_line_naming_the_setting(tmp_path: Path, videos: Path, s3_server, s3_bucket: str,
-                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_refused_s3_keys_is_one_line_naming_the_setting(
+    tmp_path: Path,
+    videos: Path,
+    s3_server,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CONTAVSEP_S3_SECRET_KEY", "wrong-secret")
@@ -80,15 +94,19 @@ def test_refused_s3_keys_is_one_line_naming_the_setting(tmp_path: Path, videos: 
     [
         (["--root", "{tmp}/nowhere"], "root {tmp}/nowhere does not exist"),
         (["--layout", "vggsound", "--root", "{videos}"], "unknown layout 'vggsound'; supported layouts: music21"),
-        (["--root", "{videos}", "--extractors", "tiny"], "unknown --extractors 'tiny'; choose one of: pretrained, random-tiny"),
+        (
+            ["--root", "{videos}", "--extractors", "tiny"],
+            "unknown --extractors 'tiny'; choose one of: pretrained, random-tiny",
+        ),
         (["--root", "{videos}", "--splits", "{tmp}/lists.json"], "split list {tmp}/lists.json does not exist"),
         (["--root", "{videos}", "--max-seconds", "0"], "--max-seconds must be > 0"),
         (["--root", "{videos}", "--device", "cuda:99"], "device 'cuda:99' is not available here"),
         (["--root", "{videos}", "--out", "relative/ds"], "'relative/ds' is not a storage URI"),
     ],
 )
-def test_bad_input_is_one_clear_line(tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture,
-                                     argv: list[str], expected: str) -> None:
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture, argv: list[str], expected: str
+) -> None:
     fill = {"tmp": str(tmp_path), "videos": str(videos)}
     argv = [a.format(**fill) for a in argv]
     assert _ingest(*TINY, "--out", f"file://{tmp_path}/ds", *argv) == 2  # argv last: its flags win
@@ -97,18 +115,31 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, videos: Path, capsys: pytes
     assert not (tmp_path / "ds" / "manifest.json").exists()
 
 
-def test_missing_pretrained_weights_is_one_line_with_the_fix(tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_pretrained_weights_is_one_line_with_the_fix(
+    tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    code = _ingest("--root", str(videos), "--out", f"file://{tmp_path}/ds", "--extractors", "pretrained", "--offline",
-                   "--device", "cpu", "--no-progress")
+    code = _ingest(
+        "--root",
+        str(videos),
+        "--out",
+        f"file://{tmp_path}/ds",
+        "--extractors",
+        "pretrained",
+        "--offline",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "google/owlv2-base-patch16-ensemble" in line and "hf download" in line and "HF_HUB_OFFLINE=1" in line
 
 
-def test_bad_files_are_listed_nothing_committed_then_resume(tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_files_are_listed_nothing_committed_then_resume(
+    tmp_path: Path, videos: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = tmp_path / "root"
     shutil.copytree(videos, root)
     write_synthetic_video(root / "violin" / "mute.mp4", with_audio=False, seconds=1.0)
@@ -123,7 +154,7 @@ def test_bad_files_are_listed_nothing_committed_then_resume(tmp_path: Path, vide
     assert f"{root / 'violin' / 'mute.mp4'}: has no audio track" in captured.err
     assert f"{root / 'flute' / 'corrupt.mp4'}: cannot open as a video file" in captured.err
     assert "class folder 'cello' is not in the class list" in captured.err
-    summary = captured.out[captured.out.index("problem(s):"):]
+    summary = captured.out[captured.out.index("problem(s):") :]
     assert "mute.mp4" in summary and "corrupt.mp4" in summary and "cello" in summary  # listed at the end
     assert "NOT committed" in captured.out and "rerun the same command" in captured.out and "--skip-bad" in captured.out
     assert not (tmp_path / "ds" / "manifest.json").exists()

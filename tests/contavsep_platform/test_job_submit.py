@@ -59,7 +59,9 @@ def _reserved_groups(dashboard: str) -> list[dict]:
         ray_auth_headers,  # the dashboard may use Ray's token auth
     )
 
-    request = urllib.request.Request(f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", headers=ray_auth_headers())
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/placement_groups?limit=1000&detail=true", headers=ray_auth_headers()
+    )
     with urllib.request.urlopen(request, timeout=30) as reply:
         doc = json.loads(reply.read())
     groups = doc["data"]["result"]["result"]
@@ -82,7 +84,7 @@ def _encodings(secret: str) -> list[tuple[str, bytes]]:
     raw = secret.encode()
     found = [("raw", raw), ("hex", raw.hex().encode()), ("HEX", raw.hex().upper().encode())]
     for shift in range(3):
-        encoded = base64.b64encode(b"\0" * shift + raw)[4 if shift else 0:]
+        encoded = base64.b64encode(b"\0" * shift + raw)[4 if shift else 0 :]
         found.append((f"base64+{shift}", encoded[: len(encoded) - 4]))  # the stable middle, padding dropped
     return found
 
@@ -133,8 +135,17 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
     dashboard = ray_head.ray_dashboard_url
     name = f"job-{int(time.time())}"
     job_id = f"sweep-{name}"
-    done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id,
-                    *_sweep_entrypoint(name, s3_dataset), timeout=1500)
+    done = _ray_job(
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        job_id,
+        *_sweep_entrypoint(name, s3_dataset),
+        timeout=1500,
+    )
     logs = _logs(dashboard, job_id)
     assert _status(dashboard, job_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert str(Path(sys.executable).parent / "contavsep") in logs  # the venv's console script ran
@@ -142,14 +153,18 @@ def test_ray_job_submit_runs_the_smoke_sweep_on_the_cluster_and_logs_to_mlflow(r
 
     client = MlflowClient(ray_head.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
-    parents = client.search_runs([experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'")
+    parents = client.search_runs(
+        [experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'"
+    )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert len(children) == 2
     for child in children:
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "sdr"))
         assert steps and steps == list(range(len(steps)))
-        checkpoints = storage.list_dir(trial_uri(ray_head.storage_uri, name, child.data.tags["contavsep.trial"]), ray_head.s3)
+        checkpoints = storage.list_dir(
+            trial_uri(ray_head.storage_uri, name, child.data.tags["contavsep.trial"]), ray_head.s3
+        )
         assert [c for c in checkpoints if c.startswith("step=")] == [f"step={k}" for k in steps]
     assert _wait(lambda: not _reserved_groups(dashboard), 60, "the sweep's placement groups to be released") is True
     # Tune's state (tuner.pkl, searcher state, experiment state), checkpoints, MLflow's store and
@@ -177,8 +192,17 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     job_id = f"sweep-{name}"
     # More iterations per step than smoke.yaml: the stop lands while trials still train.
     slow = ("--set", "train.iters_per_step=40")
-    submitted = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", job_id, "--no-wait",
-                         *_sweep_entrypoint(name, s3_dataset, *slow))
+    submitted = _ray_job(
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        *_sweep_entrypoint(name, s3_dataset, *slow),
+    )
     assert submitted.returncode == 0, submitted.stderr
     sweep_uri = storage.join(ray_head.storage_uri, "sweeps", name)
 
@@ -189,7 +213,9 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     _wait(first_checkpoint, 900, "a first step checkpoint", pause=3)
     assert _reserved_groups(dashboard)  # the running trials hold placement groups
     signalled = time.monotonic()
-    stopped = _ray_job("stop", "--address", dashboard, job_id, timeout=int(JOB_STOP_GRACE_ENV["RAY_JOB_STOP_WAIT_TIME_S"]) + 60)
+    stopped = _ray_job(
+        "stop", "--address", dashboard, job_id, timeout=int(JOB_STOP_GRACE_ENV["RAY_JOB_STOP_WAIT_TIME_S"]) + 60
+    )
     assert stopped.returncode == 0, stopped.stderr
     assert _status(dashboard, job_id) == "STOPPED"
     print(f"`ray job stop` returned after {time.monotonic() - signalled:.0f} s")
@@ -197,7 +223,9 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     assert f"continue it with: contavsep sweep SPACE.yaml --name {name} --resume" in logs, logs[-3000:]
     client = MlflowClient(ray_head.mlflow_tracking_uri)
     experiment = client.get_experiment_by_name("smoke")
-    (parent,) = client.search_runs([experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], f"tags.`contavsep.sweep` = '{name}' and tags.`contavsep.role` = 'sweep'"
+    )
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert parent.info.status == "KILLED" and children
     assert [c.info.status for c in children if c.info.status == "RUNNING"] == []
@@ -206,16 +234,36 @@ def test_ray_job_stop_frees_the_cluster_and_resume_finishes_the_sweep(ray_head, 
     from ray.job_submission import JobSubmissionClient
 
     resumed_id = f"{job_id}-resume"
-    done = _ray_job("submit", "--address", dashboard, "--working-dir", ".", "--submission-id", resumed_id,
-                    *_sweep_entrypoint(name, s3_dataset, *slow, "--resume"), timeout=1500)
-    assert _status(dashboard, resumed_id) == "SUCCEEDED", f"{done.stdout[-3000:]}\n{JobSubmissionClient(dashboard).get_job_logs(resumed_id)[-3000:]}"
+    done = _ray_job(
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        ".",
+        "--submission-id",
+        resumed_id,
+        *_sweep_entrypoint(name, s3_dataset, *slow, "--resume"),
+        timeout=1500,
+    )
+    assert _status(dashboard, resumed_id) == "SUCCEEDED", (
+        f"{done.stdout[-3000:]}\n{JobSubmissionClient(dashboard).get_job_logs(resumed_id)[-3000:]}"
+    )
     logs = _logs(dashboard, resumed_id)
     # the sweep folder: tune-<id>/ (Tune), <id>/ (Train runs), first-steps/ (shared step 0s), state files
-    trial_ids = sorted({n for n in storage.list_dir(sweep_uri, ray_head.s3)
-                        if not n.startswith(("tune-", ".")) and "." not in n and "-state-" not in n and n != FIRST_STEPS_DIR})
+    trial_ids = sorted(
+        {
+            n
+            for n in storage.list_dir(sweep_uri, ray_head.s3)
+            if not n.startswith(("tune-", ".")) and "." not in n and "-state-" not in n and n != FIRST_STEPS_DIR
+        }
+    )
     assert len(trial_ids) >= 1
     for trial_id in trial_ids:
-        checkpoints = [c for c in storage.list_dir(trial_uri(ray_head.storage_uri, name, trial_id), ray_head.s3) if c.startswith("step=")]
+        checkpoints = [
+            c
+            for c in storage.list_dir(trial_uri(ray_head.storage_uri, name, trial_id), ray_head.s3)
+            if c.startswith("step=")
+        ]
         assert checkpoints[0] == "step=0"
     assert "complete" in logs and "interrupted" not in logs
     _wait(lambda: not _reserved_groups(dashboard), 60, "placement groups to be released after the resumed sweep")

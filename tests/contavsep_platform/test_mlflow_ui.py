@@ -28,9 +28,20 @@ pytestmark = pytest.mark.skipif(
 def render(url: str, profile_dir: str) -> str:
     """The DOM of ``url`` after its scripts ran (virtual time: the page's own requests finish)."""
     out = subprocess.run(
-        [CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", f"--user-data-dir={profile_dir}",
-         "--virtual-time-budget=20000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180,
+        [
+            CHROMIUM,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--no-first-run",
+            f"--user-data-dir={profile_dir}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0 and out.stdout, out.stderr[-2000:]
     return out.stdout
@@ -43,14 +54,23 @@ def visible_text(dom: str) -> str:
 
 def test_the_printed_runs_table_link_lists_the_trials_by_name_with_their_dataset(services, tmp_path):
     uri = services.mlflow_tracking_uri
-    manifest = {"content_hash": "5eed" * 16, "classes": ["violin", "flute", "cello", "tuba"], "totals": {"train": 16},
-                "audio": {"sample_rate": 11025}, "extractors": {"object": {"name": "synthetic-clip-prototype", "revision": "3"}}}
+    manifest = {
+        "content_hash": "5eed" * 16,
+        "classes": ["violin", "flute", "cello", "tuba"],
+        "totals": {"train": 16},
+        "audio": {"sample_rate": 11025},
+        "extractors": {"object": {"name": "synthetic-clip-prototype", "revision": "3"}},
+    }
     dataset = dataset_input(f"{services.storage_uri}/datasets/synth-ui", manifest)
     sweep = SweepTracker(uri, "ui-test", "sweep-ui")
     parent = sweep.start("a: 1\n", {}, dataset)
     final_sdr = {}
-    for seed, (strategy, memory, trial_id) in enumerate([("finetune", 0, "1a2b3c4d"), ("lwf", 1, "5e6f7a8b"), ("contavsep", 1, "9c0d1e2f")]):
-        trial = TrialTracker(uri, "ui-test", parent, trial_id, {"strategy.name": strategy, "memory.per_class": memory}, dataset=dataset)
+    for seed, (strategy, memory, trial_id) in enumerate(
+        [("finetune", 0, "1a2b3c4d"), ("lwf", 1, "5e6f7a8b"), ("contavsep", 1, "9c0d1e2f")]
+    ):
+        trial = TrialTracker(
+            uri, "ui-test", parent, trial_id, {"strategy.name": strategy, "memory.per_class": memory}, dataset=dataset
+        )
         steps = make_step_results(2, seed=seed)
         for step in steps:
             trial.log_step(step)

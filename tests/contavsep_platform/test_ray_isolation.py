@@ -47,7 +47,7 @@ def _listening() -> dict[int, tuple[str, int]]:
             hex_ip, hex_port = fields[1].split(":")
             raw = bytes.fromhex(hex_ip)
             # /proc prints the address as 32-bit words in host (little-endian) order.
-            ip = b"".join(raw[i:i + 4][::-1] for i in range(0, width // 2, 4))
+            ip = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
             found[int(fields[9])] = (str(ipaddress.ip_address(ip)), int(hex_port, 16))
     return found
 
@@ -74,7 +74,7 @@ def descendants(pid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
@@ -88,7 +88,11 @@ def assert_loopback_only(sockets: dict[int, list[tuple[str, int]]]) -> set[int]:
     """Every listening socket is on a loopback address; returns their ports."""
     open_ = {pid: [s for s in socks if ipaddress.ip_address(s[0]) not in LOOPBACK] for pid, socks in sockets.items()}
     open_ = {pid: socks for pid, socks in open_.items() if socks}
-    detail = {pid: (Path(f"/proc/{pid}/cmdline").read_bytes()[:120], socks) for pid, socks in open_.items() if Path(f"/proc/{pid}").exists()}
+    detail = {
+        pid: (Path(f"/proc/{pid}/cmdline").read_bytes()[:120], socks)
+        for pid, socks in open_.items()
+        if Path(f"/proc/{pid}").exists()
+    }
     assert not open_, f"listening beyond 127.0.0.1: {detail}"
     return {port for socks in sockets.values() for _, port in socks}
 
@@ -122,8 +126,23 @@ def other_head(tmp_path_factory, monkeypatch):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CONTAVSEP_HOME")}
     env["RAY_AUTH_MODE"] = "disabled"
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
-           "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "1",
+        "--include-dashboard",
+        "false",
+        "--disable-usage-stats",
+        "--temp-dir",
+        str(temp_dir),
+    ]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         from ray._private.utils import read_ray_address
@@ -146,7 +165,9 @@ def other_head(tmp_path_factory, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_sweep_without_a_cluster_runs_on_a_private_ray_not_on_another_head(other_head, tmp_path, synth_dataset_factory, monkeypatch):
+def test_a_sweep_without_a_cluster_runs_on_a_private_ray_not_on_another_head(
+    other_head, tmp_path, synth_dataset_factory, monkeypatch
+):
     other_address, other_session = other_head
     import ray
     from ray._private.services import get_ray_address_from_environment

@@ -45,7 +45,16 @@ class Rclone:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [str(rclone_binary()), "serve", "s3", str(self.root / "data"), "--addr", f"127.0.0.1:{self.port}", "--config", "/dev/null"]
+        cmd = [
+            str(rclone_binary()),
+            "serve",
+            "s3",
+            str(self.root / "data"),
+            "--addr",
+            f"127.0.0.1:{self.port}",
+            "--config",
+            "/dev/null",
+        ]
         env = {**os.environ, "RCLONE_AUTH_KEY": f'"{self.access},{self.secret}"'}
         self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         settings = self.settings()
@@ -101,7 +110,9 @@ def test_the_filesystem_pickles_without_keys_and_finds_them_where_it_is_unpickle
     assert isinstance(again.handler, S3Storage) and again.handler.settings.secret_key == rclone.secret
     assert again.open_input_stream("bucket/sweeps/a/state.json").read() == b"{}"
     assert sorted(i.path for i in again.get_file_info(pafs.FileSelector("bucket/sweeps", recursive=True))) == [
-        "bucket/sweeps/a", "bucket/sweeps/a/state.json"]
+        "bucket/sweeps/a",
+        "bucket/sweeps/a/state.json",
+    ]
 
 
 class _Outage(logging.Handler):
@@ -142,7 +153,9 @@ def test_storage_calls_retry_through_a_storage_outage_with_one_log_line(rclone):
     try:
         rclone.stop()
         infos: list = []
-        lister, failures = _in_thread(lambda: infos.extend(fs.get_file_info(pafs.FileSelector("bucket/sweeps", recursive=True))))
+        lister, failures = _in_thread(
+            lambda: infos.extend(fs.get_file_info(pafs.FileSelector("bucket/sweeps", recursive=True)))
+        )
         assert outage.seen.wait(timeout=120), "the listing never reported the outage"
         assert lister.is_alive()  # still retrying, not failed
         rclone.start()
@@ -162,7 +175,9 @@ def test_checkpoint_uploads_retry_through_a_storage_outage(rclone, tmp_path):
     complete and copy_files returns without error."""
     checkpoint = tmp_path / "ckpt" / "step=0"
     checkpoint.mkdir(parents=True)
-    payloads = {name: os.urandom(size) for name, size in (("state.pt", 3 * 1024**2), ("config.yaml", 100), ("results.json", 10))}
+    payloads = {
+        name: os.urandom(size) for name, size in (("state.pt", 3 * 1024**2), ("config.yaml", 100), ("results.json", 10))
+    }
     for name, data in payloads.items():
         (checkpoint / name).write_bytes(data)
     _, fs = ray_storage("s3://bucket/sweeps", rclone.settings())
@@ -174,7 +189,8 @@ def test_checkpoint_uploads_retry_through_a_storage_outage(rclone, tmp_path):
     dropper.listen(16)
     dropper.settimeout(120)
     uploader, failures = _in_thread(
-        lambda: pafs.copy_files(str(checkpoint), "bucket/sweeps/t1/step=0", destination_filesystem=fs, use_threads=True))
+        lambda: pafs.copy_files(str(checkpoint), "bucket/sweeps/t1/step=0", destination_filesystem=fs, use_threads=True)
+    )
     try:
         for _ in range(2 * len(payloads)):
             connection, _ = dropper.accept()  # a request of the upload, refused by closing it

@@ -55,8 +55,13 @@ def _results(sdr0: float, sdr1_old: float, sdr1_new: float) -> list[StepResult]:
     final SDR = (old + new) / 2, SIR = SDR + 5, SAR = SDR + 2, forgetting = sdr0 - old."""
     results = ContinualResults(2)
     results.add(0, [0, 0], [sdr0] * 2, [sdr0 + 5] * 2, [sdr0 + 2] * 2)
-    results.add(1, [0, 0, 1, 1], [sdr1_old] * 2 + [sdr1_new] * 2, [sdr1_old + 5] * 2 + [sdr1_new + 5] * 2,
-                [sdr1_old + 2] * 2 + [sdr1_new + 2] * 2)
+    results.add(
+        1,
+        [0, 0, 1, 1],
+        [sdr1_old] * 2 + [sdr1_new] * 2,
+        [sdr1_old + 5] * 2 + [sdr1_new + 5] * 2,
+        [sdr1_old + 2] * 2 + [sdr1_new + 2] * 2,
+    )
     out = []
     for step in range(2):
         row = results.step_summary(step)
@@ -77,10 +82,21 @@ FINAL_SDR = {"ft": [3.0, 3.5, 4.0], "cv1": [5.0, 4.0, 6.0], "cv5": [4.0, 3.0, 5.
 FORGETTING = {"ft": [5.0, 4.0, 3.0], "cv1": [1.0, 3.0, -1.0], "cv5": [3.0, 5.0, 1.0], "lwf": [1.5, 0.5, -0.3]}
 
 
-def _params(strategy: str, model: str, memory: int, lambda_ins: float, seed: int, device: str = "cpu") -> dict[str, object]:
-    return {"strategy.name": strategy, "model.name": model, "memory.per_class": memory, "strategy.lambda_ins": lambda_ins,
-            "train.lr_unet": 0.001, "train.seed": seed, "data.seed": 0, "data.shuffle_classes": False,
-            "data.uri": "s3://contavsep/datasets/synth", "train.device": device}
+def _params(
+    strategy: str, model: str, memory: int, lambda_ins: float, seed: int, device: str = "cpu"
+) -> dict[str, object]:
+    return {
+        "strategy.name": strategy,
+        "model.name": model,
+        "memory.per_class": memory,
+        "strategy.lambda_ins": lambda_ins,
+        "train.lr_unet": 0.001,
+        "train.seed": seed,
+        "data.seed": 0,
+        "data.shuffle_classes": False,
+        "data.uri": "s3://contavsep/datasets/synth",
+        "train.device": device,
+    }
 
 
 def _ci(values: list[float]) -> tuple[float, float]:
@@ -144,7 +160,8 @@ def logged_sweep(mlflow_uri: str) -> str:
     _log(mlflow_uri, parent, "t_ft_s0_again", _params("finetune", "iquery", 0, 0.1, 0), _results(6.0, 15.0, 5.0))
     # ASHA stopped this configuration after its first run's first step: the worker is gone
     TrialTracker(mlflow_uri, EXPERIMENT, parent, "t_cv9_s0", _params("contavsep", "iquery", 1, 0.9, 0)).log_step(
-        _results(9.0, 0.0, 0.0)[0])
+        _results(9.0, 0.0, 0.0)[0]
+    )
     sweep.finish([])
     return mlflow_uri
 
@@ -193,8 +210,16 @@ def _row(lines: list[str], start: str) -> list[str]:
 
 def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep, tmp_path):
     report = write_report(logged_sweep, SWEEP, tmp_path / "out")
-    assert sorted(p.name for p in report.files) == ["final_scores.png", "importance.png", "parallel_coordinates.png", "pareto.png",
-                                                    "r_matrices.png", "report.html", "report.md", "step_sdr.png"]
+    assert sorted(p.name for p in report.files) == [
+        "final_scores.png",
+        "importance.png",
+        "parallel_coordinates.png",
+        "pareto.png",
+        "r_matrices.png",
+        "report.html",
+        "report.md",
+        "step_sdr.png",
+    ]
     for path in report.files:
         if path.suffix == ".png":
             assert matplotlib.image.imread(path).shape[0] > 200
@@ -202,7 +227,10 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert text == report.markdown
     lines = text.splitlines()
     assert "14 runs: 13 complete, 1 stopped early, failed or running." in text
-    assert "5 configurations with 1 to 3 repeat(s) (seed x class order) each: 4 completed all their runs, 1 did not (not ranked)." in text
+    assert (
+        "5 configurations with 1 to 3 repeat(s) (seed x class order) each: 4 completed all their runs, 1 did not (not ranked)."
+        in text
+    )
     assert "The space asks for 3 seed(s) x 1 class order(s) per configuration." in text
     assert "1 run(s) repeat another run's configuration and repeat and are not counted." in text
     assert "`contavsep.data_hash`: feedc0de" in text and "mlflow.runName" not in text
@@ -213,13 +241,19 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     # ranking: best configuration per method (contavsep: lambda 0.1, not 0.5), n = 3 each
     top = _row(lines, "| 1 | contavsep (mem 1) |")
     assert top[2] == "3"
-    assert top[3:8] == [_text(FINAL_SDR["cv1"]), _text([v + 5 for v in FINAL_SDR["cv1"]]),
-                        _text([v + 2 for v in FINAL_SDR["cv1"]]), _text(FORGETTING["cv1"]),
-                        _text([-v for v in FORGETTING["cv1"]])]
+    assert top[3:8] == [
+        _text(FINAL_SDR["cv1"]),
+        _text([v + 5 for v in FINAL_SDR["cv1"]]),
+        _text([v + 2 for v in FINAL_SDR["cv1"]]),
+        _text(FORGETTING["cv1"]),
+        _text([-v for v in FORGETTING["cv1"]]),
+    ]
     assert top[3] == "5.00 ± 2.48"  # sd 1 over 3 runs: t(0.975, 2) = 4.303, / sqrt(3)
     mean, half = _ci(_diff(FINAL_SDR["cv1"], FINAL_SDR["ft"]))  # 2.0, 0.5, 2.0
     pairs = ", ".join(f"{d:+.2f}" for d in _diff(FINAL_SDR["cv1"], FINAL_SDR["ft"]))
-    paired = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] within noise (pairs {pairs}) (finetune (mem 0); 3 pairs)"
+    paired = (
+        f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] within noise (pairs {pairs}) (finetune (mem 0); 3 pairs)"
+    )
     assert paired == "+1.50 [-0.65, +3.65] within noise (pairs +2.00, +0.50, +2.00) (finetune (mem 0); 3 pairs)"
     assert top[8] == paired and top[9] == paired  # fine-tuning is also the runner-up
     assert top[10] == "strategy.lambda_ins=0.1"
@@ -227,20 +261,37 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert second[3] == _text(FINAL_SDR["ft"]) == "3.50 ± 1.24"  # t_ft_s0_again (final 10) is not counted
     assert second[8] == "-"  # fine-tuning has no fine-tuning without memory to be compared with
     mean, half = _ci(_diff(FINAL_SDR["ft"], FINAL_SDR["lwf"]))  # 1.0, 1.0, 1.1: a clear gap
-    assert second[9] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] better (pairs +1.00, +1.00, +1.10) (lwf (mem 0); 3 pairs)"
+    assert (
+        second[9]
+        == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] better (pairs +1.00, +1.00, +1.10) (lwf (mem 0); 3 pairs)"
+    )
     third = _row(lines, "| 3 | lwf (mem 0) |")
     assert third[8].endswith("worse (pairs -1.00, -1.00, -1.10) (finetune (mem 0); 3 pairs)") and third[9] == "-"
-    assert ("- contavsep (mem 1) is not distinguishable from the runner-up finetune (mem 0):"
-            " Δsdr +1.50 [-0.65, +3.65] within noise (pairs +2.00, +0.50, +2.00) over 3 paired run(s)") in lines
+    assert (
+        "- contavsep (mem 1) is not distinguishable from the runner-up finetune (mem 0):"
+        " Δsdr +1.50 [-0.65, +3.65] within noise (pairs +2.00, +0.50, +2.00) over 3 paired run(s)"
+    ) in lines
     assert any("interval contains 0 is within the noise" in line for line in lines)
 
     # Table 1 style: column groups separator x memory, the best configuration of each cell
     header = next(line for line in lines if line.startswith("| method | iQuery"))
-    assert header == ("| method | iQuery w/o memory SDR | SIR | SAR | iQuery w/ memory SDR | SIR | SAR |"
-                      " Co-Separation w/o memory SDR | SIR | SAR |")
+    assert header == (
+        "| method | iQuery w/o memory SDR | SIR | SAR | iQuery w/ memory SDR | SIR | SAR |"
+        " Co-Separation w/o memory SDR | SIR | SAR |"
+    )
     cv = FINAL_SDR["cv1"]
-    assert _row(lines, "| ContAV-Sep |") == ["ContAV-Sep", "-", "-", "-", _cell(cv), _cell([v + 5 for v in cv]),
-                                              _cell([v + 2 for v in cv]), "-", "-", "-"]
+    assert _row(lines, "| ContAV-Sep |") == [
+        "ContAV-Sep",
+        "-",
+        "-",
+        "-",
+        _cell(cv),
+        _cell([v + 5 for v in cv]),
+        _cell([v + 2 for v in cv]),
+        "-",
+        "-",
+        "-",
+    ]
     assert _row(lines, "| LwF |")[7] == _cell(FINAL_SDR["lwf"]) == "2.47 ± 1.12 (3)"
 
     # configurations: the stopped one is listed with 0 of 1 runs complete, not ranked
@@ -253,7 +304,7 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
 
     # Pareto front on (sdr max, forgetting/sdr min): contavsep lambda 0.1 (best SDR) and LwF
     # (least forgetting); fine-tuning and lambda 0.5 are dominated by lambda 0.1
-    section = text[text.index("## Pareto front (sdr max, forgetting/sdr min)"):text.index("## All runs")]
+    section = text[text.index("## Pareto front (sdr max, forgetting/sdr min)") : text.index("## All runs")]
     front = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| configuration")]
     assert [line.split(" | ")[1] for line in front] == ["contavsep (mem 1)", "lwf (mem 0)"]
     assert front[0].endswith(f"| {_cell(cv)} | {_cell(FORGETTING['cv1'])} | strategy.lambda_ins=0.1 |")
@@ -263,14 +314,21 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     # the views: importance across strategies (strategy and memory size; no strategy searched two
     # keys, which the page says), the parallel coordinates and each strategy's best run's R matrix
     # (read back from results/R.json)
-    views = text[text.index("## Views of the search"):text.index("## All runs")]
+    views = text[text.index("## Views of the search") : text.index("## All runs")]
     importance = [line for line in views.splitlines() if line.startswith("  - all strategies")]
-    assert [line.split(":")[0] for line in importance] == ["  - all strategies, sdr", "  - all strategies, forgetting/sdr",
-                                                           "  - all strategies"]
-    assert importance[0].startswith("  - all strategies, sdr: strategy explains") and "memory.per_class" in importance[0]
+    assert [line.split(":")[0] for line in importance] == [
+        "  - all strategies, sdr",
+        "  - all strategies, forgetting/sdr",
+        "  - all strategies",
+    ]
+    assert (
+        importance[0].startswith("  - all strategies, sdr: strategy explains") and "memory.per_class" in importance[0]
+    )
     # every contavsep configuration has memory 1, the others 0: memory adds nothing the strategy does not say
-    assert importance[2] == ("  - all strategies: memory.per_class follows from strategy in these configurations (one"
-                             " memory.per_class per strategy): their shares are not separable")
+    assert importance[2] == (
+        "  - all strategies: memory.per_class follows from strategy in these configurations (one"
+        " memory.per_class per strategy): their shares are not separable"
+    )
     page = (tmp_path / "out" / "report.html").read_text()
     assert "contavsep: 1 searched key(s) vary (strategy.lambda_ins)" in page and "finetune: 0 searched key(s)" in page
     assert f"  - best final sdr: contavsep (mem 1) with strategy.lambda_ins=0.1 ({_text(cv)})" in views
@@ -278,8 +336,12 @@ def test_report_ranks_methods_with_intervals_and_paired_differences(logged_sweep
     assert [line for line in views.splitlines() if "task 1" in line] == [
         "  - finetune: task 1 6.00 dB after step 1, 3.00 dB after the last step (-3.00)",
         "  - lwf: task 1 1.50 dB after step 1, 1.80 dB after the last step (+0.30)",
-        "  - contavsep: task 1 6.00 dB after step 1, 7.00 dB after the last step (+1.00)"]
-    assert all(f'data-file="{name}"' in page for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png"))
+        "  - contavsep: task 1 6.00 dB after step 1, 7.00 dB after the last step (+1.00)",
+    ]
+    assert all(
+        f'data-file="{name}"' in page
+        for name in ("parallel_coordinates.png", "step_sdr.png", "pareto.png", "r_matrices.png")
+    )
     assert 'class="missing"' not in page and "t_cv1_s2 (contavsep (mem 1), sdr 6.00)" in page
 
     # every run, the duplicate marked as not counted
@@ -313,7 +375,10 @@ def test_report_command(logged_sweep, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "did you mean 'report-sweep'" in err and err.count("\n") == 1
 
-    assert cli.main(["report", "--sweep", SWEEP, "--tracking-uri", logged_sweep, "--metric", "sdrr", "--out", str(out)]) == 2
+    assert (
+        cli.main(["report", "--sweep", SWEEP, "--tracking-uri", logged_sweep, "--metric", "sdrr", "--out", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "logged 'sdrr' (did you mean 'sdr'?)" in err and err.count("\n") == 1
 
@@ -338,10 +403,20 @@ def test_report_command(logged_sweep, tmp_path, capsys, monkeypatch):
 
 
 def test_report_of_a_sweep_without_complete_trials(tmp_path):
-    stopped = TrialRecord(run_id="r1", name="t1", status="KILLED", params={"strategy.name": "ewc"}, metrics={"sdr": 3.0})
+    stopped = TrialRecord(
+        run_id="r1", name="t1", status="KILLED", params={"strategy.name": "ewc"}, metrics={"sdr": 3.0}
+    )
     for trials in ((), (stopped,)):
-        sweep = SweepRecord(name="empty", tracking_uri="http://127.0.0.1:1", experiment_id="1", parent_run_id="p",
-                            status="RUNNING", tags={}, trials=trials, space_text=SPACE_YAML)
+        sweep = SweepRecord(
+            name="empty",
+            tracking_uri="http://127.0.0.1:1",
+            experiment_id="1",
+            parent_run_id="p",
+            status="RUNNING",
+            tags={},
+            trials=trials,
+            space_text=SPACE_YAML,
+        )
         report = build_report(sweep, {"r1": [(0, 3.0)]}, tmp_path / str(len(trials)))
         assert [p.name for p in report.files] == ["report.md", "report.html"]  # nothing to plot
         assert report.markdown.count("Not drawn:") == 5  # every view says why it is missing
@@ -367,7 +442,10 @@ def test_repeat_labels_and_configuration_ids():
     assert comparison_name("final/sdr_old") == "sdr_old" and comparison_name("memory/clips") == "memory/clips"
     assert space_info("metric: sir\nmode: max\n").objectives == (("val/sir", "max"),)
     assert space_info("metric: sir\nselect_on: test\n").objectives == (("test/sir", "max"),)
-    assert comparison_name("final/val/forgetting_sdr") == "val/forgetting/sdr" and comparison_name("final/val/sdr") == "val/sdr"
+    assert (
+        comparison_name("final/val/forgetting_sdr") == "val/forgetting/sdr"
+        and comparison_name("final/val/sdr") == "val/sdr"
+    )
     assert space_info("objectives: [\n").problem.startswith("search_space.yaml is not valid YAML")
 
 

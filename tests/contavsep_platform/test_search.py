@@ -42,8 +42,13 @@ def _space(extra: str, strategies: str = LWF):
 def _final(sdr: float, forgetting: float = 1.0, steps: int = 4) -> dict:
     """A trial's last result: ``sdr`` / ``forgetting`` are its validation values; its test values
     (unprefixed) are different numbers, so a searcher that read them would be told other means."""
-    return {"val/sdr": sdr, "val/forgetting/sdr": forgetting, "sdr": -100.0 - sdr, "forgetting/sdr": 50.0 + forgetting,
-            "step": float(steps)}
+    return {
+        "val/sdr": sdr,
+        "val/forgetting/sdr": forgetting,
+        "sdr": -100.0 - sdr,
+        "forgetting/sdr": 50.0 + forgetting,
+        "step": float(steps),
+    }
 
 
 def test_a_grid_search_tells_optuna_its_last_configuration_without_stopping_the_study():
@@ -92,7 +97,11 @@ def test_every_configuration_runs_on_every_seed_and_class_order_and_optuna_gets_
         # the same configuration on seeds 0, 1 x the dataset's order and one shuffled order
         assert len({m["strategy.lambda_dist"] for m in members}) == 1
         assert sorted((m["train.seed"], m["data.shuffle_classes"], m["data.seed"]) for m in members) == [
-            (0, False, 0), (0, True, 1), (1, False, 0), (1, True, 1)]
+            (0, False, 0),
+            (0, True, 1),
+            (1, False, 0),
+            (1, True, 1),
+        ]
         assert sorted(m[REPEAT_KEY] for m in members) == ["s0-o0", "s0-o1", "s1-o0", "s1-o1"]
     # the repeat keys and bookkeeping keys are not part of what identifies the configuration
     cfg = space.trial_config(configs[0])
@@ -130,8 +139,9 @@ def test_a_failed_member_fails_the_group_and_save_restore_keeps_the_study(tmp_pa
 
 
 def test_a_strategy_with_nothing_to_search_runs_once_per_repeat_and_duplicates_share_its_result():
-    space = _space("num_samples: 6\nrepeats: {seeds: 2}\nsampler: {type: random, seed: 3}\n",
-                   strategies="strategies: [finetune]\n")
+    space = _space(
+        "num_samples: 6\nrepeats: {seeds: 2}\nsampler: {type: random, seed: 3}\n", strategies="strategies: [finetune]\n"
+    )
     searcher = GroupedOptunaSearch(space)
     configs = [searcher.suggest(f"t{i}") for i in range(2)]
     assert searcher.suggest("t2") == Searcher.FINISHED and searcher.exhausted
@@ -144,8 +154,10 @@ def test_a_strategy_with_nothing_to_search_runs_once_per_repeat_and_duplicates_s
 
 
 def test_a_resolved_configuration_runs_at_most_once_even_when_optuna_proposes_it_again():
-    space = _space("num_samples: 4\nsampler: {type: grid, seed: 0}\n",
-                   strategies="strategies:\n  lwf:\n    strategy.lambda_dist: {choice: [0.3, 1.0]}\n")
+    space = _space(
+        "num_samples: 4\nsampler: {type: grid, seed: 0}\n",
+        strategies="strategies:\n  lwf:\n    strategy.lambda_dist: {choice: [0.3, 1.0]}\n",
+    )
     searcher = GroupedOptunaSearch(space)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert configs[2] == Searcher.FINISHED  # the grid has 2 points; num_samples 4 does not run them twice
@@ -153,8 +165,10 @@ def test_a_resolved_configuration_runs_at_most_once_even_when_optuna_proposes_it
 
 
 def test_multi_objective_spaces_tell_optuna_one_mean_per_objective():
-    space = _space("num_samples: 1\nrepeats: {seeds: 2}\nobjectives:\n  - {metric: sdr, mode: max}\n"
-                   "  - {metric: forgetting/sdr, mode: min}\n")
+    space = _space(
+        "num_samples: 1\nrepeats: {seeds: 2}\nobjectives:\n  - {metric: sdr, mode: max}\n"
+        "  - {metric: forgetting/sdr, mode: min}\n"
+    )
     searcher = GroupedOptunaSearch(space)
     assert [d.name for d in searcher.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     searcher.suggest("a"), searcher.suggest("b")
@@ -169,7 +183,10 @@ def test_multi_objective_spaces_tell_optuna_one_mean_per_objective():
         ("scheduler: {type: asha, grace_period: 1}\n", "before any strategy has met an old class"),
         ("repeats: {seeds: 0}\n", "repeats need seeds >= 1"),
         ("repeats: {sedes: 2}\n", "did you mean 'seeds'"),
-        ("objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgeting/sdr, mode: min}\n", "did you mean 'forgetting/sdr'"),
+        (
+            "objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgeting/sdr, mode: min}\n",
+            "did you mean 'forgetting/sdr'",
+        ),
         ("metric: sdr\nobjectives:\n  - {metric: sdr}\n", "either metric/mode or objectives"),
     ],
 )
@@ -219,7 +236,9 @@ def test_the_sweeps_asha_prunes_on_the_validation_value():
     but trails it on validation (4.5 against 5 by hand), so B is stopped at the rung."""
     from contavsep_platform.sweep import make_scheduler
 
-    space = _space("num_samples: 2\nrepeats: {seeds: 2}\nscheduler: {type: asha, grace_period: 2, reduction_factor: 2}\n")
+    space = _space(
+        "num_samples: 2\nrepeats: {seeds: 2}\nscheduler: {type: asha, grace_period: 2, reduction_factor: 2}\n"
+    )
     asha = make_scheduler(space)
     result = lambda val, test: {"val/sdr": val, "sdr": test, "step": 2.0}  # noqa: E731
     a0, a1, b0, b1 = _trial("A", "s0"), _trial("A", "s1"), _trial("B", "s0"), _trial("B", "s1")
@@ -253,7 +272,9 @@ def test_t_interval_and_paired_difference_match_hand_computations():
 
 
 def _run(cid, repeat, strategy, memory, sdr, forgetting=1.0, complete=True, **params):
-    return RunRecord(f"{cid}-{repeat}", cid, repeat, strategy, memory, params, {"sdr": sdr, "forgetting/sdr": forgetting}, complete)
+    return RunRecord(
+        f"{cid}-{repeat}", cid, repeat, strategy, memory, params, {"sdr": sdr, "forgetting/sdr": forgetting}, complete
+    )
 
 
 def test_ranking_pairs_runs_by_repeat_and_says_when_a_lead_is_within_the_noise():
@@ -263,10 +284,15 @@ def test_ranking_pairs_runs_by_repeat_and_says_when_a_lead_is_within_the_noise()
         *[_run("ft1", f"s{i}", "finetune", 1, v, 2.0) for i, v in enumerate([4.0, 5.0, 4.5])],
         *[_run("cav-a", f"s{i}", "contavsep", 1, v, 1.0, strategy_lambda=0.3) for i, v in enumerate([5.0, 6.0, 5.4])],
         *[_run("cav-b", f"s{i}", "contavsep", 1, v, 1.0, strategy_lambda=1.0) for i, v in enumerate([3.0, 3.0, 3.0])],
-        _run("lwf", "s0", "lwf", 1, 9.0), _run("lwf", "s1", "lwf", 1, 9.0, complete=False),
+        _run("lwf", "s0", "lwf", 1, 9.0),
+        _run("lwf", "s1", "lwf", 1, 9.0, complete=False),
     ]
     comparison = compare(group_configurations(runs), "sdr", "max")
-    assert [r.configuration.method for r in comparison.rows] == ["contavsep (mem 1)", "finetune (mem 1)", "finetune (mem 0)"]
+    assert [r.configuration.method for r in comparison.rows] == [
+        "contavsep (mem 1)",
+        "finetune (mem 1)",
+        "finetune (mem 0)",
+    ]
     top = comparison.rows[0]
     assert top.configuration.config_id == "cav-a"  # the better of ContAV-Sep's two configurations
     # paired against fine-tuning with the same memory: differences 1.0, 1.0, 0.9
@@ -278,12 +304,20 @@ def test_ranking_pairs_runs_by_repeat_and_says_when_a_lead_is_within_the_noise()
     assert rows[0][2] == "3" and rows[0][3].startswith("5.47 ± ")
     assert "contavsep (mem 1) is ahead of the runner-up finetune (mem 1)" in summary_lines(comparison)[0]
     # a lead inside the noise is said to be so
-    noisy = compare(group_configurations([*runs[3:6], *[_run("x", f"s{i}", "lwf", 1, v) for i, v in enumerate([6.0, 3.0, 5.0])]]), "sdr", "max")
+    noisy = compare(
+        group_configurations([*runs[3:6], *[_run("x", f"s{i}", "lwf", 1, v) for i, v in enumerate([6.0, 3.0, 5.0])]]),
+        "sdr",
+        "max",
+    )
     assert "not distinguishable from" in summary_lines(noisy)[0]
 
 
 def test_pareto_front_keeps_the_configurations_no_other_beats_on_every_objective():
-    runs = [_run("a", "s0", "contavsep", 1, 5.0, 1.0), _run("b", "s0", "finetune", 1, 6.0, 3.0),
-            _run("c", "s0", "lwf", 1, 4.0, 2.0), _run("d", "s0", "finetune", 0, 4.0, 0.5)]
+    runs = [
+        _run("a", "s0", "contavsep", 1, 5.0, 1.0),
+        _run("b", "s0", "finetune", 1, 6.0, 3.0),
+        _run("c", "s0", "lwf", 1, 4.0, 2.0),
+        _run("d", "s0", "finetune", 0, 4.0, 0.5),
+    ]
     front = pareto_front(group_configurations(runs), [("sdr", "max"), ("forgetting/sdr", "min")])
     assert sorted(c.config_id for c in front) == ["a", "b", "d"]  # c is dominated by a

@@ -30,8 +30,18 @@ def _comparison():
     for i, (a, b) in enumerate(GRID):
         for seed in range(2):
             values = {"sdr": 10 * a + 0.01 * seed, "forgetting/sdr": 2 * b - 0.01 * seed}
-            runs.append(RunRecord(f"r{i}s{seed}", f"c{i}", f"s{seed}-o0", "lwf", 0,
-                                  {"strategy.lambda_dist": a, "strategy.temperature": b}, values, True))
+            runs.append(
+                RunRecord(
+                    f"r{i}s{seed}",
+                    f"c{i}",
+                    f"s{seed}-o0",
+                    "lwf",
+                    0,
+                    {"strategy.lambda_dist": a, "strategy.temperature": b},
+                    values,
+                    True,
+                )
+            )
     runs.append(RunRecord("ft", "ft", "s0-o0", "finetune", 0, {}, {"sdr": 1.0, "forgetting/sdr": 4.0}, True))
     return compare(group_configurations(runs), "sdr", "max", ("forgetting/sdr",))
 
@@ -45,10 +55,12 @@ def test_importance_names_the_key_each_objective_follows(tmp_path):
     _, keys, (sdr, forgetting) = panels[0]
     assert keys == ["strategy.lambda_dist", "strategy.temperature"]
     assert sdr["strategy.lambda_dist"] > 0.8 and forgetting["strategy.temperature"] > 0.8
-    assert missing == ["all strategies: 1 searched key(s) vary (strategy); importance needs at least 2 (one key"
-                       " explains all the variance by construction)",
-                       "finetune: 0 searched key(s) vary (none); importance needs at least 2 (one key explains all the"
-                       " variance by construction)"]
+    assert missing == [
+        "all strategies: 1 searched key(s) vary (strategy); importance needs at least 2 (one key"
+        " explains all the variance by construction)",
+        "finetune: 0 searched key(s) vary (none); importance needs at least 2 (one key explains all the"
+        " variance by construction)",
+    ]
     view = importance_view(_comparison(), OBJECTIVES, tmp_path)
     assert view.file is not None and matplotlib.image.imread(view.file).shape[0] > 200
     assert view.findings[0].startswith("lwf, sdr: strategy.lambda_dist explains")
@@ -56,16 +68,22 @@ def test_importance_names_the_key_each_objective_follows(tmp_path):
 
     parallel = parallel_coordinates_view(_comparison(), OBJECTIVES, tmp_path)
     assert parallel.file is not None
-    assert parallel.findings == ("best final sdr: lwf (mem 0) with strategy.lambda_dist=0.9, strategy.temperature=1 (9.00 ± 0.06)",)
+    assert parallel.findings == (
+        "best final sdr: lwf (mem 0) with strategy.lambda_dist=0.9, strategy.temperature=1 (9.00 ± 0.06)",
+    )
 
 
 def test_views_that_do_not_apply_say_why(tmp_path):
-    one = [RunRecord("r", "c", "s0-o0", "lwf", 0, {"strategy.lambda_dist": 0.5}, {"sdr": 1.0, "forgetting/sdr": 1.0}, True)]
+    one = [
+        RunRecord("r", "c", "s0-o0", "lwf", 0, {"strategy.lambda_dist": 0.5}, {"sdr": 1.0, "forgetting/sdr": 1.0}, True)
+    ]
     comparison = compare(group_configurations(one), "sdr", "max", ("forgetting/sdr",))
     assert importance_view(comparison, OBJECTIVES, tmp_path).file is None
     view = parallel_coordinates_view(comparison, OBJECTIVES, tmp_path)
-    assert view.file is None and view.caption == ("Not drawn: 1 complete configuration(s) and 0 searched key(s) that vary;"
-                                                  " the view needs at least 2 configurations and 1 key.")
+    assert view.file is None and view.caption == (
+        "Not drawn: 1 complete configuration(s) and 0 searched key(s) that vary;"
+        " the view needs at least 2 configurations and 1 key."
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -80,9 +98,21 @@ def rendered_images_state(page: Path) -> str:
     # --virtual-time-budget: Chromium fast-forwards its clock until the page is idle (the images
     # loaded, the load handler ran) and then dumps the DOM; no waiting on a wall-clock timer.
     out = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         f"--user-data-dir={page.parent / '.chromium'}", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            f"--user-data-dir={page.parent / '.chromium'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     found = re.search(r'<body[^>]*data-images="([^"]*)"', out.stdout)
@@ -91,17 +121,38 @@ def rendered_images_state(page: Path) -> str:
 
 
 @pytest.mark.server
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)"
+)
 def test_the_report_page_opens_in_a_browser_with_every_image_loaded(tmp_path):
     trials = []
     for i, (a, b) in enumerate(GRID[:4]):
         for seed in range(2):
             metrics = {"final/sdr": 10 * a + seed, "final/forgetting_sdr": 2 * b, "final/sir": 1.0, "final/sar": 1.0}
-            trials.append(TrialRecord(f"r{i}s{seed}", f"t{i}s{seed}", "FINISHED",
-                                      {"strategy.name": "lwf", "strategy.lambda_dist": str(a), "strategy.temperature": str(b),
-                                       "train.seed": str(seed)}, metrics))
-    sweep = SweepRecord("browser", "http://127.0.0.1:1", "1", "p", "FINISHED", {}, tuple(trials),
-                        "objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgetting/sdr, mode: min}\n")
+            trials.append(
+                TrialRecord(
+                    f"r{i}s{seed}",
+                    f"t{i}s{seed}",
+                    "FINISHED",
+                    {
+                        "strategy.name": "lwf",
+                        "strategy.lambda_dist": str(a),
+                        "strategy.temperature": str(b),
+                        "train.seed": str(seed),
+                    },
+                    metrics,
+                )
+            )
+    sweep = SweepRecord(
+        "browser",
+        "http://127.0.0.1:1",
+        "1",
+        "p",
+        "FINISHED",
+        {},
+        tuple(trials),
+        "objectives:\n  - {metric: sdr, mode: max}\n  - {metric: forgetting/sdr, mode: min}\n",
+    )
     histories = {t.run_id: [(0, 5.0), (1, t.metrics["final/sdr"])] for t in trials}
     r_doc = {"R": {"sdr": [[5.0, None], [4.0, 6.0]]}}
     report = build_report(sweep, histories, tmp_path / "out", r_document=lambda run_id: r_doc)
@@ -126,4 +177,6 @@ def test_a_key_nested_in_another_is_named_and_continuous_keys_are_not():
     # every value of a continuous key is seen once: no claim about nesting
     assert not _determines(lwf, "strategy.lambda_dist", "strategy.temperature")
     # one memory size per strategy: the strategy determines it, not the other way round
-    assert _determines(configs, "strategy", "memory.per_class") and not _determines(configs, "memory.per_class", "strategy")
+    assert _determines(configs, "strategy", "memory.per_class") and not _determines(
+        configs, "memory.per_class", "strategy"
+    )

@@ -105,9 +105,16 @@ def test_explicit_settings_win_over_the_running_services(services, platform_home
     assert local.s3.secret_key not in "".join(shared.values()) and local.s3.access_key not in "".join(shared.values())
     worker = resolve_endpoints(shared)
     assert (worker.s3.endpoint_url, worker.s3.access_key, worker.s3.secret_key, worker.s3.region) == (
-        local.s3.endpoint_url, local.s3.access_key, local.s3.secret_key, local.s3.region)
+        local.s3.endpoint_url,
+        local.s3.access_key,
+        local.s3.secret_key,
+        local.s3.region,
+    )
     assert (worker.storage_uri, worker.mlflow_tracking_uri, worker.state_dir) == (
-        local.storage_uri, local.mlflow_tracking_uri, local.state_dir)
+        local.storage_uri,
+        local.mlflow_tracking_uri,
+        local.state_dir,
+    )
 
 
 def test_service_env_names_where_the_keys_are_never_the_keys(tmp_path: Path) -> None:
@@ -125,7 +132,11 @@ def test_service_env_names_where_the_keys_are_never_the_keys(tmp_path: Path) -> 
     keys_file = Path(env["CONTAVSEP_S3_KEYS_FILE"])
     assert keys_file.parent == tmp_path and keys_file.stat().st_mode & 0o777 == 0o600
     worker = resolve_endpoints(env)
-    assert (worker.s3.endpoint_url, worker.s3.access_key, worker.s3.secret_key) == ("https://s3.example.org", "team-key", "team-secret-0123456789")
+    assert (worker.s3.endpoint_url, worker.s3.access_key, worker.s3.secret_key) == (
+        "https://s3.example.org",
+        "team-key",
+        "team-secret-0123456789",
+    )
     assert str(keys_file) in worker.s3.keys_from  # errors name where the keys came from
     keys_file.unlink()
     elsewhere = resolve_endpoints(env)
@@ -152,7 +163,9 @@ def test_unknown_command_and_misplaced_flags_are_one_line(capsys) -> None:
     assert "not a TCP port" in one_error_line(capsys)
 
 
-def test_port_in_use_is_one_clear_line_and_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_port_in_use_is_one_clear_line_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -176,8 +189,16 @@ def test_status_without_services_exits_3(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _record(pid: int, cmdline: list[str]) -> ServiceRecord:
-    return ServiceRecord(name="s3", pid=pid, cmdline=tuple(cmdline), url="http://127.0.0.1:1", ports={"s3": 1},
-                         log="/dev/null", started_at=time.time(), startup_s=0.1)
+    return ServiceRecord(
+        name="s3",
+        pid=pid,
+        cmdline=tuple(cmdline),
+        url="http://127.0.0.1:1",
+        ports={"s3": 1},
+        log="/dev/null",
+        started_at=time.time(),
+        startup_s=0.1,
+    )
 
 
 def test_down_checks_the_command_line_and_stops_the_whole_session(tmp_path: Path) -> None:
@@ -193,7 +214,9 @@ def test_down_checks_the_command_line_and_stops_the_whole_session(tmp_path: Path
         assert len(session_pids(tree.pid)) == 2
 
         # The pid now runs something else than recorded (a reused pid): nothing is signalled.
-        (home / STATE_FILE).write_text(json.dumps(ServicesState(services={"s3": _record(tree.pid, ["rclone", "serve", "s3"])}).to_json()))
+        (home / STATE_FILE).write_text(
+            json.dumps(ServicesState(services={"s3": _record(tree.pid, ["rclone", "serve", "s3"])}).to_json())
+        )
         assert local_services.down(home) == ["s3"]
         assert tree.poll() is None and len(session_pids(tree.pid)) == 2
         assert read_state(home).services == {}
@@ -240,7 +263,9 @@ def test_mlflow_rest_api_with_artifacts_proxied_to_s3(services) -> None:
     experiment = json.loads(rest(f"{api}/mlflow/experiments/create", {"name": name}))["experiment_id"]
     run = json.loads(rest(f"{api}/mlflow/runs/create", {"experiment_id": experiment}))["run"]["info"]["run_id"]
     for step, value in enumerate([1.5, 2.5]):
-        rest(f"{api}/mlflow/runs/log-metric", {"run_id": run, "key": "sdr", "value": value, "timestamp": 0, "step": step})
+        rest(
+            f"{api}/mlflow/runs/log-metric", {"run_id": run, "key": "sdr", "value": value, "timestamp": 0, "step": step}
+        )
     history = json.loads(rest(f"{api}/mlflow/metrics/get-history?run_id={run}&metric_key=sdr"))["metrics"]
     assert sorted((m["step"], m["value"]) for m in history) == [(0, 1.5), (1, 2.5)]
 
@@ -296,7 +321,10 @@ def test_ray_head_jobs_run_with_the_services_env(ray_head, services, capsys) -> 
     done = subprocess.run(
         [str(ray_cli), "job", "submit", "--address", ray_head.ray_dashboard_url, "--", "python", "-c", probe],
         # From a neutral folder: the job must find contavsep through the head's env, not the cwd.
-        capture_output=True, text=True, timeout=300, cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROBE"))
@@ -312,7 +340,11 @@ def test_ray_local_workers_find_the_services(ray_local, services) -> None:
         e = resolve_endpoints()
         return e.storage_uri, e.mlflow_tracking_uri, e.s3.endpoint_url
 
-    assert ray_local.get(view.remote(), timeout=120) == (services.storage_uri, services.mlflow_tracking_uri, services.s3.endpoint_url)
+    assert ray_local.get(view.remote(), timeout=120) == (
+        services.storage_uri,
+        services.mlflow_tracking_uri,
+        services.s3.endpoint_url,
+    )
 
 
 def test_cli_commands_find_the_local_services_without_flags(services, tmp_path):
@@ -325,8 +357,13 @@ def test_cli_commands_find_the_local_services_without_flags(services, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTAVSEP_S3_", "AWS_", "MLFLOW_"))}
     exe = str(Path(sys.executable).parent / "contavsep")
     uri = "s3://contavsep/datasets/cli-finds-services"
-    synth = subprocess.run([exe, "data", "synth", "--out", uri, "--classes", "2", "--clips-per-class", "1,0,1", "--seconds", "0.6"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    synth = subprocess.run(
+        [exe, "data", "synth", "--out", uri, "--classes", "2", "--clips-per-class", "1,0,1", "--seconds", "0.6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert synth.returncode == 0, synth.stderr
     info = subprocess.run([exe, "data", "info", uri], env=env, capture_output=True, text=True, timeout=300)
     assert info.returncode == 0 and "accordion" in info.stdout, info.stderr

@@ -28,8 +28,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def space_text(strategies: str, extra: str = "", base_extra: str = "") -> str:
     """A minimal valid space around ``strategies`` (a YAML block, indented 2)."""
-    return textwrap.dedent(
-        """\
+    return (
+        textwrap.dedent(
+            """\
         name: t
         base:
           preset: tiny
@@ -37,7 +38,12 @@ def space_text(strategies: str, extra: str = "", base_extra: str = "") -> str:
           data.num_steps: 2
           data.classes_per_step: 2
         """
-    ) + textwrap.indent(textwrap.dedent(base_extra), "  ") + "strategies:\n" + textwrap.indent(textwrap.dedent(strategies), "  ") + textwrap.dedent(extra)
+        )
+        + textwrap.indent(textwrap.dedent(base_extra), "  ")
+        + "strategies:\n"
+        + textwrap.indent(textwrap.dedent(strategies), "  ")
+        + textwrap.dedent(extra)
+    )
 
 
 def parse(strategies: str, extra: str = "", base_extra: str = "", **kwargs):
@@ -76,23 +82,39 @@ def test_shipped_spaces_validate_and_say_what_the_issue_asks():
     assert paper.factors == ("model.name",) and not paper.selects and paper.selection == "none"
     assert paper.repeats.seeds >= 3
     # every space reads validation unless it says otherwise; the tables publish test numbers
-    assert all(sp.metric == "val/sdr" and sp.metric_key == "val/sdr" and sp.publish_metric == "test/sdr" for sp in spaces.values())
+    assert all(
+        sp.metric == "val/sdr" and sp.metric_key == "val/sdr" and sp.publish_metric == "test/sdr"
+        for sp in spaces.values()
+    )
     assert not demo.selects and not spaces["memory_size"].selects  # each method once: no selection
 
     lambdas = spaces["contavsep_lambdas"]
     assert set(lambdas.strategies) == {"contavsep"}
     assert set(lambdas.strategies["contavsep"]) == {
-        "strategy.lambda_ins", "strategy.lambda_cls", "strategy.lambda_dist", "strategy.temperature", "memory.per_class"}
+        "strategy.lambda_ins",
+        "strategy.lambda_cls",
+        "strategy.lambda_dist",
+        "strategy.temperature",
+        "memory.per_class",
+    }
     # memory is fixed per method (more memory always helps SDR: TPE would drift to the largest)
     assert lambdas.strategies["contavsep"]["memory.per_class"].is_fixed
     # The paper's values are the first point to evaluate.
-    assert lambdas.points_to_evaluate[0] == {STRATEGY_KEY: "contavsep", "strategy.lambda_ins": 0.1, "strategy.lambda_cls": 0.3,
-                                             "strategy.lambda_dist": 0.3, "strategy.temperature": 0.05}
+    assert lambdas.points_to_evaluate[0] == {
+        STRATEGY_KEY: "contavsep",
+        "strategy.lambda_ins": 0.1,
+        "strategy.lambda_cls": 0.3,
+        "strategy.lambda_dist": 0.3,
+        "strategy.temperature": 0.05,
+    }
     assert lambdas.selects and lambdas.confirms and lambdas.confirm.seeds >= 3 and lambdas.select_on == "val"
     assert 0 < lambdas.resources.gpus < 1
 
     memory = spaces["memory_size"]
-    assert all(p["memory.per_class"].kind == "choice" and len(p["memory.per_class"].choices) >= 3 for p in memory.strategies.values())
+    assert all(
+        p["memory.per_class"].kind == "choice" and len(p["memory.per_class"].choices) >= 3
+        for p in memory.strategies.values()
+    )
 
 
 def test_missing_space_file_names_the_shipped_ones(tmp_path: Path):
@@ -148,9 +170,13 @@ def test_keys_that_must_be_equal_across_trials_are_not_searchable():
 
 def test_one_optuna_parameter_needs_one_kind_of_distribution():
     with pytest.raises(SpaceError, match="strategy.lambda_dist is searched as loguniform.*by lwf and as uniform"):
-        parse("lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 1]}\ncontavsep:\n  strategy.lambda_dist: {uniform: [0.1, 1]}\n")
+        parse(
+            "lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 1]}\ncontavsep:\n  strategy.lambda_dist: {uniform: [0.1, 1]}\n"
+        )
     # same kind, different ranges: fine
-    space = parse("lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 1]}\ncontavsep:\n  strategy.lambda_dist: {loguniform: [0.05, 3]}\n")
+    space = parse(
+        "lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 1]}\ncontavsep:\n  strategy.lambda_dist: {loguniform: [0.05, 3]}\n"
+    )
     assert space.strategies["contavsep"]["strategy.lambda_dist"].high == 3
 
 
@@ -233,7 +259,10 @@ def test_points_to_evaluate_complete_missing_keys_with_the_paper_defaults():
     with pytest.raises(SpaceError, match=r"strategy.lambda_dist = 0.3 \(default\) is outside loguniform\[0.5, 3.0\]"):
         parse("lwf:\n  strategy.lambda_dist: {loguniform: [0.5, 3.0]}\n", extra="points_to_evaluate: paper_defaults\n")
     with pytest.raises(SpaceError, match="'strategy.lambda_ins' is not searched by lwf"):
-        parse("lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n", extra="points_to_evaluate:\n  - {strategy.name: lwf, strategy.lambda_ins: 0.1}\n")
+        parse(
+            "lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n",
+            extra="points_to_evaluate:\n  - {strategy.name: lwf, strategy.lambda_ins: 0.1}\n",
+        )
     with pytest.raises(SpaceError, match="raise num_samples"):
         parse("lwf: {}\ncontavsep: {}\n", extra="num_samples: 1\npoints_to_evaluate: paper_defaults\n")
 
@@ -241,11 +270,19 @@ def test_points_to_evaluate_complete_missing_keys_with_the_paper_defaults():
 def test_set_overrides_fix_a_key_for_every_trial():
     space = parse(
         "lwf:\n  strategy.lambda_dist: {loguniform: [0.1, 3.0]}\ncontavsep:\n  strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n",
-        overrides={"strategy.lambda_dist": "0.7", "data.uri": "s3://bucket/datasets/music21", "train.iters_per_step": "5"},
+        overrides={
+            "strategy.lambda_dist": "0.7",
+            "data.uri": "s3://bucket/datasets/music21",
+            "train.iters_per_step": "5",
+        },
     )
     assert all("strategy.lambda_dist" not in p for p in space.strategies.values())
     cfg = space.trial_config({STRATEGY_KEY: "lwf"})
-    assert (cfg.strategy.params.lambda_dist, cfg.data.uri, cfg.train.iters_per_step) == (0.7, "s3://bucket/datasets/music21", 5)
+    assert (cfg.strategy.params.lambda_dist, cfg.data.uri, cfg.train.iters_per_step) == (
+        0.7,
+        "s3://bucket/datasets/music21",
+        5,
+    )
     with pytest.raises(SpaceError, match="strategies"):
         parse("lwf: {}\n", overrides={STRATEGY_KEY: "ewc"})
     with pytest.raises(SpaceError, match="did you mean 'train.iters_per_step'"):
@@ -287,7 +324,10 @@ def test_drivers_go_to_the_heads_driver_resource_when_the_cluster_offers_it():
     head = {"CPU": 32.0, "GPU": 8.0, DRIVER_RESOURCE: 3.0}  # cluster/*.yaml: the head has drivers, no CPU
     assert gpu_trial.driver_resources(head) == {"cpu": 0.0, DRIVER_RESOURCE: 0.1}
     assert gpu_trial.concurrent_trials(head) == 8  # GPUs limit; drivers (30) and CPUs (8) do not
-    assert Resources(workers=1, cpus=1, gpus=0, driver_cpus=0.5).concurrent_trials({"CPU": 32.0, DRIVER_RESOURCE: 3.0}) == 6
+    assert (
+        Resources(workers=1, cpus=1, gpus=0, driver_cpus=0.5).concurrent_trials({"CPU": 32.0, DRIVER_RESOURCE: 3.0})
+        == 6
+    )
     # a plain machine: the driver takes a fraction of a CPU, counted with the workers' CPUs
     cpu_trial = Resources(workers=1, cpus=0.9, gpus=0, driver_cpus=0.1)
     assert cpu_trial.driver_resources({"CPU": 2.0}) == {"cpu": 0.1}
@@ -316,12 +356,16 @@ def test_resume_ignores_speed_only_and_retired_keys_but_not_the_science():
     assert fingerprint_differences(before, fp("eval.val_metrics: all\n")) == []
     # a sweep recorded before each strategy declared its own keys holds the default strategy's
     # keys in its base (all of them, at their defaults): it resumes; a value the base set counts
-    legacy = {**stored, **{f"base.{k}": repr(v) for k, v in LEGACY_STRATEGY_DEFAULTS.items()},
-              "base.strategy.name": "'contavsep'"}
+    legacy = {
+        **stored,
+        **{f"base.{k}": repr(v) for k, v in LEGACY_STRATEGY_DEFAULTS.items()},
+        "base.strategy.name": "'contavsep'",
+    }
     assert "base.strategy.lambda_ewc" in legacy and "base.strategy.lambda_ewc" not in stored
     assert fingerprint_differences(legacy, fp()) == []
     assert fingerprint_differences({**legacy, "base.strategy.lambda_dist": "0.7"}, fp()) == [
-        "base.strategy.lambda_dist: 0.7 -> (not set)"]
+        "base.strategy.lambda_dist: 0.7 -> (not set)"
+    ]
     # a strategy key set in base is the base's (typed), for every strategy of the space
     ewc = parse_space(space_text("ewc: {}\n", base_extra="strategy.fisher_batches: '7'\n"), storage_uri=STORAGE)
     assert fingerprint(ewc)["base.strategy.fisher_batches"] == "7"

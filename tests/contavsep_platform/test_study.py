@@ -24,9 +24,11 @@ from contavsep_platform.study import (
     journal_uri,
 )
 
-SPACE = ('name: unit\nbase: {preset: tiny, data.uri: "file:///tmp/none", data.num_steps: 4, data.classes_per_step: 2}\n'
-         "strategies:\n  lwf:\n    strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n"
-         "num_samples: 4\nrepeats: {seeds: 2}\npoints_to_evaluate:\n  - {strategy.name: lwf, strategy.lambda_dist: 1.0}\n")
+SPACE = (
+    'name: unit\nbase: {preset: tiny, data.uri: "file:///tmp/none", data.num_steps: 4, data.classes_per_step: 2}\n'
+    "strategies:\n  lwf:\n    strategy.lambda_dist: {loguniform: [0.1, 3.0]}\n"
+    "num_samples: 4\nrepeats: {seeds: 2}\npoints_to_evaluate:\n  - {strategy.name: lwf, strategy.lambda_dist: 1.0}\n"
+)
 
 
 def _final(sdr: float, steps: int = 4) -> dict:
@@ -119,7 +121,9 @@ class _StopAfterFirstTrial(Callback):
 
 
 @pytest.mark.slow
-def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_run_holds_the_report(services, s3_dataset, tmp_path, capsys):
+def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_run_holds_the_report(
+    services, s3_dataset, tmp_path, capsys
+):
     """smoke.yaml, one trial at a time, on the local S3 and MLflow servers: stopped after its first
     trial, the study on S3 holds that trial; --resume adds the second to the same study, which
     optuna.load_study, `contavsep study` and optuna-dashboard's app open; the parent run holds
@@ -134,19 +138,29 @@ def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_r
     from contavsep_platform.spaces import load_space, shipped_spaces_dir
     from contavsep_platform.sweep import connect_ray, run_sweep
 
-    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset})
+    space = load_space(
+        shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset}
+    )
     space = replace(space, resources=replace(space.resources, max_concurrent=1))  # the second trial waits for the first
     env = service_env(services)
     started = connect_ray(None, env) if not ray.is_initialized() else False
     name = f"study-test-{int(time.time())}"
-    kwargs = dict(storage_uri=services.storage_uri, name=name, tracking_uri=services.mlflow_tracking_uri, s3=services.s3,
-                  env=env, verbose=0)
+    kwargs = dict(
+        storage_uri=services.storage_uri,
+        name=name,
+        tracking_uri=services.mlflow_tracking_uri,
+        s3=services.s3,
+        env=env,
+        verbose=0,
+    )
     try:
         stopped = run_sweep(space, callbacks=[_StopAfterFirstTrial()], **kwargs)
         assert stopped.interrupted and stopped.max_concurrent == 1
         first = fetch_journal(journal_uri(stopped.sweep_uri), tmp_path / "first", services.s3)
-        study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(first))))
+        study = optuna.load_study(
+            study_name=name,
+            storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(first))),
+        )
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         assert len(done) == 1 and done[0].params["strategy.name"] == "contavsep"  # the point to evaluate
 
@@ -161,8 +175,9 @@ def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_r
     printed = capsys.readouterr().out
     path = tmp_path / "cli" / JOURNAL_FILE
     assert f"open it with: optuna-dashboard {path}" in printed
-    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(path))))
+    study = optuna.load_study(
+        study_name=name, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    )
     complete = {t.user_attrs["configuration"]: t for t in study.trials if t.state == TrialState.COMPLETE}
     assert done[0].number in {t.number for t in complete.values()}  # the first session's trial, kept
     rows = {r.group: r for r in resumed.trials if r.status == "complete"}
@@ -178,8 +193,13 @@ def test_a_real_sweep_keeps_its_study_on_s3_resume_continues_it_and_the_parent_r
     # The parent run holds the report: the page and the views that apply.
     client = MlflowClient(services.mlflow_tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(resumed.parent_run_id, "report")}
-    assert {"report/report.html", "report/report.md", "report/parallel_coordinates.png", "report/r_matrices.png",
-            "report/step_sdr.png"} <= artifacts
+    assert {
+        "report/report.html",
+        "report/report.md",
+        "report/parallel_coordinates.png",
+        "report/r_matrices.png",
+        "report/step_sdr.png",
+    } <= artifacts
     page = client.download_artifacts(resumed.parent_run_id, "report/report.html", str(tmp_path / "page"))
     assert "Hyperparameter importance" in open(page).read()
 
@@ -207,7 +227,10 @@ def test_the_study_command_refuses_an_unknown_sweep_or_a_bad_name_in_one_line(tm
     monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
     for name in ("MLFLOW_TRACKING_URI", "CONTAVSEP_STORAGE", "CONTAVSEP_S3_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    for argv, message in ((["study", "nope"], "no Optuna study journal at file://"), (["study", "../x"], "is not valid")):
+    for argv, message in (
+        (["study", "nope"], "no Optuna study journal at file://"),
+        (["study", "../x"], "is not valid"),
+    ):
         assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
@@ -215,6 +238,8 @@ def test_the_study_command_refuses_an_unknown_sweep_or_a_bad_name_in_one_line(tm
 
     # a file-storage sweep's journal is used in place
     sweep = tmp_path / "home" / "storage" / "sweeps" / "local"
-    GroupedOptunaSearch(parse_space(SPACE, storage_uri="file:///tmp"), StudyJournal(journal_uri(f"file://{sweep}"), "local"))
+    GroupedOptunaSearch(
+        parse_space(SPACE, storage_uri="file:///tmp"), StudyJournal(journal_uri(f"file://{sweep}"), "local")
+    )
     assert cli.main(["study", "local", "--out", str(tmp_path / "out")]) == 0
     assert f"open it with: optuna-dashboard {sweep / JOURNAL_FILE}" in capsys.readouterr().out

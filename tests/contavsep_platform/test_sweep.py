@@ -54,8 +54,10 @@ def test_searcher_starts_from_the_points_to_evaluate_then_follows_the_space():
 
 
 def test_asha_judges_groups_from_the_second_step_and_lets_the_last_step_finish():
-    space = parse_space(SPACE + "scheduler: {type: asha, grace_period: 2, reduction_factor: 3}\nrepeats: {seeds: 2}\n",
-                        storage_uri="file:///tmp")
+    space = parse_space(
+        SPACE + "scheduler: {type: asha, grace_period: 2, reduction_factor: 3}\nrepeats: {seeds: 2}\n",
+        storage_uri="file:///tmp",
+    )
     asha = make_scheduler(space)
     assert isinstance(asha, GroupASHA) and (asha.rungs, asha.max_t, asha.group_size) == ([2], 3, 2)
     fifo = make_scheduler(replace(space, scheduler=replace(space.scheduler, type="fifo")))
@@ -68,13 +70,24 @@ def test_the_outcome_ranks_complete_configurations_over_their_repeats():
     def row(trial_id, strategy, status, sdr, lam, repeat):
         params = {STRATEGY_KEY: strategy, "strategy.lambda_dist": lam}
         # validation ranks the configurations as test does here (val = test + 1)
-        return TrialRow(trial_id, strategy, status, 3 if status == "complete" else 2, params,
-                        {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5, "val/sdr": sdr + 1},
-                        group=configuration_id(space, params), repeat=repeat)
+        return TrialRow(
+            trial_id,
+            strategy,
+            status,
+            3 if status == "complete" else 2,
+            params,
+            {"sdr": sdr, "sir": sdr + 1, "sar": sdr + 2, "forgetting/sdr": 1.5, "val/sdr": sdr + 1},
+            group=configuration_id(space, params),
+            repeat=repeat,
+        )
 
-    rows = [row("a", "lwf", "complete", 3.0, 0.2, "s0-o0"), row("b", "lwf", "complete", 5.0, 0.2, "s1-o0"),
-            row("c", "lwf", "stopped", 9.0, 0.4, "s0-o0"), row("d", "lwf", "complete", 9.0, 0.4, "s1-o0"),
-            row("e", "contavsep", "error", 8.0, 1.0, "s0-o0")]
+    rows = [
+        row("a", "lwf", "complete", 3.0, 0.2, "s0-o0"),
+        row("b", "lwf", "complete", 5.0, 0.2, "s1-o0"),
+        row("c", "lwf", "stopped", 9.0, 0.4, "s0-o0"),
+        row("d", "lwf", "complete", 9.0, 0.4, "s1-o0"),
+        row("e", "contavsep", "error", 8.0, 1.0, "s0-o0"),
+    ]
     comparison = comparison_of(rows, space)
     assert [r.configuration.method for r in comparison.rows] == ["lwf (mem 1)"]  # c/d and e are incomplete groups
     best = comparison.rows[0]
@@ -93,8 +106,18 @@ def cli_environment(tmp_path):
     import os
 
     saved = dict(os.environ)
-    for name in ("CONTAVSEP_STORAGE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CONTAVSEP_S3_ENDPOINT", "CONTAVSEP_S3_ACCESS_KEY",
-                 "CONTAVSEP_S3_SECRET_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for name in (
+        "CONTAVSEP_STORAGE",
+        "MLFLOW_TRACKING_URI",
+        "RAY_ADDRESS",
+        "CONTAVSEP_S3_ENDPOINT",
+        "CONTAVSEP_S3_ACCESS_KEY",
+        "CONTAVSEP_S3_SECRET_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
         os.environ.pop(name, None)
     os.environ["CONTAVSEP_HOME"] = str(tmp_path / "home")
     try:
@@ -136,7 +159,9 @@ def test_logical_gpus_half_a_gpu_per_trial_runs_four_trials_at_once():
         ray.shutdown()
     for attempt in range(3):  # Ray's raylet has a fixed 30 s to register; a loaded 2-core box can miss it
         try:
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False})
+            cluster = Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False}
+            )
             break
         except Exception as exc:  # noqa: BLE001 - "The current node timed out during startup"
             if attempt == 2 or "timed out during startup" not in str(exc):
@@ -201,12 +226,21 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
     from contavsep_platform.sweep import connect_ray, job_placement_groups, run_sweep
     from contavsep_platform.trial import trial_uri
 
-    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset})
+    space = load_space(
+        shipped_spaces_dir() / "smoke.yaml", storage_uri=services.storage_uri, overrides={"data.uri": s3_dataset}
+    )
     env = service_env(services)
     started = connect_ray(None, env) if not ray.is_initialized() else False
     try:
         name = f"sweep-test-{int(time.time())}"
-        kwargs = dict(storage_uri=services.storage_uri, name=name, tracking_uri=services.mlflow_tracking_uri, s3=services.s3, env=env, verbose=0)
+        kwargs = dict(
+            storage_uri=services.storage_uri,
+            name=name,
+            tracking_uri=services.mlflow_tracking_uri,
+            s3=services.s3,
+            env=env,
+            verbose=0,
+        )
         outcome = run_sweep(space, **kwargs)
         assert not outcome.interrupted and len(outcome.trials) == space.num_samples == 2
         assert {r.status for r in outcome.trials} <= {"complete", "stopped"}
@@ -218,14 +252,22 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
         parent = client.get_run(outcome.parent_run_id)
         assert parent.data.tags["contavsep.sweep"] == name and parent.info.status == "FINISHED"
         assert parent.data.tags["data_content_hash"]
-        children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
-        assert sorted(c.info.run_name for c in children) == sorted(f"{r.strategy}-mem1-{r.trial_id}" for r in outcome.trials)
+        children = client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'"
+        )
+        assert sorted(c.info.run_name for c in children) == sorted(
+            f"{r.strategy}-mem1-{r.trial_id}" for r in outcome.trials
+        )
         # the dataset as an MLflow input of the parent and every trial; MLflow's system metrics per trial
         digest = parent.data.tags["data_content_hash"][:12]
         for run in [parent, *children]:
-            assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("synth-sweep-test", digest)]
+            assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [
+                ("synth-sweep-test", digest)
+            ]
         assert all("system/cpu_utilization_percentage" in c.data.metrics for c in children)
-        assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+        assert (
+            client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+        )
 
         for row in outcome.trials:
             # Tune got one result per incremental step (progress of the trial's Tune folder)
@@ -233,7 +275,9 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
             # a checkpoint per completed step on S3, where the trial's Train run keeps them
             ckpts = storage.list_dir(trial_uri(services.storage_uri, name, row.trial_id), services.s3)
             assert [c for c in ckpts if c.startswith("step=")] == [f"step={k}" for k in range(row.steps)]
-            files = storage.list_dir(storage.join(trial_uri(services.storage_uri, name, row.trial_id), f"step={row.steps - 1}"), services.s3)
+            files = storage.list_dir(
+                storage.join(trial_uri(services.storage_uri, name, row.trial_id), f"step={row.steps - 1}"), services.s3
+            )
             assert "state.pt" in files and "config.yaml" in files
             # MLflow: per-step metric history with step=k, the sampled params, final artifacts
             child = next(c for c in children if c.data.tags["contavsep.trial"] == row.trial_id)
@@ -243,17 +287,26 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
             if row.status == "complete":
                 assert child.data.metrics["final/sdr"] == pytest.approx(row.metrics["sdr"], abs=1e-6)
                 artifacts = {a.path for a in client.list_artifacts(child.info.run_id)} | {
-                    a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+                    a.path for a in client.list_artifacts(child.info.run_id, "plots")
+                }
                 assert {"config.yaml", "plots/R_matrices.png", "plots/step_curves.png"} <= artifacts
 
         # The experiment (Tune state) is on S3 as well.
         assert any(n.startswith("tune-") for n in storage.list_dir(outcome.sweep_uri, services.s3))
 
         # Resume the finished sweep: Tune restores it and runs nothing again.
-        before = {r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3) for r in outcome.trials}
+        before = {
+            r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3)
+            for r in outcome.trials
+        }
         again = run_sweep(space, resume=True, **kwargs)
-        assert [(r.trial_id, r.status, r.steps) for r in again.trials] == [(r.trial_id, r.status, r.steps) for r in outcome.trials]
-        assert {r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3) for r in again.trials} == before
+        assert [(r.trial_id, r.status, r.steps) for r in again.trials] == [
+            (r.trial_id, r.status, r.steps) for r in outcome.trials
+        ]
+        assert {
+            r.trial_id: storage.list_dir(trial_uri(services.storage_uri, name, r.trial_id), services.s3)
+            for r in again.trials
+        } == before
         assert again.parent_run_id == outcome.parent_run_id
         assert job_placement_groups() == []
 
@@ -277,7 +330,11 @@ def test_two_train_workers_run_one_trial_with_ddp(tmp_path, synth_dataset_factor
     monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
     data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
     storage_uri = f"file://{tmp_path}/storage"
-    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=storage_uri, overrides={"data.uri": data, "train.iters_per_step": "2"})
+    space = load_space(
+        shipped_spaces_dir() / "smoke.yaml",
+        storage_uri=storage_uri,
+        overrides={"data.uri": data, "train.iters_per_step": "2"},
+    )
     space = replace(space, num_samples=1, resources=replace(space.resources, workers=2, cpus=0.45))
     started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
     try:
@@ -291,7 +348,9 @@ def test_two_train_workers_run_one_trial_with_ddp(tmp_path, synth_dataset_factor
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_it(tmp_path, synth_dataset_factory, monkeypatch):
+def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_it(
+    tmp_path, synth_dataset_factory, monkeypatch
+):
     """SIGTERM (what `ray job stop` sends) during a local sweep: Tune stops, no placement group of
     the sweep stays reserved (ray.util.placement_group_table), and --resume completes the trials
     from their step checkpoints."""
@@ -307,7 +366,11 @@ def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_
     monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
     data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
     storage_uri = f"file://{tmp_path}/storage"
-    space = load_space(shipped_spaces_dir() / "smoke.yaml", storage_uri=storage_uri, overrides={"data.uri": data, "train.iters_per_step": "30"})
+    space = load_space(
+        shipped_spaces_dir() / "smoke.yaml",
+        storage_uri=storage_uri,
+        overrides={"data.uri": data, "train.iters_per_step": "30"},
+    )
     sweep_dir = tmp_path / "storage" / "sweeps" / "stopped"
     started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
     running = threading.Event()
@@ -340,7 +403,9 @@ def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_
         assert sorted(r.trial_id for r in resumed.trials) == sorted(r.trial_id for r in outcome.trials)
         assert all(r.status in ("complete", "stopped") for r in resumed.trials)
         for row in resumed.trials:
-            checkpoints = [n for n in storage.list_dir(f"{storage_uri}/sweeps/stopped/{row.trial_id}") if n.startswith("step=")]
+            checkpoints = [
+                n for n in storage.list_dir(f"{storage_uri}/sweeps/stopped/{row.trial_id}") if n.startswith("step=")
+            ]
             assert checkpoints == [f"step={k}" for k in range(row.steps)]
         assert job_placement_groups() == []
     finally:
@@ -361,8 +426,17 @@ def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path,
     from contavsep_platform.trial import restored_result, tune_metrics
 
     data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
-    cfg = make_config("tiny", {"data.uri": data, "data.num_steps": 2, "data.classes_per_step": 2, "train.iters_per_step": 1,
-                               "train.batch_size": 2, "strategy.name": "finetune"})
+    cfg = make_config(
+        "tiny",
+        {
+            "data.uri": data,
+            "data.num_steps": 2,
+            "data.classes_per_step": 2,
+            "train.iters_per_step": 1,
+            "train.batch_size": 2,
+            "strategy.name": "finetune",
+        },
+    )
     reported = []
 
     class Keep:
@@ -374,14 +448,20 @@ def test_a_last_step_checkpoint_gives_back_the_result_tune_did_not_get(tmp_path,
     last = reported[-1]
     rebuilt = restored_result(load_checkpoint(tmp_path / f"step={last.step}"))
     assert (rebuilt.step, rebuilt.is_last) == (last.step, True) and rebuilt.summary == last.summary
-    scores = {k: v for k, v in last.metrics.items() if not k.startswith(("loss/", "time/", "throughput/", "memory/")) and k != "step"}
+    scores = {
+        k: v
+        for k, v in last.metrics.items()
+        if not k.startswith(("loss/", "time/", "throughput/", "memory/")) and k != "step"
+    }
     assert rebuilt.metrics == pytest.approx(scores)
     again = tune_metrics(rebuilt, 2, 0.0, 1.0)
     assert again["step"] == 2 and again["forgetting/sdr"] == pytest.approx(last.summary["forgetting"]["sdr"])
 
 
 @pytest.mark.slow
-def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp_path, synth_dataset_factory, monkeypatch):
+def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(
+    tmp_path, synth_dataset_factory, monkeypatch
+):
     """Repeats through real Ray trials: 3 distinct configurations (fine-tuning has nothing to
     search, LwF two λ values) x 2 seeds = 6 trials although num_samples asks for 5 configurations;
     ASHA judges group means at step 2 only; the ranking stands on complete groups of 2 runs."""
@@ -415,11 +495,14 @@ def test_a_real_sweep_runs_each_configuration_once_per_seed_and_ranks_groups(tmp
     for rows in groups.values():
         assert sorted(r.repeat for r in rows) == ["s0-o0", "s1-o0"]
         assert len({tuple(sorted(r.params.items())) for r in rows}) == 1  # the same configuration on both seeds
-        assert {r.status for r in rows} <= {"complete", "stopped"} and all(r.steps >= 2 for r in rows)  # never judged at step 1
+        assert {r.status for r in rows} <= {"complete", "stopped"} and all(
+            r.steps >= 2 for r in rows
+        )  # never judged at step 1
     for ranked in outcome.comparison.rows:
         assert ranked.estimates["sdr"].n == 2 and ranked.configuration.complete
-    assert {r.configuration.config_id for r in outcome.comparison.rows} == {g for g, rows in groups.items()
-                                                                           if all(r.status == "complete" for r in rows)}
+    assert {r.configuration.config_id for r in outcome.comparison.rows} == {
+        g for g, rows in groups.items() if all(r.status == "complete" for r in rows)
+    }
     # Shared first steps: fine-tuning and LwF train the same step 0 per seed, so the sweep keeps
     # one step-0 state per seed; trials that started after another of their seed had finished
     # loaded it (2 at a time: trials 3..6 start after some trial ended, so at least one did)

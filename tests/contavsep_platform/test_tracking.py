@@ -145,8 +145,16 @@ def make_step_results(num_steps: int = 2, seed: int = 0) -> list[StepResult]:
         metrics.update({"loss/main": 0.5 / (step + 1), "loss/total": 0.7 / (step + 1), "step": float(step)})
         n, sr = 2048, 11025
         refs = np.stack([_sine(440, n, sr), _sine(880, n, sr)]) / 2
-        examples = [Example(mixture=refs.sum(0), references=refs, estimates=refs * 0.8, class_names=("violin", "acoustic guitar"),
-                            sdr=(4.0, 3.5), sample_rate=sr)]
+        examples = [
+            Example(
+                mixture=refs.sum(0),
+                references=refs,
+                estimates=refs * 0.8,
+                class_names=("violin", "acoustic guitar"),
+                sdr=(4.0, 3.5),
+                sample_rate=sr,
+            )
+        ]
         out.append(StepResult(step, metrics, results.summary(step), examples, is_last=step + 1 == num_steps))
     return out
 
@@ -189,17 +197,27 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     parent = sweep.start(space, {"contavsep.data_hash": "abc123", "mlflow.source.git.commit": "deadbeef"})
     assert parent == sweep.parent_run_id and sweep.ui_url().endswith(f"/runs/{parent}?workflowType=machine_learning")
 
-    cfg = make_config("tiny", {"strategy.name": "contavsep", "strategy.lambda_ins": 0.25, "data.num_steps": 2,
-                               "data.classes_per_step": 2})
+    cfg = make_config(
+        "tiny",
+        {"strategy.name": "contavsep", "strategy.lambda_ins": 0.25, "data.num_steps": 2, "data.classes_per_step": 2},
+    )
     trial = TrialTracker(mlflow_uri, "track-test", parent, "trial_00000", flat(cfg))
     steps = make_step_results(2)
     for result in steps:
         trial.log_step(result)
     trial.log_final(steps[-1].summary, to_yaml(cfg))
     assert trial.pending == 0
-    ranking = [{"rank": 1, "method": "contavsep (mem 1)", "strategy": "contavsep", "memory": 1, "configuration": "c0ffee00",
-                "sdr": {"mean": 4.5, "ci95": [3.5, 5.5], "n": 3, "sd": 0.4},
-                "vs_finetune": {"other": "finetune (mem 1)", "mean": 1.0, "ci95": [0.2, 1.8], "n": 3, "verdict": "better"}}]
+    ranking = [
+        {
+            "rank": 1,
+            "method": "contavsep (mem 1)",
+            "strategy": "contavsep",
+            "memory": 1,
+            "configuration": "c0ffee00",
+            "sdr": {"mean": 4.5, "ci95": [3.5, 5.5], "n": 3, "sd": 0.4},
+            "vs_finetune": {"other": "finetune (mem 1)", "mean": 1.0, "ci95": [0.2, 1.8], "n": 3, "verdict": "better"},
+        }
+    ]
     sweep.finish(ranking, "# ranking\n", pareto_trials=["trial_00000"])
     assert "View run" not in capsys.readouterr().out  # MLflow's own link printing stays off the sweep's stdout
 
@@ -212,7 +230,9 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     assert [s for s, _ in history(client, trial.run_id, "task_sdr/1")] == [1]
     assert [s for s, _ in history(client, trial.run_id, "sdr_old")] == [1]
     assert [s for s, _ in history(client, trial.run_id, "loss/main")] == [0, 1]
-    assert history(client, trial.run_id, "forgetting/sdr") == [(1, pytest.approx(steps[1].summary["forgetting"]["sdr"]))]
+    assert history(client, trial.run_id, "forgetting/sdr") == [
+        (1, pytest.approx(steps[1].summary["forgetting"]["sdr"]))
+    ]
     assert client.get_metric_history(trial.run_id, "step") == []  # the x axis is not a metric
     # final metrics
     summary = steps[-1].summary
@@ -225,12 +245,21 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
     assert [s for s, _ in history(client, trial.run_id, "final/sdr")] == [1]
     # artifacts
     example_dir = "examples/0_violin+acoustic_guitar"
-    assert artifact_paths(client, trial.run_id) == sorted([
-        "config.yaml", "results/R.json", "results/summary.json", "plots/R_matrices.png", "plots/step_curves.png",
-        f"{example_dir}/mixture.wav", f"{example_dir}/spectrograms.png",
-        f"{example_dir}/0_violin_reference.wav", f"{example_dir}/0_violin_estimate.wav",
-        f"{example_dir}/1_acoustic_guitar_reference.wav", f"{example_dir}/1_acoustic_guitar_estimate.wav",
-    ])
+    assert artifact_paths(client, trial.run_id) == sorted(
+        [
+            "config.yaml",
+            "results/R.json",
+            "results/summary.json",
+            "plots/R_matrices.png",
+            "plots/step_curves.png",
+            f"{example_dir}/mixture.wav",
+            f"{example_dir}/spectrograms.png",
+            f"{example_dir}/0_violin_reference.wav",
+            f"{example_dir}/0_violin_estimate.wav",
+            f"{example_dir}/1_acoustic_guitar_reference.wav",
+            f"{example_dir}/1_acoustic_guitar_estimate.wav",
+        ]
+    )
     local = Path(client.download_artifacts(trial.run_id, "", str(tmp_path)))
     assert json.loads((local / "results" / "R.json").read_text())["R"] == summary["R"]
     assert yaml.safe_load((local / "config.yaml").read_text())["strategy"]["lambda_ins"] == 0.25
@@ -239,11 +268,17 @@ def test_sweep_and_trial_land_in_mlflow(mlflow_uri, tmp_path, capsys):
 
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED" and parent_run.info.run_name == "sweep-a"
-    assert parent_run.data.tags["contavsep.sweep"] == "sweep-a" and parent_run.data.tags["contavsep.data_hash"] == "abc123"
+    assert (
+        parent_run.data.tags["contavsep.sweep"] == "sweep-a" and parent_run.data.tags["contavsep.data_hash"] == "abc123"
+    )
     assert artifact_paths(client, parent) == ["ranking.json", "ranking.md", "search_space.yaml"]
     # the ranking's estimates as parent-run metrics; the Pareto configuration's child run is tagged
     pm = parent_run.data.metrics
-    assert (pm["summary/contavsep_mem1/sdr_mean"], pm["summary/contavsep_mem1/sdr_ci_low"], pm["summary/contavsep_mem1/sdr_n"]) == (4.5, 3.5, 3)
+    assert (
+        pm["summary/contavsep_mem1/sdr_mean"],
+        pm["summary/contavsep_mem1/sdr_ci_low"],
+        pm["summary/contavsep_mem1/sdr_n"],
+    ) == (4.5, 3.5, 3)
     assert client.get_run(trial.run_id).data.tags["contavsep.pareto"] == "true"
     space_back = Path(client.download_artifacts(parent, "search_space.yaml", str(tmp_path / "p")))
     assert space_back.read_text() == space
@@ -270,11 +305,14 @@ def test_restart_and_resume_continue_their_runs(mlflow_uri, caplog):
     restarted.log_final(steps[1].summary, "x: 1\n")
     again.finish([])
 
-    runs = client.search_runs([client.get_experiment_by_name("track-test").experiment_id],
-                              f"tags.`{PARENT_TAG}` = '{parent}'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("track-test").experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'"
+    )
     assert sorted(r.info.run_name for r in runs) == ["ewc-trial_2", "lwf-trial_1"]
-    assert history(client, first.run_id, "sdr") == [(0, pytest.approx(steps[0].metrics["sdr"])),
-                                                    (1, pytest.approx(steps[1].metrics["sdr"]))]
+    assert history(client, first.run_id, "sdr") == [
+        (0, pytest.approx(steps[0].metrics["sdr"])),
+        (1, pytest.approx(steps[1].metrics["sdr"])),
+    ]
     assert client.get_run(first.run_id).data.params["strategy.lambda_dist"] == "0.3"
     assert client.get_run(first.run_id).info.status == "FINISHED"
     # a trial still RUNNING when the sweep ends was stopped (here: never finished)
@@ -293,7 +331,9 @@ def test_outage_buffers_everything_and_sends_it_when_the_server_returns(mlflow_u
 
     # the server is unreachable from the start: the run cannot even be created yet
     started = time.monotonic()
-    trial = TrialTracker(gate.uri, "track-test", parent, "trial_outage", {"strategy.name": "finetune"}, http_timeout_s=2)
+    trial = TrialTracker(
+        gate.uri, "track-test", parent, "trial_outage", {"strategy.name": "finetune"}, http_timeout_s=2
+    )
     trial.log_step(steps[0])
     trial.log_step(steps[1])
     assert time.monotonic() - started < 10  # refused connections fail fast
@@ -327,8 +367,16 @@ def test_hung_server_costs_a_bounded_time_and_never_raises(mlflow_uri, gate, cap
     gate.hang()
     steps = make_step_results(2, seed=3)
     started = time.monotonic()
-    trial = TrialTracker(gate.uri, "track-test", None, "trial_hung", {"strategy.name": "ewc"},
-                         http_timeout_s=1, max_retries=0, flush_timeout_s=1.0)
+    trial = TrialTracker(
+        gate.uri,
+        "track-test",
+        None,
+        "trial_hung",
+        {"strategy.name": "ewc"},
+        http_timeout_s=1,
+        max_retries=0,
+        flush_timeout_s=1.0,
+    )
     trial.log_step(steps[0])
     trial.log_final(steps[1].summary, "x: 1\n")
     elapsed = time.monotonic() - started
@@ -405,8 +453,18 @@ def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_pat
     from contavsep.engine import run_sequence
 
     uri = synth_dataset_factory(classes=4, clips_per_class=(4, 2, 2), seconds=1.6, seed=11)
-    cfg = make_config("tiny", {"data.classes_per_step": 2, "data.num_steps": 2, "train.iters_per_step": 3,
-                               "train.batch_size": 4, "memory.per_class": 1, "strategy.name": "finetune", "data.uri": uri})
+    cfg = make_config(
+        "tiny",
+        {
+            "data.classes_per_step": 2,
+            "data.num_steps": 2,
+            "train.iters_per_step": 3,
+            "train.batch_size": 4,
+            "memory.per_class": 1,
+            "strategy.name": "finetune",
+            "data.uri": uri,
+        },
+    )
     trial = TrialTracker(mlflow_uri, "track-test", None, "trial_engine", flat(cfg))
 
     class Reporter:
@@ -426,7 +484,9 @@ def test_a_real_engine_run_is_tracked(mlflow_uri, synth_dataset_factory, tmp_pat
     assert sum(p.startswith("examples/") and p.endswith(".wav") for p in paths) == 2 * 5  # 2 examples x (mix + 2 x 2)
 
 
-def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(mlflow_uri, gate, caplog, tmp_path, monkeypatch, capsys):
+def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(
+    mlflow_uri, gate, caplog, tmp_path, monkeypatch, capsys
+):
     """MLflow goes away at the very end of a sweep for longer than the final flush waits: the
     parent's ranking, summary metrics and status and a trial's final results are written to the
     sweep's storage and sent by send_all_pending (what `--resume` and `report` call) once it is
@@ -440,11 +500,20 @@ def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(
     gate.open()
     sweep = SweepTracker(gate.uri, "track-test", "sweep-spooled", flush_timeout_s=1.0)
     parent = sweep.start("a: 1\n", {})
-    trial = TrialTracker(gate.uri, "track-test", parent, "trial_spooled", {"strategy.name": "finetune"}, flush_timeout_s=1.0,
-                         pending_uri=f"{sweep_uri}/trial_spooled/{PENDING_FILE}")
+    trial = TrialTracker(
+        gate.uri,
+        "track-test",
+        parent,
+        "trial_spooled",
+        {"strategy.name": "finetune"},
+        flush_timeout_s=1.0,
+        pending_uri=f"{sweep_uri}/trial_spooled/{PENDING_FILE}",
+    )
     for step in steps:
         trial.log_step(step)
-    ranking = [{"rank": 1, "strategy": "finetune", "memory": 0, "sdr": {"mean": 4.0, "ci95": [3.0, 5.0], "n": 2, "sd": 0.5}}]
+    ranking = [
+        {"rank": 1, "strategy": "finetune", "memory": 0, "sdr": {"mean": 4.0, "ci95": [3.0, 5.0], "n": 2, "sd": 0.5}}
+    ]
 
     caplog.set_level(logging.INFO)
     gate.close()  # the server is down for the final flush
@@ -461,12 +530,29 @@ def test_a_final_flush_that_outlasts_the_wait_is_kept_in_storage_and_sent_later(
     gate.open()
     # `contavsep report` sends them before reading the sweep back
     monkeypatch.setenv("CONTAVSEP_STORAGE", f"file://{tmp_path}")
-    assert cli.main(["report", "--sweep", "sweep-spooled", "--tracking-uri", gate.uri, "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "report",
+                "--sweep",
+                "sweep-spooled",
+                "--tracking-uri",
+                gate.uri,
+                "--out",
+                str(tmp_path / "report"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "sent 2 final flush(es) of sweep sweep-spooled" in capsys.readouterr().err
     assert send_all_pending(gate.uri, sweep_uri) == (0, 0)  # sent files are gone
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["summary/finetune_mem0/sdr_mean"] == 4.0 and run.data.metrics["summary/finetune_mem0/sdr_n"] == 2
+    assert (
+        run.data.metrics["summary/finetune_mem0/sdr_mean"] == 4.0
+        and run.data.metrics["summary/finetune_mem0/sdr_n"] == 2
+    )
     assert {"ranking.json", "ranking.md"} <= {a.path for a in client.list_artifacts(parent)}
     child = client.get_run(trial.run_id)
     assert child.info.status == "FINISHED" and "final/sdr" in child.data.metrics
@@ -485,10 +571,16 @@ def test_model_training_experiment_named_trials_dataset_lineage_and_system_metri
     client = MlflowClient(mlflow_uri)
     old = client.create_experiment("track-kind-old")  # made before this version, without a kind
     chosen = client.create_experiment("track-kind-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
-    manifest = {"content_hash": "c0ffee" * 10 + "abcd", "classes": ["a", "b", "c"], "totals": {"train": 12, "val": 3, "test": 6},
-                "audio": {"sample_rate": 11025},
-                "extractors": {"object": {"name": "synthetic-clip-prototype", "revision": "3"},
-                               "motion": {"name": "facebook/vjepa2", "revision": "main", "commit": "9a8b7c"}}}
+    manifest = {
+        "content_hash": "c0ffee" * 10 + "abcd",
+        "classes": ["a", "b", "c"],
+        "totals": {"train": 12, "val": 3, "test": 6},
+        "audio": {"sample_rate": 11025},
+        "extractors": {
+            "object": {"name": "synthetic-clip-prototype", "revision": "3"},
+            "motion": {"name": "facebook/vjepa2", "revision": "main", "commit": "9a8b7c"},
+        },
+    }
     dataset = dataset_input("s3://bucket/datasets/synth-default/", manifest)
 
     for name in ("track-kind-new", "track-kind-old", "track-kind-genai"):
@@ -501,12 +593,16 @@ def test_model_training_experiment_named_trials_dataset_lineage_and_system_metri
     sweep = SweepTracker(mlflow_uri, "track-kind-new", "sweep-lineage")
     parent = sweep.start("a: 1\n", {}, dataset)
     params = {"strategy.name": "contavsep", "memory.per_class": 2, "strategy.lambda_ins": 0.1}
-    trial = TrialTracker(mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0)
+    trial = TrialTracker(
+        mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0
+    )
     steps = make_step_results(2, seed=5)
     trial.log_step(steps[0])
     trial.close("FAILED")  # what a Train worker does when the step fails
     # the trial restarts (Train retry): the run is found by its trial tag, the dataset is not logged twice
-    again = TrialTracker(mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0)
+    again = TrialTracker(
+        mlflow_uri, "track-kind-new", parent, "41366ad1", params, dataset=dataset, system_metrics_interval_s=10.0
+    )
     assert again.run_id == trial.run_id
     again.log_step(steps[1])
     again.log_final(steps[1].summary, "x: 1\n")
@@ -524,20 +620,28 @@ def test_model_training_experiment_named_trials_dataset_lineage_and_system_metri
         assert (ds.name, ds.digest, ds.source_type) == ("synth-default", manifest["content_hash"][:12], "s3")
         assert json.loads(ds.source) == {"uri": "s3://bucket/datasets/synth-default"}
         assert json.loads(ds.profile)["content_hash"] == manifest["content_hash"]
-        assert tags == {"mlflow.data.context": "train", "contavsep.content_hash": manifest["content_hash"],
-                        "contavsep.extractor.object": "synthetic-clip-prototype@3", "contavsep.extractor.motion": "facebook/vjepa2@9a8b7c"}
+        assert tags == {
+            "mlflow.data.context": "train",
+            "contavsep.content_hash": manifest["content_hash"],
+            "contavsep.extractor.object": "synthetic-clip-prototype@3",
+            "contavsep.extractor.motion": "facebook/vjepa2@9a8b7c",
+        }
     # MLflow's own system metrics (names of its system-metrics tab): one point per attempt at least,
     # their steps (seconds since the run started) never going back
-    cpu = sorted(client.get_metric_history(again.run_id, "system/cpu_utilization_percentage"), key=lambda m: m.timestamp)
+    cpu = sorted(
+        client.get_metric_history(again.run_id, "system/cpu_utilization_percentage"), key=lambda m: m.timestamp
+    )
     assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu)
     assert [m.step for m in cpu] == sorted(m.step for m in cpu)
     assert {"system/system_memory_usage_megabytes", "system/disk_usage_percentage"} <= set(run.data.metrics)
 
     experiment = run.info.experiment_id
     runs_line, parent_line = sweep_link_lines(mlflow_uri, "sweep-lineage", parent)
-    assert runs_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs?workflowType=machine_learning"
-                              "&searchFilter=tags.%60contavsep.sweep%60%20%3D%20%27sweep-lineage%27"
-                              "&orderByKey=metrics.%60final%2Fsdr%60&orderByAsc=false")
+    assert runs_line.endswith(
+        f"{mlflow_uri}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60contavsep.sweep%60%20%3D%20%27sweep-lineage%27"
+        "&orderByKey=metrics.%60final%2Fsdr%60&orderByAsc=false"
+    )
     assert parent_line.endswith(f"{mlflow_uri}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning")
     assert sweep.link_lines() == [runs_line, parent_line]
     assert sweep_link_lines(None, "sweep-lineage", parent) == []

@@ -19,7 +19,17 @@ from contavsep.errors import ContavsepError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "contavsep.clips"
-REQUIRED_KEYS = ("format", "schema_version", "classes", "counts", "audio", "extractors", "parts", "content_hash", "feature_dims")
+REQUIRED_KEYS = (
+    "format",
+    "schema_version",
+    "classes",
+    "counts",
+    "audio",
+    "extractors",
+    "parts",
+    "content_hash",
+    "feature_dims",
+)
 
 
 class DatasetError(ContavsepError):
@@ -54,14 +64,17 @@ def read_manifest(uri: str, settings: storage.S3Settings | None = None) -> dict[
         try:
             listed = storage.list_dir(uri, settings)
         except NotADirectoryError:
-            raise DatasetError(f"no dataset at {uri}: that is a file; a dataset URI names the folder holding"
-                               f" {MANIFEST_NAME}") from None
+            raise DatasetError(
+                f"no dataset at {uri}: that is a file; a dataset URI names the folder holding {MANIFEST_NAME}"
+            ) from None
         if listed:
             raise DatasetError(
                 f"{uri} is an incomplete dataset: {manifest_uri} is missing (a write that did not finish);"
                 f" rebuild it (contavsep data synth --overwrite) or resume the ingestion"
             ) from None
-        raise DatasetError(f"no dataset at {uri}: {manifest_uri} does not exist; check the dataset URI (data.uri)") from None
+        raise DatasetError(
+            f"no dataset at {uri}: {manifest_uri} does not exist; check the dataset URI (data.uri)"
+        ) from None
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -76,12 +89,18 @@ def read_manifest(uri: str, settings: storage.S3Settings | None = None) -> dict[
         )
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing or manifest.get("format") != FORMAT_NAME:
-        what = f"lacks {', '.join(missing)}" if missing else f"has format {manifest.get('format')!r}, not {FORMAT_NAME!r}"
-        raise DatasetError(f"{manifest_uri} {what}; it was not written by contavsep's DatasetWriter: rebuild the dataset")
+        what = (
+            f"lacks {', '.join(missing)}" if missing else f"has format {manifest.get('format')!r}, not {FORMAT_NAME!r}"
+        )
+        raise DatasetError(
+            f"{manifest_uri} {what}; it was not written by contavsep's DatasetWriter: rebuild the dataset"
+        )
     unknown = sorted(set(manifest["counts"]) - set(SPLITS))
     if unknown:
         raise DatasetError(f"{manifest_uri} has unknown splits {unknown}; expected {list(SPLITS)}")
     expected = content_hash(manifest["classes"], manifest["parts"])
     if manifest["content_hash"] != expected:
-        raise DatasetError(f"{manifest_uri}: content_hash does not match its part list (edited by hand?); rebuild the dataset")
+        raise DatasetError(
+            f"{manifest_uri}: content_hash does not match its part list (edited by hand?); rebuild the dataset"
+        )
     return manifest

@@ -61,10 +61,14 @@ def _build_cache(uri: str, manifest: dict[str, Any], path: Path, settings: stora
                 part_uri = storage.join(uri, part["path"])
                 data = storage.read_bytes(part_uri, settings)
                 if hashlib.sha256(data).hexdigest() != part["sha256"]:
-                    raise DatasetError(f"{part_uri} does not match the SHA-256 in the manifest (changed after commit); rebuild the dataset")
+                    raise DatasetError(
+                        f"{part_uri} does not match the SHA-256 in the manifest (changed after commit); rebuild the dataset"
+                    )
                 table = pq.read_table(pa.BufferReader(data))
                 if not table.schema.equals(expected, check_metadata=False):
-                    raise DatasetError(f"{part_uri} does not have the schema its manifest declares; rebuild the dataset")
+                    raise DatasetError(
+                        f"{part_uri} does not have the schema its manifest declares; rebuild the dataset"
+                    )
                 for batch in table.to_batches(max_chunksize=CACHE_BATCH_ROWS):
                     writer.write_batch(batch.replace_schema_metadata(expected.metadata))
         # The conversion's buffers go back to the OS: the builder is a trial too, and should not
@@ -116,11 +120,14 @@ def check_part_sizes(uri: str, manifest: dict[str, Any], settings: storage.S3Set
     for part, info in zip(parts, infos):
         part_uri = storage.join(uri, part["path"])
         if info.type != pafs.FileType.File:
-            raise DatasetError(f"{part_uri} is missing (the manifest lists it): restore it, or rebuild the dataset"
-                               f" with --overwrite")
+            raise DatasetError(
+                f"{part_uri} is missing (the manifest lists it): restore it, or rebuild the dataset with --overwrite"
+            )
         if info.size != part["bytes"]:
-            raise DatasetError(f"{part_uri} is {info.size} bytes, its manifest records {part['bytes']} (changed or"
-                               f" damaged after commit): restore it, or rebuild the dataset with --overwrite")
+            raise DatasetError(
+                f"{part_uri} is {info.size} bytes, its manifest records {part['bytes']} (changed or"
+                f" damaged after commit): restore it, or rebuild the dataset with --overwrite"
+            )
 
 
 def _cache_intact(path: Path, manifest: dict[str, Any]) -> bool:
@@ -182,7 +189,9 @@ class ClipTable:
             self._objects.append(objects.values.values.to_numpy(zero_copy_only=True).reshape(-1, dims["object_dim"]))
             self._object_offsets.append(objects.offsets.to_numpy(zero_copy_only=True))
             self._motion.append(
-                motion.values.values.to_numpy(zero_copy_only=True).reshape(-1, dims["motion_tokens"], dims["motion_dim"])
+                motion.values.values.to_numpy(zero_copy_only=True).reshape(
+                    -1, dims["motion_tokens"], dims["motion_dim"]
+                )
             )
             clip_ids.extend(batch.column("clip_id").to_pylist())
             class_ids.append(batch.column("class_id").to_numpy())
@@ -191,7 +200,9 @@ class ClipTable:
             rates.append(batch.column("sample_rate").to_numpy())
         sizes = np.array([b.num_rows for b in batches], dtype=np.int64)
         self._batch_of = np.repeat(np.arange(len(batches), dtype=np.int32), sizes)
-        self._local = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if len(sizes) else np.zeros(0, np.int64)
+        self._local = (
+            np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if len(sizes) else np.zeros(0, np.int64)
+        )
         self._clip_ids = clip_ids
         self._class_ids = np.concatenate(class_ids).astype(np.int64) if class_ids else np.zeros(0, np.int64)
         self._splits = np.array(splits, dtype=object)

@@ -51,7 +51,11 @@ _PART_RE = re.compile(r"^part-(\d{5})\.parquet$")
 def _check_extractors(extractors: dict) -> None:
     for kind in ("object", "motion"):
         entry = extractors.get(kind) if isinstance(extractors, dict) else None
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("pretrained"), bool):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("pretrained"), bool)
+        ):
             raise DatasetError(
                 f"extractors['{kind}'] must be a dict with 'name' (str) and 'pretrained' (bool), e.g."
                 f" {{'name': 'openai/clip-vit-base-patch32', 'revision': '...', 'pretrained': True}}; got {entry!r}"
@@ -150,14 +154,19 @@ class DatasetWriter:
                 with storage.open_input_file(storage.join(self.uri, rel), self.settings) as f:
                     parquet = pq.ParquetFile(f)
                     schema = parquet.schema_arrow
-                    if schema.metadata is None or schema.metadata.get(VERSION_KEY) != str(SCHEMA_VERSION).encode() \
-                            or feature_dims(schema) != feature_dims(self.schema):
+                    if (
+                        schema.metadata is None
+                        or schema.metadata.get(VERSION_KEY) != str(SCHEMA_VERSION).encode()
+                        or feature_dims(schema) != feature_dims(self.schema)
+                    ):
                         raise DatasetError(
                             f"cannot resume: {storage.join(self.uri, rel)} has another schema version or feature sizes;"
                             f" start over with resume=False"
                         )
                     cols = parquet.read(columns=["clip_id", "class_name", "class_id", "split"]).to_pydict()
-                for clip_id, name_, cid, sp in zip(cols["clip_id"], cols["class_name"], cols["class_id"], cols["split"]):
+                for clip_id, name_, cid, sp in zip(
+                    cols["clip_id"], cols["class_name"], cols["class_id"], cols["split"]
+                ):
                     if self._class_index.get(name_) != cid or sp != split:
                         raise DatasetError(
                             f"cannot resume: {storage.join(self.uri, rel)} was written with another class list or split"
@@ -187,13 +196,21 @@ class DatasetWriter:
         if r.split not in SPLITS:
             raise bad(f"split must be one of {list(SPLITS)}, got {r.split!r}")
         if r.sample_rate != self.audio["sample_rate"]:
-            raise bad(f"sample_rate {r.sample_rate} differs from the dataset's {self.audio['sample_rate']} Hz; resample first")
+            raise bad(
+                f"sample_rate {r.sample_rate} differs from the dataset's {self.audio['sample_rate']} Hz; resample first"
+            )
         a = r.audio
         if not isinstance(a, np.ndarray) or a.dtype != np.int16 or a.ndim != 1 or a.size == 0:
             raise bad(f"audio must be a non-empty 1-D int16 array, got {_describe(a)}")
         obj_dim, m_tokens, m_dim = feature_dims(self.schema)
         o = r.object_features
-        if not isinstance(o, np.ndarray) or o.dtype != np.float32 or o.ndim != 2 or o.shape[0] < 1 or o.shape[1] != obj_dim:
+        if (
+            not isinstance(o, np.ndarray)
+            or o.dtype != np.float32
+            or o.ndim != 2
+            or o.shape[0] < 1
+            or o.shape[1] != obj_dim
+        ):
             raise bad(f"object_features must be float32 (n_frames >= 1, {obj_dim}), got {_describe(o)}")
         m = r.motion_features
         if not isinstance(m, np.ndarray) or m.dtype != np.float32 or m.shape != (m_tokens, m_dim):
@@ -220,7 +237,9 @@ class DatasetWriter:
         obj_dim, m_tokens, m_dim = feature_dims(self.schema)
         audio_len = np.array([r.audio.size for r in records], dtype=np.int64)
         if audio_len.sum() >= 2**31:
-            raise DatasetError(f"one part would hold more than 2**31 audio samples; lower part_rows (now {self.part_rows})")
+            raise DatasetError(
+                f"one part would hold more than 2**31 audio samples; lower part_rows (now {self.part_rows})"
+            )
         frames = np.array([r.object_features.shape[0] for r in records], dtype=np.int64)
         audio = pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(audio_len)]).astype(np.int32)),
@@ -228,10 +247,14 @@ class DatasetWriter:
         )
         objects = pa.ListArray.from_arrays(
             pa.array(np.concatenate([[0], np.cumsum(frames)]).astype(np.int32)),
-            pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([r.object_features.reshape(-1) for r in records])), obj_dim),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([r.object_features.reshape(-1) for r in records])), obj_dim
+            ),
         )
         motion = pa.FixedSizeListArray.from_arrays(
-            pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate([r.motion_features.reshape(-1) for r in records])), m_dim),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([r.motion_features.reshape(-1) for r in records])), m_dim
+            ),
             m_tokens,
         )
         columns = [
@@ -256,8 +279,15 @@ class DatasetWriter:
         data = sink.getvalue()
         rel = part_name(split, self._next_part[split])
         storage.write_bytes_atomic(storage.join(self.uri, rel), data, self.settings)
-        self._parts.append({"path": rel, "split": split, "rows": len(records), "bytes": data.size,
-                            "sha256": hashlib.sha256(memoryview(data)).hexdigest()})
+        self._parts.append(
+            {
+                "path": rel,
+                "split": split,
+                "rows": len(records),
+                "bytes": data.size,
+                "sha256": hashlib.sha256(memoryview(data)).hexdigest(),
+            }
+        )
         for r in records:
             self._counts[split][r.class_name] += 1
         self._next_part[split] += 1
@@ -276,8 +306,15 @@ class DatasetWriter:
         for rel in self._resumed_parts:
             data = storage.read_bytes(storage.join(self.uri, rel), self.settings)
             rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-            self._parts.append({"path": rel, "split": rel.split("/")[0].removeprefix("split="), "rows": rows,
-                                "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            self._parts.append(
+                {
+                    "path": rel,
+                    "split": rel.split("/")[0].removeprefix("split="),
+                    "rows": rows,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
         self._resumed_parts = []
         if not self._parts:
             raise DatasetError(f"nothing to commit at {self.uri}: no clips were added")
@@ -311,7 +348,9 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             if not self._done:
                 self.commit()

@@ -107,7 +107,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError as exc:
         raise ExtractorLoadError(f"'{device}' is not a device; use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ExtractorLoadError(f"device '{device}' is not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu")
+        raise ExtractorLoadError(
+            f"device '{device}' is not available here ({torch.cuda.device_count()} CUDA device(s)); use auto or cpu"
+        )
     return dev
 
 
@@ -179,8 +181,15 @@ TextTokenizer = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 class OpenVocabularyDetector:
     """OWLv2 top box per frame for a text query per frame."""
 
-    def __init__(self, model: PreTrainedModel, tokenize: TextTokenizer, norm: ImageNorm, spec: ExtractorSpec,
-                 device: torch.device, batch_size: int = 16):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenize: TextTokenizer,
+        norm: ImageNorm,
+        spec: ExtractorSpec,
+        device: torch.device,
+        batch_size: int = 16,
+    ):
         self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.tokenize = tokenize
         self.norm = norm
@@ -235,8 +244,9 @@ class OpenVocabularyDetector:
         return list(zip(boxes, scores))
 
 
-def crop_boxes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float,
-               min_side: int = 2) -> tuple[list[np.ndarray], np.ndarray]:
+def crop_boxes(
+    frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float, min_side: int = 2
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Crops of the detected boxes; the whole frame where the score is below ``threshold`` or the
     box is degenerate (thinner than ``min_side`` pixels after clipping to the frame).
 
@@ -260,8 +270,9 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, thresh
 class ImageEncoder:
     """CLIP image embeddings (``image_embeds``) of crops of any size."""
 
-    def __init__(self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
-                 batch_size: int = 64):
+    def __init__(
+        self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device, batch_size: int = 64
+    ):
         self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.norm = norm
         self.spec = spec
@@ -274,8 +285,14 @@ class ImageEncoder:
         out = np.zeros((len(crops), OBJECT_DIM), np.float32)
         for start in range(0, len(crops), self.batch_size):
             batch = [
-                centre_crop_resize(torch.from_numpy(np.ascontiguousarray(c)).to(self.device).unsqueeze(0),
-                                   self.norm.shortest_edge, self.norm.size, "bicubic", self.norm.mean, self.norm.std)
+                centre_crop_resize(
+                    torch.from_numpy(np.ascontiguousarray(c)).to(self.device).unsqueeze(0),
+                    self.norm.shortest_edge,
+                    self.norm.size,
+                    "bicubic",
+                    self.norm.mean,
+                    self.norm.std,
+                )
                 for c in crops[start : start + self.batch_size]
             ]
             embeds = self.model(pixel_values=torch.cat(batch)).image_embeds
@@ -286,8 +303,9 @@ class ImageEncoder:
 class MotionEncoder:
     """VideoMAE last hidden state, spatially max-pooled per temporal position."""
 
-    def __init__(self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device,
-                 batch_size: int = 4):
+    def __init__(
+        self, model: PreTrainedModel, norm: ImageNorm, spec: ExtractorSpec, device: torch.device, batch_size: int = 4
+    ):
         self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
         self.norm = norm
         self.spec = spec
@@ -308,8 +326,14 @@ class MotionEncoder:
             for frames in clips[start : start + self.batch_size]:
                 if len(frames) != self.num_frames:
                     raise ValueError(f"the motion encoder reads {self.num_frames} frames per clip, got {len(frames)}")
-                images = centre_crop_resize(torch.from_numpy(frames).to(self.device), self.norm.shortest_edge,
-                                            self.norm.size, "bilinear", self.norm.mean, self.norm.std)
+                images = centre_crop_resize(
+                    torch.from_numpy(frames).to(self.device),
+                    self.norm.shortest_edge,
+                    self.norm.size,
+                    "bilinear",
+                    self.norm.mean,
+                    self.norm.std,
+                )
                 batch.append(images)  # (T, 3, S, S)
             hidden = self.model(pixel_values=torch.stack(batch)).last_hidden_state  # (B, T' * h * w, D)
             # Tokens are ordered time-major (Conv3d patch embedding, flattened over T', h, w).
@@ -351,12 +375,35 @@ class FeatureExtractors:
         self.image_encoder.model.save_pretrained(paths["image"])
         self.motion_encoder.model.save_pretrained(paths["motion"])
         processors: dict[str, tuple[str, ImageNorm, dict[str, Any]]] = {
-            "detector": ("Owlv2ImageProcessor", self.detector.norm, {"size": {"height": self.detector.norm.size, "width": self.detector.norm.size}, "do_pad": True}),
-            "image": ("CLIPImageProcessor", self.image_encoder.norm, {"size": {"shortest_edge": self.image_encoder.norm.shortest_edge}, "crop_size": {"height": self.image_encoder.norm.size, "width": self.image_encoder.norm.size}}),
-            "motion": ("VideoMAEImageProcessor", self.motion_encoder.norm, {"size": {"shortest_edge": self.motion_encoder.norm.shortest_edge}, "crop_size": {"height": self.motion_encoder.norm.size, "width": self.motion_encoder.norm.size}}),
+            "detector": (
+                "Owlv2ImageProcessor",
+                self.detector.norm,
+                {"size": {"height": self.detector.norm.size, "width": self.detector.norm.size}, "do_pad": True},
+            ),
+            "image": (
+                "CLIPImageProcessor",
+                self.image_encoder.norm,
+                {
+                    "size": {"shortest_edge": self.image_encoder.norm.shortest_edge},
+                    "crop_size": {"height": self.image_encoder.norm.size, "width": self.image_encoder.norm.size},
+                },
+            ),
+            "motion": (
+                "VideoMAEImageProcessor",
+                self.motion_encoder.norm,
+                {
+                    "size": {"shortest_edge": self.motion_encoder.norm.shortest_edge},
+                    "crop_size": {"height": self.motion_encoder.norm.size, "width": self.motion_encoder.norm.size},
+                },
+            ),
         }
         for role, (cls_name, norm, sizes) in processors.items():
-            config = {"image_processor_type": cls_name, "image_mean": list(norm.mean), "image_std": list(norm.std), **sizes}
+            config = {
+                "image_processor_type": cls_name,
+                "image_mean": list(norm.mean),
+                "image_std": list(norm.std),
+                **sizes,
+            }
             (paths[role] / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
         return paths
 
@@ -373,7 +420,9 @@ class HFQueryTokenizer:
         self.max_length = max_length
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return enc["input_ids"], enc["attention_mask"]
 
 
@@ -389,10 +438,13 @@ def byte_level_tokenizer(model_max_length: int) -> Any:
     vocab["<bos>"], vocab["<eos>"] = 257, 258
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 257), ("<eos>", 258)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 257), ("<eos>", 258)]
+    )
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                   model_max_length=model_max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", model_max_length=model_max_length
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,8 +459,9 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_random_tiny_extractors(device: str | torch.device = "auto", seed: int = 0,
-                                 batch_frames: int = 16, batch_clips: int = 4) -> FeatureExtractors:
+def build_random_tiny_extractors(
+    device: str | torch.device = "auto", seed: int = 0, batch_frames: int = 16, batch_clips: int = 4
+) -> FeatureExtractors:
     """The real OWLv2 / CLIP / VideoMAE classes from tiny configs with seeded random weights.
 
     Output sizes match the schema (512-d object features, 8 x 768 motion features); inputs are
@@ -428,40 +481,98 @@ def build_random_tiny_extractors(device: str | torch.device = "auto", seed: int 
     text_positions = 48  # "a photo of a acoustic guitar" is 28 bytes + BOS/EOS
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        owl = Owlv2ForObjectDetection(Owlv2Config(
-            text_config={"vocab_size": 259, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "max_position_embeddings": text_positions,
-                         "pad_token_id": 0, "bos_token_id": 257, "eos_token_id": 258},
-            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                           "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
-            projection_dim=32,
-        ))
-        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            image_size=32, patch_size=16, projection_dim=OBJECT_DIM,
-        ))
-        videomae = VideoMAEModel(VideoMAEConfig(
-            hidden_size=MOTION_DIM, intermediate_size=MOTION_DIM, num_hidden_layers=1, num_attention_heads=12,
-            image_size=32, patch_size=16, num_frames=MOTION_FRAMES, tubelet_size=2,
-        ))
+        owl = Owlv2ForObjectDetection(
+            Owlv2Config(
+                text_config={
+                    "vocab_size": 259,
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "max_position_embeddings": text_positions,
+                    "pad_token_id": 0,
+                    "bos_token_id": 257,
+                    "eos_token_id": 258,
+                },
+                vision_config={
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "image_size": 64,
+                    "patch_size": 16,
+                },
+                projection_dim=32,
+            )
+        )
+        clip = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=16,
+                projection_dim=OBJECT_DIM,
+            )
+        )
+        videomae = VideoMAEModel(
+            VideoMAEConfig(
+                hidden_size=MOTION_DIM,
+                intermediate_size=MOTION_DIM,
+                num_hidden_layers=1,
+                num_attention_heads=12,
+                image_size=32,
+                patch_size=16,
+                num_frames=MOTION_FRAMES,
+                tubelet_size=2,
+            )
+        )
 
     def spec(role: str, family: str, model: torch.nn.Module, **details: Any) -> ExtractorSpec:
-        return ExtractorSpec(role=role, name=f"random-tiny/{family}", revision=f"seed={seed}", commit=None,
-                             pretrained=False, model_class=type(model).__name__,
-                             details={"weights_sha256_16": _weights_digest(model), **details})
+        return ExtractorSpec(
+            role=role,
+            name=f"random-tiny/{family}",
+            revision=f"seed={seed}",
+            commit=None,
+            pretrained=False,
+            model_class=type(model).__name__,
+            details={"weights_sha256_16": _weights_digest(model), **details},
+        )
 
     tokenizer = HFQueryTokenizer(byte_level_tokenizer(text_positions), text_positions)
     return FeatureExtractors(
-        detector=OpenVocabularyDetector(owl, tokenizer, ImageNorm(CLIP_MEAN, CLIP_STD, 64, 64),
-                                        spec("detector", "owlv2", owl, input_size=64, tokenizer="byte-level"),
-                                        dev, batch_frames),
-        image_encoder=ImageEncoder(clip, ImageNorm(CLIP_MEAN, CLIP_STD, 32, 32),
-                                   spec("image", "clip-vision", clip, input_size=32, output_dim=OBJECT_DIM),
-                                   dev, max(batch_frames, 16)),
-        motion_encoder=MotionEncoder(videomae, ImageNorm(IMAGENET_MEAN, IMAGENET_STD, 32, 32),
-                                     spec("motion", "videomae", videomae, input_size=32, frames=MOTION_FRAMES,
-                                          tokens=MOTION_TOKENS, dim=MOTION_DIM, pooling="spatial max of last_hidden_state"),
-                                     dev, batch_clips),
+        detector=OpenVocabularyDetector(
+            owl,
+            tokenizer,
+            ImageNorm(CLIP_MEAN, CLIP_STD, 64, 64),
+            spec("detector", "owlv2", owl, input_size=64, tokenizer="byte-level"),
+            dev,
+            batch_frames,
+        ),
+        image_encoder=ImageEncoder(
+            clip,
+            ImageNorm(CLIP_MEAN, CLIP_STD, 32, 32),
+            spec("image", "clip-vision", clip, input_size=32, output_dim=OBJECT_DIM),
+            dev,
+            max(batch_frames, 16),
+        ),
+        motion_encoder=MotionEncoder(
+            videomae,
+            ImageNorm(IMAGENET_MEAN, IMAGENET_STD, 32, 32),
+            spec(
+                "motion",
+                "videomae",
+                videomae,
+                input_size=32,
+                frames=MOTION_FRAMES,
+                tokens=MOTION_TOKENS,
+                dim=MOTION_DIM,
+                pooling="spatial max of last_hidden_state",
+            ),
+            dev,
+            batch_clips,
+        ),
         kind="random-tiny",
     )
 
@@ -505,9 +616,14 @@ def hub_reachable(timeout_s: float = 5.0) -> bool:
     return True
 
 
-def _missing_weights(role: str, model_id: str, local_files_only: bool, exc: BaseException,
-                     hub_down: bool = False) -> ExtractorLoadError:
-    where = "in the local Hugging Face cache" if local_files_only else "locally, and the Hugging Face Hub could not be reached"
+def _missing_weights(
+    role: str, model_id: str, local_files_only: bool, exc: BaseException, hub_down: bool = False
+) -> ExtractorLoadError:
+    where = (
+        "in the local Hugging Face cache"
+        if local_files_only
+        else "locally, and the Hugging Face Hub could not be reached"
+    )
     if hub_down:
         where = f"in the local Hugging Face cache, and the Hugging Face Hub ({hub_endpoint()}) cannot be reached"
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
@@ -519,13 +635,20 @@ def _missing_weights(role: str, model_id: str, local_files_only: bool, exc: Base
     )
 
 
-def _resolve(model_id: str, revision: str | None, local_files_only: bool, cache_dir: str | None) -> tuple[Any, str | None]:
+def _resolve(
+    model_id: str, revision: str | None, local_files_only: bool, cache_dir: str | None
+) -> tuple[Any, str | None]:
     """Pin the revision once so that config, weights and processor come from one commit."""
     from transformers.utils.hub import resolve_revision
 
     resolved = resolve_revision(model_id, revision, local_files_only=local_files_only, cache_dir=cache_dir)
     commit = getattr(resolved, "resolved", None)
-    if commit is None and isinstance(resolved, str) and len(resolved) == 40 and all(c in "0123456789abcdef" for c in resolved):
+    if (
+        commit is None
+        and isinstance(resolved, str)
+        and len(resolved) == 40
+        and all(c in "0123456789abcdef" for c in resolved)
+    ):
         commit = resolved
     return resolved, commit
 
@@ -591,24 +714,34 @@ def load_pretrained_extractors(
             processor = _processor_dict(model_id, revision, offline, cache_dir)
             tokenizer = None
             if role == "detector":
-                tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, local_files_only=offline, cache_dir=cache_dir)
+                tokenizer = AutoTokenizer.from_pretrained(
+                    model_id, revision=revision, local_files_only=offline, cache_dir=cache_dir
+                )
         except OSError as exc:  # huggingface_hub's "not found locally / cannot connect" errors are OSErrors
             raise _missing_weights(role, model_id, offline, exc, hub_down) from exc
         except ValueError as exc:  # e.g. a folder or repo holding another model type
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExtractorLoadError(f"cannot load the {role} '{model_id}' as {cls.__name__}: {reason}") from exc
         local = os.path.isdir(model_id)
-        spec = ExtractorSpec(role=role, name=model_id, revision=ids.revision or ("local folder" if local else "main"),
-                             commit=commit, pretrained=True, model_class=cls.__name__,
-                             # A local folder has no commit to point at; its weights digest identifies it.
-                             details={"weights_sha256_16": _weights_digest(model)} if local else {})
+        spec = ExtractorSpec(
+            role=role,
+            name=model_id,
+            revision=ids.revision or ("local folder" if local else "main"),
+            commit=commit,
+            pretrained=True,
+            model_class=cls.__name__,
+            # A local folder has no commit to point at; its weights digest identifies it.
+            details={"weights_sha256_16": _weights_digest(model)} if local else {},
+        )
         loaded[role] = (model, processor, tokenizer, spec)
 
     owl, owl_proc, owl_tok, owl_spec = loaded["detector"]
     clip, clip_proc, _, clip_spec = loaded["image"]
     videomae, vm_proc, _, vm_spec = loaded["motion"]
     if clip.config.projection_dim != OBJECT_DIM:
-        raise ExtractorLoadError(f"image encoder '{ids.image}' gives {clip.config.projection_dim}-d embeddings; the dataset schema needs {OBJECT_DIM}")
+        raise ExtractorLoadError(
+            f"image encoder '{ids.image}' gives {clip.config.projection_dim}-d embeddings; the dataset schema needs {OBJECT_DIM}"
+        )
     temporal = videomae.config.num_frames // videomae.config.tubelet_size
     if videomae.config.hidden_size != MOTION_DIM or temporal != MOTION_TOKENS:
         raise ExtractorLoadError(
@@ -620,29 +753,61 @@ def load_pretrained_extractors(
     clip_size = clip.config.image_size
     vm_size = videomae.config.image_size
     return FeatureExtractors(
-        detector=OpenVocabularyDetector(owl, HFQueryTokenizer(owl_tok, text_positions),
-                                        _norm_from(owl_proc, owl_size, CLIP_MEAN, CLIP_STD),
-                                        replace(owl_spec, details={**owl_spec.details, "input_size": owl_size, "tokenizer": type(owl_tok).__name__}),
-                                        dev, batch_frames),
-        image_encoder=ImageEncoder(clip, _norm_from(clip_proc, clip_size, CLIP_MEAN, CLIP_STD),
-                                   replace(clip_spec, details={**clip_spec.details, "input_size": clip_size, "output_dim": OBJECT_DIM}),
-                                   dev, max(batch_frames, 16)),
-        motion_encoder=MotionEncoder(videomae, _norm_from(vm_proc, vm_size, IMAGENET_MEAN, IMAGENET_STD),
-                                     replace(vm_spec, details={**vm_spec.details, "input_size": vm_size, "frames": videomae.config.num_frames,
-                                                               "tokens": MOTION_TOKENS, "dim": MOTION_DIM,
-                                                               "pooling": "spatial max of last_hidden_state"}),
-                                     dev, batch_clips),
+        detector=OpenVocabularyDetector(
+            owl,
+            HFQueryTokenizer(owl_tok, text_positions),
+            _norm_from(owl_proc, owl_size, CLIP_MEAN, CLIP_STD),
+            replace(
+                owl_spec, details={**owl_spec.details, "input_size": owl_size, "tokenizer": type(owl_tok).__name__}
+            ),
+            dev,
+            batch_frames,
+        ),
+        image_encoder=ImageEncoder(
+            clip,
+            _norm_from(clip_proc, clip_size, CLIP_MEAN, CLIP_STD),
+            replace(clip_spec, details={**clip_spec.details, "input_size": clip_size, "output_dim": OBJECT_DIM}),
+            dev,
+            max(batch_frames, 16),
+        ),
+        motion_encoder=MotionEncoder(
+            videomae,
+            _norm_from(vm_proc, vm_size, IMAGENET_MEAN, IMAGENET_STD),
+            replace(
+                vm_spec,
+                details={
+                    **vm_spec.details,
+                    "input_size": vm_size,
+                    "frames": videomae.config.num_frames,
+                    "tokens": MOTION_TOKENS,
+                    "dim": MOTION_DIM,
+                    "pooling": "spatial max of last_hidden_state",
+                },
+            ),
+            dev,
+            batch_clips,
+        ),
         kind="pretrained",
     )
 
 
-def build_extractors(kind: str, *, ids: PretrainedModelIds = PretrainedModelIds(), device: str | torch.device = "auto",
-                     local_files_only: bool = False, seed: int = 0, batch_frames: int = 16,
-                     batch_clips: int = 4) -> FeatureExtractors:
+def build_extractors(
+    kind: str,
+    *,
+    ids: PretrainedModelIds = PretrainedModelIds(),
+    device: str | torch.device = "auto",
+    local_files_only: bool = False,
+    seed: int = 0,
+    batch_frames: int = 16,
+    batch_clips: int = 4,
+) -> FeatureExtractors:
     """``pretrained`` -> :func:`load_pretrained_extractors`; ``random-tiny`` -> :func:`build_random_tiny_extractors`."""
     if kind == "pretrained":
-        return load_pretrained_extractors(ids, device=device, local_files_only=local_files_only,
-                                          batch_frames=batch_frames, batch_clips=batch_clips)
+        return load_pretrained_extractors(
+            ids, device=device, local_files_only=local_files_only, batch_frames=batch_frames, batch_clips=batch_clips
+        )
     if kind == "random-tiny":
-        return build_random_tiny_extractors(device=device, seed=seed, batch_frames=batch_frames, batch_clips=batch_clips)
+        return build_random_tiny_extractors(
+            device=device, seed=seed, batch_frames=batch_frames, batch_clips=batch_clips
+        )
     raise ExtractorLoadError(f"unknown extractors '{kind}'; choose one of: {', '.join(EXTRACTOR_KINDS)}")

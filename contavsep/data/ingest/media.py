@@ -143,7 +143,9 @@ def resample_mono(wave: np.ndarray, orig_rate: int, sample_rate: int) -> np.ndar
     """
     if orig_rate == sample_rate:
         return wave.astype(np.float32, copy=False)
-    out = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), orig_rate, sample_rate)
+    out = torchaudio.functional.resample(
+        torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), orig_rate, sample_rate
+    )
     return out.numpy()
 
 
@@ -341,7 +343,9 @@ def write_synthetic_video(
             stereo = np.stack([wave, wave]).astype(np.float32)
             block = 1024  # AAC frame size
             for offset in range(0, stereo.shape[1], block):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo[:, offset : offset + block]), format="fltp", layout="stereo")
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(stereo[:, offset : offset + block]), format="fltp", layout="stereo"
+                )
                 frame.sample_rate = audio_rate
                 frame.pts = offset
                 for packet in astream.encode(frame):

@@ -166,7 +166,9 @@ def check_layout(layout: str) -> None:
     """Raise :class:`IngestError` for an unknown layout, suggesting the closest known one."""
     if layout not in LAYOUTS:
         hint = did_you_mean(layout, LAYOUTS)
-        raise IngestError(f"unknown layout '{layout}'{hint}; supported layouts: {', '.join(LAYOUTS)} (<class>/<clip>.mp4)")
+        raise IngestError(
+            f"unknown layout '{layout}'{hint}; supported layouts: {', '.join(LAYOUTS)} (<class>/<clip>.mp4)"
+        )
 
 
 def _videos_in(folder: Path) -> tuple[list[Path], int]:
@@ -212,7 +214,9 @@ def discover_music21(
         if videos:
             found[name] = videos
     if not found:
-        raise IngestError(f"no videos under {root}: expected <class>/<clip>.mp4 (or {', '.join(sorted(VIDEO_SUFFIXES))})")
+        raise IngestError(
+            f"no videos under {root}: expected <class>/<clip>.mp4 (or {', '.join(sorted(VIDEO_SUFFIXES))})"
+        )
 
     if classes is not None:
         class_list = tuple(classes)
@@ -232,17 +236,28 @@ def discover_music21(
         if name in class_list:
             continue
         if name in excluded_by_lists:
-            notes.append(f"{folders[name]}: class '{name}' is listed by {split_lists.source} but not in its class order; skipped {len(videos)} video(s)")  # type: ignore[union-attr]
+            assert split_lists is not None  # only split lists exclude a class
+            notes.append(
+                f"{folders[name]}: class '{name}' is listed by {split_lists.source} but not in its class order;"
+                f" skipped {len(videos)} video(s)"
+            )
             continue
         hint = did_you_mean(name, class_list)
-        problems.append(Problem(str(folders[name]), f"class folder '{name}' is not in the class list{hint}; its {len(videos)} video(s) were not ingested"))
+        problems.append(
+            Problem(
+                str(folders[name]),
+                f"class folder '{name}' is not in the class list{hint}; its {len(videos)} video(s) were not ingested",
+            )
+        )
     for name in class_list:
         if name not in found:
             problems.append(Problem(str(root / name), f"class '{name}' of the class list has no videos under {root}"))
 
     ratio_splits = None
     if split_lists is None:
-        ratio_splits = assign_splits({c: [p.stem for p in found[c]] for c in class_list if c in found}, split_ratios, split_seed)
+        ratio_splits = assign_splits(
+            {c: [p.stem for p in found[c]] for c in class_list if c in found}, split_ratios, split_seed
+        )
 
     items: list[VideoItem] = []
     owner: dict[str, Path] = {}
@@ -251,7 +266,12 @@ def discover_music21(
         for path in found.get(class_name, []):
             clip_id = path.stem
             if clip_id in owner:
-                problems.append(Problem(str(path), f"duplicate clip id '{clip_id}' (already used by {owner[clip_id]}); rename one of them"))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"duplicate clip id '{clip_id}' (already used by {owner[clip_id]}); rename one of them",
+                    )
+                )
                 continue
             owner[clip_id] = path
             if split_lists is not None:
@@ -267,7 +287,9 @@ def discover_music21(
                 notes.append(f"{root / class_name}: {not_listed} video(s) not in {split_lists.source}; skipped")
             missing = split_lists.clip_ids(class_name) - {p.stem for p in found.get(class_name, [])}
             if missing and class_name in found:
-                notes.append(f"{root / class_name}: {len(missing)} clip(s) listed in {split_lists.source} have no video file")
+                notes.append(
+                    f"{root / class_name}: {len(missing)} clip(s) listed in {split_lists.source} have no video file"
+                )
     return Discovery(items=tuple(items), classes=class_list, problems=tuple(problems), notes=tuple(notes))
 
 
@@ -297,7 +319,9 @@ def _decode_timed(item: VideoItem, settings: IngestSettings) -> tuple[DecodedCli
     return result, time.perf_counter() - start
 
 
-def _decoded_in_order(items: Sequence[VideoItem], settings: IngestSettings) -> Iterator[tuple[VideoItem, DecodedClip | MediaError, float]]:
+def _decoded_in_order(
+    items: Sequence[VideoItem], settings: IngestSettings
+) -> Iterator[tuple[VideoItem, DecodedClip | MediaError, float]]:
     """Decode ahead in a thread pool, yielding in input order, holding at most a few clips."""
     ahead = max(1, settings.decode_workers) * 2
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_workers), thread_name_prefix="contavsep-decode") as pool:
@@ -330,7 +354,9 @@ def _extract_group(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Object and motion features of a group of decoded clips: per clip ((F, 512), (8, 768))."""
     clips = [clip for _, clip in group]
-    detections = extractors.detector.top_boxes([c.frames for c in clips], [settings.query(item.class_name) for item, _ in group])
+    detections = extractors.detector.top_boxes(
+        [c.frames for c in clips], [settings.query(item.class_name) for item, _ in group]
+    )
     crops: list[np.ndarray] = []
     lengths: list[int] = []
     for clip, (boxes, scores) in zip(clips, detections):
@@ -367,8 +393,14 @@ def run_ingest(
 
     stats = IngestStats(clips_total=len(items))
     # disable=None: tqdm draws only on a terminal, so logs of batch jobs get no carriage-return noise.
-    bar = tqdm(total=len(items), unit="clip", desc="ingest", disable=None if progress else True, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items),
+        unit="clip",
+        desc="ingest",
+        disable=None if progress else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     say = echo if echo is not None else (lambda line: bar.write(line, file=sys.stderr))
     start = time.perf_counter()
 
@@ -446,8 +478,13 @@ def open_writer(
     """
     from contavsep.data.format.writer import DatasetWriter
 
-    audio = {"sample_rate": settings.sample_rate, "channels": 1, "dtype": "int16",
-             "max_seconds": settings.max_seconds, "resampler": "torchaudio.functional.resample (sinc, hann)"}
+    audio = {
+        "sample_rate": settings.sample_rate,
+        "channels": 1,
+        "dtype": "int16",
+        "max_seconds": settings.max_seconds,
+        "resampler": "torchaudio.functional.resample (sinc, hann)",
+    }
     described = extractors.describe()
     manifest_extractors = {
         "kind": described["kind"],
@@ -489,8 +526,9 @@ def ingest(
     """
     existing = writer.existing_clip_ids()
     todo = [item for item in discovery.items if item.clip_id not in existing]
-    stats = run_ingest(todo, writer, extractors, settings, root=Path(root) if root is not None else None,
-                       progress=progress, echo=echo)
+    stats = run_ingest(
+        todo, writer, extractors, settings, root=Path(root) if root is not None else None, progress=progress, echo=echo
+    )
     problems = [*discovery.problems, *stats.failed]
     manifest = None
     if not problems or skip_bad:
@@ -515,11 +553,15 @@ def ingest(
 def iter_lines(report: IngestReport, resume_command: str = "") -> Iterable[str]:
     """The end-of-run summary: counts, detection misses, failures, and how to resume."""
     s = report.stats
-    yield (f"ingested {s.written} clip(s) in {s.wall_seconds:.1f} s ({s.clips_per_second:.2f} clips/s)"
-           f"; {report.skipped_existing} already written (resumed)")
+    yield (
+        f"ingested {s.written} clip(s) in {s.wall_seconds:.1f} s ({s.clips_per_second:.2f} clips/s)"
+        f"; {report.skipped_existing} already written (resumed)"
+    )
     if s.frames:
-        yield (f"object frames: {s.frames}; no detection above the threshold in {s.frames_without_detection}"
-               f" ({100.0 * s.frames_without_detection / s.frames:.1f}%): whole frame encoded instead")
+        yield (
+            f"object frames: {s.frames}; no detection above the threshold in {s.frames_without_detection}"
+            f" ({100.0 * s.frames_without_detection / s.frames:.1f}%): whole frame encoded instead"
+        )
     for note in report.notes:
         yield f"note: {note}"
     if report.problems:
@@ -529,10 +571,14 @@ def iter_lines(report: IngestReport, resume_command: str = "") -> Iterable[str]:
     again = f" ({resume_command})" if resume_command else ""
     if report.committed:
         totals = report.manifest["totals"] if report.manifest else {}
-        yield (f"committed {report.uri} (manifest.json written): "
-               + ", ".join(f"{k} {v}" for k, v in totals.items())
-               + (f"; {len(report.problems)} file(s) left out (--skip-bad)" if report.problems else ""))
+        yield (
+            f"committed {report.uri} (manifest.json written): "
+            + ", ".join(f"{k} {v}" for k, v in totals.items())
+            + (f"; {len(report.problems)} file(s) left out (--skip-bad)" if report.problems else "")
+        )
     else:
-        yield (f"NOT committed: {report.uri} has no manifest.json, so no trial will use it. Fix or remove the files"
-               f" above and rerun the same command{again} to resume (clips already written are skipped),"
-               f" or add --skip-bad to commit without them")
+        yield (
+            f"NOT committed: {report.uri} has no manifest.json, so no trial will use it. Fix or remove the files"
+            f" above and rerun the same command{again} to resume (clips already written are skipped),"
+            f" or add --skip-bad to commit without them"
+        )

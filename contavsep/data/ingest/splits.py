@@ -77,7 +77,9 @@ def parse_split_lists(data: object, source: str) -> SplitLists:
         clips[split] = {}
         for class_name, ids in per_class.items():
             if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
-                raise SplitListError(f"{source}: splits.{split}.{class_name} must be a list of non-empty clip id strings")
+                raise SplitListError(
+                    f"{source}: splits.{split}.{class_name} must be a list of non-empty clip id strings"
+                )
             for clip_id in ids:
                 if (class_name, clip_id) in seen:
                     raise SplitListError(
@@ -91,7 +93,11 @@ def parse_split_lists(data: object, source: str) -> SplitLists:
     if order is None:
         class_order = tuple(listed)
     else:
-        if not isinstance(order, list) or not all(isinstance(c, str) and c for c in order) or len(set(order)) != len(order):
+        if (
+            not isinstance(order, list)
+            or not all(isinstance(c, str) and c for c in order)
+            or len(set(order)) != len(order)
+        ):
             raise SplitListError(f"{source}: class_order must be a list of unique class names")
         missing = [c for c in order if c not in listed]
         if missing:
@@ -108,7 +114,9 @@ def load_split_lists(path: str | Path) -> SplitLists:
         return music21_contavsep_splits()
     path = Path(path)
     if not path.is_file():
-        raise SplitListError(f"split list {path} does not exist (or pass '{PACKAGED_MUSIC21}' for the packaged MUSIC-21 lists)")
+        raise SplitListError(
+            f"split list {path} does not exist (or pass '{PACKAGED_MUSIC21}' for the packaged MUSIC-21 lists)"
+        )
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -54,7 +54,13 @@ class EvaluationSet:
         """The clips of mixtures ``index`` of the set, cropped at their windows."""
         rows = self.rows[index]
         return collate_clips(
-            table, scenario, rows, np.zeros(rows.shape, bool), self.starts[index].tolist(), self.frames[index].tolist(), clip_samples
+            table,
+            scenario,
+            rows,
+            np.zeros(rows.shape, bool),
+            self.starts[index].tolist(),
+            self.frames[index].tolist(),
+            clip_samples,
         )
 
 

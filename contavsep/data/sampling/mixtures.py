@@ -232,7 +232,9 @@ class TrainingSampler:
                 f_row.append(int(integers(0, count)))
             starts.append(s_row)
             frames.append(f_row)
-        return collate_clips(self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples, pcm=pcm)
+        return collate_clips(
+            self.table, self.scenario, rows, self.is_memory[idx], starts, frames, self.clip_samples, pcm=pcm
+        )
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

@@ -94,7 +94,9 @@ def formant_db(freqs: np.ndarray, formants: tuple[tuple[float, float, float], ..
     return out
 
 
-def _onset_bursts(onsets: np.ndarray, velocities: np.ndarray, n: int, sample_rate: int, decay_s: float = 0.008) -> np.ndarray:
+def _onset_bursts(
+    onsets: np.ndarray, velocities: np.ndarray, n: int, sample_rate: int, decay_s: float = 0.008
+) -> np.ndarray:
     env = np.zeros(n)
     length = int(0.04 * sample_rate)
     shape = np.exp(-np.arange(length) / (decay_s * sample_rate))
@@ -105,10 +107,17 @@ def _onset_bursts(onsets: np.ndarray, velocities: np.ndarray, n: int, sample_rat
     return env
 
 
-def _transients(onsets: np.ndarray, velocities: np.ndarray, t: Timbre, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+def _transients(
+    onsets: np.ndarray, velocities: np.ndarray, t: Timbre, n: int, sr: int, rng: np.random.Generator
+) -> np.ndarray:
     if t.transient_db <= -59 or len(onsets) == 0:
         return np.zeros(n)
-    return band_noise(n, sr, t.transient_band, rng) * _onset_bursts(onsets, velocities, n, sr) * 10 ** (t.transient_db / 20) * 2.0
+    return (
+        band_noise(n, sr, t.transient_band, rng)
+        * _onset_bursts(onsets, velocities, n, sr)
+        * 10 ** (t.transient_db / 20)
+        * 2.0
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,8 +212,9 @@ def _sustained(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.rand
 # plucked / struck
 
 
-def decaying_partials(length: int, omegas: np.ndarray, decays: np.ndarray, amps: np.ndarray, thetas: np.ndarray,
-                      block: int = 256) -> np.ndarray:
+def decaying_partials(
+    length: int, omegas: np.ndarray, decays: np.ndarray, amps: np.ndarray, thetas: np.ndarray, block: int = 256
+) -> np.ndarray:
     """Sum of ``amps[j] * exp(-decays[j] n) * sin(omegas[j] n + thetas[j])`` for ``n < length``.
 
     Block trick: with ``c[j, n] = amps[j] e^{i thetas[j]} z_j^n`` for one block of ``n`` and
@@ -279,7 +289,9 @@ def _plucked(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.random
 # percussion
 
 
-def _decaying_tone(length: int, sr: int, freq: float, decay_s: float, drop: float = 0.0, drop_s: float = 0.03) -> np.ndarray:
+def _decaying_tone(
+    length: int, sr: int, freq: float, decay_s: float, drop: float = 0.0, drop_s: float = 0.03
+) -> np.ndarray:
     tl = np.arange(length) / sr
     f = freq * (1.0 + drop * np.exp(-tl / drop_s))
     return np.sin(2 * np.pi * np.cumsum(f) / sr) * np.exp(-tl / decay_s)
@@ -306,7 +318,9 @@ def _drums(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.random.G
             hit = _decaying_tone(length, sr, 50.0 * tune, 0.25, drop=2.0, drop_s=0.03)
             hit += 0.3 * click_noise[seg] * np.exp(-tl / 0.005)
         elif piece == SNARE:
-            hit = 0.5 * (_decaying_tone(length, sr, 185.0 * tune, 0.08) + 0.5 * _decaying_tone(length, sr, 330.0 * tune, 0.06))
+            hit = 0.5 * (
+                _decaying_tone(length, sr, 185.0 * tune, 0.08) + 0.5 * _decaying_tone(length, sr, 330.0 * tune, 0.06)
+            )
             hit += 0.8 * snare_noise[seg] * np.exp(-tl / 0.15)
         elif piece in (HAT_CLOSED, HAT_OPEN):
             hit = 0.5 * hat_noise[seg] * np.exp(-tl / (0.035 if piece == HAT_CLOSED else 0.25))
@@ -345,10 +359,16 @@ def _congas(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.random.
         seg = slice(s, s + length)
         if stroke in ("open_high", "open_low"):
             f0 = high_f0 if stroke == "open_high" else low_f0
-            hit = sum(level * _decaying_tone(length, sr, f0 * r, d, drop=0.06, drop_s=0.02) for r, level, d in zip(ratios, levels, decays))
+            hit = sum(
+                level * _decaying_tone(length, sr, f0 * r, d, drop=0.06, drop_s=0.02)
+                for r, level, d in zip(ratios, levels, decays)
+            )
             hit += 0.15 * slap_noise[seg] * np.exp(-tl / 0.01)
         elif stroke == "slap":
-            hit = sum(level * _decaying_tone(length, sr, high_f0 * r * 1.4, d * 0.25) for r, level, d in zip(ratios, levels, decays))
+            hit = sum(
+                level * _decaying_tone(length, sr, high_f0 * r * 1.4, d * 0.25)
+                for r, level, d in zip(ratios, levels, decays)
+            )
             hit += 0.9 * slap_noise[seg] * np.exp(-tl / 0.03)
         elif stroke == "mute":
             hit = 0.7 * _decaying_tone(length, sr, high_f0, 0.04) + 0.2 * slap_noise[seg] * np.exp(-tl / 0.01)
@@ -361,8 +381,9 @@ def _congas(events: list[NoteEvent], t: Timbre, n: int, sr: int, rng: np.random.
 _ENGINES = {"sustained": _sustained, "plucked": _plucked, "drums": _drums, "congas": _congas}
 
 
-def render_additive(events: list[NoteEvent], timbre: Timbre, num_samples: int, sample_rate: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def render_additive(
+    events: list[NoteEvent], timbre: Timbre, num_samples: int, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """Synthesise ``events`` with ``timbre``. Shape: :math:`(S,)` float64, ``S = num_samples``."""
     if timbre.engine not in _ENGINES:
         raise ValueError(f"unknown synthesis engine {timbre.engine!r}; known: {', '.join(_ENGINES)}")

@@ -30,8 +30,21 @@ SCALES: dict[str, tuple[int, ...]] = {
 KICK, SNARE, HAT_CLOSED, HAT_OPEN, TOM_LOW, TOM_MID, TOM_HIGH, CRASH, RIDE = 36, 38, 42, 46, 45, 47, 50, 49, 51
 # Conga strokes (codes in NoteEvent.pitch for the congas engine).
 CONGA_STROKES: dict[str, int] = {"bass": 60, "mute": 61, "open_high": 62, "open_low": 63, "slap": 64}
-STYLES = ("melody", "fanfare", "bass_line", "ornamented", "accompanied", "piano", "strum", "roll",
-          "tremolo", "rolls", "glissando", "kit", "hand_drum")
+STYLES = (
+    "melody",
+    "fanfare",
+    "bass_line",
+    "ornamented",
+    "accompanied",
+    "piano",
+    "strum",
+    "roll",
+    "tremolo",
+    "rolls",
+    "glissando",
+    "kit",
+    "hand_drum",
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,9 @@ class _Composer:
     def add(self, onset: float, duration: float, pitch: float, velocity: float, voice: int = 0) -> None:
         if onset >= self.seconds or duration <= 0:
             return
-        self.events.append(NoteEvent(float(onset), float(min(duration, self.seconds - onset)), float(pitch), velocity, voice))
+        self.events.append(
+            NoteEvent(float(onset), float(min(duration, self.seconds - onset)), float(pitch), velocity, voice)
+        )
 
     def walk(self, index: int, leap_prob: float = 0.12) -> int:
         """Next scale index of a melodic random walk that stays inside the register."""
@@ -183,14 +198,20 @@ def _bass_line(c: _Composer) -> None:
     t = c.start()
     bars = int(c.seconds / (4 * c.beat)) + 2
     for degree in c.progression(bars):
-        root_pool = [p for p in c.pitches if (p - c.tonic) % 12 == SCALES[c.scale_name][degree % len(SCALES[c.scale_name])]]
+        root_pool = [
+            p for p in c.pitches if (p - c.tonic) % 12 == SCALES[c.scale_name][degree % len(SCALES[c.scale_name])]
+        ]
         root = root_pool[0] if root_pool else c.pitches[0]
         fifth = root + 7 if root + 7 <= c.t.register[1] else root - 5
         beat_in_bar = 0.0
         while beat_in_bar < 4:
             d = float(c.rng.choice([1, 1, 0.5, 2]))
             d = min(d, 4 - beat_in_bar)
-            pitch = root if beat_in_bar == 0 else float(c.rng.choice([root, fifth, root + 12 if root + 12 <= c.t.register[1] else root]))
+            pitch = (
+                root
+                if beat_in_bar == 0
+                else float(c.rng.choice([root, fifth, root + 12 if root + 12 <= c.t.register[1] else root]))
+            )
             c.add(t, d * c.beat * 0.8, pitch, c.velocity(accent=beat_in_bar == 0))
             t += d * c.beat
             beat_in_bar += d
@@ -209,7 +230,9 @@ def _ornamented(c: _Composer) -> None:
         d = float(c.rng.choice([0.5, 0.5, 1, 1.5])) * c.beat
         if c.rng.random() < 0.5 and d > 0.15:
             grace = 0.03
-            c.add(t, grace, high_g if c.rng.random() < 0.6 else c.pitches[min(idx + 1, len(c.pitches) - 1)], c.velocity())
+            c.add(
+                t, grace, high_g if c.rng.random() < 0.6 else c.pitches[min(idx + 1, len(c.pitches) - 1)], c.velocity()
+            )
             c.add(t + grace, d - grace, c.pitches[idx], c.velocity())
         else:
             c.add(t, d, c.pitches[idx], c.velocity())
@@ -260,9 +283,11 @@ def _strum(c: _Composer) -> None:
     bar = 4 * c.beat
     lo, hi = c.t.register
     fingerpick = c.rng.random() < 0.3
-    patterns: list[list[tuple[float, str]]] = [[(0, "d"), (1, "d"), (2, "d"), (3, "d")],
-                [(0, "d"), (1, "d"), (1.5, "u"), (2.5, "u"), (3, "d"), (3.5, "u")],
-                [(0, "d"), (0.5, "d"), (1, "u"), (2, "d"), (2.5, "u"), (3, "d"), (3.5, "u")]]
+    patterns: list[list[tuple[float, str]]] = [
+        [(0, "d"), (1, "d"), (2, "d"), (3, "d")],
+        [(0, "d"), (1, "d"), (1.5, "u"), (2.5, "u"), (3, "d"), (3.5, "u")],
+        [(0, "d"), (0.5, "d"), (1, "u"), (2, "d"), (2.5, "u"), (3, "d"), (3.5, "u")],
+    ]
     pattern = patterns[int(c.rng.integers(len(patterns)))]
     t0 = c.start()
     t = t0
@@ -385,6 +410,11 @@ def _congas(c: _Composer) -> None:
         stroke = pattern[k % 8]
         if c.rng.random() < 0.06:
             continue
-        c.add(t0 + k * eighth + c.rng.normal(0, 0.006), 0.4, stroke, c.velocity(accent=stroke in (s["slap"], s["open_high"])))
+        c.add(
+            t0 + k * eighth + c.rng.normal(0, 0.006),
+            0.4,
+            stroke,
+            c.velocity(accent=stroke in (s["slap"], s["open_high"])),
+        )
         if c.rng.random() < 0.1:  # ghost stroke on the sixteenth
             c.add(t0 + k * eighth + eighth / 2, 0.2, s["mute"], c.velocity() * 0.4)

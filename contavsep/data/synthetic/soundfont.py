@@ -32,14 +32,36 @@ DEFAULT_SOUNDFONTS = (
 DRUM_CHANNEL = 9
 # General-MIDI programs (0-based) closest to each instrument; None = percussion channel.
 GM_PROGRAMS: dict[str, int | None] = {
-    "accordion": 21, "bagpipe": 109, "bassoon": 70, "clarinet": 71, "drum": None, "flute": 73,
-    "piano": 0, "saxophone": 65, "tuba": 58, "violin": 40, "xylophone": 13, "acoustic_guitar": 25,
-    "banjo": 105, "cello": 42, "electric_bass": 33, "erhu": 110, "guzheng": 107, "pipa": 106,
-    "trumpet": 56, "ukulele": 24, "congas": None,
+    "accordion": 21,
+    "bagpipe": 109,
+    "bassoon": 70,
+    "clarinet": 71,
+    "drum": None,
+    "flute": 73,
+    "piano": 0,
+    "saxophone": 65,
+    "tuba": 58,
+    "violin": 40,
+    "xylophone": 13,
+    "acoustic_guitar": 25,
+    "banjo": 105,
+    "cello": 42,
+    "electric_bass": 33,
+    "erhu": 110,
+    "guzheng": 107,
+    "pipa": 106,
+    "trumpet": 56,
+    "ukulele": 24,
+    "congas": None,
 }
 # Conga strokes -> General-MIDI percussion keys (mute high conga, open high conga, low conga).
-CONGA_KEYS = {CONGA_STROKES["bass"]: 64, CONGA_STROKES["mute"]: 62, CONGA_STROKES["open_high"]: 63,
-              CONGA_STROKES["open_low"]: 64, CONGA_STROKES["slap"]: 62}
+CONGA_KEYS = {
+    CONGA_STROKES["bass"]: 64,
+    CONGA_STROKES["mute"]: 62,
+    CONGA_STROKES["open_high"]: 63,
+    CONGA_STROKES["open_low"]: 64,
+    CONGA_STROKES["slap"]: 62,
+}
 TICKS_PER_QUARTER = 480
 MICROSECONDS_PER_QUARTER = 500_000  # 120 bpm: one tick = 1/960 s
 
@@ -113,12 +135,19 @@ def midi_bytes(events: list[NoteEvent], timbre: Timbre) -> bytes:
         track += _vlq(tick - last) + message
         last = tick
     track += _vlq(0) + b"\xff\x2f\x00"
-    header = b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big") + TICKS_PER_QUARTER.to_bytes(2, "big")
+    header = (
+        b"MThd"
+        + (6).to_bytes(4, "big")
+        + (0).to_bytes(2, "big")
+        + (1).to_bytes(2, "big")
+        + TICKS_PER_QUARTER.to_bytes(2, "big")
+    )
     return header + b"MTrk" + len(track).to_bytes(4, "big") + bytes(track)
 
 
-def render_soundfont(events: list[NoteEvent], timbre: Timbre, num_samples: int, sample_rate: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def render_soundfont(
+    events: list[NoteEvent], timbre: Timbre, num_samples: int, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """Render ``events`` through FluidSynth. Shape: :math:`(S,)` float64, ``S = num_samples``.
 
     ``rng`` is unused (the soundfont is deterministic); it keeps the renderer signature uniform.
@@ -129,11 +158,30 @@ def render_soundfont(events: list[NoteEvent], timbre: Timbre, num_samples: int, 
     with tempfile.TemporaryDirectory(prefix="contavsep-sf-") as tmp:
         mid, wav = Path(tmp) / "clip.mid", Path(tmp) / "clip.wav"
         mid.write_bytes(midi_bytes(events, timbre))
-        cmd = [binary, "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5", "-r", str(sample_rate),
-               "-T", "wav", "-F", str(wav), str(soundfont), str(mid)]
+        cmd = [
+            binary,
+            "-ni",
+            "-q",
+            "-R",
+            "0",
+            "-C",
+            "0",
+            "-g",
+            "0.5",
+            "-r",
+            str(sample_rate),
+            "-T",
+            "wav",
+            "-F",
+            str(wav),
+            str(soundfont),
+            str(mid),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0 or not wav.is_file():
-            raise RendererUnavailable(f"fluidsynth failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+            raise RendererUnavailable(
+                f"fluidsynth failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}"
+            )
         audio, rate = soundfile.read(str(wav), dtype="float64", always_2d=True)
     if rate != sample_rate:
         raise RendererUnavailable(f"fluidsynth rendered at {rate} Hz instead of {sample_rate} Hz")

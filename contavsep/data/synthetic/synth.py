@@ -144,24 +144,51 @@ def build_synthetic(
     classes = synthetic_classes(cfg.classes)
     if cfg.renderer == "soundfont":
         check_soundfont_renderer()  # fail before anything is written
-    jobs = [(c, split, i, cfg) for c in classes for split, count in zip(SPLITS, cfg.clips_per_class) for i in range(count)]
+    jobs = [
+        (c, split, i, cfg) for c in classes for split, count in zip(SPLITS, cfg.clips_per_class) for i in range(count)
+    ]
     extractors = {
-        "object": {"name": "synthetic-clip-prototype", "revision": str(SYNTH_REVISION), "pretrained": False,
-                   "simulated": True, "note": "class prototype + clip offset + frame noise, unit norm (no video)"},
-        "motion": {"name": "synthetic-onset-envelope-projection", "revision": str(SYNTH_REVISION), "pretrained": False,
-                   "simulated": True, "note": "clip energy/onset envelope over 8 segments, fixed random projection"
-                   " + class component + noise (no video)"},
+        "object": {
+            "name": "synthetic-clip-prototype",
+            "revision": str(SYNTH_REVISION),
+            "pretrained": False,
+            "simulated": True,
+            "note": "class prototype + clip offset + frame noise, unit norm (no video)",
+        },
+        "motion": {
+            "name": "synthetic-onset-envelope-projection",
+            "revision": str(SYNTH_REVISION),
+            "pretrained": False,
+            "simulated": True,
+            "note": "clip energy/onset envelope over 8 segments, fixed random projection"
+            " + class component + noise (no video)",
+        },
     }
-    audio = {"sample_rate": cfg.sample_rate, "dtype": "int16", "channels": 1, "clip_seconds": cfg.seconds,
-             "clip_samples": cfg.num_samples}
+    audio = {
+        "sample_rate": cfg.sample_rate,
+        "dtype": "int16",
+        "channels": 1,
+        "clip_seconds": cfg.seconds,
+        "clip_samples": cfg.num_samples,
+    }
     description = (
         f"synthetic MUSIC-21 stand-in: {cfg.classes} instruments, {cfg.renderer} renderer, seed {cfg.seed};"
         f" visual features are simulated"
     )
     # Starting a process costs about a second of imports: only worth it for enough clips each.
     workers = max(1, min(workers, len(jobs) // 32))
-    with DatasetWriter(uri, classes, audio=audio, extractors=extractors, description=description, overwrite=overwrite,
-                       object_dim=OBJECT_DIM, motion_tokens=MOTION_TOKENS, motion_dim=MOTION_DIM, settings=settings) as writer:
+    with DatasetWriter(
+        uri,
+        classes,
+        audio=audio,
+        extractors=extractors,
+        description=description,
+        overwrite=overwrite,
+        object_dim=OBJECT_DIM,
+        motion_tokens=MOTION_TOKENS,
+        motion_dim=MOTION_DIM,
+        settings=settings,
+    ) as writer:
         if workers > 1:
             import multiprocessing
 

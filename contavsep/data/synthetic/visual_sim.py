@@ -65,7 +65,7 @@ def envelope_descriptor(audio: np.ndarray, sample_rate: int, tokens: int = MOTIO
     n_frames = max(1 + (x.shape[0] - _WIN) // _HOP, tokens)
     if x.shape[0] < _WIN + (n_frames - 1) * _HOP:
         x = np.pad(x, (0, _WIN + (n_frames - 1) * _HOP - x.shape[0]))
-    frames = np.lib.stride_tricks.sliding_window_view(x, _WIN)[:: _HOP][:n_frames] * np.hanning(_WIN)
+    frames = np.lib.stride_tricks.sliding_window_view(x, _WIN)[::_HOP][:n_frames] * np.hanning(_WIN)
     mag = np.abs(np.fft.rfft(frames, axis=1))
     energy = np.log((mag**2).sum(axis=1) + 1e-8)
     flux = np.concatenate([[0.0], np.maximum(np.diff(np.log1p(mag * 10.0), axis=0), 0.0).sum(axis=1)])
@@ -100,8 +100,14 @@ def motion_class_component(class_name: str, dim: int = MOTION_DIM) -> np.ndarray
     return v
 
 
-def motion_features(audio: np.ndarray, sample_rate: int, class_name: str, rng: np.random.Generator,
-                    tokens: int = MOTION_TOKENS, dim: int = MOTION_DIM) -> np.ndarray:
+def motion_features(
+    audio: np.ndarray,
+    sample_rate: int,
+    class_name: str,
+    rng: np.random.Generator,
+    tokens: int = MOTION_TOKENS,
+    dim: int = MOTION_DIM,
+) -> np.ndarray:
     """Simulated motion features of one clip from its own audio envelope.
 
     Shape: :math:`(S,)` float audio -> :math:`(T_m, D_m)` float32.

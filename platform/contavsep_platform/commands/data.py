@@ -43,12 +43,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--out", required=True, metavar="URI", help="dataset URI: file:///abs/path or s3://bucket/prefix")
     s.add_argument("--classes", type=int, default=20, help="number of instruments, paper order (default 20, max 21)")
-    s.add_argument("--clips-per-class", type=_clips_per_class, default=(24, 5, 5), metavar="TRAIN,VAL,TEST",
-                   help="clips per class and split (default 24,5,5)")
+    s.add_argument(
+        "--clips-per-class",
+        type=_clips_per_class,
+        default=(24, 5, 5),
+        metavar="TRAIN,VAL,TEST",
+        help="clips per class and split (default 24,5,5)",
+    )
     s.add_argument("--seconds", type=float, default=6.5, help="clip length in seconds (default 6.5 >= 65535 samples)")
     s.add_argument("--seed", type=int, default=0, help="seed of all content (default 0)")
-    s.add_argument("--renderer", default="additive", choices=["additive", "soundfont"],
-                   help="additive (default, needs nothing) or soundfont (needs fluidsynth + a GM soundfont)")
+    s.add_argument(
+        "--renderer",
+        default="additive",
+        choices=["additive", "soundfont"],
+        help="additive (default, needs nothing) or soundfont (needs fluidsynth + a GM soundfont)",
+    )
     s.add_argument("--workers", type=int, default=None, help="render processes (default: usable CPUs, at most 4)")
     s.add_argument("--overwrite", action="store_true", help="replace a complete dataset already at --out")
     s.set_defaults(func=run_synth)
@@ -76,16 +85,24 @@ def run_synth(args: argparse.Namespace) -> int:
         default_workers,
     )
 
-    cfg = SynthConfig(classes=args.classes, clips_per_class=tuple(args.clips_per_class), seconds=args.seconds,
-                      seed=args.seed, renderer=args.renderer)
+    cfg = SynthConfig(
+        classes=args.classes,
+        clips_per_class=tuple(args.clips_per_class),
+        seconds=args.seconds,
+        seed=args.seed,
+        renderer=args.renderer,
+    )
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if cfg.num_samples < MIN_PAPER_SAMPLES:
-        print(f"note: clips have {cfg.num_samples} samples (< {MIN_PAPER_SAMPLES}): only presets with shorter "
-              f"audio.clip_samples (small, tiny) can crop them", file=sys.stderr)
+        print(
+            f"note: clips have {cfg.num_samples} samples (< {MIN_PAPER_SAMPLES}): only presets with shorter "
+            f"audio.clip_samples (small, tiny) can crop them",
+            file=sys.stderr,
+        )
     total = cfg.classes * sum(cfg.clips_per_class)
     step = max(total // 10, 1)
 
@@ -115,7 +132,9 @@ def _extractor_line(name: str, entry: object) -> str:
     revision = f"@{entry['revision']}" if entry.get("revision") else ""
     simulated = ", simulated" if entry.get("simulated") else ""
     detector = entry.get("detector")
-    crops = f", crops by {_extractor_line('detector', detector).split(': ', 1)[1]}" if isinstance(detector, dict) else ""
+    crops = (
+        f", crops by {_extractor_line('detector', detector).split(': ', 1)[1]}" if isinstance(detector, dict) else ""
+    )
     return f"{name}: {entry.get('name')}{revision} ({pretrained}{simulated}{crops})"
 
 
@@ -133,11 +152,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"dataset      {args.uri}")
     if manifest.get("description"):
         print(f"description  {manifest['description']}")
-    print(f"schema       version {manifest['schema_version']} ({manifest['format']}), created {manifest.get('created_at', '?')}")
+    print(
+        f"schema       version {manifest['schema_version']} ({manifest['format']}), created {manifest.get('created_at', '?')}"
+    )
     print(f"content hash {manifest['content_hash']}")
     audio_extra = f", {audio['clip_seconds']} s clips" if "clip_seconds" in audio else ""
     print(f"audio        {audio['sample_rate']} Hz {audio.get('dtype', 'int16')}{audio_extra}")
-    print(f"features     object {dims['object_dim']}-d per frame, motion {dims['motion_tokens']} x {dims['motion_dim']}")
+    print(
+        f"features     object {dims['object_dim']}-d per frame, motion {dims['motion_tokens']} x {dims['motion_dim']}"
+    )
     print("extractors   " + "; ".join(_extractor_line(k, v) for k, v in manifest["extractors"].items()))
     print(f"parts        {len(manifest['parts'])} Parquet parts, {size / 1e6:.1f} MB")
     width = max([len(c) for c in manifest["classes"]] + [5])

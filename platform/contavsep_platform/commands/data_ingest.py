@@ -26,7 +26,9 @@ def _ratios(text: str) -> tuple[float, float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be three non-negative numbers train,val,test, e.g. 0.8,0.1,0.1")
+        raise argparse.ArgumentTypeError(
+            f"'{text}' must be three non-negative numbers train,val,test, e.g. 0.8,0.1,0.1"
+        )
     return values
 
 
@@ -36,40 +38,84 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ingest",
         help="ingest <class>/<clip>.mp4 videos (MUSIC-21, AVE, VGGSound layout) into a dataset",
         description="Decode videos (audio 11025 Hz mono; frames at 1 fps), detect the instrument with OWLv2, "
-                    "encode crops with CLIP and motion with VideoMAE, and write an Arrow dataset. Resumable: "
-                    "rerunning the same command skips clips already written.",
+        "encode crops with CLIP and motion with VideoMAE, and write an Arrow dataset. Resumable: "
+        "rerunning the same command skips clips already written.",
     )
-    p.add_argument("--layout", default="music21", help="folder layout of --root (supported: music21 = <class>/<clip>.mp4)")
+    p.add_argument(
+        "--layout", default="music21", help="folder layout of --root (supported: music21 = <class>/<clip>.mp4)"
+    )
     p.add_argument("--root", required=True, help="dataset root folder holding one folder per class")
     p.add_argument("--out", required=True, help="output dataset URI: file:///abs/path or s3://bucket/prefix")
-    p.add_argument("--classes", default=None, help="comma-separated class list in task order (default: the split lists' order, else sorted folders)")
-    p.add_argument("--splits", default=None, metavar="FILE",
-                   help="split-list JSON ({class_order, splits: {train|val|test: {class: [clip ids]}}}),"
-                        " or 'music21-contavsep' for the paper's packaged MUSIC-21 lists")
-    p.add_argument("--split-ratios", type=_ratios, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
-                   help="per-class split ratios when no --splits is given (default 0.8,0.1,0.1)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class list in task order (default: the split lists' order, else sorted folders)",
+    )
+    p.add_argument(
+        "--splits",
+        default=None,
+        metavar="FILE",
+        help="split-list JSON ({class_order, splits: {train|val|test: {class: [clip ids]}}}),"
+        " or 'music21-contavsep' for the paper's packaged MUSIC-21 lists",
+    )
+    p.add_argument(
+        "--split-ratios",
+        type=_ratios,
+        default=(0.8, 0.1, 0.1),
+        metavar="TRAIN,VAL,TEST",
+        help="per-class split ratios when no --splits is given (default 0.8,0.1,0.1)",
+    )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the ratio split (default 0)")
-    p.add_argument("--extractors", default="pretrained",
-                   help="pretrained (published checkpoints) | random-tiny (tiny random models: tests, offline trials)")
+    p.add_argument(
+        "--extractors",
+        default="pretrained",
+        help="pretrained (published checkpoints) | random-tiny (tiny random models: tests, offline trials)",
+    )
     # Defaults live in contavsep.data.ingest.extractors (None here = theirs); the help repeats them so that
     # `--help` needs no torch import, and a test checks the two agree.
     p.add_argument("--detector-model", default=None, help=f"OWLv2 hub id or folder (default {_DEFAULT_IDS[0]})")
     p.add_argument("--image-model", default=None, help=f"CLIP hub id or folder (default {_DEFAULT_IDS[1]})")
     p.add_argument("--motion-model", default=None, help=f"VideoMAE hub id or folder (default {_DEFAULT_IDS[2]})")
     p.add_argument("--revision", default=None, help="hub revision of the three checkpoints (default: each repo's main)")
-    p.add_argument("--offline", action="store_true", help="load weights from the local Hugging Face cache only (also: HF_HUB_OFFLINE=1)")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="load weights from the local Hugging Face cache only (also: HF_HUB_OFFLINE=1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weight seed of --extractors random-tiny (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: GPU when available)")
-    p.add_argument("--max-seconds", type=float, default=None, help="keep only the first S seconds of each video (default: whole track)")
-    p.add_argument("--score-threshold", type=float, default=0.1, help="detector score below which the whole frame is encoded (default 0.1)")
-    p.add_argument("--query-template", default="a photo of a {}", help="detector text query; {} = class name (default 'a photo of a {}')")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="keep only the first S seconds of each video (default: whole track)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.1,
+        help="detector score below which the whole frame is encoded (default 0.1)",
+    )
+    p.add_argument(
+        "--query-template",
+        default="a photo of a {}",
+        help="detector text query; {} = class name (default 'a photo of a {}')",
+    )
     p.add_argument("--batch-frames", type=int, default=16, help="frames per detector forward pass (default 16)")
     p.add_argument("--group-clips", type=int, default=8, help="clips whose frames share forward passes (default 8)")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding threads (default 2)")
-    p.add_argument("--part-rows", type=int, default=8, help="clips per Parquet part; also the resume granularity (default 8)")
-    p.add_argument("--restart", action="store_true", help="discard the parts of an earlier unfinished run instead of resuming")
+    p.add_argument(
+        "--part-rows", type=int, default=8, help="clips per Parquet part; also the resume granularity (default 8)"
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard the parts of an earlier unfinished run instead of resuming"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at --out")
-    p.add_argument("--skip-bad", action="store_true", help="commit the dataset even if some files failed (they are listed; exit status stays 1)")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="commit the dataset even if some files failed (they are listed; exit status stays 1)",
+    )
     p.add_argument("--description", default="", help="free text stored in the manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -117,9 +163,17 @@ def run(args: argparse.Namespace) -> int:
     if args.extractors not in EXTRACTOR_KINDS:
         raise UserError(f"unknown --extractors '{args.extractors}'; choose one of: {', '.join(EXTRACTOR_KINDS)}")
     if args.extractors != "pretrained":  # flags that would silently do nothing
-        given = [flag for flag, value in (("--detector-model", args.detector_model), ("--image-model", args.image_model),
-                                          ("--motion-model", args.motion_model), ("--revision", args.revision),
-                                          ("--offline", args.offline)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("--detector-model", args.detector_model),
+                ("--image-model", args.image_model),
+                ("--motion-model", args.motion_model),
+                ("--revision", args.revision),
+                ("--offline", args.offline),
+            )
+            if value
+        ]
         if given:
             raise UserError(f"{given[0]} only applies to --extractors pretrained (got --extractors {args.extractors})")
     if "{}" not in args.query_template:
@@ -133,14 +187,22 @@ def run(args: argparse.Namespace) -> int:
         check_layout(args.layout)
         parse_uri(args.out)
         split_lists = load_split_lists(args.splits) if args.splits else None
-        found = discover(args.layout, args.root, classes=classes, split_lists=split_lists,
-                         split_ratios=args.split_ratios, split_seed=args.split_seed)
+        found = discover(
+            args.layout,
+            args.root,
+            classes=classes,
+            split_lists=split_lists,
+            split_ratios=args.split_ratios,
+            split_seed=args.split_seed,
+        )
     except (IngestError, SplitListError, StorageError) as exc:
         raise UserError(str(exc)) from None
     per_split = {s: sum(1 for i in found.items if i.split == s) for s in ("train", "val", "test")}
-    print(f"found {len(found.items)} video(s) in {len(found.classes)} classes under {args.root}: "
-          + ", ".join(f"{k} {v}" for k, v in per_split.items())
-          + (f"; {len(found.problems)} problem(s) (listed at the end)" if found.problems else ""))
+    print(
+        f"found {len(found.items)} video(s) in {len(found.classes)} classes under {args.root}: "
+        + ", ".join(f"{k} {v}" for k, v in per_split.items())
+        + (f"; {len(found.problems)} problem(s) (listed at the end)" if found.problems else "")
+    )
     for problem in found.problems:
         print(f"problem: {problem}", file=sys.stderr)
 
@@ -182,21 +244,33 @@ def run(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers,
     )
     try:
-        writer = open_writer(found, args.out, extractors, settings, resume=not args.restart,
-                             overwrite=args.overwrite, part_rows=args.part_rows, description=args.description)
+        writer = open_writer(
+            found,
+            args.out,
+            extractors,
+            settings,
+            resume=not args.restart,
+            overwrite=args.overwrite,
+            part_rows=args.part_rows,
+            description=args.description,
+        )
     except (StorageError, DatasetError) as exc:
         raise UserError(str(exc)) from None
     resumed = len(writer.existing_clip_ids())
     if resumed:
         print(f"resuming: {resumed} clip(s) already written at {args.out} are skipped")
     try:
-        report = ingest(found, writer, extractors, settings, root=args.root, skip_bad=args.skip_bad,
-                        progress=not args.no_progress)
+        report = ingest(
+            found, writer, extractors, settings, root=args.root, skip_bad=args.skip_bad, progress=not args.no_progress
+        )
     except (StorageError, DatasetError) as exc:
         raise UserError(f"{exc}; nothing was committed (rerun the same command to resume)") from None
     except KeyboardInterrupt:
-        print(f"contavsep data ingest: interrupted; nothing was committed at {args.out}. Rerun the same command to"
-              f" resume (clips in parts already written are skipped).", file=sys.stderr)
+        print(
+            f"contavsep data ingest: interrupted; nothing was committed at {args.out}. Rerun the same command to"
+            f" resume (clips in parts already written are skipped).",
+            file=sys.stderr,
+        )
         return 130
     for line in iter_lines(report):
         print(line)

@@ -10,19 +10,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="ranking of a sweep's configurations over their repeats (95%% CIs, paired differences), Table 1 style,"
-             " per-step SDR, Pareto front, hyperparameter importance, parallel coordinates and R matrices, as markdown"
-             " and one HTML page, from MLflow",
+        " per-step SDR, Pareto front, hyperparameter importance, parallel coordinates and R matrices, as markdown"
+        " and one HTML page, from MLflow",
     )
     p.add_argument("--sweep", required=True, help="sweep name (as given to `contavsep sweep --name`)")
     p.add_argument("--out", default=None, help="output folder (default: ./reports/<sweep>)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: search all experiments)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the local services started by `contavsep services up`)")
-    p.add_argument("--metric", default=None,
-                   help="final value that ranks the configurations: sdr, forgetting/sdr, ... or the MLflow key final/sdr"
-                        " (default: the sweep space's metric, else sdr)")
-    p.add_argument("--mode", default=None, choices=("max", "min"),
-                   help="whether the metric is maximised or minimised (default: the space's mode for it; min for forgetting, else max)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the local services started by `contavsep services up`)",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="final value that ranks the configurations: sdr, forgetting/sdr, ... or the MLflow key final/sdr"
+        " (default: the sweep space's metric, else sdr)",
+    )
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=("max", "min"),
+        help="whether the metric is maximised or minimised (default: the space's mode for it; min for forgetting, else max)",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print the report, only where it was written")
     p.set_defaults(func=run)
 
@@ -38,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
 
         uri = resolve_endpoints().mlflow_tracking_uri
     if not uri:
-        raise UserError("no MLflow tracking server configured: start the local services (`contavsep services up`),"
-                        " set MLFLOW_TRACKING_URI, or pass --tracking-uri")
+        raise UserError(
+            "no MLflow tracking server configured: start the local services (`contavsep services up`),"
+            " set MLFLOW_TRACKING_URI, or pass --tracking-uri"
+        )
     check_tracking_uri(uri, "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         # MLflow would create an empty database there (and log its migration) to find no sweep.
-        raise UserError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI")
+        raise UserError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')}: check --tracking-uri / MLFLOW_TRACKING_URI"
+        )
     _send_pending(uri, args.sweep)
     out = Path(args.out or Path("reports") / args.sweep).resolve()
     report = write_report(uri, args.sweep, out, experiment=args.experiment, metric=args.metric, mode=args.mode)
@@ -73,7 +87,12 @@ def _send_pending(tracking_uri: str, sweep: str) -> None:
         print(f"contavsep report: note: could not look for results kept from an MLflow outage: {exc}", file=sys.stderr)
         return
     if sent:
-        print(f"sent {sent} final flush(es) of sweep {sweep} that MLflow had missed (kept in its storage)", file=sys.stderr)
+        print(
+            f"sent {sent} final flush(es) of sweep {sweep} that MLflow had missed (kept in its storage)",
+            file=sys.stderr,
+        )
     if left:
-        print(f"contavsep report: note: {left} final flush(es) of sweep {sweep} still wait for MLflow; the report may lack them",
-              file=sys.stderr)
+        print(
+            f"contavsep report: note: {left} final flush(es) of sweep {sweep} still wait for MLflow; the report may lack them",
+            file=sys.stderr,
+        )

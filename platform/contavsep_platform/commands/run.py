@@ -21,12 +21,22 @@ EXIT_INTERRUPTED = 130  # Ctrl-C; --resume with the last step checkpoint continu
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate one incremental task sequence locally (no Ray)")
     p.add_argument("--data", required=True, help="dataset URI (file:///abs/path or s3://bucket/prefix)")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="size preset (default: paper, or the --config file's)")
+    p.add_argument(
+        "--preset", default=None, choices=sorted(PRESETS), help="size preset (default: paper, or the --config file's)"
+    )
     p.add_argument("--strategy", default=None, help="strategy name (see `contavsep strategies`)")
     p.add_argument("--config", dest="yaml_path", default=None, help="YAML overlay of nested or dotted keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
-    p.add_argument("--out", default=None, help="output directory for results.json and step checkpoints (default: ./runs/<strategy>-<time>)")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT_DIR", help="continue after the step of this checkpoint")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory for results.json and step checkpoints (default: ./runs/<strategy>-<time>)",
+    )
+    p.add_argument(
+        "--resume", default=None, metavar="CHECKPOINT_DIR", help="continue after the step of this checkpoint"
+    )
     p.add_argument("--no-checkpoints", action="store_true", help="do not write step checkpoints")
     p.add_argument("--quiet", action="store_true", help="only print the final table")
     p.set_defaults(func=run)
@@ -37,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
 
 
 def _fmt(x: object) -> str:
@@ -48,7 +60,10 @@ def step_table(summary: dict) -> str:
     """Per-step table: SDR/SIR/SAR over all seen classes, old / new SDR, mixture SDR, skipped."""
     rows = [["step", "SDR", "SIR", "SAR", "SDR old", "SDR new", "SDR mix", "sources", "skipped"]]
     for s in summary["steps"]:
-        rows.append([str(s["step"] + 1)] + [_fmt(s.get(k)) for k in ("sdr", "sir", "sar", "sdr_old", "sdr_new", "sdr_mix", "sources", "skipped")])
+        rows.append(
+            [str(s["step"] + 1)]
+            + [_fmt(s.get(k)) for k in ("sdr", "sir", "sar", "sdr_old", "sdr_new", "sdr_mix", "sources", "skipped")]
+        )
     return _table(rows)
 
 
@@ -76,8 +91,10 @@ def _check_out(out: Path, resuming: bool) -> None:
     """Refuse, before any training, an output folder that cannot be written or that holds
     another run's results (they would be overwritten step by step)."""
     if (out / "results.json").exists() and not resuming:
-        raise UserError(f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
-                        f" with --resume {out}/checkpoints/step=N")
+        raise UserError(
+            f"--out {out} already holds a run (results.json): choose another --out, or continue that run"
+            f" with --resume {out}/checkpoints/step=N"
+        )
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {existing} is not a writable folder")
@@ -122,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         error_log = out / "error.txt"
         error_log.write_text(traceback.format_exc())
         line = traceback.format_exc().strip().splitlines()[-1]
-        print(f"contavsep run: error: the run failed: {line}; log: {error_log}{_resume_hint(out, args)}", file=sys.stderr)
+        print(
+            f"contavsep run: error: the run failed: {line}; log: {error_log}{_resume_hint(out, args)}", file=sys.stderr
+        )
         return EXIT_FAILED
     wall = time.perf_counter() - started
     print(step_table(summary))
@@ -137,14 +156,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resume_hint(out: Path, args: argparse.Namespace) -> str:
-    """"; continue it with ..." naming the last step checkpoint, if the run wrote one."""
-    steps = sorted((p for p in (out / "checkpoints").glob("step=*") if p.name.split("=")[1].isdigit()),
-                   key=lambda p: int(p.name.split("=")[1]))
+    """ "; continue it with ..." naming the last step checkpoint, if the run wrote one."""
+    steps = sorted(
+        (p for p in (out / "checkpoints").glob("step=*") if p.name.split("=")[1].isdigit()),
+        key=lambda p: int(p.name.split("=")[1]),
+    )
     if not steps:
         return ""
     return f"; continue it: the same command with --out {out} --resume {steps[-1]}"
-
-
 
 
 def list_strategies(args: argparse.Namespace) -> int:

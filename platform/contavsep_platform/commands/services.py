@@ -33,15 +33,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("action", metavar="{up,down,status,env}", help="what to do")
-    p.add_argument("--ray", action="store_true", help="up: also start a local Ray head (dashboard and job API on 127.0.0.1)")
+    p.add_argument(
+        "--ray", action="store_true", help="up: also start a local Ray head (dashboard and job API on 127.0.0.1)"
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="up --ray: CPUs the Ray head offers (default: all)")
     from contavsep_platform.services import DEFAULT_PORTS, PORT_FLAGS
 
     for role, flag in PORT_FLAGS.items():
-        p.add_argument(flag, dest=f"port_{role}", type=int, default=None, metavar="PORT",
-                       help=f"up: port of {_PORT_HELP[role]} (default {DEFAULT_PORTS[role]}, or the one last used)")
-    p.add_argument("--runtime-env-json", action="store_true",
-                   help='env: print {"env_vars": {...}} for `ray job submit --runtime-env-json` instead of shell exports')
+        p.add_argument(
+            flag,
+            dest=f"port_{role}",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help=f"up: port of {_PORT_HELP[role]} (default {DEFAULT_PORTS[role]}, or the one last used)",
+        )
+    p.add_argument(
+        "--runtime-env-json",
+        action="store_true",
+        help='env: print {"env_vars": {...}} for `ray job submit --runtime-env-json` instead of shell exports',
+    )
     p.set_defaults(func=run)
 
 
@@ -51,9 +62,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action not in ACTIONS:
         raise UserError(f"unknown services command '{args.action}': use one of {', '.join(ACTIONS)}")
-    ports = {role: getattr(args, f"port_{role}") for role in services.DEFAULT_PORTS if getattr(args, f"port_{role}") is not None}
-    up_only = [flag for flag, given in [("--ray", args.ray), ("--num-cpus", args.num_cpus is not None)]
-               + [(services.PORT_FLAGS[r], True) for r in ports] if given]
+    ports = {
+        role: getattr(args, f"port_{role}")
+        for role in services.DEFAULT_PORTS
+        if getattr(args, f"port_{role}") is not None
+    }
+    up_only = [
+        flag
+        for flag, given in [("--ray", args.ray), ("--num-cpus", args.num_cpus is not None)]
+        + [(services.PORT_FLAGS[r], True) for r in ports]
+        if given
+    ]
     if args.action != "up" and up_only:
         raise UserError(f"{up_only[0]} only applies to `contavsep services up`")
     if args.action != "env" and args.runtime_env_json:
@@ -72,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
         ray_flags = [services.PORT_FLAGS[r] for r in ports if r in _RAY_ROLES]
         if ray_flags and not (args.ray or recorded_ray):
             raise UserError(f"{ray_flags[0]} is a Ray head port: add --ray")
-        report = services.up(state_dir, ports=ports, ray=args.ray, num_cpus=args.num_cpus,
-                             echo=lambda line: print(line, file=sys.stderr, flush=True))
+        report = services.up(
+            state_dir,
+            ports=ports,
+            ray=args.ray,
+            num_cpus=args.num_cpus,
+            echo=lambda line: print(line, file=sys.stderr, flush=True),
+        )
         print_status(report, state_dir)
         print("stop them with: contavsep services down   (data, keys and ports are kept for the next `up`)")
         return 0

@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = fetch_journal(uri, out, endpoints.s3)
     except storage.StorageError as exc:
-        raise UserError(f"{exc} (a sweep started before studies were kept has none; check the name and CONTAVSEP_STORAGE)") from None
+        raise UserError(
+            f"{exc} (a sweep started before studies were kept has none; check the name and CONTAVSEP_STORAGE)"
+        ) from None
     print(f"study: {path} (Optuna study '{name}', journal storage)")
     if not args.dashboard:
         print(f"open it with: optuna-dashboard {path}")

@@ -23,12 +23,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("space", metavar="SPACE.yaml", help="search space file, e.g. search_spaces/smoke.yaml")
     p.add_argument("--name", default=None, help="sweep name (default: <space name>-<date>-<time>); needed by --resume")
-    p.add_argument("--num-samples", type=int, default=None, help="number of configurations (default: the space's num_samples); each runs once per repeat")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name (finished trials are kept)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)")
-    p.add_argument("--check", action="store_true", help="validate the space and print the trials' shared settings, what it selects on,"
-                   " its protocol and (paper-size spaces) the expected GPU-hours; run nothing")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="number of configurations (default: the space's num_samples); each runs once per repeat",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the interrupted sweep --name (finished trials are kept)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a dotted config key for every trial, e.g. data.uri=s3://bucket/datasets/music21 (repeatable)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the space and print the trials' shared settings, what it selects on,"
+        " its protocol and (paper-size spaces) the expected GPU-hours; run nothing",
+    )
     add_console_flags(p)
     p.set_defaults(func=run)
 
@@ -36,10 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_console_flags(p: argparse.ArgumentParser) -> None:
     """--quiet / --verbose: how much of the sweep the console shows (default: the live table)."""
     console = p.add_mutually_exclusive_group()
-    console.add_argument("--quiet", action="store_true",
-                         help="no progress while the sweep runs, only the final tables (Ray and Tune output goes to the sweep's log file)")
-    console.add_argument("--verbose", action="store_true",
-                         help="Tune's own progress tables and Ray's messages on the console instead of the live table and the log file")
+    console.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress while the sweep runs, only the final tables (Ray and Tune output goes to the sweep's log file)",
+    )
+    console.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Tune's own progress tables and Ray's messages on the console instead of the live table and the log file",
+    )
 
 
 class ConsoleKwargs(TypedDict):
@@ -72,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
         space = validate_space(replace(space, num_samples=args.num_samples), args.space)
     if args.check:
         objectives = ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives)
-        print(f"space {space.name}: {len(space.strategies)} strategies, {space.num_samples} configurations x {space.repeats.count}"
-              f" repeats ({space.repeats.seeds} seeds x {space.repeats.class_orders} class orders) = {space.num_trials} trials"
-              f" of {space.num_steps} steps, objective {objectives}, scheduler {space.scheduler.type}, sampler {space.sampler.type}")
+        print(
+            f"space {space.name}: {len(space.strategies)} strategies, {space.num_samples} configurations x {space.repeats.count}"
+            f" repeats ({space.repeats.seeds} seeds x {space.repeats.class_orders} class orders) = {space.num_trials} trials"
+            f" of {space.num_steps} steps, objective {objectives}, scheduler {space.scheduler.type}, sampler {space.sampler.type}"
+        )
         for key, value in space.base.items():
             print(f"  {key} = {value!r}")
         for name, params in space.strategies.items():
@@ -134,4 +159,3 @@ def run(args: argparse.Namespace) -> int:
     if outcome.errored:
         return EXIT_TRIAL_ERRORED
     return EXIT_INTERRUPTED if outcome.interrupted else 0
-

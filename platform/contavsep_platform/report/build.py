@@ -61,14 +61,26 @@ def build_report(
     table = run_records(confirm_trials or search_trials, space.factors)
     logged = sorted({k for r in table.records if r.complete for k in r.values})
     if logged and metric not in logged:
-        raise UserError(f"no complete run of sweep '{sweep.name}' logged '{metric}'{did_you_mean(metric, logged)};"
-                        f" values: {', '.join(logged)}")
+        raise UserError(
+            f"no complete run of sweep '{sweep.name}' logged '{metric}'{did_you_mean(metric, logged)};"
+            f" values: {', '.join(logged)}"
+        )
     objectives = tuple((publish_key(m), d) for m, d in space.objectives) if len(space.objectives) > 1 else ()
     columns = tuple(dict.fromkeys([*RANKING_COLUMNS, *(m for m, _ in objectives)]))
     configurations = group_configurations(table.records)
-    select_by, chosen_on, selection = _selection(space, result_key(first), configurations, search_trials, confirm_trials, trials)
-    comparison = compare(configurations, metric, mode, columns, select_by=select_by, select_mode=first_mode, chosen_on=chosen_on,
-                         selection=selection)
+    select_by, chosen_on, selection = _selection(
+        space, result_key(first), configurations, search_trials, confirm_trials, trials
+    )
+    comparison = compare(
+        configurations,
+        metric,
+        mode,
+        columns,
+        select_by=select_by,
+        select_mode=first_mode,
+        chosen_on=chosen_on,
+        selection=selection,
+    )
     search = comparison
     if confirm_trials:
         search_configurations = group_configurations(run_records(search_trials, space.factors).records)
@@ -83,30 +95,50 @@ def build_report(
     md: list[str] = [f"# Sweep `{sweep.name}`", ""]
     md += _header_lines(sweep, table, comparison, space, metric, mode) + [""]
 
-    md += ["## Ranking (confirmed configuration per method)" if confirm_trials else "## Ranking (one configuration per method)", ""]
+    md += [
+        "## Ranking (confirmed configuration per method)"
+        if confirm_trials
+        else "## Ranking (one configuration per method)",
+        "",
+    ]
     header, rows = _ranking_rows(comparison)
     if rows:
-        chosen = (f" chosen by `{select_by}` (validation; the value it was chosen on and the gap to the published"
-                  f" mean are shown)" if select_by else "")
-        md += [f"**Selection: {selection}.**", "",
-               f"Methods ({', '.join(('strategy', 'memory size', *space.factors))}) by the mean final `{metric}` ({mode})"
-               f" of their configuration{chosen} that completed all its runs. Values: mean ± half-width of the"
-               f" {CONFIDENCE:.0%} Student-t interval over the configuration's runs; `runs` = how many runs stand behind each"
-               " mean. Δ: paired by seed and class order (run minus run on the same repeat), with the interval of those"
-               " differences and how many pairs.", ""]
+        chosen = (
+            f" chosen by `{select_by}` (validation; the value it was chosen on and the gap to the published"
+            f" mean are shown)"
+            if select_by
+            else ""
+        )
+        md += [
+            f"**Selection: {selection}.**",
+            "",
+            f"Methods ({', '.join(('strategy', 'memory size', *space.factors))}) by the mean final `{metric}` ({mode})"
+            f" of their configuration{chosen} that completed all its runs. Values: mean ± half-width of the"
+            f" {CONFIDENCE:.0%} Student-t interval over the configuration's runs; `runs` = how many runs stand behind each"
+            " mean. Δ: paired by seed and class order (run minus run on the same repeat), with the interval of those"
+            " differences and how many pairs.",
+            "",
+        ]
         md.append(markdown_table(header, rows))
         md.append("")
     md += [f"- {line}" for line in summary_lines(comparison)]
-    md.append(f"- A difference whose {CONFIDENCE:.0%} interval contains 0 is within the noise of the runs, not a win"
-              " or a loss; one without an interval (a single pair) says nothing about the noise.")
+    md.append(
+        f"- A difference whose {CONFIDENCE:.0%} interval contains 0 is within the noise of the runs, not a win"
+        " or a loss; one without an interval (a single pair) says nothing about the noise."
+    )
     if rows:
         best = [r.configuration for r in comparison.rows]
         estimates = [{m: c.estimate(m) for m in ("sdr", "sir", "sar")} for c in best]
-        files.append(save_figure(final_scores_figure(
-            [(c.method, e["sdr"].mean, e["sir"].mean, e["sar"].mean) for c, e in zip(best, estimates)],
-            errors=[(e["sdr"].half_width, e["sir"].half_width, e["sar"].half_width) for e in estimates],
-            title=f"Best configuration per method: final scores (mean ± {CONFIDENCE:.0%} CI)",
-        ), out / "final_scores.png"))
+        files.append(
+            save_figure(
+                final_scores_figure(
+                    [(c.method, e["sdr"].mean, e["sir"].mean, e["sar"].mean) for c, e in zip(best, estimates)],
+                    errors=[(e["sdr"].half_width, e["sir"].half_width, e["sar"].half_width) for e in estimates],
+                    title=f"Best configuration per method: final scores (mean ± {CONFIDENCE:.0%} CI)",
+                ),
+                out / "final_scores.png",
+            )
+        )
         md += ["", "![final scores](final_scores.png)"]
     md.append("")
 
@@ -115,16 +147,25 @@ def build_report(
     md += ["## Configurations of the search" if confirm_trials else "## Configurations", ""]
     if search.configurations:
         header, rows = configurations_table(search)
-        md += ["Every configuration with how many of its runs completed; a configuration counts in the ranking only"
-               " when all its runs completed." + (" The ranking above comes from the confirmation runs, not these."
-                                                  if confirm_trials else ""), "", markdown_table(header, rows)]
+        md += [
+            "Every configuration with how many of its runs completed; a configuration counts in the ranking only"
+            " when all its runs completed."
+            + (" The ranking above comes from the confirmation runs, not these." if confirm_trials else ""),
+            "",
+            markdown_table(header, rows),
+        ]
     else:
         md.append("No runs logged.")
     md.append("")
 
-    md += [f"## SDR over all seen classes after each step (best configuration per method, mean ± {CONFIDENCE:.0%} CI (n))", ""]
+    md += [
+        f"## SDR over all seen classes after each step (best configuration per method, mean ± {CONFIDENCE:.0%} CI (n))",
+        "",
+    ]
     per_step = {
-        r.configuration.method: step_estimates([histories.get(run.run_id, []) for run in r.configuration.runs if run.complete])
+        r.configuration.method: step_estimates(
+            [histories.get(run.run_id, []) for run in r.configuration.runs if run.complete]
+        )
         for r in comparison.rows
     }
     steps = sorted({s for points in per_step.values() for s, _ in points})
@@ -142,15 +183,23 @@ def build_report(
         md.append("No per-step results of a ranked configuration.")
     md.append("")
 
-    pareto_view = View("Pareto front", None, "Not drawn: the space has a single objective"
-                       f" ({metric}); a Pareto front needs two (space `objectives`).")
+    pareto_view = View(
+        "Pareto front",
+        None,
+        f"Not drawn: the space has a single objective ({metric}); a Pareto front needs two (space `objectives`).",
+    )
     if objectives:
         lines, figure = _pareto(comparison, objectives, out)
         md += lines + [""]
         if figure is not None:
             files.append(figure)
-        pareto_view = View(lines[0].removeprefix("## "), figure, f"Means with {CONFIDENCE:.0%} CI bars of the first two"
-                           " objectives; front members marked." if figure else f"Not drawn: {' '.join(lines[2:])}")
+        pareto_view = View(
+            lines[0].removeprefix("## "),
+            figure,
+            f"Means with {CONFIDENCE:.0%} CI bars of the first two objectives; front members marked."
+            if figure
+            else f"Not drawn: {' '.join(lines[2:])}",
+        )
 
     views = _views(comparison, space, metric, mode, per_step, out, pareto_view, trials, r_document, search)
     files += [v.file for v in views if v.file is not None and v.file not in files]
@@ -162,7 +211,17 @@ def build_report(
 
     md += ["## All runs", ""]
     if trials:
-        header = ["run", "stage", "configuration", "repeat", "method", "status", "steps done", "final SDR", "forgetting SDR"]
+        header = [
+            "run",
+            "stage",
+            "configuration",
+            "repeat",
+            "method",
+            "status",
+            "steps done",
+            "final SDR",
+            "forgetting SDR",
+        ]
         run_rows: list[list[object]] = []
 
         def method_of(t: TrialRecord) -> str:
@@ -178,12 +237,33 @@ def build_report(
             status = "complete" if t.complete else t.status
             if record.run_id not in counted:
                 status += f" (repeats {trial_of[table.duplicates[record.run_id]].name}; not counted)"
-            run_rows.append([t.name, t.stage, record.config_id, record.repeat, method_of(t), status,
-                             _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting/sdr")])
+            run_rows.append(
+                [
+                    t.name,
+                    t.stage,
+                    record.config_id,
+                    record.repeat,
+                    method_of(t),
+                    status,
+                    _steps_done(histories.get(t.run_id, [])),
+                    t.final("sdr"),
+                    t.final("forgetting/sdr"),
+                ]
+            )
         for t in search_trials if confirm_trials else ():  # what chose the confirmed configurations
-            run_rows.append([t.name, t.stage, t.config_id, t.repeat, method_of(t),
-                             "complete" if t.complete else t.status,
-                             _steps_done(histories.get(t.run_id, [])), t.final("sdr"), t.final("forgetting/sdr")])
+            run_rows.append(
+                [
+                    t.name,
+                    t.stage,
+                    t.config_id,
+                    t.repeat,
+                    method_of(t),
+                    "complete" if t.complete else t.status,
+                    _steps_done(histories.get(t.run_id, [])),
+                    t.final("sdr"),
+                    t.final("forgetting/sdr"),
+                ]
+            )
         md.append(markdown_table(header, run_rows))
     else:
         md.append("No runs logged.")

@@ -41,8 +41,9 @@ def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: 
     runs: list = []
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=1000, page_token=token, order_by=["attributes.start_time ASC"]
+        )
         runs.extend(page)
         token = page.token
         if not token:

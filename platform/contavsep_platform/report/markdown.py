@@ -40,23 +40,33 @@ def _ranking_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _header_lines(sweep: SweepRecord, table: RunTable, comparison: Comparison, space: SpaceInfo, metric: str,
-                  mode: str) -> list[str]:
+def _header_lines(
+    sweep: SweepRecord, table: RunTable, comparison: Comparison, space: SpaceInfo, metric: str, mode: str
+) -> list[str]:
     runs = len(sweep.trials)
     complete = sum(t.complete for t in sweep.trials)
     configs = comparison.configurations
-    lines = [f"{runs} runs: {complete} complete, {runs - complete} stopped early, failed or running."
-             f" Sweep run status: {sweep.status}.  ", f"Selection: {comparison.selection}.  "]
+    lines = [
+        f"{runs} runs: {complete} complete, {runs - complete} stopped early, failed or running."
+        f" Sweep run status: {sweep.status}.  ",
+        f"Selection: {comparison.selection}.  ",
+    ]
     if configs:
         sizes = sorted({len(c.runs) for c in configs})
         per = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}"
         ranked = sum(c.complete for c in configs)
-        lines.append(f"{len(configs)} configurations with {per} repeat(s) (seed x class order) each: {ranked} completed all"
-                     f" their runs, {len(comparison.incomplete)} did not (not ranked).  ")
+        lines.append(
+            f"{len(configs)} configurations with {per} repeat(s) (seed x class order) each: {ranked} completed all"
+            f" their runs, {len(comparison.incomplete)} did not (not ranked).  "
+        )
     if space.seeds is not None:
-        lines.append(f"The space asks for {space.seeds} seed(s) x {space.class_orders} class order(s) per configuration.  ")
+        lines.append(
+            f"The space asks for {space.seeds} seed(s) x {space.class_orders} class order(s) per configuration.  "
+        )
     if table.duplicates:
-        lines.append(f"{len(table.duplicates)} run(s) repeat another run's configuration and repeat and are not counted.  ")
+        lines.append(
+            f"{len(table.duplicates)} run(s) repeat another run's configuration and repeat and are not counted.  "
+        )
     lines.append(f"Ranking by the final `{metric}` ({mode}).  ")
     if space.problem:
         lines.append(f"Note: {space.problem}.  ")
@@ -76,7 +86,9 @@ def _table1_lines(comparison: Comparison, model_of: Mapping[str, str], metric: s
     shown; a cell holding several memory sizes shows the best of those methods by ``metric``)."""
     lines = [f"## Table 1 style: SDR / SIR / SAR after the last step (dB, mean ± {CONFIDENCE:.0%} CI (n))", ""]
     complete = [r.configuration for r in comparison.rows]
-    groups = sorted({(model_of[c.config_id], c.memory > 0) for c in complete}, key=lambda g: (*_model_order(g[0]), g[1]))
+    groups = sorted(
+        {(model_of[c.config_id], c.memory > 0) for c in complete}, key=lambda g: (*_model_order(g[0]), g[1])
+    )
     if not groups:
         return lines + ["No configuration completed all its runs."]
     header = ["method"]
@@ -86,7 +98,11 @@ def _table1_lines(comparison: Comparison, model_of: Mapping[str, str], metric: s
     for name in strategy_order([c.strategy for c in complete]):
         row: list[object] = [strategy_label(name)]
         for model, memory in groups:
-            cell = [c for c in complete if c.strategy == name and model_of[c.config_id] == model and (c.memory > 0) == memory]
+            cell = [
+                c
+                for c in complete
+                if c.strategy == name and model_of[c.config_id] == model and (c.memory > 0) == memory
+            ]
             ranked = compare(cell, metric, mode, ("sir", "sar")).rows if cell else ()
             best = ranked[0].configuration if ranked else None
             row += [_with_n(best.estimate(m)) if best else None for m in ("sdr", "sir", "sar")]

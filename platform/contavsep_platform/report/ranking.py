@@ -33,8 +33,11 @@ def searched_keys(trials: Sequence[TrialRecord]) -> list[str]:
     and bookkeeping keys are not searched."""
     keys = sorted({k for t in trials for k in t.params})
     return [
-        k for k in keys
-        if k not in _GROUP_KEYS and k not in NOT_HYPERPARAMETERS and k not in REPEAT_KEYS
+        k
+        for k in keys
+        if k not in _GROUP_KEYS
+        and k not in NOT_HYPERPARAMETERS
+        and k not in REPEAT_KEYS
         and len({t.params.get(k) for t in trials}) > 1
     ]
 
@@ -47,9 +50,14 @@ class RunTable:
     duplicates: Mapping[str, str]  # run id -> run id it repeats (same configuration and repeat; left out)
 
 
-def _selection(space: SpaceInfo, key: str, configurations: Sequence[Configuration],
-               search_trials: Sequence[TrialRecord], confirm_trials: Sequence[TrialRecord],
-               trials: Sequence[TrialRecord]) -> tuple[str, dict[str, Estimate] | None, str]:
+def _selection(
+    space: SpaceInfo,
+    key: str,
+    configurations: Sequence[Configuration],
+    search_trials: Sequence[TrialRecord],
+    confirm_trials: Sequence[TrialRecord],
+    trials: Sequence[TrialRecord],
+) -> tuple[str, dict[str, Estimate] | None, str]:
     """``(select_by, chosen_on, selection)`` for :func:`compare`: how each method's configuration
     was chosen, read from the runs themselves. A confirmation stage chose on the search's runs
     (their ``key`` values, per configuration: tag ``contavsep.configuration``); without one, a
@@ -91,9 +99,14 @@ def run_records(trials: Sequence[TrialRecord], factors: Sequence[str] = ()) -> R
         keys = searched_keys(group)
         for t in group:
             record = RunRecord(
-                run_id=t.run_id, config_id=t.config_id, repeat=t.repeat, strategy=name, memory=t.memory_per_class,
+                run_id=t.run_id,
+                config_id=t.config_id,
+                repeat=t.repeat,
+                strategy=name,
+                memory=t.memory_per_class,
                 params={k: _param_value(t.params[k]) for k in keys if k in t.params},
-                values=t.values, complete=t.complete,
+                values=t.values,
+                complete=t.complete,
                 factors=tuple((k, _param_value(t.params[k])) for k in factors if k in t.params),
             )
             slot = (t.config_id, t.repeat)
@@ -128,5 +141,13 @@ def step_estimates(histories: Sequence[Sequence[tuple[int, float]]]) -> list[tup
 
 def _record_of(trial: TrialRecord) -> RunRecord:
     """A left-out duplicate run as a record (for the runs table only)."""
-    return RunRecord(trial.run_id, trial.config_id, trial.repeat, trial.strategy, trial.memory_per_class, {}, trial.values,
-                     trial.complete)
+    return RunRecord(
+        trial.run_id,
+        trial.config_id,
+        trial.repeat,
+        trial.strategy,
+        trial.memory_per_class,
+        {},
+        trial.values,
+        trial.complete,
+    )

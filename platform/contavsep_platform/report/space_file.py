@@ -14,7 +14,9 @@ from contavsep_platform.spaces import SPLITS, named_metric
 class SpaceInfo:
     """What the report needs from the sweep's search_space.yaml (all optional)."""
 
-    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode): ``objectives``, else ``metric``/``mode`` (split named)
+    objectives: tuple[
+        tuple[str, str], ...
+    ] = ()  # (metric, mode): ``objectives``, else ``metric``/``mode`` (split named)
     seeds: int | None = None  # repeats.seeds
     class_orders: int | None = None  # repeats.class_orders
     problem: str = ""  # why the file could not be read ("" when fine or absent)
@@ -37,7 +39,9 @@ def space_info(text: str) -> SpaceInfo:
     objectives: tuple[tuple[str, str], ...] = ()
     listed = raw.get("objectives")
     if isinstance(listed, list):
-        objectives = tuple((str(o["metric"]), str(o.get("mode", "max"))) for o in listed if isinstance(o, Mapping) and "metric" in o)
+        objectives = tuple(
+            (str(o["metric"]), str(o.get("mode", "max"))) for o in listed if isinstance(o, Mapping) and "metric" in o
+        )
     elif raw.get("metric") is not None:
         objectives = ((str(raw["metric"]), str(raw.get("mode", "max"))),)
     raw_repeats = raw.get("repeats")
@@ -45,9 +49,17 @@ def space_info(text: str) -> SpaceInfo:
     seeds, orders = repeats.get("seeds", 1 if repeats else None), repeats.get("class_orders", 1 if repeats else None)
     select_on = str(raw.get("select_on", "val"))
     objectives = tuple((named_metric(m, select_on if select_on in SPLITS else "val"), mode) for m, mode in objectives)
-    factors = tuple(str(f) for f in raw["factors"] if isinstance(f, str)) if isinstance(raw.get("factors"), list) else ()
+    factors = (
+        tuple(str(f) for f in raw["factors"] if isinstance(f, str)) if isinstance(raw.get("factors"), list) else ()
+    )
     protocol = raw.get("protocol")
     protocol = {"type": protocol} if isinstance(protocol, str) else protocol if isinstance(protocol, Mapping) else {}
     first_tasks = int(protocol.get("tasks", 2)) if protocol.get("type") == "first_tasks" else 0
-    return SpaceInfo(objectives, seeds if isinstance(seeds, int) else None, orders if isinstance(orders, int) else None,
-                     select_on=select_on, factors=factors, first_tasks=first_tasks)
+    return SpaceInfo(
+        objectives,
+        seeds if isinstance(seeds, int) else None,
+        orders if isinstance(orders, int) else None,
+        select_on=select_on,
+        factors=factors,
+        first_tasks=first_tasks,
+    )

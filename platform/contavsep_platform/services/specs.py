@@ -135,8 +135,9 @@ RAY = Service(
     address_role="ray",
     optional=True,
     head_options=True,
-    retry=Retry(_RAY_OVERLOAD, _RAY_ATTEMPTS,
-                "the head's raylet did not register within Ray's 30 s (machine overloaded?)"),
+    retry=Retry(
+        _RAY_OVERLOAD, _RAY_ATTEMPTS, "the head's raylet did not register within Ray's 30 s (machine overloaded?)"
+    ),
 )
 
 SERVICE_SPECS: tuple[Service, ...] = (S3, MLFLOW, RAY)  # start order; stopped in reverse

@@ -20,8 +20,15 @@ from contavsep_platform.settings import read_state
 Echo = Callable[[str], None]
 
 
-def start(service: Service, state_dir: Path, ports: dict[str, int], depends: dict[str, str], num_cpus: int,
-          ray_temp_dir: str | None, echo: Echo) -> None:
+def start(
+    service: Service,
+    state_dir: Path,
+    ports: dict[str, int],
+    depends: dict[str, str],
+    num_cpus: int,
+    ray_temp_dir: str | None,
+    echo: Echo,
+) -> None:
     attempts = 1 if service.retry is None else service.retry.attempts
     for attempt in range(1, attempts + 1):
         try:
@@ -34,8 +41,15 @@ def start(service: Service, state_dir: Path, ports: dict[str, int], depends: dic
             echo(f"{service.name}: {service.retry.reason}; retrying")
 
 
-def _start_once(service: Service, state_dir: Path, ports: dict[str, int], depends: dict[str, str], num_cpus: int,
-                ray_temp_dir: str | None, echo: Echo) -> None:
+def _start_once(
+    service: Service,
+    state_dir: Path,
+    ports: dict[str, int],
+    depends: dict[str, str],
+    num_cpus: int,
+    ray_temp_dir: str | None,
+    echo: Echo,
+) -> None:
     name = service.name
     url = service.url(ports)
     cmd, env = service.command(state_dir, ports, num_cpus, ray_temp_dir)

@@ -48,4 +48,6 @@ def make_sampler(space: SearchSpace) -> Any:
     # strategies' (the space is conditional: trials of different strategies have different keys).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=smp.seed, n_startup_trials=smp.n_startup_trials, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=smp.seed, n_startup_trials=smp.n_startup_trials, multivariate=True, group=True
+        )

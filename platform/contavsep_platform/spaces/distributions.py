@@ -117,7 +117,11 @@ def parse_distribution(raw: Any, where: str) -> Distribution:
         if len(set(map(repr, arg))) != len(arg):
             raise SpaceError(f"{where}: choices repeat a value: {list(arg)}")
         return Distribution("choice", choices=tuple(arg))
-    if not isinstance(arg, (list, tuple)) or len(arg) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in arg):
+    if (
+        not isinstance(arg, (list, tuple))
+        or len(arg) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in arg)
+    ):
         raise SpaceError(f"{where}: {kind} needs two numbers [low, high], got {arg!r}")
     low, high = arg
     if not low < high:
@@ -133,7 +137,9 @@ def parse_distribution(raw: Any, where: str) -> Distribution:
             raise SpaceError(f"{where}: a log int distribution needs low >= 1 and step 1")
         if step is not None and (high - low) % step:
             raise SpaceError(f"{where}: int range [{low}, {high}] is not a multiple of step {step}")
-        return Distribution("int", low=int(low), high=int(high), step=int(step) if step is not None else None, log=bool(log))
+        return Distribution(
+            "int", low=int(low), high=int(high), step=int(step) if step is not None else None, log=bool(log)
+        )
     if step is not None and (step <= 0 or not math.isclose(round((high - low) / step) * step, high - low)):
         raise SpaceError(f"{where}: uniform step {step} must be > 0 and divide [{low}, {high}]")
     return Distribution(kind, low=float(low), high=float(high), step=float(step) if step is not None else None)

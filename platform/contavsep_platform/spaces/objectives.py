@@ -7,11 +7,16 @@ from contavsep.metric_names import SCORES, group_name
 # Per-step values a sweep may optimise. Each is defined at every step (old-class means are not:
 # they do not exist at step 1, where ASHA already compares trials).
 OBJECTIVES = (
-    *SCORES, "sdri", *(f"{m}_new" for m in SCORES), *(group_name("average_incremental", m) for m in SCORES),
+    *SCORES,
+    "sdri",
+    *(f"{m}_new" for m in SCORES),
+    *(group_name("average_incremental", m) for m in SCORES),
 )
 # Values that may be further objectives (final values only; the first objective is pruned on).
 FINAL_OBJECTIVES = OBJECTIVES + (
-    *(f"{m}_old" for m in SCORES), *(group_name(group, m) for group in ("forgetting", "bwt") for m in SCORES), "memory/clips",
+    *(f"{m}_old" for m in SCORES),
+    *(group_name(group, m) for group in ("forgetting", "bwt") for m in SCORES),
+    "memory/clips",
 )
 # The splits an objective is measured on. Trial results carry validation values as val/<name>
 # and test values unprefixed (<name>, as before validation sets existed).

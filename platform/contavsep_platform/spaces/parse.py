@@ -32,9 +32,26 @@ if TYPE_CHECKING:
 
 
 TOP_LEVEL_KEYS = (
-    "name", "description", "experiment", "base", "common", "strategies", "metric", "mode", "objectives", "num_samples",
-    "repeats", "scheduler", "sampler", "resources", "max_failures", "points_to_evaluate", "select_on", "factors",
-    "confirm", "protocol",
+    "name",
+    "description",
+    "experiment",
+    "base",
+    "common",
+    "strategies",
+    "metric",
+    "mode",
+    "objectives",
+    "num_samples",
+    "repeats",
+    "scheduler",
+    "sampler",
+    "resources",
+    "max_failures",
+    "points_to_evaluate",
+    "select_on",
+    "factors",
+    "confirm",
+    "protocol",
 )
 
 
@@ -51,14 +68,21 @@ def _section(raw: Any, where: str, cls: type[_Section], aliases: Mapping[str, st
     for key, value in raw.items():
         key = (aliases or {}).get(key, key)
         if key not in names:
-            raise SpaceError(f"{where}: unknown field '{key}'{did_you_mean(str(key), names)}; valid: {', '.join(names)}")
+            raise SpaceError(
+                f"{where}: unknown field '{key}'{did_you_mean(str(key), names)}; valid: {', '.join(names)}"
+            )
         f = cls.__dataclass_fields__[key]
         default = f.default
         if value is None and "None" in str(f.type):
             kwargs[key] = None
         elif isinstance(default, bool):
             kwargs[key] = value
-        elif isinstance(default, int) and not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer():
+        elif (
+            isinstance(default, int)
+            and not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and float(value).is_integer()
+        ):
             kwargs[key] = int(value)
         elif isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
             kwargs[key] = float(value)
@@ -111,8 +135,9 @@ def with_overrides(space: SearchSpace, overrides: Mapping[str, Any]) -> SearchSp
     return validate_space(replace(space, base=base, strategies=strategies, points_to_evaluate=points))
 
 
-def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None = None,
-                overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+def parse_space(
+    text: str, *, source: str = "<space>", storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> SearchSpace:
     """Parse and validate a space from YAML text; ``overrides`` are ``--set`` values."""
     import yaml
 
@@ -124,19 +149,28 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         raise SpaceError(f"{source} must hold a mapping with at least 'base' and 'strategies'")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
     if unknown:
-        raise SpaceError(f"{source}: unknown section '{unknown[0]}'{did_you_mean(str(unknown[0]), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+        raise SpaceError(
+            f"{source}: unknown section '{unknown[0]}'{did_you_mean(str(unknown[0]), TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}"
+        )
     if not raw.get("strategies"):
-        raise SpaceError(f"{source}: 'strategies' must name at least one strategy, e.g. strategies: {{contavsep: {{}}}}")
+        raise SpaceError(
+            f"{source}: 'strategies' must name at least one strategy, e.g. strategies: {{contavsep: {{}}}}"
+        )
 
     base = _dotted(raw.get("base"), f"{source}: base")
     for key, value in base.items():
         if isinstance(value, Mapping):
-            raise SpaceError(f"{source}: base.{key} is fixed for all trials; move distributions into a strategy (or 'common')")
+            raise SpaceError(
+                f"{source}: base.{key} is fixed for all trials; move distributions into a strategy (or 'common')"
+            )
         if isinstance(value, str) and STORAGE_PLACEHOLDER in value:
             if storage_uri is None:
                 raise SpaceError(f"{source}: base.{key} uses {STORAGE_PLACEHOLDER} but no storage root is configured")
             base[key] = value.replace(STORAGE_PLACEHOLDER, storage_uri.rstrip("/"))
-    common = {k: parse_distribution(v, f"{source}: common.{k}") for k, v in _dotted(raw.get("common"), f"{source}: common").items()}
+    common = {
+        k: parse_distribution(v, f"{source}: common.{k}")
+        for k, v in _dotted(raw.get("common"), f"{source}: common").items()
+    }
     strategies_raw = raw["strategies"]
     if isinstance(strategies_raw, list):  # a plain list of names: each with the common space only
         strategies_raw = {name: {} for name in strategies_raw}
@@ -144,7 +178,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
         raise SpaceError(f"{source}: 'strategies' must map strategy names to their distributions")
     strategies: dict[str, dict[str, Distribution]] = {}
     for name, params in strategies_raw.items():
-        own = {k: parse_distribution(v, f"{source}: strategies.{name}.{k}") for k, v in _dotted(params, f"{source}: strategies.{name}").items()}
+        own = {
+            k: parse_distribution(v, f"{source}: strategies.{name}.{k}")
+            for k, v in _dotted(params, f"{source}: strategies.{name}").items()
+        }
         strategies[str(name)] = {**common, **own}
 
     points_raw = raw.get("points_to_evaluate") or []
@@ -157,7 +194,11 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
 
     def number(key: str, default: Any, kind: type) -> Any:
         value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not float(value).is_integer())
+        ):
             raise SpaceError(f"{source}: {key} must be a{'n integer' if kind is int else ' number'}, got {value!r}")
         return kind(value)
 
@@ -166,7 +207,9 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     if "objectives" in raw:
         listed = raw["objectives"]
         if "metric" in raw or "mode" in raw:
-            raise SpaceError(f"{source}: give either metric/mode or objectives, not both (objectives' first entry is the metric)")
+            raise SpaceError(
+                f"{source}: give either metric/mode or objectives, not both (objectives' first entry is the metric)"
+            )
         if not isinstance(listed, list) or not listed or not all(isinstance(o, Mapping) for o in listed):
             raise SpaceError(f"{source}: objectives must be a list of {{metric: NAME, mode: max|min}}")
         parsed = [_section(o, f"{source}: objectives[{i}]", Objective) for i, o in enumerate(listed)]
@@ -175,7 +218,9 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
 
     select_on = raw.get("select_on", "val")
     if select_on not in SPLITS:
-        raise SpaceError(f"{source}: select_on must be 'val' (default) or 'test' (optimistic, only on request), got {select_on!r}")
+        raise SpaceError(
+            f"{source}: select_on must be 'val' (default) or 'test' (optimistic, only on request), got {select_on!r}"
+        )
     metric = named_metric(str(metric), select_on)
     extra_objectives = tuple(replace(o, metric=named_metric(o.metric, select_on)) for o in extra_objectives)
     factors_raw = raw.get("factors") or []
@@ -187,8 +232,10 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
 
     num_samples = number("num_samples", 0, int)
     if "num_samples" in raw and num_samples < 1:  # 0 below means "not given", never "no trials"
-        raise SpaceError(f"{source}: num_samples must be >= 1, got {num_samples} (leave it out for the grid size or"
-                         f" one trial per starting point)")
+        raise SpaceError(
+            f"{source}: num_samples must be >= 1, got {num_samples} (leave it out for the grid size or"
+            f" one trial per starting point)"
+        )
     name = raw.get("name") or Path(source).stem
     space = SearchSpace(
         name=str(name),
@@ -216,7 +263,9 @@ def parse_space(text: str, *, source: str = "<space>", storage_uri: str | None =
     return with_overrides(space, dict(overrides)) if overrides else space
 
 
-def load_space(path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+def load_space(
+    path: str | Path, *, storage_uri: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> SearchSpace:
     """Read and validate the space file at ``path`` (``--set`` values in ``overrides``)."""
     p = Path(path)
     if not p.is_file():

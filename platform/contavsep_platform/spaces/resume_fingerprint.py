@@ -29,19 +29,21 @@ def fingerprint(space: SearchSpace) -> dict[str, str]:
     for name, params in space.strategies.items():
         out[f"strategies.{name}"] = "(searched)"
         out.update({f"strategies.{name}.{k}": d.describe() for k, d in params.items()})
-    out.update({
-        "num_samples": str(space.num_samples),
-        "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
-        "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders"
-                   + (f" from seed {space.repeats.first_seed}" if space.repeats.first_seed else ""),
-        "scheduler": repr(space.scheduler),
-        "sampler": repr(space.sampler),
-        "points_to_evaluate": repr(space.points_to_evaluate),
-        "select_on": space.select_on,
-        "factors": ", ".join(space.factors),
-        "confirm": repr(space.confirm),
-        "protocol": repr(space.protocol),
-    })
+    out.update(
+        {
+            "num_samples": str(space.num_samples),
+            "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
+            "repeats": f"{space.repeats.seeds} seeds x {space.repeats.class_orders} class orders"
+            + (f" from seed {space.repeats.first_seed}" if space.repeats.first_seed else ""),
+            "scheduler": repr(space.scheduler),
+            "sampler": repr(space.sampler),
+            "points_to_evaluate": repr(space.points_to_evaluate),
+            "select_on": space.select_on,
+            "factors": ", ".join(space.factors),
+            "confirm": repr(space.confirm),
+            "protocol": repr(space.protocol),
+        }
+    )
     return {k: v for k, v in out.items() if k not in _RESUMABLE_KEYS}
 
 
@@ -57,5 +59,8 @@ def fingerprint_differences(stored: Mapping[str, str], now: Mapping[str, str]) -
     # keys at their defaults (what the base did not set): those were never the base's
     legacy = {f"base.{k}": repr(v) for k, v in {**LEGACY_STRATEGY_DEFAULTS, STRATEGY_KEY: "contavsep"}.items()}
     stored = {k: v for k, v in stored.items() if k in now or legacy.get(k) != v}
-    return [f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
-            for k in sorted(set(stored) | set(now)) if k not in ignored and stored.get(k) != now.get(k)]
+    return [
+        f"{k}: {stored.get(k, missing)} -> {now.get(k, missing)}"
+        for k in sorted(set(stored) | set(now))
+        if k not in ignored and stored.get(k) != now.get(k)
+    ]

@@ -60,7 +60,8 @@ class Resources:
     cpus: float = 1.0  # logical CPUs per worker
     gpus: float = 0.0  # GPUs per worker; a fraction < 1 packs several trials on one GPU
     driver_cpus: float = 0.1  # the Tune trial's driver process (it only launches the workers)
-    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources fit now (set it for autoscaling clusters)
+    # (set it for autoscaling clusters)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources fit now
 
     @property
     def trial_cpus(self) -> float:
@@ -91,7 +92,9 @@ class Resources:
         fits = []
         on_head = cluster.get(DRIVER_RESOURCE, 0.0) > 0
         trial_cpus = self.workers * self.cpus if on_head else self.trial_cpus
-        needs = [("CPU", trial_cpus), ("GPU", self.trial_gpus)] + ([(DRIVER_RESOURCE, self.driver_cpus)] if on_head else [])
+        needs = [("CPU", trial_cpus), ("GPU", self.trial_gpus)] + (
+            [(DRIVER_RESOURCE, self.driver_cpus)] if on_head else []
+        )
         for name, need in needs:
             if need > 0:
                 have = float(cluster.get(name, 0.0))
@@ -226,7 +229,11 @@ class SearchSpace:
     def selects(self) -> bool:
         """Whether the sweep chooses among configurations of a method: some strategy searches a
         key that is not part of the method (spaces that enumerate each method once do not)."""
-        return any(not d.is_fixed and k not in self.method_keys for params in self.strategies.values() for k, d in params.items())
+        return any(
+            not d.is_fixed and k not in self.method_keys
+            for params in self.strategies.values()
+            for k, d in params.items()
+        )
 
     @property
     def confirms(self) -> bool:
@@ -251,9 +258,12 @@ class SearchSpace:
             k = self.protocol.tasks
             return replace(self, base={**self.base, "data.num_steps": k}, num_steps=k)
         if name == "confirm":
-            repeats = RepeatSpec(self.confirm.seeds, self.repeats.class_orders, self.repeats.first_seed + self.repeats.seeds)
+            repeats = RepeatSpec(
+                self.confirm.seeds, self.repeats.class_orders, self.repeats.first_seed + self.repeats.seeds
+            )
             return replace(self, repeats=repeats, scheduler=SchedulerSpec(type="fifo"), num_steps=self.stream_steps)
         raise ValueError(f"unknown stage {name!r}")
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
@@ -293,11 +303,15 @@ class SearchSpace:
             searched = {k: d for k, d in params.items() if not d.is_fixed}
             bad = [k for k, d in searched.items() if d.kind != "choice"]
             if bad:
-                raise SpaceError(f"sampler grid: strategy {name} searches {bad[0]} with {searched[bad[0]].describe()}; a grid needs choice")
+                raise SpaceError(
+                    f"sampler grid: strategy {name} searches {bad[0]} with {searched[bad[0]].describe()}; a grid needs choice"
+                )
             if keys is None:
                 keys = set(searched)
             elif set(searched) != keys:
-                raise SpaceError(f"sampler grid: every strategy must search the same keys ({sorted(keys)}), {name} searches {sorted(searched)}")
+                raise SpaceError(
+                    f"sampler grid: every strategy must search the same keys ({sorted(keys)}), {name} searches {sorted(searched)}"
+                )
             for k, d in searched.items():
                 if k in grid and grid[k] != list(d.choices):
                     raise SpaceError(f"sampler grid: {k} has different choices in different strategies")

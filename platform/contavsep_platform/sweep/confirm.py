@@ -49,8 +49,10 @@ def confirmation_plan(space: SearchSpace, outcome: SweepOutcome) -> dict[str, An
     params_of = {r.group: r.params for r in outcome.trials}
     chosen = choose_configurations(space, outcome.comparison)
     if not chosen:
-        raise SweepError(f"no configuration of the search completed all its runs with {space.metric} defined: nothing to"
-                         f" confirm (see the trials' errors); start a new --name once that is fixed")
+        raise SweepError(
+            f"no configuration of the search completed all its runs with {space.metric} defined: nothing to"
+            f" confirm (see the trials' errors); start a new --name once that is fixed"
+        )
     confirm = space.stage("confirm")
     return {
         "format": CONFIRMATION_FORMAT,
@@ -58,8 +60,12 @@ def confirmation_plan(space: SearchSpace, outcome: SweepOutcome) -> dict[str, An
         "selection": space.selection_text(confirm.repeats.count),
         "repeats": {label: values for label, values in confirm.repeat_members().items()},
         "configurations": [
-            {"group": c.config_id, "method": c.method, "params": params_of[c.config_id],
-             "chosen_on": _estimate_doc(c.estimate(space.metric_key))}
+            {
+                "group": c.config_id,
+                "method": c.method,
+                "params": params_of[c.config_id],
+                "chosen_on": _estimate_doc(c.estimate(space.metric_key)),
+            }
             for c in chosen
         ],
     }
@@ -71,8 +77,11 @@ def _estimate_doc(e: Estimate) -> dict[str, Any]:
 
 def confirmation_trials(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One Tune config per chosen configuration and fresh repeat (its group is the search's)."""
-    return [{**c["params"], **values, GROUP_KEY: c["group"], REPEAT_KEY: label}
-            for c in plan["configurations"] for label, values in plan["repeats"].items()]
+    return [
+        {**c["params"], **values, GROUP_KEY: c["group"], REPEAT_KEY: label}
+        for c in plan["configurations"]
+        for label, values in plan["repeats"].items()
+    ]
 
 
 def run_confirm_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -102,12 +111,25 @@ class ConfirmStage:
             return json.loads(storage.read_bytes(uri, self.s3))
         plan = confirmation_plan(self.space, outcome)
         storage.write_bytes_atomic(uri, json.dumps(plan, indent=1, default=str).encode(), self.s3)
-        log.info("sweep %s: confirming %d configuration(s) on %d fresh repeat(s) each (%s)", self.name,
-                 len(plan["configurations"]), len(plan["repeats"]), uri)
+        log.info(
+            "sweep %s: confirming %d configuration(s) on %d fresh repeat(s) each (%s)",
+            self.name,
+            len(plan["configurations"]),
+            len(plan["repeats"]),
+            uri,
+        )
         return plan
 
-    def run(self, search: SweepOutcome, storage_uri: str, driver_resources: dict[str, float], max_concurrent: int,
-            callbacks: Sequence[Any], verbose: int, started: float) -> SweepOutcome:
+    def run(
+        self,
+        search: SweepOutcome,
+        storage_uri: str,
+        driver_resources: dict[str, float],
+        max_concurrent: int,
+        callbacks: Sequence[Any],
+        verbose: int,
+        started: float,
+    ) -> SweepOutcome:
         from ray import tune
 
         plan = self.plan(search)
@@ -119,35 +141,69 @@ class ConfirmStage:
 
             # None when MLflow is out: the confirmation trials' runs then nest under the parent
             stage_run = open_stage_run(self.tracking_uri, self.parent_run_id, self.name, CONFIRM_DIR, plan["selection"])
-        context = TrialContext(sweep_name=self.name, storage_uri=storage_uri, space=confirm, tracking_uri=self.tracking_uri,
-                               parent_run_id=stage_run or self.parent_run_id, stage=CONFIRM_DIR)
+        context = TrialContext(
+            sweep_name=self.name,
+            storage_uri=storage_uri,
+            space=confirm,
+            tracking_uri=self.tracking_uri,
+            parent_run_id=stage_run or self.parent_run_id,
+            stage=CONFIRM_DIR,
+        )
         trainable = tune.with_resources(tune.with_parameters(run_confirm_trial, context=context), driver_resources)
         path = f"{self.sweep_path.rstrip('/')}/{CONFIRM_DIR}"
         if tune.Tuner.can_restore(path, storage_filesystem=self.filesystem):
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=self.filesystem)
+            tuner = tune.Tuner.restore(
+                path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=self.filesystem
+            )
             _use_console(tuner, verbose, callbacks)
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space={CONFIRM_TRIAL_KEY: tune.grid_search(trials)},
-                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent,
-                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=self.sweep_path, storage_filesystem=self.filesystem,
-                                          callbacks=[PlacementGroupReaper(), *callbacks], verbose=verbose),
+                tune_config=tune.TuneConfig(
+                    num_samples=1,
+                    max_concurrent_trials=max_concurrent,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=CONFIRM_DIR,
+                    storage_path=self.sweep_path,
+                    storage_filesystem=self.filesystem,
+                    callbacks=[PlacementGroupReaper(), *callbacks],
+                    verbose=verbose,
+                ),
             )
         rows = _rows(tuner.fit(), confirm, storage.join(self.sweep_uri, CONFIRM_DIR), stage=CONFIRM_DIR)
         release_placement_groups()
         interrupted = len(rows) < len(trials) or any(r.status in ("pending", "interrupted") for r in rows)
-        chosen_on = {c["group"]: Estimate(**{**c["chosen_on"], "values": tuple(c["chosen_on"]["values"])})
-                     for c in plan["configurations"]}
+        chosen_on = {
+            c["group"]: Estimate(**{**c["chosen_on"], "values": tuple(c["chosen_on"]["values"])})
+            for c in plan["configurations"]
+        }
         comparison = comparison_of(rows, confirm, chosen_on)
         objectives = tuple(zip(published_keys(confirm), (o.mode for o in confirm.objectives)))
-        pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
+        pareto = (
+            tuple(c.config_id for c in pareto_front(comparison.configurations, objectives))
+            if len(objectives) > 1
+            else ()
+        )
         if self.tracking_uri and stage_run is not None:  # a stage run is only opened with tracking
             from contavsep_platform.tracking import end_stage_run
 
-            end_stage_run(self.tracking_uri, stage_run, "KILLED" if interrupted else "FAILED" if any(
-                r.status == "error" for r in rows) else "FINISHED")
-        return replace(search, trials=[*search.trials, *rows], comparison=comparison, search=search.comparison,
-                       confirmed=True, interrupted=interrupted, pareto=pareto,
-                       objectives=objectives if len(objectives) > 1 else (), wall_seconds=time.perf_counter() - started)
+            end_stage_run(
+                self.tracking_uri,
+                stage_run,
+                "KILLED" if interrupted else "FAILED" if any(r.status == "error" for r in rows) else "FINISHED",
+            )
+        return replace(
+            search,
+            trials=[*search.trials, *rows],
+            comparison=comparison,
+            search=search.comparison,
+            confirmed=True,
+            interrupted=interrupted,
+            pareto=pareto,
+            objectives=objectives if len(objectives) > 1 else (),
+            wall_seconds=time.perf_counter() - started,
+        )

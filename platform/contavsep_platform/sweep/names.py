@@ -31,6 +31,8 @@ def check_sweep_name(name: str) -> str:
     MLflow tag and a report folder): letters, digits, '.', '_', '-', not starting with '.', at
     most 100 characters."""
     if not _NAME_RE.fullmatch(name):
-        raise SweepError(f"sweep name {name!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', not starting"
-                         f" with '.' (it names a folder)")
+        raise SweepError(
+            f"sweep name {name!r} is not valid: use 1-100 letters, digits, '.', '_' or '-', not starting"
+            f" with '.' (it names a folder)"
+        )
     return name

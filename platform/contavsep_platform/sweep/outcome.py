@@ -31,7 +31,9 @@ class TrialRow:
 
     trial_id: str
     strategy: str
-    status: str  # complete | stopped (by the scheduler) | interrupted (with the sweep) | error | pending (never started)
+    status: (
+        str  # complete | stopped (by the scheduler) | interrupted (with the sweep) | error | pending (never started)
+    )
     steps: int
     params: dict[str, Any]  # strategy.name + sampled values (no repeat or bookkeeping keys)
     metrics: dict[str, float]
@@ -88,7 +90,9 @@ def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "", stage: str 
     repeat_keys = set(space.repeats.keys())
     rows = []
     for result in result_grid:
-        metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         config = dict(result.config or {})
         config = dict(config.get(CONFIRM_TRIAL_KEY) or config)  # a confirmation trial's config is one grid value
         params = {k: v for k, v in config.items() if k not in (GROUP_KEY, REPEAT_KEY) and k not in repeat_keys}
@@ -107,13 +111,31 @@ def _rows(result_grid: Any, space: SearchSpace, sweep_uri: str = "", stage: str 
         trial_id = str((result.metrics or {}).get("trial_id") or folder.removeprefix("tune-"))
         group = str(config.get(GROUP_KEY) or configuration_id(space, params))
         error = _error_line(result.error) if result.error is not None else ""
-        error_log = storage.join(sweep_uri, folder, "error.txt") if result.error is not None and sweep_uri and folder else ""
-        rows.append(TrialRow(trial_id, str(params.get(STRATEGY_KEY, "?")), status, steps, params, metrics,
-                             metrics.get(ENGINE_TIME_KEY), group, str(config.get(REPEAT_KEY, "")), error, error_log, stage))
+        error_log = (
+            storage.join(sweep_uri, folder, "error.txt") if result.error is not None and sweep_uri and folder else ""
+        )
+        rows.append(
+            TrialRow(
+                trial_id,
+                str(params.get(STRATEGY_KEY, "?")),
+                status,
+                steps,
+                params,
+                metrics,
+                metrics.get(ENGINE_TIME_KEY),
+                group,
+                str(config.get(REPEAT_KEY, "")),
+                error,
+                error_log,
+                stage,
+            )
+        )
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def comparison_of(rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mapping[str, Estimate] | None = None) -> Comparison:
+def comparison_of(
+    rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mapping[str, Estimate] | None = None
+) -> Comparison:
     """Configurations over their repeats, each method's configuration chosen as the space says
     (by the validation objective; by test only under ``select_on: test``), ranked and published
     on the test value of the first objective (see comparison.py).
@@ -128,8 +150,11 @@ def comparison_of(rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mappi
             strategy=r.strategy,
             memory=int(space.trial_config(r.params).memory.per_class) if r.strategy in space.strategies else 0,
             params={k: v for k, v in r.params.items() if k != STRATEGY_KEY},
-            values={k: v for k in (*FINAL_COLUMNS, *published_keys(space), *(o.key for o in space.objectives))
-                    if (v := r.value(k)) is not None},
+            values={
+                k: v
+                for k in (*FINAL_COLUMNS, *published_keys(space), *(o.key for o in space.objectives))
+                if (v := r.value(k)) is not None
+            },
             complete=r.status == "complete",
             factors=tuple(space.method_of(r.params).items()) if r.strategy in space.strategies else (),
         )
@@ -140,11 +165,24 @@ def comparison_of(rows: Sequence[TrialRow], space: SearchSpace, chosen_on: Mappi
     if chosen_on is not None:
         # select_by names what chosen_on holds (a method with several confirmed configurations,
         # a multi-objective space's, keeps the one chosen on the search's validation runs)
-        return compare(group_configurations(records), published[0], space.mode, columns, select_by=space.metric_key,
-                       chosen_on=chosen_on, selection=space.selection_text(len({r.repeat for r in rows})))
+        return compare(
+            group_configurations(records),
+            published[0],
+            space.mode,
+            columns,
+            select_by=space.metric_key,
+            chosen_on=chosen_on,
+            selection=space.selection_text(len({r.repeat for r in rows})),
+        )
     select_by = space.metric_key if space.selection == "val" else ""
-    return compare(group_configurations(records), published[0], space.mode, columns, select_by=select_by,
-                   selection=space.selection_text())
+    return compare(
+        group_configurations(records),
+        published[0],
+        space.mode,
+        columns,
+        select_by=select_by,
+        selection=space.selection_text(),
+    )
 
 
 def published_keys(space: SearchSpace) -> tuple[str, ...]:
@@ -157,18 +195,37 @@ def parent_summary(outcome: SweepOutcome) -> list[dict[str, Any]]:
     out = []
     for r in outcome.comparison.rows:
         c = r.configuration
-        row: dict[str, Any] = {"rank": r.rank, "method": c.method, "strategy": c.strategy, "memory": c.memory,
-                               "configuration": c.config_id, "params": dict(c.params), "factors": dict(c.factors)}
+        row: dict[str, Any] = {
+            "rank": r.rank,
+            "method": c.method,
+            "strategy": c.strategy,
+            "memory": c.memory,
+            "configuration": c.config_id,
+            "params": dict(c.params),
+            "factors": dict(c.factors),
+        }
         row["selection"] = outcome.selection
         for metric, e in r.estimates.items():
             row[metric] = {"mean": e.mean, "ci95": [e.low, e.high], "n": e.n, "sd": e.sd}
         if r.chosen_on is not None:
             e = r.chosen_on
-            row["chosen_on"] = {"metric": outcome.comparison.select_by, "mean": e.mean, "ci95": [e.low, e.high], "n": e.n, "sd": e.sd}
+            row["chosen_on"] = {
+                "metric": outcome.comparison.select_by,
+                "mean": e.mean,
+                "ci95": [e.low, e.high],
+                "n": e.n,
+                "sd": e.sd,
+            }
             row["gap"] = r.gap
         for name, d, other in (("vs_finetune", r.vs_reference, r.reference), ("vs_next", r.vs_next, r.next_method)):
             if d is not None:
-                row[name] = {"other": other, "mean": d.mean, "ci95": [d.low, d.high], "n": d.n, "verdict": d.verdict(outcome.mode)}
+                row[name] = {
+                    "other": other,
+                    "mean": d.mean,
+                    "ci95": [d.low, d.high],
+                    "n": d.n,
+                    "verdict": d.verdict(outcome.mode),
+                }
         row["pareto"] = c.config_id in outcome.pareto
         out.append(row)
     return out

@@ -183,7 +183,11 @@ def job_placement_groups() -> list[dict[str, Any]]:
 
     job = ray.get_runtime_context().get_job_id()
     # A placement group id ends with the id of the job that created it (its actors included).
-    return [pg for pg in placement_group_table().values() if pg["placement_group_id"].endswith(job) and pg["state"] != "REMOVED"]
+    return [
+        pg
+        for pg in placement_group_table().values()
+        if pg["placement_group_id"].endswith(job) and pg["state"] != "REMOVED"
+    ]
 
 
 def release_placement_groups() -> int:

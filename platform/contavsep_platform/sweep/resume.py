@@ -20,8 +20,9 @@ def space_record(space: SearchSpace, manifest: Mapping[str, Any]) -> dict[str, s
     return {**fingerprint(space), "data.content_hash": str(manifest.get("content_hash", ""))}
 
 
-def check_resumed_space(sweep_uri: str, space: SearchSpace, manifest: Mapping[str, Any],
-                        s3: storage.S3Settings | None) -> None:
+def check_resumed_space(
+    sweep_uri: str, space: SearchSpace, manifest: Mapping[str, Any], s3: storage.S3Settings | None
+) -> None:
     """Refuse to ``--resume`` a sweep with a space (or ``--set`` values, or dataset content) other
     than the one it was started with: Tune would run the rest of the old plan with the new
     settings and `report` would mix the two. Sweeps without a record are not checked."""
@@ -30,11 +31,15 @@ def check_resumed_space(sweep_uri: str, space: SearchSpace, manifest: Mapping[st
         return
     stored = json.loads(storage.read_bytes(record_uri, s3))
     if "select_on" not in stored:
-        raise SweepError(f"sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was started before sweeps selected on validation"
-                         f" sets (its trials have none, so its choice could only be made on test numbers); start a new --name")
+        raise SweepError(
+            f"sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was started before sweeps selected on validation"
+            f" sets (its trials have none, so its choice could only be made on test numbers); start a new --name"
+        )
     diff = fingerprint_differences(stored, space_record(space, manifest))
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-        raise SweepError(f"--resume with another space than sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was"
-                         f" started with: {'; '.join(diff[:3])}{more}; resume with the original space file and --set"
-                         f" values, or start a new --name")
+        raise SweepError(
+            f"--resume with another space than sweep {sweep_uri.rstrip('/').rsplit('/', 1)[-1]!r} was"
+            f" started with: {'; '.join(diff[:3])}{more}; resume with the original space file and --set"
+            f" values, or start a new --name"
+        )

@@ -45,13 +45,21 @@ log = logging.getLogger("contavsep.sweep")
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def _open_parent_run(space: SearchSpace, name: str, tracking_uri: str | None, manifest: Mapping[str, Any]) -> tuple[Any, str | None]:
+def _open_parent_run(
+    space: SearchSpace, name: str, tracking_uri: str | None, manifest: Mapping[str, Any]
+) -> tuple[Any, str | None]:
     if not tracking_uri:
         return None, None
     from contavsep_platform.tracking import SweepTracker, dataset_input
@@ -107,15 +115,28 @@ def run_sweep(
     with _console(name, verbose) as console, ExitStack() as stack:
         live = LiveTable(space, console) if progress and console is not None else None
         if console is not None:
-            stack.enter_context(project_warnings_to(live.say if live else lambda line: print(line, file=console, flush=True)))
+            stack.enter_context(
+                project_warnings_to(live.say if live else lambda line: print(line, file=console, flush=True))
+            )
         started_ray = connect_ray(ray_address, dict(env or {}))
         if console is not None and started_ray:
             note_ray_logs(sys.stdout)  # sys.stdout is the log file here
         try:
             with _sigterm_as_interrupt():
                 # Quiet, Tune still reports at its default verbosity: into the log, nothing lost.
-                return _run(space, name, storage_uri, sweeps_uri, resume, tracking_uri, s3, manifest,
-                            [*([live] if live else []), *callbacks], max(verbose, 1), started)
+                return _run(
+                    space,
+                    name,
+                    storage_uri,
+                    sweeps_uri,
+                    resume,
+                    tracking_uri,
+                    s3,
+                    manifest,
+                    [*([live] if live else []), *callbacks],
+                    max(verbose, 1),
+                    started,
+                )
         finally:
             if live is not None:
                 live.close()
@@ -125,9 +146,19 @@ def run_sweep(
                 ray.shutdown()
 
 
-def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resume: bool, tracking_uri: str | None,
-         s3: storage.S3Settings | None, manifest: Mapping[str, Any], callbacks: Sequence[Any], verbose: int,
-         started: float) -> SweepOutcome:
+def _run(
+    space: SearchSpace,
+    name: str,
+    storage_uri: str,
+    sweeps_uri: str,
+    resume: bool,
+    tracking_uri: str | None,
+    s3: storage.S3Settings | None,
+    manifest: Mapping[str, Any],
+    callbacks: Sequence[Any],
+    verbose: int,
+    started: float,
+) -> SweepOutcome:
     from ray import tune
 
     sweeps_path, filesystem = ray_storage(sweeps_uri, s3)
@@ -137,7 +168,9 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     if resume and not exists:
         raise SweepError(f"no sweep '{name}' to resume at {sweep_uri}; check --name (and the storage root)")
     if not resume and exists:
-        raise SweepError(f"sweep '{name}' already exists at {sweep_uri}; continue it with --resume or pick another --name")
+        raise SweepError(
+            f"sweep '{name}' already exists at {sweep_uri}; continue it with --resume or pick another --name"
+        )
     cluster = _cluster_capacity()
     driver_resources = space.resources.driver_resources(cluster)
     max_concurrent = space.resources.concurrent_trials(cluster)  # refuses a trial the cluster cannot hold
@@ -149,21 +182,37 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
 
     # Every check passed: only now does the sweep get an MLflow run (a refused sweep leaves none).
     tracker, parent_run_id = _open_parent_run(space, name, tracking_uri, manifest)
-    pending_uri = storage.join(sweep_uri, "mlflow-pending.json")  # tracking.PENDING_FILE (mlflow is imported only with tracking)
+    pending_uri = storage.join(
+        sweep_uri, "mlflow-pending.json"
+    )  # tracking.PENDING_FILE (mlflow is imported only with tracking)
     for note in space_notes(space):
         log.info("sweep %s: %s", name, note)
     full_space, space = space, space.stage("search")  # the search's trials (the stream cut under first_tasks)
     try:
-        context = TrialContext(sweep_name=name, storage_uri=storage_uri, space=space, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+        context = TrialContext(
+            sweep_name=name,
+            storage_uri=storage_uri,
+            space=space,
+            tracking_uri=tracking_uri,
+            parent_run_id=parent_run_id,
+        )
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), driver_resources)
-        log.info("sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s", name, space.num_samples,
-                 space.repeats.count, max_concurrent, sweep_uri)
+        log.info(
+            "sweep %s: %d configurations x %d repeats, at most %d trials at once, storage %s",
+            name,
+            space.num_samples,
+            space.repeats.count,
+            max_concurrent,
+            sweep_uri,
+        )
         reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
         # The study persists next to Tune's state, named after the sweep (on --resume Tune restores
         # the pickled searcher, which reopens the same study from that journal).
         searcher = None if resume else make_searcher(space, StudyJournal(journal_uri(sweep_uri), name, s3))
         if resume:
-            tuner = tune.Tuner.restore(sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+            tuner = tune.Tuner.restore(
+                sweep_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+            )
             _use_console(tuner, verbose, callbacks)
         else:
             tuner = tune.Tuner(
@@ -190,8 +239,10 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
         result_grid = tuner.fit()
         outcome = _outcome(space, name, sweep_uri, result_grid, searcher, parent_run_id, max_concurrent, started)
         if full_space.confirms and outcome.errored and not outcome.interrupted:
-            outcome.notes.append("the search has errored trials: the confirmation stage waits for --resume to retry them"
-                                 " (a choice made now could change with their results)")
+            outcome.notes.append(
+                "the search has errored trials: the confirmation stage waits for --resume to retry them"
+                " (a choice made now could change with their results)"
+            )
         elif full_space.confirms and not outcome.interrupted:
             stage = ConfirmStage(full_space, name, sweep_path, sweep_uri, filesystem, s3, tracking_uri, parent_run_id)
             outcome = stage.run(outcome, storage_uri, driver_resources, max_concurrent, callbacks, verbose, started)
@@ -209,10 +260,19 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
             tracker.finish([], status="KILLED", pending_uri=pending_uri, s3=s3)
         else:
             # a confirmed front is the confirmation runs' (the search's runs of those groups chose it)
-            pareto_trials = [r.trial_id for r in outcome.trials
-                             if r.group in outcome.pareto and (not outcome.confirmed or r.stage == CONFIRM_DIR)]
-            sent = tracker.finish(parent_summary(outcome), ranking_markdown(outcome), pareto_trials,
-                                  status="FAILED" if outcome.errored else "FINISHED", pending_uri=pending_uri, s3=s3)
+            pareto_trials = [
+                r.trial_id
+                for r in outcome.trials
+                if r.group in outcome.pareto and (not outcome.confirmed or r.stage == CONFIRM_DIR)
+            ]
+            sent = tracker.finish(
+                parent_summary(outcome),
+                ranking_markdown(outcome),
+                pareto_trials,
+                status="FAILED" if outcome.errored else "FINISHED",
+                pending_uri=pending_uri,
+                s3=s3,
+            )
             if sent and tracking_uri and parent_run_id:
                 from contavsep_platform.report import log_report
 
@@ -220,30 +280,46 @@ def _run(space: SearchSpace, name: str, storage_uri: str, sweeps_uri: str, resum
     return outcome
 
 
-def _outcome(space: SearchSpace, name: str, sweep_uri: str, result_grid: Any, searcher: GroupedOptunaSearch | None,
-             parent_run_id: str | None, max_concurrent: int, started: float) -> SweepOutcome:
+def _outcome(
+    space: SearchSpace,
+    name: str,
+    sweep_uri: str,
+    result_grid: Any,
+    searcher: GroupedOptunaSearch | None,
+    parent_run_id: str | None,
+    max_concurrent: int,
+    started: float,
+) -> SweepOutcome:
     rows = _rows(result_grid, space, sweep_uri)
     groups = {r.group for r in rows}
     started_groups_incomplete = any(sum(r.group == g for r in rows) < space.repeats.count for g in groups)
     searcher_done = searcher is None or searcher.exhausted or len(searcher.groups) >= space.num_samples
-    interrupted = any(r.status in ("pending", "interrupted") for r in rows) or started_groups_incomplete or (
-        len(rows) < space.num_trials and not searcher_done
+    interrupted = (
+        any(r.status in ("pending", "interrupted") for r in rows)
+        or started_groups_incomplete
+        or (len(rows) < space.num_trials and not searcher_done)
     )
     notes = []
     leftover = release_placement_groups()
     if leftover:
         notes.append(f"removed {leftover} placement group(s) that ended trials had left reserved")
     if searcher is not None and searcher.exhausted and len(searcher.groups) < space.num_samples:
-        notes.append(f"the space holds {len(searcher.groups)} distinct configuration(s); each ran once per repeat"
-                     f" (num_samples {space.num_samples})")
+        notes.append(
+            f"the space holds {len(searcher.groups)} distinct configuration(s); each ran once per repeat"
+            f" (num_samples {space.num_samples})"
+        )
     shared = [r.metrics.get(FIRST_STEP_SHARED_KEY) for r in rows]
     if any(v == 1.0 for v in shared):
         trained = sum(1 for v in shared if v == 0.0)
-        notes.append(f"shared first steps: {sum(1 for v in shared if v == 1.0)} trial(s) loaded step 0 instead of training it"
-                     f" ({trained} trained it; {storage.join(sweep_uri, FIRST_STEPS_DIR)})")
+        notes.append(
+            f"shared first steps: {sum(1 for v in shared if v == 1.0)} trial(s) loaded step 0 instead of training it"
+            f" ({trained} trained it; {storage.join(sweep_uri, FIRST_STEPS_DIR)})"
+        )
     comparison = comparison_of(rows, space)
     objectives = tuple((o.key, o.mode) for o in space.objectives)
-    pareto = tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
+    pareto = (
+        tuple(c.config_id for c in pareto_front(comparison.configurations, objectives)) if len(objectives) > 1 else ()
+    )
     return SweepOutcome(
         name=name,
         sweep_uri=sweep_uri,

@@ -9,10 +9,19 @@ from mlflow.exceptions import MlflowException
 from contavsep_platform.errors import UserError
 
 # Errors that mean "the request itself is wrong": retrying cannot help, so the item is dropped.
-_PERMANENT_CODES = frozenset({
-    "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND", "MALFORMED_REQUEST",
-})
+_PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_ALREADY_EXISTS",
+        "RESOURCE_DOES_NOT_EXIST",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "NOT_FOUND",
+        "MALFORMED_REQUEST",
+    }
+)
 
 
 class TrackingUnavailableError(UserError):

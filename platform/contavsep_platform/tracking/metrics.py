@@ -71,7 +71,12 @@ def summary_metrics(ranking: list[dict]) -> dict[str, float]:
         for metric, value in row.items():
             if isinstance(value, Mapping) and "ci95" in value and "other" not in value:
                 name = metric_key(metric).replace("/", "_")
-                for suffix, v in (("mean", value["mean"]), ("ci_low", value["ci95"][0]), ("ci_high", value["ci95"][1]), ("n", value["n"])):
+                for suffix, v in (
+                    ("mean", value["mean"]),
+                    ("ci_low", value["ci95"][0]),
+                    ("ci_high", value["ci95"][1]),
+                    ("n", value["n"]),
+                ):
                     if v is not None and math.isfinite(float(v)):
                         out[f"{prefix}/{name}_{suffix}"] = float(v)
     return out

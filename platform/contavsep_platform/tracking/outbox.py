@@ -66,7 +66,9 @@ class _Outbox:
                         self.down_since = time.monotonic()
                         log.warning(
                             "MLflow at %s is unreachable (%s); keeping %d item(s) to send later",
-                            self.tracking_uri, _one_line(exc), len(self.pending),
+                            self.tracking_uri,
+                            _one_line(exc),
+                            len(self.pending),
                         )
                     else:
                         log.debug("MLflow at %s still unreachable: %s", self.tracking_uri, _one_line(exc))
@@ -79,7 +81,9 @@ class _Outbox:
         if self.down_since is not None:
             log.warning(
                 "MLflow at %s is reachable again after %.0f s; sent %d buffered item(s)",
-                self.tracking_uri, time.monotonic() - self.down_since, sent,
+                self.tracking_uri,
+                time.monotonic() - self.down_since,
+                sent,
             )
             self.down_since = None
         return True

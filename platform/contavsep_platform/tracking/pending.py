@@ -28,7 +28,11 @@ def _json_default(value: Any) -> Any:
 def _write_pending(uri: str, payload: Mapping[str, Any], s3: S3Settings | None, what: str) -> None:
     try:
         storage.write_bytes_atomic(uri, json.dumps(payload, indent=1, default=_json_default).encode(), s3)
-        log.warning("MLflow: kept the final results of %s in %s; `contavsep report --sweep SWEEP` or `contavsep sweep ... --resume`"
-                    " sends them once MLflow is back", what, uri)
+        log.warning(
+            "MLflow: kept the final results of %s in %s; `contavsep report --sweep SWEEP` or `contavsep sweep ... --resume`"
+            " sends them once MLflow is back",
+            what,
+            uri,
+        )
     except Exception as exc:  # noqa: BLE001 - storage down too: say so, the results stand in Tune and the checkpoints
         log.warning("MLflow: could not keep the final results of %s in %s either: %s", what, uri, _one_line(exc))

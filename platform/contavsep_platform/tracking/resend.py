@@ -15,7 +15,9 @@ from contavsep_platform.tracking.trial_run import _queue_trial_final
 log = logging.getLogger("contavsep_platform.tracking")
 
 
-def send_pending(tracking_uri: str, pending_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0) -> bool | None:
+def send_pending(
+    tracking_uri: str, pending_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0
+) -> bool | None:
     """Send a final flush that MLflow missed (a sweep's or a trial's pending file), then delete
     the file. Returns None when nothing was pending, else whether it was sent."""
     if not storage.exists(pending_uri, s3):
@@ -36,7 +38,9 @@ def send_pending(tracking_uri: str, pending_uri: str, s3: S3Settings | None = No
     return True
 
 
-def send_all_pending(tracking_uri: str, sweep_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0) -> tuple[int, int]:
+def send_all_pending(
+    tracking_uri: str, sweep_uri: str, s3: S3Settings | None = None, timeout_s: float = 30.0
+) -> tuple[int, int]:
     """Send every pending final flush of the sweep at ``sweep_uri`` (its own and its trials');
     returns (sent, still pending)."""
     sent = left = 0

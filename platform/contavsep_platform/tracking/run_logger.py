@@ -96,8 +96,12 @@ class _RunLogger:
 
     def queue_inputs(self, dataset: DatasetInput) -> None:
         # MLflow keeps one input per (run, dataset): logging it again (restart, resume) adds nothing.
-        self.outbox.add(_Op(f"dataset input {dataset.dataset.name}",
-                            lambda: self.client.log_inputs(self.require_run(), datasets=[dataset])))
+        self.outbox.add(
+            _Op(
+                f"dataset input {dataset.dataset.name}",
+                lambda: self.client.log_inputs(self.require_run(), datasets=[dataset]),
+            )
+        )
 
     def queue_status(self, status: str) -> None:
         self.outbox.add(_Op(f"run status {status}", lambda: self.client.set_terminated(self.require_run(), status)))
@@ -108,7 +112,11 @@ class _RunLogger:
             labels = [op.label for op in self.outbox.pending]
             log.warning(
                 "MLflow at %s stayed unreachable for %.0f s at the end of %s: %d item(s) not logged (%s)%s",
-                self.tracking_uri, timeout_s, what, len(labels), ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else ""),
+                self.tracking_uri,
+                timeout_s,
+                what,
+                len(labels),
+                ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else ""),
                 f"; local copies of artifacts stay in {self.spool.root}" if self.spool.root else "",
             )
         else:

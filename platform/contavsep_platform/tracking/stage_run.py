@@ -21,8 +21,12 @@ def open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stage
     try:
         return _open_stage_run(tracking_uri, parent_run_id, sweep_name, stage, description)
     except Exception as exc:  # noqa: BLE001 - any failure of the server: the sweep goes on without the stage run
-        log.warning("MLflow at %s did not open the %s stage's run (%s); its trials' runs go under the sweep's run",
-                    tracking_uri, stage, _one_line(exc))
+        log.warning(
+            "MLflow at %s did not open the %s stage's run (%s); its trials' runs go under the sweep's run",
+            tracking_uri,
+            stage,
+            _one_line(exc),
+        )
         return None
 
 
@@ -30,15 +34,25 @@ def _open_stage_run(tracking_uri: str, parent_run_id: str, sweep_name: str, stag
     client = MlflowClient(tracking_uri)
     with short_http_requests(5, 1):
         parent = client.get_run(parent_run_id)
-        found = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and"
-                                   f" tags.`{ROLE_TAG}` = 'stage' and tags.`{STAGE_TAG}` = {_quoted(stage, 'stage')}", max_results=1)
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and"
+            f" tags.`{ROLE_TAG}` = 'stage' and tags.`{STAGE_TAG}` = {_quoted(stage, 'stage')}",
+            max_results=1,
+        )
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
             return run_id
-        tags = {PARENT_TAG: parent_run_id, SWEEP_TAG: sweep_name, ROLE_TAG: "stage", STAGE_TAG: stage,
-                SELECTION_TAG: description, "mlflow.note.content": f"{stage} stage of sweep {sweep_name}: {description}"}
+        tags = {
+            PARENT_TAG: parent_run_id,
+            SWEEP_TAG: sweep_name,
+            ROLE_TAG: "stage",
+            STAGE_TAG: stage,
+            SELECTION_TAG: description,
+            "mlflow.note.content": f"{stage} stage of sweep {sweep_name}: {description}",
+        }
         return client.create_run(parent.info.experiment_id, run_name=f"{sweep_name}-{stage}", tags=tags).info.run_id
 
 

@@ -114,8 +114,10 @@ class SweepTracker:
                 transient = is_transient(exc)
                 if not transient or time.monotonic() >= deadline:
                     if transient:
-                        message = (f"MLflow at {run_log.tracking_uri} is unreachable ({_one_line(exc)}); start the local"
-                                   " services (`contavsep services up`) or set MLFLOW_TRACKING_URI")
+                        message = (
+                            f"MLflow at {run_log.tracking_uri} is unreachable ({_one_line(exc)}); start the local"
+                            " services (`contavsep services up`) or set MLFLOW_TRACKING_URI"
+                        )
                     else:
                         message = f"MLflow at {run_log.tracking_uri} refused the sweep's run: {_one_line(exc)}"
                     raise TrackingUnavailableError(message) from exc
@@ -142,23 +144,38 @@ class SweepTracker:
         experiment = run_log.require_experiment()
         # every run of the sweep below its parent: trials of both stages and the confirmation stage's run
         for run in client.search_runs(
-            [experiment], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and"
-            f" tags.`{ROLE_TAG}` != 'sweep' and attributes.status = 'RUNNING'", max_results=10000
+            [experiment],
+            f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and"
+            f" tags.`{ROLE_TAG}` != 'sweep' and attributes.status = 'RUNNING'",
+            max_results=10000,
         ):
-            client.set_tag(run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)")
+            client.set_tag(
+                run.info.run_id, "contavsep.ended", "not finished when the sweep ended (stopped early or failed)"
+            )
             client.set_terminated(run.info.run_id, "KILLED")
 
     def _tag_pareto_trials(self, run_log: _RunLogger, trial_ids: list[str]) -> None:
         """Tag the child runs of Pareto-optimal configurations (``contavsep.pareto = true``)."""
         client = run_log.client
         experiment = run_log.require_experiment()
-        for run in client.search_runs([experiment], f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')}"
-                                      f" and tags.`{ROLE_TAG}` = 'trial'", max_results=10000):
+        for run in client.search_runs(
+            [experiment],
+            f"tags.`{SWEEP_TAG}` = {_quoted(self.sweep_name, 'sweep name')} and tags.`{ROLE_TAG}` = 'trial'",
+            max_results=10000,
+        ):
             if run.data.tags.get(TRIAL_TAG) in trial_ids:
                 client.set_tag(run.info.run_id, PARETO_TAG, "true")
 
-    def finish(self, ranking: list[dict], ranking_md: str = "", pareto_trials: list[str] | None = None, *,
-               status: str = "FINISHED", pending_uri: str | None = None, s3: S3Settings | None = None) -> bool:
+    def finish(
+        self,
+        ranking: list[dict],
+        ranking_md: str = "",
+        pareto_trials: list[str] | None = None,
+        *,
+        status: str = "FINISHED",
+        pending_uri: str | None = None,
+        s3: S3Settings | None = None,
+    ) -> bool:
         """Log the sweep's ranking (JSON + markdown, and per-method summary metrics: mean, 95 % CI
         bounds and number of runs of each objective), close unfinished child runs (KILLED), end
         the parent run with ``status`` (FINISHED; FAILED when trials errored; KILLED when the
@@ -173,9 +190,15 @@ class SweepTracker:
         if run_log is None or run_log.run_id is None:
             return True
         payload = {
-            "format": PENDING_FORMAT, "experiment": self.experiment, "sweep": self.sweep_name,
-            "experiment_id": run_log.experiment_id, "run_id": run_log.run_id, "status": status,
-            "ranking": ranking, "ranking_md": ranking_md, "pareto_trials": list(pareto_trials or []),
+            "format": PENDING_FORMAT,
+            "experiment": self.experiment,
+            "sweep": self.sweep_name,
+            "experiment_id": run_log.experiment_id,
+            "run_id": run_log.run_id,
+            "status": status,
+            "ranking": ranking,
+            "ranking_md": ranking_md,
+            "pareto_trials": list(pareto_trials or []),
         }
         _queue_end(self, run_log, payload)
         if run_log.finish_outbox(self.flush_timeout_s, f"sweep {self.sweep_name}"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from contavsep_platform.errors import UserError
 
 SWEEP_TAG = "contavsep.sweep"
-ROLE_TAG = "contavsep.role"  # "sweep" (parent run) | "trial" (child run) | "stage" (the confirmation stage's nested parent)
+# "sweep" (parent run) | "trial" (child run) | "stage" (the confirmation stage's nested parent)
+ROLE_TAG = "contavsep.role"
 STAGE_TAG = "contavsep.stage"  # search | confirm: which stage of the sweep a trial (or stage run) belongs to
 SELECTION_TAG = "contavsep.selection"  # what the sweep's ranking chose on, in words
 CONFIG_TAG = "contavsep.configuration"  # a trial's configuration (group) id: links a confirmation run to the search's

@@ -48,7 +48,11 @@ def trial_run_name(params: Mapping[str, str], trial_id: str) -> str:
     """A trial's run name, ``<strategy>-mem<k>-<trial id>`` (e.g. ``contavsep-mem1-41366ad1``): what
     the runs table shows; parts the config lacks are left out. Only a display name: runs are
     found again by their ``contavsep.trial`` tag."""
-    parts = [params.get("strategy.name", ""), f"mem{params['memory.per_class']}" if "memory.per_class" in params else "", trial_id]
+    parts = [
+        params.get("strategy.name", ""),
+        f"mem{params['memory.per_class']}" if "memory.per_class" in params else "",
+        trial_id,
+    ]
     return "-".join(p for p in parts if p)
 
 
@@ -118,7 +122,9 @@ class TrialTracker:
         self.examples_every_step = examples_every_step
         _quoted(trial_name, "trial name")
         self._log = (
-            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{safe_name(trial_name)}-") if tracking_uri else None
+            _RunLogger(tracking_uri, http_timeout_s, max_retries, f"contavsep-mlflow-{safe_name(trial_name)}-")
+            if tracking_uri
+            else None
         )
         self._run_start_ms: int | None = None
         self._system: RunSystemMetrics | None = None
@@ -128,7 +134,9 @@ class TrialTracker:
                 self._log.queue_inputs(dataset)
             self._log.outbox.flush()
             if system_metrics_interval_s:
-                self._system = RunSystemMetrics(self._queue_system_metrics, self._log.tracking_uri, system_metrics_interval_s)
+                self._system = RunSystemMetrics(
+                    self._queue_system_metrics, self._log.tracking_uri, system_metrics_interval_s
+                )
                 self._system.start()
 
     @property
@@ -160,8 +168,9 @@ class TrialTracker:
             filters = [f"tags.`{TRIAL_TAG}` = {_quoted(self.trial_name, 'trial name')}", f"tags.`{ROLE_TAG}` = 'trial'"]
             if self.parent_run_id:
                 filters.append(f"tags.`{PARENT_TAG}` = {_quoted(self.parent_run_id, 'parent run id')}")
-            found = client.search_runs([run_log.experiment_id], " and ".join(filters), max_results=1,
-                                       order_by=["attributes.start_time DESC"])
+            found = client.search_runs(
+                [run_log.experiment_id], " and ".join(filters), max_results=1, order_by=["attributes.start_time DESC"]
+            )
             if found:
                 run = found[0]
                 if run.info.status != "RUNNING":
@@ -175,7 +184,9 @@ class TrialTracker:
                         tags[SWEEP_TAG] = parent.data.tags[SWEEP_TAG]
                 if "strategy.name" in self.params:
                     tags[STRATEGY_TAG] = self.params["strategy.name"]
-                run = client.create_run(run_log.experiment_id, run_name=trial_run_name(self.params, self.trial_name), tags=tags)
+                run = client.create_run(
+                    run_log.experiment_id, run_name=trial_run_name(self.params, self.trial_name), tags=tags
+                )
             run_log.run_id = run.info.run_id
             self._run_start_ms = run.info.start_time
             log.info("MLflow run of trial %s: %s", self.trial_name, run_log.ui_url() or run_log.run_id)
@@ -184,8 +195,11 @@ class TrialTracker:
             logged = dict(client.get_run(run_log.run_id).data.params)
         changed = sorted(k for k, v in self.params.items() if k in logged and logged[k] != v)
         if changed:
-            log.warning("MLflow run %s keeps its first values of params %s (MLflow params cannot change)",
-                        run_log.run_id, ", ".join(changed))
+            log.warning(
+                "MLflow run %s keeps its first values of params %s (MLflow params cannot change)",
+                run_log.run_id,
+                ", ".join(changed),
+            )
         todo = [Param(k, v) for k, v in self.params.items() if k not in logged]
         for i in range(0, len(todo), _PARAMS_PER_BATCH):
             client.log_batch(run_log.run_id, params=todo[i : i + _PARAMS_PER_BATCH])
@@ -203,7 +217,9 @@ class TrialTracker:
             run_id = run_log.require_run()
             step = max(0, (stamp_ms - (self._run_start_ms or stamp_ms)) // 1000)
             client = run_log.client
-            client.log_batch(run_id, metrics=[Metric(metric_key(k), float(v), stamp_ms, step) for k, v in values.items()])
+            client.log_batch(
+                run_id, metrics=[Metric(metric_key(k), float(v), stamp_ms, step) for k, v in values.items()]
+            )
 
         run_log.outbox.add(_Op("system metrics", send))
         run_log.outbox.flush()
@@ -217,8 +233,11 @@ class TrialTracker:
         assert self._log is not None
         base = "examples" if not self.examples_every_step else f"examples/step={step}"
         for index, example in enumerate(examples):
-            self._log.queue_files(partial(write_example, example), f"{base}/{example_dirname(index, example)}",
-                                  f"example {index} of step {step}")
+            self._log.queue_files(
+                partial(write_example, example),
+                f"{base}/{example_dirname(index, example)}",
+                f"example {index} of step {step}",
+            )
 
     def log_step(self, result: StepResult) -> None:
         """Metrics of one incremental step with ``step=result.step`` (and examples at the last)."""
@@ -238,10 +257,21 @@ class TrialTracker:
         run_log = self._log
         self._stop_system_metrics()  # its last point goes before the run ends
         _queue_trial_final(run_log, summary, config_yaml)
-        if run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}") or not self.pending_uri or run_log.run_id is None:
+        if (
+            run_log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
+            or not self.pending_uri
+            or run_log.run_id is None
+        ):
             return
-        payload = {"format": PENDING_FORMAT, "role": "trial", "trial": self.trial_name, "experiment_id": run_log.experiment_id,
-                   "run_id": run_log.run_id, "summary": summary, "config_yaml": config_yaml}
+        payload = {
+            "format": PENDING_FORMAT,
+            "role": "trial",
+            "trial": self.trial_name,
+            "experiment_id": run_log.experiment_id,
+            "run_id": run_log.run_id,
+            "summary": summary,
+            "config_yaml": config_yaml,
+        }
         _write_pending(self.pending_uri, payload, self.s3, f"trial {self.trial_name}")
 
     def close(self, status: str = "FAILED") -> None:
@@ -255,8 +285,9 @@ class TrialTracker:
         self._log.finish_outbox(self.flush_timeout_s, f"trial {self.trial_name}")
 
 
-def _save_plot(draw: Callable[[Mapping[str, Any]], Figure], summary: Mapping[str, Any], name: str,
-               directory: Path) -> Path:
+def _save_plot(
+    draw: Callable[[Mapping[str, Any]], Figure], summary: Mapping[str, Any], name: str, directory: Path
+) -> Path:
     """Draw ``summary`` with ``draw`` and save the figure as ``directory / name``."""
     return save_figure(draw(summary), directory / name)
 
