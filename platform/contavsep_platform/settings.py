@@ -22,9 +22,12 @@ The state file format is defined here (reading) and written by :mod:`contavsep_p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,14 +235,38 @@ def write_private(path: Path, text: str) -> None:
 _RAY_TEMP_DIR_MAX = 40
 
 
-def private_ray_temp_dir(state_dir: Path) -> str | None:
+def private_ray_temp_dir(state_dir: Path) -> str:
     """Temp dir of the Ray instances this state folder's commands start (the `services up --ray`
     head, a sweep's private local Ray): ``<state_dir>/ray``, private like the folder (Ray's
-    session logs and Tune's local copies of its state are 0644 files), and Ray's discovery file
-    ``ray_current_cluster`` written there leads no other ``ray.init()`` of the machine to them.
-    ``None`` (Ray's own ``/tmp/ray``) when that path is too long for Ray's socket paths."""
+    session logs and Tune's local copies of its state are 0644 files). Where that path is too
+    long for Ray's socket paths, ``<tmp>/cvray-<uid>-<hash>/r``: a short folder of this user's
+    own (0700; Ray makes its temp dir itself world-writable, so a private parent is what keeps it
+    private) in the system temp dir, named after the state folder. Never Ray's shared
+    ``/tmp/ray``: ``ray start`` writes its discovery file ``ray_current_cluster`` into its temp
+    dir, and every plain ``ray.init()`` of the machine follows that file, to a running head or,
+    once it is stopped, into an error."""
     path = state_dir / "ray"
-    return str(path) if len(str(path)) <= _RAY_TEMP_DIR_MAX else None
+    if len(str(path)) <= _RAY_TEMP_DIR_MAX:
+        return str(path)
+    digest = hashlib.sha1(str(state_dir.absolute()).encode()).hexdigest()[:10]
+    tmp = tempfile.gettempdir()
+    base = tmp if len(tmp) <= _RAY_TEMP_DIR_MAX - 28 else "/tmp"
+    return os.path.join(base, f"cvray-{os.getuid()}-{digest}", "r")
+
+
+def make_private_ray_temp_dir(state_dir: Path) -> str:
+    """:func:`private_ray_temp_dir`, its parent created (mode 0700) and checked to be this
+    user's own real folder: a folder of that name made by someone else, or a link, is refused."""
+    path = Path(private_ray_temp_dir(state_dir))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(path.parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise UserError(
+            f"Ray's temp folder {path.parent} is not this user's own private folder; remove it (or set"
+            f" CONTAVSEP_HOME to a shorter path, whose ray/ folder is used instead)"
+        )
+    path.mkdir(exist_ok=True, mode=0o700)
+    return str(path)
 
 
 def resolve_endpoints(environ: Mapping[str, str] | None = None) -> Endpoints:

@@ -7,7 +7,7 @@
 - ``services`` (session): S3 (rclone) + MLflow through :func:`contavsep_platform.services.up` on
   free ports; yields the resolved :class:`~contavsep_platform.settings.Endpoints`
   (``service_env(endpoints)`` gives a subprocess the same view); ``down`` at the end.
-- ``ray_local``: an in-process local Ray (``ray.init(num_cpus=2, include_dashboard=False)``),
+- ``ray_local``: an in-process private local Ray (``ray.init(address="local", num_cpus=2, ...)``),
   one per session, re-initialised if a test shut it down (e.g. to use
   ``ray.cluster_utils.Cluster``); its workers inherit ``CONTAVSEP_HOME``, so they find
   ``services`` through the state file. Shut down at the end.
@@ -104,7 +104,10 @@ def ray_local(_ray_local_session: None) -> Iterator[object]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False)
+        # address="local": a new private instance, never a head some discovery file names
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, log_to_driver=False
+        )
     yield ray
 
 

@@ -204,3 +204,54 @@ def test_a_sweep_without_a_cluster_runs_on_a_private_ray_not_on_another_head(
     assert [r.status for r in outcome.trials] == ["complete"]
     jobs = GcsClient(address=other_address).get_all_job_info()
     assert not jobs, jobs  # no driver of ours ever joined it
+
+
+@pytest.mark.server
+def test_a_head_under_a_long_home_leaves_no_discovery_file_and_a_plain_ray_init_starts_its_own(tmp_path, monkeypatch):
+    # Ray's "machine-wide" temp dir is this test's own (RAY_TMPDIR), so the file a plain ray.init()
+    # follows is the one this test watches, whatever else runs on the machine.
+    from contavsep_platform.services.ray_discovery import shared_discovery_file
+    from contavsep_platform.settings import private_ray_temp_dir
+
+    machine = Path(tempfile.mkdtemp(prefix="cvm-", dir="/tmp"))  # short: Ray's socket paths live under it
+    monkeypatch.setenv("RAY_TMPDIR", str(machine))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    home = tmp_path / "a-home-path-too-long-for-ray-sockets"
+    assert len(str(home / "ray")) > 40  # <home>/ray would not fit Ray's socket paths
+    shared = shared_discovery_file()
+    assert shared.parent.parent == machine
+    head_temp = Path(private_ray_temp_dir(home))
+    assert not str(head_temp).startswith(str(machine)) and head_temp.parent.name.startswith("cvray-")
+    try:
+        local_services.up(
+            home, ports={role: free_port() for role in local_services.DEFAULT_PORTS}, ray=True, num_cpus=1
+        )
+        address = read_state(home).services["ray"].address
+        assert address and not shared.exists()  # the head wrote its discovery file into its own temp dir
+        assert (head_temp / "ray_current_cluster").read_text().strip() == address
+        assert oct(head_temp.parent.stat().st_mode & 0o777) == "0o700"  # Ray opens its own temp dir to all
+        # a head started by an older version wrote the shared file: down removes it where it names this head
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_text(address)
+    finally:
+        local_services.down(home)
+    assert not shared.exists()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    plain = "import ray; ray.init(num_cpus=1, include_dashboard=False); print(ray.cluster_resources()['CPU']); ray.shutdown()"
+    try:
+        out = subprocess.run([sys.executable, "-c", plain], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(machine, ignore_errors=True)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "1.0", out.stderr[-2000:]
+
+
+def test_down_removes_ray_s_shared_discovery_file_only_where_it_names_the_stopped_head(tmp_path, monkeypatch):
+    from contavsep_platform.services.ray_discovery import forget_head, shared_discovery_file
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    shared = shared_discovery_file()
+    shared.parent.mkdir(parents=True)
+    shared.write_text("127.0.0.1:6390\n")
+    assert not forget_head("127.0.0.1:6379") and shared.read_text() == "127.0.0.1:6390\n"  # another head's
+    assert forget_head("127.0.0.1:6390") and not shared.exists()
+    assert not forget_head("127.0.0.1:6390")  # nothing left to remove

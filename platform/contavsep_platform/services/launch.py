@@ -26,7 +26,7 @@ from contavsep_platform.settings import (
     MLFLOW_BUCKET,
     ServiceRecord,
     local_s3_settings,
-    private_ray_temp_dir,
+    make_private_ray_temp_dir,
     read_s3_keys,
     read_state,
     resolve_endpoints,
@@ -185,10 +185,9 @@ def ray_command(
         str(num_cpus),
         "--disable-usage-stats",
     ]
-    temp_dir = ray_temp_dir or private_ray_temp_dir(state_dir)
-    if temp_dir:
-        Path(temp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        cmd += ["--temp-dir", temp_dir]
+    if ray_temp_dir:  # the user's own choice (services up --ray-temp-dir)
+        Path(ray_temp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    cmd += ["--temp-dir", ray_temp_dir or make_private_ray_temp_dir(state_dir)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in _CREDENTIAL_ENV}
     env.update(services_env)
     # A closed head: Ray's single-machine mode (its default on macOS and Windows) keeps the node

@@ -12,6 +12,7 @@ from pathlib import Path
 from contavsep_platform.services.errors import ServiceError
 from contavsep_platform.services.health import healthy, wait_healthy
 from contavsep_platform.services.procs import is_alive, reap, service_pids, stop_record
+from contavsep_platform.services.ray_discovery import forget_head, shared_discovery_file
 from contavsep_platform.services.specs import (
     DEFAULT_PORTS,
     PORT_FLAGS,
@@ -196,6 +197,8 @@ def down(state_dir: Path | None = None, *, names: Iterable[str] | None = None, e
                 continue
             count = stop_record(record, service.stop_grace_s)
             reap(record.pid)
+            if name == "ray" and record.address and forget_head(record.address):
+                echo(f"{name}: removed Ray's discovery file {shared_discovery_file()}, which named this head")
             state = read_state(state_dir)
             write_state(state_dir, replace(state, services={k: v for k, v in state.services.items() if k != name}))
             echo(

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -55,7 +54,7 @@ def connect_ray(address: str | None, env: Mapping[str, str]) -> bool:
     """
     import ray
 
-    from contavsep_platform.settings import default_state_dir, private_ray_temp_dir
+    from contavsep_platform.settings import default_state_dir, make_private_ray_temp_dir
 
     if ray.is_initialized():
         return False
@@ -67,10 +66,7 @@ def connect_ray(address: str | None, env: Mapping[str, str]) -> bool:
         ray.init(address=address, **kwargs)
         return False
     state_dir = default_state_dir(env if env.get("CONTAVSEP_HOME") else None)
-    temp_dir = private_ray_temp_dir(state_dir)
-    if temp_dir:
-        Path(temp_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        kwargs["_temp_dir"] = temp_dir
+    kwargs["_temp_dir"] = make_private_ray_temp_dir(state_dir)
     for attempt in range(1, LOCAL_RAY_ATTEMPTS + 1):
         try:
             # No dashboard: a local sweep does not need it (the tables below report progress).
