@@ -385,3 +385,14 @@ def test_a_space_pickled_before_the_package_split_loads_with_every_class_from_it
         assert b"contavsep_platform.spaces.space\nSearchSpace\n" in today
         before_split = re.sub(rb"contavsep_platform\.spaces\.\w+\n", b"contavsep_platform.spaces\n", today)
         assert pickle.loads(before_split) == space, path.name
+
+
+def test_sweep_check_says_how_many_trials_share_a_gpu():
+    from contavsep_platform.spaces import Resources
+
+    assert Resources(workers=1, cpus=4, gpus=0.5).gpu_sharing().startswith("2 trials per GPU")
+    assert Resources(workers=1, cpus=1, gpus=0.25).gpu_sharing().startswith("4 trials per GPU")
+    assert Resources(workers=2, cpus=1, gpus=0.5).gpu_sharing().startswith("1 trial per GPU")
+    assert Resources(workers=4, cpus=1, gpus=0.5).gpu_sharing().startswith("1 trial per 2 GPUs")
+    assert Resources(workers=2, cpus=8, gpus=1).gpu_sharing().startswith("2 GPU(s) per trial")
+    assert Resources(workers=1, cpus=1, gpus=0).gpu_sharing() == "no GPU (CPU trials)"

@@ -106,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: " + (", ".join(f"{k} ~ {d.describe()}" for k, d in params.items()) or "(no parameters)"))
         for note in space_notes(space):
             print(note)
+        res = space.resources
+        print(
+            f"resources per trial: {res.workers} worker(s) x {res.cpus:g} CPU, {res.gpus:g} GPU each,"
+            f" + {res.driver_cpus:g} driver CPU: {res.gpu_sharing()}"
+        )
         from contavsep_platform.commands.config import MUSIC21, train_clips_per_class
 
         # budgets counted on MUSIC-21's training lists (what a paper-size space trains on)

@@ -71,6 +71,19 @@ class Resources:
     def trial_gpus(self) -> float:
         return self.workers * self.gpus
 
+    def gpu_sharing(self) -> str:
+        """How a trial uses GPUs, for ``sweep --check``: how many trials share one GPU (a
+        worker's fraction packs ``floor(1 / gpus)`` workers on it), or how many GPUs one holds."""
+        if self.gpus <= 0:
+            return "no GPU (CPU trials)"
+        if self.gpus >= 1:
+            return f"{self.trial_gpus:g} GPU(s) per trial ({self.workers} worker(s) x {self.gpus:g})"
+        workers_per_gpu = int(1 / self.gpus + 1e-9)
+        trials = workers_per_gpu / self.workers
+        plural = "s" if trials != 1 else ""
+        packed = f"{trials:g} trial{plural} per GPU" if trials >= 1 else f"1 trial per {1 / trials:g} GPUs"
+        return f"{packed} ({workers_per_gpu} worker(s) of {self.gpus:g} GPU each fit on one)"
+
     def driver_resources(self, cluster: Mapping[str, float]) -> dict[str, float]:
         """What a trial's Tune driver holds: on clusters whose head offers the custom resource
         ``contavsep_driver`` (cluster/*.yaml) the driver lives there and holds no CPU, so a GPU
