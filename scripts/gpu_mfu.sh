@@ -20,6 +20,10 @@
 #                                           # the default forms, then CUDA graphs + channels_last + fused Adam
 #                                           # with train.encoder_conv=space_to_depth / train.decoder_conv=subpixel
 #                                           # and each SDPA backend (KERNEL_COMBOS), on one machine
+#   bash scripts/gpu_mfu.sh --packing       # ~3 min: 1, 2 and 4 concurrent trial processes on the GPU at `search`
+#                                           # (defaults, train.*=auto), 1 and 2 at `paper` as the control
+#                                           # (benchmarks.bench_packing: aggregate mixtures/s, memory per trial);
+#                                           # with --quick after it: the CPU smoke of the same (tiny, 1 and 2)
 # Output: $OUT/gpu_mfu.log (everything), $OUT/gpu_summary.json, $OUT/gpu_profile_compiled.json,
 # $OUT/gpu_scaling_cudagraphs.json
 set -uo pipefail
@@ -40,6 +44,25 @@ if [[ "${1:-}" == "--quick" ]]; then
   preset=tiny; quick=(--quick --compile-on-cpu); profile=(--iters 2 --warmup 1)
 fi
 started=$(date +%s)
+if [[ "${1:-}" == "--packing" ]]; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
+  small=false; [[ "${2:-}" == "--quick" ]] && small=true
+  data=$("$PY" -c "import sys; from pathlib import Path; from benchmarks.bench_gpu import build_dataset; print(build_dataset(Path(sys.argv[1]), sys.argv[2] == 'true'))" "$WORK" "$small" | tail -1)
+  steps=(--set data.num_steps=2 --set data.classes_per_step=5 --set "data.cache_dir=$WORK/cache")
+  rc=0
+  if [[ "$small" == true ]]; then
+    "$PY" -m benchmarks.bench_packing --data "$data" --quick "${steps[@]}" --json "$OUT/packing_quick.json" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+  else
+    "$PY" -m benchmarks.bench_packing --data "$data" --preset search --trials 1,2,4 --iters 60 --warmup 8 "${steps[@]}" \
+      --json "$OUT/packing_search.json" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    "$PY" -m benchmarks.bench_packing --data "$data" --preset paper --trials 1,2 --iters 30 --warmup 8 "${steps[@]}" \
+      --json "$OUT/packing_paper.json" 2>&1 | tee -a "$LOG" || rc=1
+  fi
+  echo "=== done in $(( $(date +%s) - started )) s" | tee -a "$LOG"
+  exit "$rc"
+fi
 if [[ "${1:-}" == "--defaults" ]]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>&1 | tee -a "$LOG" || true
   "$PY" -m benchmarks.bench_gpu --out "$OUT" --work "$WORK" --combos "all+cudagraphs,defaults (auto),all+cudagraphs@64" \
