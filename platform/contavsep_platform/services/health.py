@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from contavsep_platform.services.errors import ServiceError
 from contavsep_platform.services.logs import log_tail
 from contavsep_platform.services.procs import is_alive
-from contavsep_platform.settings import ServiceRecord, local_s3_settings
+from contavsep_platform.settings import ServiceRecord, local_s3_settings, private_ray_temp_dir, read_state
 
 if TYPE_CHECKING:  # pyarrow-backed; imported where used so the CLI parser stays cheap to build
     from contavsep.storage import S3Settings
@@ -123,6 +123,23 @@ def ray_check(record: ServiceRecord, state_dir: Path) -> Callable[[], bool]:
         return alive and _http_status(f"{record.url}/api/jobs/", headers) == 200
 
     return ray_ok
+
+
+def ray_started(record: ServiceRecord, state_dir: Path) -> Callable[[], bool]:
+    """``ray start`` is done: its last act is writing the head's address into the head's temp dir
+    (``ray_current_cluster``), after the dashboard, raylet and job API already answer."""
+    from ray._common.utils import get_ray_address_file
+
+    options = read_state(state_dir).options
+    address_file = Path(get_ray_address_file(options.get("ray_temp_dir") or private_ray_temp_dir(state_dir)))
+
+    def written() -> bool:
+        try:
+            return address_file.read_text().strip() == record.address
+        except OSError:
+            return False
+
+    return written
 
 
 def healthy(check: Callable[[], bool]) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from contavsep_platform.services.health import mlflow_check, ray_check, s3_check
+from contavsep_platform.services.health import mlflow_check, ray_check, ray_started, s3_check
 from contavsep_platform.services.launch import (
     HOST,
     create_buckets,
@@ -72,6 +72,9 @@ class Service:
     head_options: bool = False  # its command uses the `up` options (num_cpus, ray_temp_dir): saved before it starts
     retry: Retry | None = None
     on_ready: Callable[[ServiceRecord, Path], None] | None = None  # run once it answers, before it counts as started
+    # Whether its launcher has finished starting it, checked (with ``health``) only while `up` waits:
+    # a process can answer before its launcher is done.
+    started: HealthCheck | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -130,6 +133,7 @@ RAY = Service(
     command=ray_command,
     depends=ray_depends,
     health=ray_check,
+    started=ray_started,
     startup_timeout_s=300.0,  # a Ray head measured ~45 s on 2 busy cores
     stop_grace_s=16.0,  # as `ray stop`
     address_role="ray",

@@ -61,7 +61,9 @@ def _start_once(
     state = read_state(state_dir)
     write_state(state_dir, replace(state, ports={**state.ports, **ports}, services={**state.services, name: record}))
     try:
-        startup = wait_healthy(record, service.health(record, state_dir), service.startup_timeout_s, process)
+        answers = service.health(record, state_dir)
+        done = service.started(record, state_dir) if service.started is not None else (lambda: True)
+        startup = wait_healthy(record, lambda: answers() and done(), service.startup_timeout_s, process)
         if service.on_ready is not None:
             service.on_ready(record, state_dir)
     except BaseException:
