@@ -127,3 +127,12 @@ def _put(out: dict[str, float], name: str, value: Any) -> None:
         out[name] = float(value)
     except (TypeError, ValueError):
         return
+
+
+# Platform metrics outside the engine's steps (MLflow only):
+# on a sweep's parent run, the cluster's alive worker nodes and GPUs over the sweep (step = second
+# of the sweep; contavsep_platform.sweep.cluster_watch), and on a trial's run, whether an attempt
+# downloaded the dataset into its node's cache (1 or 0, one point per attempt).
+WORKER_NODES_METRIC = "cluster/worker_nodes"
+GPUS_METRIC = "cluster/gpus"
+DOWNLOADED_METRIC = "data/downloaded"

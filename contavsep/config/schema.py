@@ -135,7 +135,7 @@ class DataConfig:
     shuffle_classes: bool = False  # shuffle the manifest's class order with `seed`
     seed: int = 0  # seed of the class order shuffle
     different_classes: bool = True  # training mixtures pair clips of different classes
-    cache_dir: str = ""  # node-local cache of the dataset ("" = ~/.cache/contavsep)
+    cache_dir: str = ""  # node-local dataset cache ("" = ~/.cache/contavsep); {node}: the Ray node id
 
 
 @dataclass(frozen=True)

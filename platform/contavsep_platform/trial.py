@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from contavsep.checkpoint import check_resumable
-    from contavsep.data.format.reader import open_dataset
+    from contavsep.data.format.reader import node_cache_dir, open_dataset
     from contavsep.engine import run_sequence
 
     started = time.perf_counter()
@@ -288,9 +288,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         stream=sys.stderr,
     )
     cfg = context.space.trial_config(loop_config["params"])
-    table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None, settings=s3_settings())
+    node = ray.get_runtime_context().get_node_id()
+    table = open_dataset(cfg.data.uri, cache_dir=node_cache_dir(cfg.data.cache_dir, node), settings=s3_settings())
+    log.info(
+        "dataset %s: %s %s on node %s",
+        cfg.data.uri,
+        "downloaded into" if table.built else "found in",
+        table.path,
+        node,
+    )
     group = str(loop_config["params"].get(GROUP_KEY) or "")
     tracker = _tracker(context, trial_id, cfg, table.manifest, group) if rank == 0 else None
+    if tracker is not None:
+        tracker.log_placement(node, downloaded=table.built)
     reporter = TrainReporter(cfg, context.space.num_steps, rank, world_size, tracker, context.space.metric_key, started)
     try:
         with tempfile.TemporaryDirectory(prefix="contavsep-resume-") as tmp:
@@ -340,11 +350,23 @@ def scaling_config(space: SearchSpace) -> Any:
     return ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0, resources_per_worker=per_worker)
 
 
+def process_group_backend(space: SearchSpace, params: Mapping[str, Any]) -> str:
+    """The trial's torch.distributed backend: nccl where its workers train on GPUs, gloo on CPUs.
+
+    Ray Train would pick nccl whenever the trial holds GPUs (``use_gpu``), also for one worker,
+    and nccl fails on a CPU: a trial that holds logical GPUs but trains with ``train.device:
+    cpu`` (a GPU node's CPU, a test cluster of logical GPUs) needs gloo."""
+    if space.resources.gpus <= 0:
+        return "gloo"
+    device = space.trial_config(params).train.device
+    return "gloo" if device == "cpu" else "nccl"
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """The Tune trainable (driver): build the trial's TorchTrainer and run it to the end."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -352,6 +374,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"params": dict(config), "trial_id": trial_id, "context": context},
+        torch_config=TorchConfig(backend=process_group_backend(context.space, config)),
         scaling_config=scaling_config(context.space),
         run_config=ray.train.RunConfig(
             name=trial_id,  # stable across restarts: Train finds the run and its checkpoints again

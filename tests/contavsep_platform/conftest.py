@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,18 @@ _ENDPOINT_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 )
+
+
+def wait_until(predicate, timeout_s: float, what: str, pause: float = 2.0):
+    """``predicate()``'s first truthy value, polled every ``pause`` s; fails the test after
+    ``timeout_s`` naming ``what`` (for conditions of real processes, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(pause)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from contavsep.first_step import FIRST_STEPS_DIR
+from tests.contavsep_platform.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -68,14 +69,7 @@ def _reserved_groups(dashboard: str) -> list[dict]:
     return [pg for pg in groups if pg["state"] != "REMOVED"]
 
 
-def _wait(predicate, timeout_s: float, what: str, pause: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+_wait = wait_until
 
 
 def _encodings(secret: str) -> list[tuple[str, bytes]]:

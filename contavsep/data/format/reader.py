@@ -41,6 +41,22 @@ def default_cache_dir() -> Path:
     return Path(base) / "contavsep"
 
 
+NODE_PLACEHOLDER = "{node}"
+
+
+def node_cache_dir(template: str, node: str) -> str | None:
+    """``data.cache_dir`` for one node: its ``{node}`` replaced by the node's id, so nodes that
+    share one filesystem (Ray's fake multi-node cluster, a shared home on an HPC cluster) still
+    keep one cache each. ``""`` (the default folder) gives None.
+
+    >>> node_cache_dir("/scratch/cache/{node}", "f00a")
+    '/scratch/cache/f00a'
+    """
+    if not template:
+        return None
+    return template.replace(NODE_PLACEHOLDER, node)
+
+
 def _expected_schema(manifest: dict[str, Any]) -> pa.Schema:
     dims = manifest["feature_dims"]
     return clip_schema(dims["object_dim"], dims["motion_tokens"], dims["motion_dim"])

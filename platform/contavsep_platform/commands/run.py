@@ -101,7 +101,7 @@ def _check_out(out: Path, resuming: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contavsep.data.format.reader import open_dataset
+    from contavsep.data.format.reader import node_cache_dir, open_dataset
     from contavsep.engine import run_sequence
 
     overrides = parse_overrides(args.overrides)
@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         from contavsep.models.weights_file import weights_path
 
         weights_path(cfg.model.weights)
-    table = open_dataset(cfg.data.uri, cache_dir=cfg.data.cache_dir or None)  # fails before anything is written
+    table = open_dataset(
+        cfg.data.uri, cache_dir=node_cache_dir(cfg.data.cache_dir, "local")
+    )  # fails before anything is written
     if args.resume:  # a checkpoint of another config or dataset fails here, naming the keys that differ
         from contavsep.checkpoint import check_resumable, load_checkpoint
 

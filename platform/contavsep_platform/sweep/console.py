@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from contavsep_platform.live_table import LiveTable
+from contavsep_platform.sweep.cluster_watch import ClusterWatch
 from contavsep_platform.sweep_log import noise_to_log, sweep_log_path
 
 
@@ -29,5 +30,7 @@ def _use_console(tuner: Any, verbose: int, callbacks: Sequence[Any]) -> None:
     (verbosity, and a live table in place of the silent copy read back) replaces that one's."""
     run_config = tuner._local_tuner.get_run_config()  # private in Ray 2.60; Tuner.restore takes no RunConfig
     run_config.verbose = verbose
-    live = [cb for cb in callbacks if isinstance(cb, LiveTable)]
-    run_config.callbacks = [*live, *(cb for cb in run_config.callbacks or [] if not isinstance(cb, LiveTable))]
+    # this session's own: the console and the cluster watch (the pickled ones hold no state)
+    fresh = (LiveTable, ClusterWatch)
+    mine = [cb for cb in callbacks if isinstance(cb, fresh)]
+    run_config.callbacks = [*mine, *(cb for cb in run_config.callbacks or [] if not isinstance(cb, fresh))]

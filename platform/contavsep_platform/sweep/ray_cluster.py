@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from contavsep_platform.cluster_nodes import HEAD_RESOURCE, NodeType, node_shapes, node_types_of
 from contavsep_platform.trial import PLACEMENT_GROUP_KEY
 
 log = logging.getLogger("contavsep.sweep")
@@ -206,18 +207,57 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _cluster_capacity() -> dict[str, float]:
-    """The resources trials can count on: an autoscaling cluster's configured maximum (its GPU
-    workers may be at 0 nodes right now), else what the cluster has now."""
+# Where the autoscaler's config is read when Ray does not publish it (Ray 2.60's autoscaler v1, the
+# one `ray up` starts, never does): this variable, else the file `ray up` puts on the head.
+AUTOSCALING_CONFIG_ENV = "CONTAVSEP_AUTOSCALING_CONFIG"
+LAUNCHER_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def autoscaler_node_types() -> list[NodeType]:
+    """The node types an autoscaling cluster can add (``max_count`` > 0), empty on a fixed
+    cluster: from the cluster config Ray publishes in its GCS (autoscaler v2, KubeRay), else from
+    the autoscaler's config file on this machine (the sweep's driver runs on the head):
+    ``$CONTAVSEP_AUTOSCALING_CONFIG``, else ``~/ray_bootstrap_config.yaml``."""
+    try:  # private in Ray 2.60; Ray Train's resource pre-check uses the same call
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - an older/newer Ray without it: the file
+        config = None
+    types = node_types_of(config, None)
+    if types:
+        return types
+    path = os.environ.get(AUTOSCALING_CONFIG_ENV) or os.path.expanduser(LAUNCHER_BOOTSTRAP_CONFIG)
+    if not os.path.isfile(path):
+        return []
+    import yaml
+
+    with open(path) as f:
+        return node_types_of(None, yaml.safe_load(f))
+
+
+def _cluster_capacity(types: list[NodeType] | None = None) -> dict[str, float]:
+    """The resources trials can count on: what the cluster has now plus, on an autoscaling
+    cluster, every node its autoscaler may add (its GPU workers may be at 0 nodes right now)."""
     import ray
 
     now = {k: float(v) for k, v in ray.cluster_resources().items()}
-    try:  # private in Ray 2.60; Ray Train uses the same call for its own resource pre-check
-        from ray._private.state import state
-
-        maximum = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - an older/newer Ray without it: what the cluster has now
-        maximum = None
-    if not maximum:
+    types = autoscaler_node_types() if types is None else types
+    if not types:
         return now
-    return {k: max(float(maximum.get(k, 0.0)), now.get(k, 0.0)) for k in set(maximum) | set(now)}
+    head = {k: float(v) for n in ray.nodes() if n.get("Alive") for k, v in (n.get("Resources") or {}).items()
+            if HEAD_RESOURCE in (n.get("Resources") or {})}  # fmt: skip
+    most: dict[str, float] = dict(head)
+    for node_type in types:
+        for k, v in node_type.resources.items():
+            most[k] = most.get(k, 0.0) + v * node_type.max_count
+    return {k: max(most.get(k, 0.0), now.get(k, 0.0)) for k in set(most) | set(now)}
+
+
+def cluster_node_shapes(types: list[NodeType] | None = None) -> list[tuple[str, dict[str, float]]]:
+    """(name, resources) of the nodes a trial could get: the autoscaler's node types and the
+    nodes alive now (see :func:`contavsep_platform.sweep.cluster_watch.node_shapes`)."""
+    import ray
+
+    types = autoscaler_node_types() if types is None else types
+    return node_shapes(types, ray.nodes())

@@ -16,12 +16,14 @@ from typing import Any
 from contavsep import storage
 from contavsep.first_step import FIRST_STEPS_DIR
 from contavsep.first_step import SHARED_KEY as FIRST_STEP_SHARED_KEY
+from contavsep_platform.cluster_nodes import check_worker_fits
 from contavsep_platform.comparison import pareto_front
 from contavsep_platform.live_table import LiveTable
 from contavsep_platform.ray_storage import ray_storage
 from contavsep_platform.search import GroupedOptunaSearch
 from contavsep_platform.spaces import SearchSpace, space_notes
 from contavsep_platform.study import StudyJournal, journal_uri
+from contavsep_platform.sweep.cluster_watch import ClusterWatch
 from contavsep_platform.sweep.confirm import CONFIRM_DIR, ConfirmStage
 from contavsep_platform.sweep.console import _console, _use_console
 from contavsep_platform.sweep.error import SweepError
@@ -31,6 +33,8 @@ from contavsep_platform.sweep.ray_cluster import (
     PlacementGroupReaper,
     _cluster_capacity,
     _sigterm_as_interrupt,
+    autoscaler_node_types,
+    cluster_node_shapes,
     connect_ray,
     release_placement_groups,
 )
@@ -171,9 +175,11 @@ def _run(
         raise SweepError(
             f"sweep '{name}' already exists at {sweep_uri}; continue it with --resume or pick another --name"
         )
-    cluster = _cluster_capacity()
+    types = autoscaler_node_types()  # an autoscaling cluster's nodes to come
+    cluster = _cluster_capacity(types)
     driver_resources = space.resources.driver_resources(cluster)
     max_concurrent = space.resources.concurrent_trials(cluster)  # refuses a trial the cluster cannot hold
+    check_worker_fits(space.resources, cluster_node_shapes(types))  # ... and a worker no node can hold
     if resume and tracking_uri:
         # A previous session's final flush that MLflow missed (outage): send it before anything else.
         from contavsep_platform.tracking import send_all_pending
@@ -206,6 +212,8 @@ def _run(
             sweep_uri,
         )
         reaper = PlacementGroupReaper()  # on --resume Tune restores the one pickled with the sweep
+        watch = ClusterWatch(started=time.monotonic() - (time.perf_counter() - started))
+        callbacks = [*callbacks, watch]
         # The study persists next to Tune's state, named after the sweep (on --resume Tune restores
         # the pickled searcher, which reopens the same study from that journal).
         searcher = None if resume else make_searcher(space, StudyJournal(journal_uri(sweep_uri), name, s3))
@@ -246,6 +254,11 @@ def _run(
         elif full_space.confirms and not outcome.interrupted:
             stage = ConfirmStage(full_space, name, sweep_path, sweep_uri, filesystem, s3, tracking_uri, parent_run_id)
             outcome = stage.run(outcome, storage_uri, driver_resources, max_concurrent, callbacks, verbose, started)
+        if any(point.workers for point in watch.history):  # an autoscaling or multi-node cluster
+            series = ", ".join(f"{p.at_s:g} s: {p.workers}" for p in watch.history)
+            outcome.notes.append(f"cluster: worker nodes over time ({series})")
+        if tracker is not None:
+            tracker.log_node_counts(watch.history)
     except BaseException:
         # Ctrl-C / SIGTERM outside Tune's own handling, or a failure of the sweep itself: the
         # runs must not stay RUNNING (KILLED: --resume re-opens them).

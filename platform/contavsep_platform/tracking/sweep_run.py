@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput
+from mlflow.entities import DatasetInput, Metric
 
+from contavsep.metric_names import GPUS_METRIC, WORKER_NODES_METRIC
 from contavsep.storage import S3Settings
 from contavsep_platform.artifacts import safe_name
 from contavsep_platform.mlflow_links import link_lines
@@ -22,6 +23,9 @@ from contavsep_platform.tracking.outbox import _Op
 from contavsep_platform.tracking.pending import PENDING_FORMAT, _write_pending
 from contavsep_platform.tracking.run_logger import _RunLogger
 from contavsep_platform.tracking.tags import PARETO_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, _quoted
+
+if TYPE_CHECKING:
+    from contavsep_platform.cluster_nodes import NodeCount
 
 log = logging.getLogger("contavsep_platform.tracking")
 
@@ -165,6 +169,26 @@ class SweepTracker:
         ):
             if run.data.tags.get(TRIAL_TAG) in trial_ids:
                 client.set_tag(run.info.run_id, PARETO_TAG, "true")
+
+    def log_node_counts(self, history: Sequence[NodeCount]) -> None:
+        """The cluster's node counts while the sweep ran (:class:`ClusterWatch` samples) as the
+        parent run's ``cluster/worker_nodes`` and ``cluster/gpus``, stamped when they were seen;
+        their step is the second of the sweep. Sent with the run's end (:meth:`finish`)."""
+        run_log = self._log
+        if run_log is None or not history:
+            return
+        metrics = [
+            Metric(key, float(value), point.time_ms, int(point.at_s))
+            for point in history
+            for key, value in ((WORKER_NODES_METRIC, point.workers), (GPUS_METRIC, point.gpus))
+        ]
+
+        def send() -> None:
+            run_id = run_log.require_run()
+            for i in range(0, len(metrics), 1000):  # MLflow's limit of metrics per batch
+                run_log.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+        run_log.outbox.add(_Op("cluster node counts", send))
 
     def finish(
         self,

@@ -13,6 +13,7 @@ CONFIG_TAG = "contavsep.configuration"  # a trial's configuration (group) id: li
 TRIAL_TAG = "contavsep.trial"
 STRATEGY_TAG = "contavsep.strategy"
 PARETO_TAG = "contavsep.pareto"  # "true" on child runs of configurations on a multi-objective sweep's Pareto front
+NODE_TAG = "contavsep.node"  # the Ray node a trial's rank 0 (last) ran on
 PARENT_TAG = "mlflow.parentRunId"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import DatasetInput, Metric, Param
 
+from contavsep.metric_names import DOWNLOADED_METRIC
 from contavsep.storage import S3Settings
 from contavsep_platform.artifacts import (
     example_dirname,
@@ -28,7 +29,7 @@ from contavsep_platform.tracking.metrics import final_metrics, metric_key, step_
 from contavsep_platform.tracking.outbox import _Op
 from contavsep_platform.tracking.pending import PENDING_FORMAT, _json_default, _write_pending
 from contavsep_platform.tracking.run_logger import _RunLogger
-from contavsep_platform.tracking.tags import PARENT_TAG, ROLE_TAG, STRATEGY_TAG, SWEEP_TAG, TRIAL_TAG, _quoted
+from contavsep_platform.tracking.tags import NODE_TAG, PARENT_TAG, ROLE_TAG, STRATEGY_TAG, SWEEP_TAG, TRIAL_TAG, _quoted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -228,6 +229,24 @@ class TrialTracker:
         if self._system is not None:
             self._system.stop()
             self._system = None
+
+    def log_placement(self, node: str, *, downloaded: bool) -> None:
+        """Where this attempt of the trial runs: the node (tag, the latest attempt's) and whether
+        it had to download the dataset into that node's cache (``data/downloaded``, 1 or 0, one
+        point per attempt: a restart on another node shows as a second point)."""
+        run_log = self._log
+        if run_log is None:
+            return
+        stamp_ms = int(time.time() * 1000)
+
+        def send() -> None:
+            run_id = run_log.require_run()
+            step = max(0, (stamp_ms - (self._run_start_ms or stamp_ms)) // 1000)
+            run_log.client.set_tag(run_id, NODE_TAG, node)
+            run_log.client.log_batch(run_id, metrics=[Metric(DOWNLOADED_METRIC, float(downloaded), stamp_ms, step)])
+
+        run_log.outbox.add(_Op("placement", send))
+        run_log.outbox.flush()
 
     def _queue_examples(self, examples: list[Example], step: int) -> None:
         assert self._log is not None
