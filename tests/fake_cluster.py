@@ -11,7 +11,7 @@ which kills every Ray process of the user. This head runs under its own temp dir
 What is taken from the launcher file (so what is tested is what users launch): the head's node
 type and resources (no CPU for training; ``contavsep_driver`` for the trial drivers), and the
 preferred GPU worker type (the highest ``priority``: the spot one), with ``min_workers: 0``. What
-is scaled down to one machine: the workers' CPUs (1 per node), their count (``max_workers: 2``),
+is scaled down to one machine: the workers' CPUs (1 per node), their count (``max_workers: 4``),
 the idle timeout (seconds instead of minutes) and the provider (``fake_multinode``).
 """
 
@@ -34,7 +34,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_FILE = REPO / "cluster" / "aws-gpu.yaml"
 WORKER_CPUS = 1  # per fake node: the machine has 2 cores
-WORKER_MAX = 2
+# Two nodes at work at once (the spaces say max_concurrent: 2), two more for replacements: the fake
+# provider never terminates a node that died under it (a cloud's lost instance is just gone), so a
+# killed node keeps counting against max_workers.
+WORKER_MAX = 4
 
 
 def preferred_gpu_type(launcher: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -119,6 +122,36 @@ class FakeCluster:
     def alive_workers(self) -> list[dict[str, Any]]:
         return [n for n in self.nodes() if n["state"] == "ALIVE" and not n.get("is_head_node")]
 
+    def kill_node(self, node_id: str, missing_ok: bool = False) -> int:
+        """What a lost machine looks like to Ray: SIGKILL the raylet of node ``node_id`` and the
+        agents started for it (its workers die with their raylet); returns how many were killed.
+        ``missing_ok``: the node may have shut itself down already (after a drain)."""
+        marks = (f"--node_id={node_id}", f"--node-id={node_id}")
+        raylets = {pid for pid in _processes_under(str(self.temp_dir)) if any(m in _cmdline(pid) for m in marks)}
+        assert raylets or missing_ok, f"no process of node {node_id} found"
+        for pid in raylets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(raylets)
+
+    def drain_as_preempted(self, node_id: str, deadline_s: float = 1.0) -> None:
+        """Tell Ray the node goes away for a preemption, what a cloud's spot notice turns into
+        (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, called in-process: the CLI
+        takes seconds to start); the caller then kills the node."""
+        import ray._raylet
+        from ray.core.generated import autoscaler_pb2
+
+        deadline_ms = int(time.time() * 1000 + deadline_s * 1000)
+        accepted, why = ray._raylet.GcsClient(address=self.gcs_address).drain_node(
+            node_id,
+            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+            "spot instance preempted (test)",
+            deadline_ms,
+        )
+        assert accepted, f"the drain of node {node_id} was refused: {why}"
+
     def stop(self) -> None:
         """Stop the head and every process running under this cluster's temp dir (its fake nodes,
         their workers); nothing else on the machine."""
@@ -148,6 +181,13 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _processes_under(temp_dir: str) -> set[int]:

@@ -321,33 +321,6 @@ def test_a_real_sweep_lands_results_checkpoints_and_mlflow_runs_and_resumes(serv
 
 
 @pytest.mark.slow
-def test_two_train_workers_run_one_trial_with_ddp(tmp_path, synth_dataset_factory, monkeypatch):
-    """resources.workers = 2: one trial, two Train workers (gloo DDP on CPU), batch split in two."""
-    import ray
-
-    from contavsep_platform.sweep import connect_ray, job_placement_groups, run_sweep
-
-    monkeypatch.setenv("CONTAVSEP_HOME", str(tmp_path / "home"))
-    data = synth_dataset_factory(classes=4, clips_per_class=(4, 1, 2), seconds=1.6)
-    storage_uri = f"file://{tmp_path}/storage"
-    space = load_space(
-        shipped_spaces_dir() / "smoke.yaml",
-        storage_uri=storage_uri,
-        overrides={"data.uri": data, "train.iters_per_step": "2"},
-    )
-    space = replace(space, num_samples=1, resources=replace(space.resources, workers=2, cpus=0.45))
-    started = connect_ray(None, {"CONTAVSEP_HOME": str(tmp_path / "home")}) if not ray.is_initialized() else False
-    try:
-        outcome = run_sweep(space, storage_uri=storage_uri, name="ddp", verbose=0)
-        (row,) = outcome.trials
-        assert row.status == "complete" and row.metrics["workers"] == 2
-        assert job_placement_groups() == []
-    finally:
-        if started:
-            ray.shutdown()
-
-
-@pytest.mark.slow
 def test_sigterm_stops_the_sweep_frees_its_placement_groups_and_resume_finishes_it(
     tmp_path, synth_dataset_factory, monkeypatch
 ):
