@@ -9,6 +9,7 @@ downloads the dataset once into its own cache, and the nodes go once idle.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ def fake_cluster(services, platform_home, tmp_path_factory) -> FakeCluster:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(temp_dir.parent, ignore_errors=True)
 
 
 def _space(
