@@ -211,6 +211,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 # one `ray up` starts, never does): this variable, else the file `ray up` puts on the head.
 AUTOSCALING_CONFIG_ENV = "CONTAVSEP_AUTOSCALING_CONFIG"
 LAUNCHER_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+_UNLIMITED_NODES = 1024  # what a node type without a max_count counts as (finite: trials at once is an int)
 
 
 def autoscaler_node_types() -> list[NodeType]:
@@ -249,14 +250,15 @@ def _cluster_capacity(types: list[NodeType] | None = None) -> dict[str, float]:
             if HEAD_RESOURCE in (n.get("Resources") or {})}  # fmt: skip
     most: dict[str, float] = dict(head)
     for node_type in types:
+        count = node_type.max_count if node_type.max_count >= 0 else _UNLIMITED_NODES  # -1: no limit
         for k, v in node_type.resources.items():
-            most[k] = most.get(k, 0.0) + v * node_type.max_count
+            most[k] = most.get(k, 0.0) + v * count
     return {k: max(most.get(k, 0.0), now.get(k, 0.0)) for k in set(most) | set(now)}
 
 
 def cluster_node_shapes(types: list[NodeType] | None = None) -> list[tuple[str, dict[str, float]]]:
     """(name, resources) of the nodes a trial could get: the autoscaler's node types and the
-    nodes alive now (see :func:`contavsep_platform.sweep.cluster_watch.node_shapes`)."""
+    nodes alive now (see :func:`contavsep_platform.cluster_nodes.node_shapes`)."""
     import ray
 
     types = autoscaler_node_types() if types is None else types
